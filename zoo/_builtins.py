@@ -1,0 +1,35 @@
+"""Which module defines each built-in registered name, so that a lookup imports only that module.
+
+tests/test_registry.py imports every module listed here and checks that the table and the decorators agree.
+"""
+
+BUILTINS: dict[str, dict[str, str]] = {
+    "vision_encoder": {
+        "timm": "zoo.modules.vision.timm_encoder",
+        "beit_v2": "zoo.modules.vision.beit",
+        "swin": "zoo.modules.vision.swin",
+        "open_clip": "zoo.modules.vision.open_clip",
+        "video": "zoo.modules.vision.video",
+    },
+    "text_encoder": {
+        "hf": "zoo.modules.text.hf",
+        "split_bert": "zoo.modules.text.split_bert",
+    },
+    "fusion": {
+        "cross_attention": "zoo.modules.fusion.cross_attention",
+    },
+    "adapter": {
+        "linear": "zoo.modules.adapters.linear",
+        "mlp": "zoo.modules.adapters.linear",
+    },
+    "language_model": {},
+    "head": {
+        "itc": "zoo.heads.contrastive",
+        "itm": "zoo.heads.matching",
+        "classifier": "zoo.heads.classifier",
+    },
+    "model": {
+        "fusion_encoder": "zoo.models.fusion_encoder",
+    },
+    "dataset": {},
+}

@@ -1,0 +1,155 @@
+"""The ``mmzoo`` command: list | info | demo | bench.
+
+Errors the user can fix (unknown names, bad configs, missing files) print one clear line and exit with status 2,
+without a traceback; ``MMZOO_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*(str(x) for x in row)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def _cmd_list(args) -> int:
+    import zoo  # noqa: PLC0415
+    from zoo.catalog import load_model_config  # noqa: PLC0415
+
+    if args.parts:
+        rows = [[kind, ", ".join(reg.names()) or "-"] for kind, reg in zoo.REGISTRIES.items()]
+        print(_table(rows, ["registry", "names"]))
+        return 0
+    names = zoo.list_models(args.pattern)
+    if not names:
+        print(f"no model matches {args.pattern!r}; registered: {', '.join(zoo.list_models())}", file=sys.stderr)
+        return 1
+    rows = []
+    for name in names:
+        cfg = load_model_config(name)
+        params = _human(zoo.model_info(name)["params"]) if args.params else ""
+        row = [name, cfg["model"].get("type", "?"), ", ".join(sorted(cfg.get("tasks") or {})) or "-",
+               cfg.get("default_resolution", "-"), cfg.get("description", "")]
+        rows.append(row[:2] + ([params] if args.params else []) + row[2:])
+    header = ["name", "type"] + (["params"] if args.params else []) + ["tasks", "resolution", "description"]
+    print(_table(rows, header))
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import zoo  # noqa: PLC0415
+
+    info = zoo.model_info(args.name, task=args.task)
+    rows = [
+        ["name", info["name"]],
+        ["description", info["description"] or "-"],
+        ["model type", info["model_type"]],
+        ["task", info["task"] or "(base model)"],
+        ["tasks", ", ".join(info["tasks"]) or "-"],
+        ["default resolution", info["default_resolution"] or "-"],
+        ["parameters", f"{info['params']:,}"],
+        ["trainable", f"{info['trainable_params']:,}"],
+        ["config", info["file"] or "-"],
+    ]
+    print(_table(rows, ["field", "value"]))
+    print()
+    print(_table([[k, v["type"], f"{v['params']:,}"] for k, v in info["parts"].items()], ["part", "type", "parameters"]))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from zoo.demo import run_demo  # noqa: PLC0415
+
+    run_demo(model_name=args.model, question=args.question, image=args.image, overrides=args.set)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    if args.what == "attention":
+        from zoo.bench import bench_attention, format_attention_table  # noqa: PLC0415
+        import torch  # noqa: PLC0415
+
+        lengths = [int(x) for x in args.lengths.split(",")]
+        rows = bench_attention(lengths, args.batch, args.heads, args.head_dim, args.repeat, args.device, args.dtype,
+                               args.backward)
+        what = "forward+backward" if args.backward else "forward"
+        header = (f"Attention {what}, batch {args.batch}, {args.heads} heads × {args.head_dim}, {args.dtype}, "
+                  f"{args.device} (torch {torch.__version__}, {torch.get_num_threads()} threads); median of "
+                  f"{args.repeat} runs")
+        print(format_attention_table(rows, header))
+        return 0
+    raise SystemExit(f"mmzoo bench: unknown benchmark {args.what!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmzoo", description="A modular multimodal model zoo.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list registered models (or parts with --parts)")
+    s.add_argument("pattern", nargs="?", default=None, help="glob pattern, e.g. 'x2vlm*'")
+    s.add_argument("--params", action="store_true", help="also count parameters (builds each model on meta)")
+    s.add_argument("--parts", action="store_true", help="list registered parts per registry instead")
+    s.set_defaults(fn=_cmd_list)
+
+    s = sub.add_parser("info", help="parameter count, parts, tasks and resolution of a model")
+    s.add_argument("name")
+    s.add_argument("--task", default=None)
+    s.set_defaults(fn=_cmd_info)
+
+    s = sub.add_parser("demo", help="build a small model and run it on an image and a question")
+    s.add_argument("--model", default="demo-tiny")
+    s.add_argument("--question", default="what colour is the circle?")
+    s.add_argument("--image", default=None, help="an image file (default: a drawn scene)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. model.vision.depth=1")
+    s.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("bench", help="benchmarks: attention")
+    s.add_argument("what", choices=["attention"])
+    s.add_argument("--lengths", default="197,577,1025")
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--heads", type=int, default=12)
+    s.add_argument("--head-dim", type=int, default=64)
+    s.add_argument("--repeat", type=int, default=10)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--dtype", default="float32")
+    s.add_argument("--backward", action="store_true")
+    s.set_defaults(fn=_cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from zoo.hub import WeightsError  # noqa: PLC0415
+    from zoo.registry import UnknownNameError  # noqa: PLC0415
+    from zoo.spec import ConfigError  # noqa: PLC0415
+
+    try:
+        return args.fn(args)
+    except (ConfigError, UnknownNameError, WeightsError, FileNotFoundError) as exc:
+        if os.environ.get("MMZOO_DEBUG"):
+            raise
+        print(f"mmzoo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Building models and parts from names, files or dicts: ``create_model``, ``list_models``, ``model_info``."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Iterable, Mapping
+
+from zoo.catalog import MODEL_FILE_KEYS, load_model_config, model_names
+from zoo.spec import ConfigError, apply_overrides, build, deep_merge, validate
+
+__all__ = ["create_model", "list_models", "model_info", "resolve_config", "build_part"]
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names (config files), optionally filtered by a glob pattern such as ``"x2vlm*"``."""
+    return model_names(pattern)
+
+
+def resolve_config(
+    name_or_config: str | os.PathLike | Mapping,
+    task: str | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    model_overrides: Mapping[str, Any] | None = None,
+) -> dict:
+    """The full model config after inheritance, task selection and overrides; validated, nothing built.
+
+    ``overrides``: ``key.sub=value`` strings (or a mapping) relative to the model file (``model.vision.depth=2``).
+    ``model_overrides``: a mapping relative to the ``model`` tree (``{"vision.depth": 2}`` or ``{"vision": {...}}``),
+    except for top-level file keys such as ``attention``.
+    """
+    cfg = load_model_config(name_or_config if not isinstance(name_or_config, Mapping) else copy.deepcopy(dict(name_or_config)))
+    file = cfg.get("_file")
+    task = task if task is not None else None
+    if task is not None:
+        tasks = cfg.get("tasks") or {}
+        if task not in tasks:
+            known = ", ".join(sorted(tasks)) or "(none)"
+            raise ConfigError(f"model {cfg.get('name')!r} has no task {task!r}; tasks: {known}", "tasks", file)
+        cfg["model"] = deep_merge(cfg["model"], tasks[task] or {})
+        cfg["task"] = task
+    cfg = apply_overrides(cfg, overrides, file=file)
+    if model_overrides:
+        top = {k: v for k, v in model_overrides.items() if k in MODEL_FILE_KEYS and k != "model"}
+        rest = {k: v for k, v in model_overrides.items() if k not in top}
+        cfg.update(copy.deepcopy(top))
+        cfg["model"] = apply_overrides(cfg["model"], rest, file=file)
+    validate(cfg["model"], "model", "model", file)
+    if cfg.get("attention") is not None:
+        from zoo.modules.attention import BACKENDS  # noqa: PLC0415
+
+        if cfg["attention"] not in BACKENDS:
+            raise ConfigError(f"expected one of {', '.join(BACKENDS)}, got {cfg['attention']!r}", "attention", file)
+    return cfg
+
+
+def _finish(model, cfg: dict):
+    from zoo.modules.attention import set_attention_backend  # noqa: PLC0415
+
+    if cfg.get("attention") is not None:
+        set_attention_backend(model, cfg["attention"])
+    clean = {k: v for k, v in cfg.items() if k != "tasks" and not k.startswith("_")}
+    try:
+        model.zoo_config = clean
+    except AttributeError:
+        pass
+    return model
+
+
+def create_model(
+    name_or_config: str | os.PathLike | Mapping,
+    task: str | None = None,
+    pretrained: str | os.PathLike | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    device: Any = None,
+    **model_overrides: Any,
+):
+    """Build a registered model.
+
+    Args:
+        name_or_config: a registered name (``zoo.list_models()``), a YAML file, or a config dict.
+        task: a task variant declared in the model file (``"vqa"``, ``"retrieval"``, ...); None = the base model.
+        pretrained: a local weights file or an export folder loaded strictly after building.
+        overrides: ``key.sub=value`` strings relative to the model file (as on the command line).
+        device: build directly on this device (``"meta"`` builds without memory).
+        **model_overrides: changes to the model tree, ``create_model(name, **{"vision.depth": 2})`` or
+            ``create_model(name, vision={"depth": 2})``; ``attention="math"`` picks the attention backend.
+    """
+    cfg = resolve_config(name_or_config, task, overrides, model_overrides)
+    if device is not None:
+        import torch  # noqa: PLC0415
+
+        with torch.device(device):
+            model = build(cfg["model"], "model", "model", cfg.get("_file"), validated=True)
+    else:
+        model = build(cfg["model"], "model", "model", cfg.get("_file"), validated=True)
+    _finish(model, cfg)
+    if pretrained is not None:
+        from zoo.hub import load_weights  # noqa: PLC0415
+
+        load_weights(model, pretrained)
+    return model
+
+
+def build_part(config: Mapping, kind: str):
+    """Build one part (``kind`` = ``vision_encoder``, ``text_encoder``, ``fusion``, ...) from ``{type: NAME, ...}``."""
+    return build(config, kind, kind)
+
+
+def model_info(name_or_config: str | os.PathLike | Mapping, task: str | None = None) -> dict:
+    """Parameter count, parts, tasks and default resolution of a model, built on the meta device (no memory)."""
+    from zoo.models.base import count_parameters  # noqa: PLC0415
+
+    cfg = resolve_config(name_or_config, task)
+    model = create_model(cfg, device="meta")
+    tree = cfg["model"]
+    parts = {}
+    for child_name, child in model.named_children():
+        sub = tree.get(child_name)
+        parts[child_name] = {
+            "type": sub.get("type") if isinstance(sub, Mapping) else type(child).__name__,
+            "params": count_parameters(child),
+        }
+    base = load_model_config(name_or_config if not isinstance(name_or_config, Mapping) else dict(name_or_config))
+    return {
+        "name": cfg.get("name"),
+        "description": cfg.get("description", ""),
+        "model_type": tree["type"],
+        "task": task,
+        "params": count_parameters(model),
+        "trainable_params": count_parameters(model, trainable_only=True),
+        "parts": parts,
+        "tasks": sorted((base.get("tasks") or {}).keys()),
+        "default_resolution": cfg.get("default_resolution"),
+        "file": cfg.get("_file"),
+    }

@@ -1,0 +1,223 @@
+"""Saving and loading weights: ``save_pretrained`` / ``from_pretrained``, local checkpoints, path resolution.
+
+Exports are a folder with ``config.json`` (the full, resolved model config: rebuilding needs nothing else) and
+``model.safetensors``. Files are written atomically (to a temporary name in the same folder, then renamed), so an
+interrupted save never leaves a truncated file under the final name. Loading never unpickles arbitrary objects:
+safetensors, or ``torch.load(weights_only=True)`` for ``.pth``/``.bin``/``.pt`` files.
+
+There is no model-hub download here: ``pretrained=`` takes a local file or folder. ``hf-hub:ORG/NAME`` ids are resolved
+through huggingface_hub's local cache only when it is installed, and fail at once with a clear message otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+__all__ = [
+    "save_pretrained",
+    "from_pretrained",
+    "load_state_dict",
+    "load_weights",
+    "resolve_path",
+    "atomic_write",
+    "WeightsError",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+class WeightsError(RuntimeError):
+    """A weights file that cannot be read or does not fit the model (the message names the file and the keys)."""
+
+
+def resolve_path(spec: str | os.PathLike) -> Path:
+    """A local path from ``~``/``$VARS`` paths or ``pkg:MODULE[/SUB/PATH]`` (a folder inside an installed package)."""
+    text = os.path.expandvars(os.path.expanduser(str(spec)))
+    if text.startswith("pkg:"):
+        module, _, sub = text[4:].partition("/")
+        import importlib.util  # noqa: PLC0415
+
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            raise FileNotFoundError(f"{spec}: package {module!r} is not installed (pip install {module.replace('_', '-')})")
+        base = Path(list(found.submodule_search_locations)[0])
+        return base / sub if sub else base
+    return Path(text)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_save_file(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _unique_state_dict(model) -> dict:
+    """The state dict with tied tensors stored once (safetensors refuses shared storage)."""
+    seen: dict[tuple, str] = {}
+    out = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if tensor.numel() and key in seen:
+            continue
+        seen[key] = name
+        out[name] = tensor.detach().contiguous()
+    return out
+
+
+def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` for a model built by :func:`zoo.create_model`."""
+    directory = Path(directory)
+    config = dict(config if config is not None else getattr(model, "zoo_config", None) or {})
+    if "model" not in config:
+        raise ValueError("save_pretrained: the model carries no zoo_config; build it with zoo.create_model")
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    tensors = _unique_state_dict(model)
+    _atomic_save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt", "mmzoo": "1"})
+    with atomic_write(directory / CONFIG_NAME, "w") as fh:
+        json.dump(config, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    return directory
+
+
+def load_state_dict(path: str | os.PathLike) -> dict:
+    """Read a state dict from a safetensors or torch file (or a folder holding ``model.safetensors``)."""
+    import torch  # noqa: PLC0415
+
+    path = resolve_path(path)
+    if path.is_dir():
+        candidates = [path / WEIGHTS_NAME, *(path / f"pytorch_model{s}" for s in (".bin",))]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise WeightsError(f"{path}: folder has no {WEIGHTS_NAME} (or pytorch_model.bin)")
+        path = found
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # noqa: PLC0415
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    if path.suffix in _TORCH_SUFFIXES:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise WeightsError(f"{path}: cannot be read with torch.load(weights_only=True) ({exc})") from None
+        for key in ("model", "state_dict", "module"):
+            if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+        if not isinstance(obj, Mapping):
+            raise WeightsError(f"{path}: expected a state dict (mapping of tensors), got {type(obj).__name__}")
+        return dict(obj)
+    raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, .pth, .pt, .bin or .ckpt")
+
+
+def _list(keys: list[str], n: int = 12) -> str:
+    head = ", ".join(keys[:n])
+    return head + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_weights(model, source: str | os.PathLike | Mapping, *, strict: bool = True, prefix: str = "") -> Any:
+    """Load a state dict (or a file/folder) into ``model``; mismatches raise :class:`WeightsError` naming the keys."""
+    where = "state dict" if isinstance(source, Mapping) else str(source)
+    state = dict(source) if isinstance(source, Mapping) else load_state_dict(source)
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    own = model.state_dict()
+    shape_errors = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if shape_errors:
+        raise WeightsError(f"{where}: {len(shape_errors)} tensor(s) have the wrong shape: {_list(shape_errors, 8)}")
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not _is_derived_buffer(model, k)]
+    if strict and (missing or result.unexpected_keys):
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {_list(missing)}")
+        if result.unexpected_keys:
+            parts.append(f"unexpected {len(result.unexpected_keys)} key(s): {_list(result.unexpected_keys)}")
+        raise WeightsError(f"{where} does not fit {type(model).__name__}: " + "; ".join(parts))
+    return result
+
+
+def _is_derived_buffer(model, key: str) -> bool:
+    """Non-persistent-in-spirit buffers (index tables) that a file may legitimately omit."""
+    leaf = key.rsplit(".", 1)[-1]
+    return leaf in {"relative_position_index", "position_ids", "attn_mask"}
+
+
+def from_pretrained(path: str | os.PathLike, *, map_location: str = "cpu", **overrides):
+    """Rebuild a model saved with ``save_pretrained`` (outputs equal the saved model's)."""
+    from zoo.factory import create_model  # noqa: PLC0415
+
+    directory = resolve_path(path)
+    if str(path).startswith("hf-hub:"):
+        directory = _hub_snapshot(str(path)[len("hf-hub:"):])
+    cfg_file = directory / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise WeightsError(f"{directory}: not an mmzoo export (no {CONFIG_NAME}); expected a save_pretrained folder")
+    try:
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{cfg_file}: invalid JSON ({exc})") from None
+    config["_file"] = str(cfg_file)
+    model = create_model(config, **overrides)
+    load_weights(model, directory)
+    return model
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download  # noqa: PLC0415
+    except ImportError:
+        raise WeightsError(f"hf-hub:{repo_id}: huggingface_hub is not installed") from None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"))
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(
+            f"hf-hub:{repo_id}: cannot be fetched ({type(exc).__name__}); download it where the hub is reachable and "
+            "pass the local folder instead"
+        ) from None

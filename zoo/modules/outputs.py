@@ -1,0 +1,31 @@
+"""The small typed outputs every part returns, so that an assembly never reaches into a part's insides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterator
+
+from torch import Tensor
+
+__all__ = ["EncoderOutput"]
+
+
+@dataclass
+class EncoderOutput:
+    """What vision encoders, text encoders and fusion blocks return.
+
+    tokens: ``(B, N, D)`` sequence of output states.
+    pooled: ``(B, D)`` one vector per example (CLS state, mean of patches, ... as the part defines it).
+    mask: ``(B, N)`` 1 = real token, 0 = padding; None when every token is real (images).
+    hidden_states: the input of the first layer and the output of every layer, when requested.
+    attentions: per-layer attention probabilities ``(B, H, N, M)``, when requested (math backend).
+    """
+
+    tokens: Tensor
+    pooled: Tensor | None = None
+    mask: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+
+    def __iter__(self) -> Iterator[Tensor | None]:
+        return (getattr(self, f.name) for f in fields(self))

@@ -1,0 +1,414 @@
+"""Typed configuration trees: YAML loading with inheritance, command-line overrides, validation and building.
+
+A model is described as a tree of parts, each a mapping ``{type: REGISTERED_NAME, ...arguments}``. The arguments of a
+part are the keyword arguments of the registered class (or function); their type annotations are the schema. A nested
+part is annotated ``Part["vision_encoder"]`` (or ``list[Part["head"]]``, ``dict[str, Part["head"]]``, ``Part[...] |
+None``). Everything is validated before anything is built: an unknown key, a wrong type, a missing required argument
+or an unregistered type raises :class:`ConfigError` naming the dotted path, the file and what was expected.
+
+YAML files may inherit: ``_base_: other.yaml`` (or a list; paths relative to the file) is loaded first and the file
+is deep-merged over it. A mapping holding ``_replace_: true`` replaces the inherited mapping instead of merging.
+Overrides ``key.sub=value`` parse ``value`` as YAML and set it at the dotted path.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Literal, Mapping, Union
+
+import yaml
+
+from zoo.registry import REGISTRIES, UnknownNameError
+
+__all__ = [
+    "ConfigError",
+    "Part",
+    "PartOf",
+    "load_yaml",
+    "load_config",
+    "deep_merge",
+    "apply_overrides",
+    "parse_override",
+    "validate",
+    "build",
+    "check_width",
+    "part_path",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, located by file and dotted path."""
+
+    def __init__(self, message: str, path: str | None = None, file: str | os.PathLike | None = None):
+        self.message, self.path, self.file = message, path, (str(file) if file is not None else None)
+        where = ": ".join(str(x) for x in (self.file, self.path) if x)
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class PartOf:
+    """Marker in ``Annotated[...]`` saying "a part from registry ``kind``"."""
+
+    def __init__(self, kind: str):
+        if kind not in REGISTRIES:
+            raise ValueError(f"unknown registry kind {kind!r}; expected one of {', '.join(REGISTRIES)}")
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"Part[{self.kind!r}]"
+
+
+class Part:
+    """``Part["vision_encoder"]`` annotates an argument that takes a part of that kind (a config mapping or a module)."""
+
+    def __class_getitem__(cls, kind: str) -> Any:
+        return Annotated[Any, PartOf(kind)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# YAML, inheritance, overrides
+# ---------------------------------------------------------------------------------------------------------------------
+def deep_merge(base: Any, over: Any) -> Any:
+    """``over`` merged into a copy of ``base``: mappings merge key by key, anything else replaces."""
+    if isinstance(base, Mapping) and isinstance(over, Mapping):
+        if over.get("_replace_"):
+            return {k: copy.deepcopy(v) for k, v in over.items() if k != "_replace_"}
+        out = {k: copy.deepcopy(v) for k, v in base.items()}
+        for key, value in over.items():
+            out[key] = deep_merge(out[key], value) if key in out else _strip(copy.deepcopy(value))
+        return out
+    return _strip(copy.deepcopy(over))
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _strip(v) for k, v in value.items() if k != "_replace_"}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def load_yaml(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict:
+    """Load a YAML mapping, resolving ``_base_`` inheritance."""
+    path = Path(path)
+    key = str(path.resolve())
+    if key in _seen:
+        chain = " -> ".join([*_seen, key])
+        raise ConfigError(f"circular _base_ inheritance: {chain}", file=path)
+    if not path.is_file():
+        raise ConfigError("config file not found", file=path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=path) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", file=path)
+    bases = data.pop("_base_", None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError("_base_ must be a file name or a list of file names", path="_base_", file=path)
+    merged: dict = {}
+    for base in bases:
+        merged = deep_merge(merged, load_yaml(path.parent / base, (*_seen, key)))
+    return deep_merge(merged, data)
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
+    """Load a YAML config file (with inheritance) and apply ``key.sub=value`` overrides."""
+    return apply_overrides(load_yaml(path), overrides, file=path)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.c=value"`` -> (["a", "b", "c"], parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key component")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(config: dict, overrides: Iterable[str] | Mapping[str, Any], file: Any = None) -> dict:
+    """Return a copy of ``config`` with dotted-path overrides applied (strings ``k.s=v`` or a mapping ``{"k.s": v}``)."""
+    out = copy.deepcopy(config)
+    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        parts = key.split(".") if isinstance(key, str) else list(key)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"cannot set {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is a {type(child).__name__}, "
+                    "not a mapping", file=file
+                )
+            node = child
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), Mapping):
+            node[parts[-1]] = deep_merge(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# schema from signatures
+# ---------------------------------------------------------------------------------------------------------------------
+_EMPTY = inspect.Parameter.empty
+
+
+def _signature(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """Parameters (name -> Parameter), resolved annotations, and whether ``**kwargs`` is accepted."""
+    target = obj.__init__ if isinstance(obj, type) else obj
+    sig = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except Exception:  # noqa: BLE001 - unresolved forward references: fall back to no type checks
+        hints = {}
+    params, var_kw = {}, False
+    for i, (name, p) in enumerate(sig.parameters.items()):
+        if isinstance(obj, type) and i == 0 and name == "self":
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind is not p.VAR_POSITIONAL:
+            params[name] = p
+    return params, hints, var_kw
+
+
+def _describe(ann: Any) -> str:
+    origin = typing.get_origin(ann)
+    if origin is Annotated:
+        args = typing.get_args(ann)
+        for meta in args[1:]:
+            if isinstance(meta, PartOf):
+                return f"a {meta.kind} config ({{type: NAME, ...}})"
+        return _describe(args[0])
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(ann))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
+    if origin in (list, tuple, typing.Sequence, Iterable):
+        args = [a for a in typing.get_args(ann) if a is not Ellipsis]
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin in (dict, Mapping):
+        args = typing.get_args(ann)
+        return f"a mapping of {_describe(args[1])}" if len(args) == 2 else "a mapping"
+    if ann is type(None):
+        return "null"
+    return getattr(ann, "__name__", str(ann))
+
+
+def _part_kind(ann: Any) -> str | None:
+    if typing.get_origin(ann) is Annotated:
+        for meta in typing.get_args(ann)[1:]:
+            if isinstance(meta, PartOf):
+                return meta.kind
+    return None
+
+
+def _type_of(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def _check(value: Any, ann: Any, path: str, file: Any) -> None:
+    """Raise ConfigError when ``value`` does not fit ``ann`` (recursing into parts and containers)."""
+    if ann is _EMPTY or ann is Any or ann is object:
+        return
+    kind = _part_kind(ann)
+    if kind is not None:
+        if isinstance(value, Mapping):
+            validate(value, kind, path, file)
+            return
+        import torch.nn as nn  # noqa: PLC0415 - only when a built module is passed instead of a config
+
+        if isinstance(value, nn.Module):
+            return
+        raise ConfigError(f"expected {_describe(ann)}, got {_type_of(value)}", path, file)
+    origin = typing.get_origin(ann)
+    if origin is Annotated:
+        return _check(value, typing.get_args(ann)[0], path, file)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(ann):
+            try:
+                _check(value, option, path, file)
+                return
+            except ConfigError as exc:
+                errors.append(exc)
+        # a config mapping that fails inside its own schema is more useful than "expected X or None"
+        deeper = [e for e in errors if e.path != path]
+        if deeper:
+            raise deeper[0]
+        raise ConfigError(f"expected {_describe(ann)}, got {_type_of(value)}", path, file)
+    if origin is Literal:
+        if value not in typing.get_args(ann):
+            raise ConfigError(f"expected {_describe(ann)}, got {value!r}", path, file)
+        return
+    if origin in (list, tuple, typing.Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"expected {_describe(ann)}, got {_type_of(value)}", path, file)
+        args = typing.get_args(ann)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"expected a list of {len(args)} items, got {len(value)}", path, file)
+            for i, (v, a) in enumerate(zip(value, args)):
+                _check(v, a, f"{path}[{i}]", file)
+            return
+        if args:
+            for i, v in enumerate(value):
+                _check(v, args[0], f"{path}[{i}]", file)
+        return
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"expected {_describe(ann)}, got {_type_of(value)}", path, file)
+        args = typing.get_args(ann)
+        if len(args) == 2:
+            for k, v in value.items():
+                _check(v, args[1], f"{path}.{k}", file)
+        return
+    if ann is type(None) or ann is None:
+        if value is not None:
+            raise ConfigError(f"expected null, got {_type_of(value)}", path, file)
+        return
+    if ann is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif ann is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif ann is bool:
+        ok = isinstance(value, bool)
+    elif ann is str:
+        ok = isinstance(value, str)
+    elif isinstance(ann, type):
+        ok = isinstance(value, ann)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"expected {_describe(ann)}, got {_type_of(value)}", path, file)
+
+
+def validate(node: Any, kind: str, path: str = "model", file: Any = None) -> None:
+    """Check a part config against its registered signature, recursively. Raises :class:`ConfigError`."""
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"expected a {kind} config mapping {{type: NAME, ...}}, got {_type_of(node)}", path, file)
+    if "type" not in node:
+        raise ConfigError(f"missing 'type' (the registered {kind} name)", path, file)
+    name = node["type"]
+    registry = REGISTRIES[kind]
+    try:
+        obj = registry.get(name)
+    except UnknownNameError as exc:
+        raise ConfigError(str(exc), f"{path}.type", file) from None
+    except TypeError as exc:
+        raise ConfigError(str(exc), f"{path}.type", file) from None
+    params, hints, var_kw = _signature(obj)
+    for key, value in node.items():
+        if key == "type":
+            continue
+        if key not in params:
+            if var_kw:
+                continue
+            known = ", ".join(sorted(params)) or "(none)"
+            import difflib  # noqa: PLC0415
+
+            close = difflib.get_close_matches(key, list(params), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {key!r} for {kind} {name!r}{hint} Accepted keys: {known}",
+                              f"{path}.{key}", file)
+        _check(value, hints.get(key, params[key].annotation), f"{path}.{key}", file)
+    missing = [n for n, p in params.items() if p.default is _EMPTY and n not in node]
+    if missing:
+        raise ConfigError(f"missing required argument(s) {', '.join(missing)} for {kind} {name!r}", path, file)
+
+
+def _build_value(value: Any, ann: Any, path: str, file: Any) -> Any:
+    kind = _part_kind(ann)
+    if kind is not None and isinstance(value, Mapping):
+        return build(value, kind, path, file, validated=True)
+    origin = typing.get_origin(ann)
+    if origin is Annotated:
+        return _build_value(value, typing.get_args(ann)[0], path, file)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(ann):
+            if _part_kind(option) is not None and isinstance(value, Mapping):
+                return build(value, _part_kind(option), path, file, validated=True)
+            sub_origin = typing.get_origin(option)
+            if sub_origin in (list, tuple, dict, Mapping, typing.Sequence) and isinstance(value, (list, tuple, Mapping)):
+                try:
+                    _check(value, option, path, file)
+                except ConfigError:
+                    continue
+                return _build_value(value, option, path, file)
+        return value
+    if origin in (list, tuple, typing.Sequence) and isinstance(value, (list, tuple)):
+        args = typing.get_args(ann)
+        if args and _part_kind(args[0]) is not None:
+            return [_build_value(v, args[0], f"{path}[{i}]", file) for i, v in enumerate(value)]
+        return list(value) if origin is list else tuple(value) if origin is tuple else value
+    if origin in (dict, Mapping) and isinstance(value, Mapping):
+        args = typing.get_args(ann)
+        if len(args) == 2 and _part_kind(args[1]) is not None:
+            return {k: _build_value(v, args[1], f"{path}.{k}", file) for k, v in value.items()}
+    return copy.deepcopy(value)
+
+
+def build(node: Mapping, kind: str, path: str = "model", file: Any = None, *, validated: bool = False) -> Any:
+    """Validate (unless already done) and build a part config tree, children first."""
+    if not validated:
+        validate(node, kind, path, file)
+    obj = REGISTRIES[kind].get(node["type"])
+    params, hints, _ = _signature(obj)
+    kwargs = {}
+    for key, value in node.items():
+        if key == "type":
+            continue
+        ann = hints.get(key, params[key].annotation if key in params else _EMPTY)
+        kwargs[key] = _build_value(value, ann, f"{path}.{key}", file)
+    try:
+        part = obj(**kwargs)
+    except ConfigError as exc:
+        if exc.path is None and exc.file is None:
+            raise ConfigError(exc.message, path, file) from None
+        raise
+    try:
+        object.__setattr__(part, "_zoo_path", path)
+        object.__setattr__(part, "_zoo_file", str(file) if file is not None else None)
+    except (AttributeError, TypeError):
+        pass
+    return part
+
+
+def part_path(part: Any, default: str = "?") -> str:
+    """The dotted config path a part was built from (``model.vision``), or its class name."""
+    return getattr(part, "_zoo_path", None) or f"{default} ({type(part).__name__})"
+
+
+def check_width(
+    consumer: Any, consumer_arg: str, expected: int, producer: Any, produced: int, producer_attr: str = "width"
+) -> None:
+    """Raise a ConfigError naming both parts when ``producer`` feeds ``consumer`` a width it does not expect."""
+    if expected != produced:
+        raise ConfigError(
+            f"width mismatch: {part_path(consumer, 'consumer')} expects {consumer_arg}={expected} but "
+            f"{part_path(producer, 'producer')} produces {producer_attr}={produced}; set one to match the other",
+            file=getattr(consumer, "_zoo_file", None),
+        )
