@@ -7,6 +7,7 @@ A model file holds::
     description: ...
     default_resolution: 224
     attention: auto                  # optional attention backend for the whole model
+    imports: [my_package.encoders]   # optional: modules imported first (they register user parts)
     model: {type: REGISTERED_MODEL, ...parts...}
     tasks:                           # optional: task name -> overrides merged into `model`
       vqa: {head: {type: ...}}
@@ -39,6 +40,7 @@ MODEL_FILE_KEYS = {
     "preprocess": (dict,),
     "pretrained": (str, type(None)),
     "task": (str, type(None)),
+    "imports": (list,),
 }
 
 _extra_dirs: list[Path] = []

@@ -45,6 +45,7 @@ def resolve_config(
         rest = {k: v for k, v in model_overrides.items() if k not in top}
         cfg.update(copy.deepcopy(top))
         cfg["model"] = apply_overrides(cfg["model"], rest, file=file)
+    _import_user_modules(cfg.get("imports") or [], file)
     validate(cfg["model"], "model", "model", file)
     if cfg.get("attention") is not None:
         from zoo.modules.attention import BACKENDS  # noqa: PLC0415
@@ -52,6 +53,18 @@ def resolve_config(
         if cfg["attention"] not in BACKENDS:
             raise ConfigError(f"expected one of {', '.join(BACKENDS)}, got {cfg['attention']!r}", "attention", file)
     return cfg
+
+
+def _import_user_modules(modules: list, file) -> None:
+    import importlib  # noqa: PLC0415
+
+    for i, name in enumerate(modules):
+        if not isinstance(name, str):
+            raise ConfigError(f"expected a module name, got {type(name).__name__}", f"imports[{i}]", file)
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import module {name!r}: {exc}", f"imports[{i}]", file) from None
 
 
 def _finish(model, cfg: dict):

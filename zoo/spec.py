@@ -368,7 +368,8 @@ def _build_value(value: Any, ann: Any, path: str, file: Any) -> Any:
         args = typing.get_args(ann)
         if len(args) == 2 and _part_kind(args[1]) is not None:
             return {k: _build_value(v, args[1], f"{path}.{k}", file) for k, v in value.items()}
-    return copy.deepcopy(value)
+    # plain config data is copied so that a part cannot alter the caller's config; built modules are passed as is
+    return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
 
 
 def build(node: Mapping, kind: str, path: str = "model", file: Any = None, *, validated: bool = False) -> Any:

@@ -189,7 +189,8 @@ def _math(q, k, v, add, dropout_p, scale, return_probs):
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale
     if add is not None:
         scores = scores + add
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    # half-precision scores are normalised in float32; float32/float64 stay in their own precision
+    probs = torch.softmax(scores.float() if scores.dtype in _XFORMERS_DTYPES else scores, dim=-1).to(q.dtype)
     dropped = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
     out = torch.matmul(dropped, v)
     return (out, probs) if return_probs else out

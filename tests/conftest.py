@@ -1,0 +1,26 @@
+"""Shared test fixtures: offline mode and the official reference layouts in tests/reference/."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+
+@lru_cache(maxsize=None)
+def load_reference(name: str) -> dict:
+    """An official reference layout (see tests/reference/README.md); ``name`` with or without ``.json``."""
+    path = REFERENCE_DIR / (name if name.endswith(".json") else f"{name}.json")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def reference_shapes(name: str, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """``{key without prefix: shape}`` for the state-dict entries of a reference layout that start with ``prefix``."""
+    return {k[len(prefix):]: tuple(s) for k, s in load_reference(name)["state_dict"] if k.startswith(prefix)}

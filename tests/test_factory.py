@@ -1,0 +1,148 @@
+"""create_model / list_models / model_info / from_pretrained and the mmzoo command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import zoo
+from zoo.hub import WeightsError, atomic_write, load_weights
+from zoo.models.base import count_parameters
+from zoo.registry import UnknownNameError
+from zoo.spec import ConfigError
+
+
+@pytest.fixture(scope="module")
+def demo():
+    torch.manual_seed(0)
+    return zoo.create_model("demo-tiny").eval()
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(2, 3, 64, 64, generator=g), torch.randint(1000, 2000, (2, 6), generator=g)
+
+
+def test_list_and_unknown_name():
+    assert "demo-tiny" in zoo.list_models()
+    assert zoo.list_models("demo*") == ["demo-tiny"]
+    assert zoo.list_models("nothing*") == []
+    with pytest.raises(UnknownNameError, match="did you mean 'demo-tiny'"):
+        zoo.create_model("demo-tiny2")
+
+
+def test_create_and_run(demo):
+    images, ids = _inputs()
+    with torch.no_grad():
+        out = demo(images, ids)
+    assert out.vision.tokens.shape == (2, 17, 64)
+    assert out.fused.tokens.shape == (2, 6, 64)
+    assert out.similarity.shape == (2, 2) and out.similarity.abs().max() <= 1 + 1e-5
+    assert ((out.match_prob >= 0) & (out.match_prob <= 1)).all()
+    assert out.answer_logits.shape == (2, 8)
+    assert demo.zoo_config["name"] == "demo-tiny" and "tasks" not in demo.zoo_config
+
+
+def test_task_variant_and_overrides():
+    m = zoo.create_model("demo-tiny", task="retrieval", device="meta")
+    assert m.vqa is None and m.itc is not None
+    with pytest.raises(ConfigError, match="has no task 'captioning'; tasks: retrieval"):
+        zoo.create_model("demo-tiny", task="captioning")
+    m = zoo.create_model("demo-tiny", device="meta", **{"vision.depth": 1})
+    assert len(m.vision.blocks) == 1
+    m = zoo.create_model("demo-tiny", device="meta", overrides=["model.vision.depth=3"])
+    assert len(m.vision.blocks) == 3
+    with pytest.raises(ConfigError, match="model.vision.depth: expected int"):
+        zoo.create_model("demo-tiny", device="meta", **{"vision.depth": "deep"})
+    with pytest.raises(ConfigError, match="width mismatch: model.fusion expects encoder_width=64"):
+        zoo.create_model("demo-tiny", device="meta", **{"vision.embed_dim": 128})
+
+
+def test_attention_backend_from_config():
+    m = zoo.create_model("demo-tiny", device="meta", attention="math")
+    backends = {getattr(mod, "attn_backend", "absent") for mod in m.modules() if hasattr(mod, "attn_backend")}
+    assert backends == {"math"}
+    with pytest.raises(ConfigError, match="attention: expected one of"):
+        zoo.create_model("demo-tiny", device="meta", attention="fast")
+
+
+def test_model_info_counts_match_a_real_build(demo):
+    info = zoo.model_info("demo-tiny")
+    assert info["params"] == count_parameters(demo)
+    assert info["parts"]["vision"]["params"] == count_parameters(demo.vision)
+    assert info["parts"]["vision"]["type"] == "beit_v2"
+    assert info["tasks"] == ["retrieval"] and info["default_resolution"] == 64
+
+
+def test_save_and_from_pretrained_roundtrip(demo, tmp_path):
+    images, ids = _inputs()
+    demo.save_pretrained(tmp_path / "export")
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "model.safetensors"]
+    cfg = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert cfg["model"]["type"] == "fusion_encoder"
+    loaded = zoo.from_pretrained(tmp_path / "export").eval()
+    with torch.no_grad():
+        a, b = demo(images, ids), loaded(images, ids)
+    assert torch.equal(a.fused.tokens, b.fused.tokens) and torch.equal(a.similarity, b.similarity)
+    # pretrained= on create_model takes the same folder
+    again = zoo.create_model("demo-tiny", pretrained=tmp_path / "export").eval()
+    with torch.no_grad():
+        assert torch.equal(again(images, ids).answer_logits, a.answer_logits)
+
+
+def test_weights_errors_name_file_and_keys(demo, tmp_path):
+    state = demo.state_dict()
+    bad = dict(state)
+    bad["itm.mlp.0.weight"] = torch.zeros(3, 3)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError, match=r"bad.pth: 1 tensor\(s\) have the wrong shape: itm.mlp.0.weight"):
+        load_weights(demo, tmp_path / "bad.pth")
+    partial = {k: v for k, v in state.items() if not k.startswith("vqa.")}
+    partial["extra.weight"] = torch.zeros(1)
+    torch.save({"model": partial}, tmp_path / "partial.pth")
+    with pytest.raises(WeightsError) as info:
+        load_weights(demo, tmp_path / "partial.pth")
+    assert "missing 6 key(s): vqa.mlp" in str(info.value) and "unexpected 1 key(s): extra.weight" in str(info.value)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(WeightsError, match="junk.safetensors: not a readable safetensors file"):
+        load_weights(demo, tmp_path / "junk.safetensors")
+    with pytest.raises(WeightsError, match="no such weights file"):
+        load_weights(demo, tmp_path / "missing.pth")
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "config.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "w") as fh:
+            fh.write("half-written")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_list_info_and_errors():
+    res = _cli("list")
+    assert res.returncode == 0 and "demo-tiny" in res.stdout and "fusion_encoder" in res.stdout
+    res = _cli("info", "demo-tiny")
+    info = zoo.model_info("demo-tiny")
+    assert res.returncode == 0 and f"{info['params']:,}" in res.stdout and "beit_v2" in res.stdout
+    res = _cli("info", "demo-tinyy")
+    assert res.returncode == 2 and "did you mean 'demo-tiny'" in res.stderr and "Traceback" not in res.stderr
+    res = _cli("list", "--parts")
+    assert res.returncode == 0 and "beit_v2" in res.stdout and "cross_attention" in res.stdout
+
+
+def test_demo_prints_what_it_computed():
+    res = _cli("demo")
+    assert res.returncode == 0, res.stderr[-2000:]
+    for field in ("model       demo-tiny", "question    'what colour is the circle?'", "ITC", "ITM", "answers"):
+        assert field in res.stdout
