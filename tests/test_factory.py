@@ -99,7 +99,7 @@ def test_weights_errors_name_file_and_keys(demo, tmp_path):
     bad = dict(state)
     bad["itm.mlp.0.weight"] = torch.zeros(3, 3)
     torch.save(bad, tmp_path / "bad.pth")
-    with pytest.raises(WeightsError, match=r"bad.pth: 1 tensor\(s\) have the wrong shape: itm.mlp.0.weight"):
+    with pytest.raises(WeightsError, match=r"bad.pth: 1 tensor\(s\) have the wrong shape \(shape mismatch\): itm.mlp.0.weight: file \(3, 3\) vs model \(128, 64\)"):
         load_weights(demo, tmp_path / "bad.pth")
     partial = {k: v for k, v in state.items() if not k.startswith("vqa.")}
     partial["extra.weight"] = torch.zeros(1)

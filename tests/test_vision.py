@@ -29,7 +29,8 @@ from zoo.modules.vision._timm_attention import (
 from zoo.modules.vision.beit import BEiTv2Encoder
 from zoo.modules.vision.open_clip import OpenCLIPVisionEncoder
 from zoo.modules.vision.swin import SwinEncoder, convert_official_swin
-from zoo.modules.vision.timm_encoder import CheckpointError, TimmEncoder
+from zoo.hub import WeightsError
+from zoo.modules.vision.timm_encoder import TimmEncoder
 from zoo.modules.vision.video import VideoEncoder
 from conftest import load_reference, reference_shapes
 from zoo.registry import VISION_ENCODERS
@@ -240,9 +241,9 @@ def test_beit_resolution_change_resizes_relative_position_tables(tmp_path):
 def test_beit_checkpoint_errors_name_file_and_keys(tmp_path):
     sd = BEiTv2Encoder(**dict(TINY_BEIT, embed_dim=48, num_heads=2)).state_dict()
     save_file(sd, str(tmp_path / "wide.safetensors"))
-    with pytest.raises(CheckpointError, match=r"wide\.safetensors.*shape mismatch.*cls_token"):
+    with pytest.raises(WeightsError, match=r"wide\.safetensors.*shape mismatch.*blocks\.0\.attn\.proj\.bias: file \(48,\) vs model \(32,\)"):
         BEiTv2Encoder(**TINY_BEIT, pretrained=str(tmp_path / "wide.safetensors"))
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(WeightsError, match="missing.pth: no such weights file"):
         BEiTv2Encoder(**TINY_BEIT, pretrained=str(tmp_path / "missing.pth"))
     with pytest.raises(ConfigError, match="multiple of patch_size"):
         BEiTv2Encoder(img_size=30, patch_size=8)
@@ -388,7 +389,7 @@ def test_open_clip_loads_local_tower_and_full_checkpoints(tiny_clip_name, tmp_pa
     # another resolution: the position embedding is resized by open_clip's helper
     big = OpenCLIPVisionEncoder(tiny_clip_name, img_size=48, pretrained=str(tmp_path / "tower.safetensors"))
     assert big(_images(size=48)).tokens.shape == (2, 36, 32)
-    with pytest.raises(CheckpointError, match="tower.safetensors"):
+    with pytest.raises(WeightsError, match="tower.safetensors"):
         OpenCLIPVisionEncoder("ViT-B-32", pretrained=str(tmp_path / "tower.safetensors"))
 
 

@@ -16,7 +16,9 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
+
+from zoo.spec import ConfigError
 
 __all__ = [
     "save_pretrained",
@@ -33,10 +35,14 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_FOLDER_WEIGHTS = (WEIGHTS_NAME, "pytorch_model.bin", "model.pth", "model.pt")
 
 
-class WeightsError(RuntimeError):
-    """A weights file that cannot be read or does not fit the model (the message names the file and the keys)."""
+class WeightsError(ConfigError):
+    """A weights file that cannot be read or does not fit the model (the message names the file and the keys).
+
+    A ConfigError, so that a ``pretrained:`` path inside a model config is reported with its config path too.
+    """
 
 
 def resolve_path(spec: str | os.PathLike) -> Path:
@@ -118,18 +124,24 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
-    """Read a state dict from a safetensors or torch file (or a folder holding ``model.safetensors``)."""
+    """The tensors of a local weights file, or of a folder holding one (``model.safetensors`` preferred).
+
+    safetensors files are read with safetensors; ``.pth``/``.pt``/``.bin``/``.ckpt`` with
+    ``torch.load(weights_only=True)``; a state dict nested under ``model`` / ``state_dict`` / ``module`` is unwrapped,
+    and a ``module.`` prefix on every key (a DistributedDataParallel save) is removed.
+    """
     import torch  # noqa: PLC0415
 
     path = resolve_path(path)
     if path.is_dir():
-        candidates = [path / WEIGHTS_NAME, *(path / f"pytorch_model{s}" for s in (".bin",))]
-        found = next((c for c in candidates if c.is_file()), None)
+        found = next((path / n for n in _FOLDER_WEIGHTS if (path / n).is_file()), None)
         if found is None:
-            raise WeightsError(f"{path}: folder has no {WEIGHTS_NAME} (or pytorch_model.bin)")
+            raise WeightsError(f"{path}: folder holds none of {', '.join(_FOLDER_WEIGHTS)} (sharded checkpoints are "
+                               "not read)")
         path = found
     if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
+        raise WeightsError(f"{path}: no such weights file (pretrained weights load from local files and folders; "
+                           "hub names are not fetched)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file  # noqa: PLC0415
 
@@ -137,19 +149,25 @@ def load_state_dict(path: str | os.PathLike) -> dict:
             return load_file(str(path))
         except Exception as exc:  # noqa: BLE001
             raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
-    if path.suffix in _TORCH_SUFFIXES:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise WeightsError(f"{path}: cannot be read with torch.load(weights_only=True) ({exc})") from None
-        for key in ("model", "state_dict", "module"):
-            if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-        if not isinstance(obj, Mapping):
-            raise WeightsError(f"{path}: expected a state dict (mapping of tensors), got {type(obj).__name__}")
-        return dict(obj)
-    raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, .pth, .pt, .bin or .ckpt")
+    if path.suffix not in _TORCH_SUFFIXES:
+        raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, "
+                           f"{', '.join(_TORCH_SUFFIXES)}")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(f"{path}: cannot be read with torch.load(weights_only=True) ({exc})") from None
+    for key in ("model", "state_dict", "module"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: expected a state dict (mapping of tensors), got {type(obj).__name__}")
+    tensors = {k: v for k, v in obj.items() if torch.is_tensor(v)}
+    if not tensors:
+        raise WeightsError(f"{path}: holds no tensors (keys: {_list([str(k) for k in obj])})")
+    if all(k.startswith("module.") for k in tensors):  # saved from a DistributedDataParallel wrapper
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
 
 
 def _list(keys: list[str], n: int = 12) -> str:
@@ -157,9 +175,21 @@ def _list(keys: list[str], n: int = 12) -> str:
     return head + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def load_weights(model, source: str | os.PathLike | Mapping, *, strict: bool = True, prefix: str = "") -> Any:
-    """Load a state dict (or a file/folder) into ``model``; mismatches raise :class:`WeightsError` naming the keys."""
-    where = "state dict" if isinstance(source, Mapping) else str(source)
+def load_weights(
+    model,
+    source: str | os.PathLike | Mapping,
+    *,
+    strict: bool = True,
+    prefix: str = "",
+    optional: Callable[[str], bool] | None = None,
+    what: str | None = None,
+) -> Any:
+    """Load a state dict (or a file/folder) into ``model``; mismatches raise :class:`WeightsError` naming the keys.
+
+    ``prefix``: only keys under it are used (stripped). ``optional(key)``: model keys that may be absent (buffers the
+    model recomputes are always optional). Shapes must match even when ``strict`` is False.
+    """
+    where = what or ("state dict" if isinstance(source, Mapping) else str(source))
     state = dict(source) if isinstance(source, Mapping) else load_state_dict(source)
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -170,9 +200,10 @@ def load_weights(model, source: str | os.PathLike | Mapping, *, strict: bool = T
         if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
     if shape_errors:
-        raise WeightsError(f"{where}: {len(shape_errors)} tensor(s) have the wrong shape: {_list(shape_errors, 8)}")
+        raise WeightsError(f"{where}: {len(shape_errors)} tensor(s) have the wrong shape (shape mismatch): "
+                           f"{_list(shape_errors, 8)}")
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not _is_derived_buffer(model, k)]
+    missing = [k for k in result.missing_keys if not _is_derived_buffer(model, k) and not (optional and optional(k))]
     if strict and (missing or result.unexpected_keys):
         parts = []
         if missing:

@@ -388,7 +388,7 @@ def build(node: Mapping, kind: str, path: str = "model", file: Any = None, *, va
         part = obj(**kwargs)
     except ConfigError as exc:
         if exc.path is None and exc.file is None:
-            raise ConfigError(exc.message, path, file) from None
+            raise type(exc)(exc.message, path, file) from None
         raise
     try:
         object.__setattr__(part, "_zoo_path", path)

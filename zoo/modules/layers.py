@@ -14,9 +14,8 @@ state-dict keys equal ``BertLayer``'s (``attention.self.{query,key,value}``, ``a
 load without renaming; tests/test_fusion.py checks numerical agreement with ``BertLayer`` on the same weights.
 
 :class:`LayerStack` runs a slice of such layers (``layer.N`` keys) with gradient checkpointing, hidden states and
-attention maps. :func:`load_local_state_dict` and :func:`load_bert_layers` read local checkpoints (a folder with
-``model.safetensors`` / ``pytorch_model.bin``, or one file) and copy embeddings and layers by key name, optionally from
-other source layers (X²-VLM initialises its fusion layers 12–17 from BERT layers 6–11; CCLM keeps XLM-R's odd layers).
+attention maps. :func:`load_bert_layers` copies embeddings and layers by key name from a local checkpoint (read with
+:func:`zoo.hub.load_state_dict`), optionally from other source layers (X²-VLM initialises its fusion layers 12–17 from BERT layers 6–11; CCLM keeps XLM-R's odd layers).
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ __all__ = [
     "TransformerLayer",
     "LayerStack",
     "init_bert_weights",
-    "load_local_state_dict",
     "read_hf_config",
     "find_prefix",
     "load_bert_layers",
@@ -318,40 +316,6 @@ def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # local checkpoints
 # ---------------------------------------------------------------------------------------------------------------------
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
-
-
-def load_local_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a state dict from a local file or a Hugging Face-style folder (``model.safetensors`` preferred).
-
-    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``. A checkpoint
-    that wraps its weights (``{"model": ...}``, ``{"state_dict": ...}``, ``{"module": ...}``) is unwrapped.
-    """
-    p = Path(path)
-    if p.is_dir():
-        for name in _WEIGHT_FILES:
-            if (p / name).is_file():
-                p = p / name
-                break
-        else:
-            raise FileNotFoundError(
-                f"pretrained folder {path} holds none of {', '.join(_WEIGHT_FILES)} (sharded checkpoints are not read)"
-            )
-    elif not p.is_file():
-        raise FileNotFoundError(f"pretrained weights not found: {path} (expected a local file or folder)")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file  # noqa: PLC0415
-
-        return load_file(str(p))
-    state = torch.load(str(p), map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict", "module"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{p}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}")
-    return state
-
-
 def read_hf_config(path: str | os.PathLike) -> dict[str, Any] | None:
     """The ``config.json`` of a local folder (or of the folder holding a weights file), or None."""
     p = Path(path)

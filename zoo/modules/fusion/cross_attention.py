@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from zoo.hub import load_state_dict
 from zoo.modules.layers import (
     LayerStack,
     TransformerLayer,
     find_prefix,
     init_bert_weights,
     load_bert_layers,
-    load_local_state_dict,
 )
 from zoo.modules.outputs import EncoderOutput
 from zoo.registry import FUSIONS
@@ -89,7 +89,7 @@ class CrossAttentionFusion(nn.Module):
         first = next((s for s in sources if s is not None), None)
         if first is None:
             return
-        state = load_local_state_dict(path)
+        state = load_state_dict(path)
         prefix = find_prefix(state, f"encoder.layer.{first}.attention.self.query.weight", path)
         self.load_report = load_bert_layers(self, state, source=path, prefix=prefix, layer_sources=sources)
 

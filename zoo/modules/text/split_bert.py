@@ -26,13 +26,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from zoo.hub import load_state_dict
 from zoo.modules.layers import (
     LayerStack,
     TransformerLayer,
     find_prefix,
     init_bert_weights,
     load_bert_layers,
-    load_local_state_dict,
     read_hf_config,
 )
 from zoo.modules.outputs import EncoderOutput
@@ -177,7 +177,7 @@ class SplitBert(nn.Module):
         hf_config = read_hf_config(path)
         if hf_config is not None:
             _check_config(hf_config, self._sizes, self.embeddings_kind, path)
-        state = load_local_state_dict(path)
+        state = load_state_dict(path)
         prefix = find_prefix(state, "embeddings.word_embeddings.weight", path)
         available = _num_source_layers(state, prefix)
         if layer_map is not None:

@@ -38,12 +38,11 @@ from timm.models.beit import checkpoint_filter_fn as _timm_beit_filter
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from zoo.hub import load_state_dict, load_weights
 from zoo.modules.outputs import EncoderOutput
 from zoo.modules.vision.timm_encoder import (
     AttentionMode,
     _apply_attention,
-    _load_checked,
-    _read_checkpoint,
     _select_prefix,
 )
 from zoo.registry import VISION_ENCODERS
@@ -153,8 +152,8 @@ class BEiTv2Encoder(Beit):
     # -- weights -------------------------------------------------------------------------------------------------
     def load_pretrained(self, path: str | os.PathLike) -> None:
         """Load a local checkpoint through :func:`checkpoint_filter_fn` with a strict, checked load."""
-        state_dict = checkpoint_filter_fn(_read_checkpoint(path), self)
-        _load_checked(self, state_dict, f"checkpoint {str(path)!r}",
+        state_dict = checkpoint_filter_fn(load_state_dict(path), self)
+        load_weights(self, state_dict, what=f"checkpoint {str(path)!r}",
                       optional=lambda k: k.endswith("relative_position_index"))
 
     def set_input_size(self, img_size=None, patch_size=None) -> None:

@@ -37,8 +37,8 @@ from open_clip.model import resize_pos_embed
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
+from zoo.hub import load_state_dict, load_weights
 from zoo.modules.outputs import EncoderOutput
-from zoo.modules.vision.timm_encoder import _load_checked, _read_checkpoint
 from zoo.registry import VISION_ENCODERS
 from zoo.spec import ConfigError
 
@@ -136,13 +136,13 @@ class OpenCLIPVisionEncoder(nn.Module):
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
         """Load a full open_clip checkpoint's ``visual.*`` keys, or a tower-only state dict, strictly."""
-        state_dict = _read_checkpoint(path)
+        state_dict = load_state_dict(path)
         if any(k.startswith("visual.") for k in state_dict):
             state_dict = {k: v for k, v in state_dict.items() if k.startswith("visual.")}
         else:
             state_dict = {f"visual.{k}": v for k, v in state_dict.items()}
         resize_pos_embed(state_dict, self)  # reads self.visual.grid_size; no-op at the same resolution
-        _load_checked(self, state_dict, f"checkpoint {str(path)!r}")
+        load_weights(self, state_dict, what=f"checkpoint {str(path)!r}")
 
 
 VISION_ENCODERS.register("open_clip")(OpenCLIPVisionEncoder)

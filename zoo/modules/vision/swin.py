@@ -35,13 +35,12 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer import checkpoint_filter_fn as _timm_swin_filter
 from torch import Tensor
 
+from zoo.hub import load_state_dict, load_weights
 from zoo.modules.outputs import EncoderOutput
 from zoo.modules.vision.timm_encoder import (
     AttentionMode,
     _apply_attention,
     _as_tokens,
-    _load_checked,
-    _read_checkpoint,
     _select_prefix,
 )
 from zoo.registry import VISION_ENCODERS
@@ -135,7 +134,7 @@ class SwinEncoder(SwinTransformer):
     # -- weights -------------------------------------------------------------------------------------------------
     def load_pretrained(self, path: str | os.PathLike) -> None:
         """Load a local checkpoint through :func:`checkpoint_filter_fn` with a strict, checked load."""
-        _load_checked(self, checkpoint_filter_fn(_read_checkpoint(path), self), f"checkpoint {str(path)!r}")
+        load_weights(self, checkpoint_filter_fn(load_state_dict(path), self), what=f"checkpoint {str(path)!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

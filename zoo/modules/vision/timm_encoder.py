@@ -1,14 +1,13 @@
 """Any timm backbone as a vision encoder (registered as ``timm``), and the checkpoint helpers of the timm-based encoders.
 
 From timm: the model (``timm.create_model(model_name, num_classes=0, ...)``), its ``forward_features`` /
-``forward_head(pre_logits=True)`` / ``forward_intermediates`` / ``set_grad_checkpointing``, the checkpoint reader
-(``timm.models.load_state_dict``: safetensors or ``torch.load(weights_only=True)``, nested ``state_dict``/``model``
-entries unwrapped, ``module.`` prefixes removed) and the model family's own ``checkpoint_filter_fn`` (position
+``forward_head(pre_logits=True)`` / ``forward_intermediates`` / ``set_grad_checkpointing``, the model family's own ``checkpoint_filter_fn`` (position
 embedding / relative position table resizing, legacy layouts), applied as timm's builder applies it.
 
 Written here: the encoder contract (:class:`~zoo.modules.outputs.EncoderOutput`), the attention routing switch, and a
 strict load with precise errors. timm's own ``pretrained=True`` path drops the classifier and then loads with
-``strict=False``, logging missing keys only; here a checkpoint that does not fit raises :class:`CheckpointError`
+``strict=False``, logging missing keys only; here a checkpoint (read by :func:`zoo.hub.load_state_dict`) that does
+not fit raises :class:`zoo.hub.WeightsError`
 naming the file, the missing / unexpected keys and every shape mismatch.
 
 Output:
@@ -30,57 +29,23 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import timm
 from torch import Tensor, nn
 
+from zoo.hub import load_state_dict, load_weights
 from zoo.modules.outputs import EncoderOutput
 from zoo.modules.vision._timm_attention import route_timm_attention
 from zoo.registry import VISION_ENCODERS
 from zoo.spec import ConfigError
 
-__all__ = ["CheckpointError", "TimmEncoder"]
+__all__ = ["TimmEncoder"]
 
 AttentionMode = Literal["auto", "timm", "zoo"]
 
-_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-_MAX_LISTED = 8
 
 
-class CheckpointError(ConfigError):
-    """A local checkpoint that cannot be read or does not fit the encoder (the message names file, keys, shapes)."""
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# checkpoint helpers (shared by the timm-based encoders and the open_clip tower)
-# ---------------------------------------------------------------------------------------------------------------------
-def _read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict of a LOCAL checkpoint file, read with timm's reader; errors name the file and what was expected."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        what = "is a folder" if file.is_dir() else "does not exist"
-        raise CheckpointError(
-            f"pretrained checkpoint {str(path)!r} {what}: expected a local file ({', '.join(_SUFFIXES)}); "
-            "hub names are not fetched"
-        )
-    if file.suffix not in _SUFFIXES:
-        raise CheckpointError(f"pretrained checkpoint {str(file)!r}: unsupported suffix {file.suffix!r}; "
-                              f"expected one of {', '.join(_SUFFIXES)}")
-    try:
-        state_dict = timm.models.load_state_dict(str(file), use_ema=False, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - report which file failed and why
-        raise CheckpointError(
-            f"cannot read {str(file)!r} ({type(exc).__name__}: {exc}); expected safetensors, or a state dict of tensors "
-            "readable by torch.load(weights_only=True)"
-        ) from None
-    if not isinstance(state_dict, Mapping):
-        raise CheckpointError(f"{str(file)!r} holds a {type(state_dict).__name__}, not a state dict")
-    tensors = {k: v for k, v in state_dict.items() if isinstance(v, Tensor)}
-    if not tensors:
-        raise CheckpointError(f"{str(file)!r} holds no tensors (keys: {_listing([str(k) for k in state_dict])})")
-    return tensors
 
 
 def _select_prefix(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...]) -> dict[str, Tensor]:
@@ -89,39 +54,6 @@ def _select_prefix(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...]) 
         if any(k.startswith(prefix) for k in state_dict):
             return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     return dict(state_dict)
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
-
-
-def _load_checked(
-    module: nn.Module,
-    state_dict: Mapping[str, Tensor],
-    source: str,
-    *,
-    optional: Callable[[str], bool] | None = None,
-) -> None:
-    """Load ``state_dict`` into ``module``; every key must match in name and shape (``optional`` keys may be absent)."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict and not (optional and optional(k))]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs expected {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es): {_listing(shapes)}")
-        raise CheckpointError(f"cannot load {source} into {type(module).__name__}: " + "; ".join(parts))
-    module.load_state_dict(dict(state_dict), strict=False)
 
 
 def _as_tokens(x: Tensor, fmt: str = "NCHW") -> Tensor:
@@ -228,7 +160,7 @@ class TimmEncoder(nn.Module):
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
         """Load a local timm-layout checkpoint: family filter, classifier dropped, then a strict, checked load."""
-        state_dict = _read_checkpoint(path)
+        state_dict = load_state_dict(path)
         filter_fn = _family_filter(self.model)
         if filter_fn is not None:
             try:
@@ -241,7 +173,7 @@ class TimmEncoder(nn.Module):
             for key in (f"{name}.weight", f"{name}.bias"):
                 if key not in own:
                     state_dict.pop(key, None)
-        _load_checked(self.model, state_dict, f"checkpoint {str(path)!r}")
+        load_weights(self.model, state_dict, what=f"checkpoint {str(path)!r}")
 
 
 def _image_size(model: nn.Module, img_size: int | None) -> int | None:
