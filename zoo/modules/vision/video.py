@@ -83,6 +83,8 @@ class VideoEncoder(nn.Module):
         num_heads: attention heads of the temporal layer (``temporal_attention`` only).
     """
 
+    is_video = True  # models check this to accept (B, T, C, H, W) input
+
     def __init__(
         self,
         image_encoder: Part["vision_encoder"],
