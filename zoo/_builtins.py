@@ -27,9 +27,14 @@ BUILTINS: dict[str, dict[str, str]] = {
         "itc": "zoo.heads.contrastive",
         "itm": "zoo.heads.matching",
         "classifier": "zoo.heads.classifier",
+        "mlm": "zoo.heads.mlm",
+        "bbox": "zoo.heads.box",
+        "nlvr": "zoo.heads.nlvr",
+        "vqa_generative": "zoo.heads.vqa",
     },
     "model": {
         "fusion_encoder": "zoo.models.fusion_encoder",
+        "x2vlm": "zoo.models.x2vlm",
     },
     "dataset": {},
 }

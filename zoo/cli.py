@@ -1,4 +1,4 @@
-"""The ``mmzoo`` command: list | info | demo | bench.
+"""The ``mmzoo`` command: list | info | demo | convert | bench.
 
 Errors the user can fix (unknown names, bad configs, missing files) print one clear line and exit with status 2,
 without a traceback; ``MMZOO_DEBUG=1`` shows the traceback.
@@ -89,6 +89,7 @@ def _cmd_bench(args) -> int:
         import torch  # noqa: PLC0415
 
         lengths = [int(x) for x in args.lengths.split(",")]
+        args.repeat = args.repeat or 10
         rows = bench_attention(lengths, args.batch, args.heads, args.head_dim, args.repeat, args.device, args.dtype,
                                args.backward)
         what = "forward+backward" if args.backward else "forward"
@@ -97,7 +98,30 @@ def _cmd_bench(args) -> int:
                   f"{args.repeat} runs")
         print(format_attention_table(rows, header))
         return 0
+    if args.what == "model":
+        from zoo.bench import bench_model, format_model_table  # noqa: PLC0415
+
+        if not args.name:
+            raise SystemExit("mmzoo bench model: give a model name, e.g. mmzoo bench model x2vlm-base")
+        result = bench_model(args.name, batch=args.batch, image_size=args.image_size, tokens=args.tokens,
+                             repeat=args.repeat or 3, backward=not args.forward_only)
+        print(format_model_table(result))
+        return 0
     raise SystemExit(f"mmzoo bench: unknown benchmark {args.what!r}")
+
+
+_CONVERTERS = {"x2vlm": "zoo.models.x2vlm"}
+
+
+def _cmd_convert(args) -> int:
+    import importlib  # noqa: PLC0415
+
+    module = importlib.import_module(_CONVERTERS[args.family])
+    report = module.convert_official_checkpoint(args.checkpoint, args.out_dir, model=args.model, task=args.task)
+    print(f"converted {args.checkpoint} -> {args.out_dir}")
+    print(_table([[k, v if not isinstance(v, list) else (", ".join(v) or "-")] for k, v in report.items()],
+                 ["field", "value"]))
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,13 +146,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. model.vision.depth=1")
     s.set_defaults(fn=_cmd_demo)
 
-    s = sub.add_parser("bench", help="benchmarks: attention")
-    s.add_argument("what", choices=["attention"])
+    s = sub.add_parser("convert", help="convert an official checkpoint into a loadable export")
+    s.add_argument("family", choices=sorted(_CONVERTERS))
+    s.add_argument("checkpoint", help="the official .pth file")
+    s.add_argument("out_dir", help="folder for the export (config.json + model.safetensors)")
+    s.add_argument("--model", default=None, help="registered model name (default: detected from the checkpoint)")
+    s.add_argument("--task", default=None, help="task variant (default: detected from the checkpoint)")
+    s.set_defaults(fn=_cmd_convert)
+
+    s = sub.add_parser("bench", help="benchmarks: attention | model NAME")
+    s.add_argument("what", choices=["attention", "model"])
+    s.add_argument("name", nargs="?", default=None, help="model name (bench model)")
+    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--tokens", type=int, default=40)
+    s.add_argument("--forward-only", action="store_true")
     s.add_argument("--lengths", default="197,577,1025")
     s.add_argument("--batch", type=int, default=8)
     s.add_argument("--heads", type=int, default=12)
     s.add_argument("--head-dim", type=int, default=64)
-    s.add_argument("--repeat", type=int, default=10)
+    s.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 10; 3 for models)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--dtype", default="float32")
     s.add_argument("--backward", action="store_true")

@@ -16,7 +16,7 @@ __all__ = ["MatchingHead"]
 class MatchingHead(nn.Module):
     """``Linear(d, 2d) → LayerNorm → GELU → Linear(2d, 2)``; class 1 = the text matches the image."""
 
-    def __init__(self, width: int, hidden: int | None = None, eps: float = 1e-12):
+    def __init__(self, width: int, hidden: int | None = None, eps: float = 1e-5):
         super().__init__()
         self.width = width
         self.mlp = mlp_head(width, 2, hidden, eps)

@@ -218,6 +218,8 @@ class SplitBert(nn.Module):
         hidden_states: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         causal: bool = False,
+        mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> EncoderOutput:
@@ -230,6 +232,10 @@ class SplitBert(nn.Module):
             hidden_states: ``(B, L, width)`` the text-layer output (mode ``fusion``).
             causal: causal self-attention in every layer run (X²-VLM's "MLM as generation" captioning); default off —
                 the fusion layers are bidirectional.
+            mask: per-example self-attention keep-mask ``(B, L, L)`` (1/True = query row may attend to key column),
+                combined with ``attention_mask`` and ``causal``; the official xbert's 3-D ``attention_mask`` (the
+                s2s-ft captioning masks, :mod:`zoo.heads.caption`).
+            position_ids: ``(B, L)`` explicit position ids (default ``0 .. L-1``; captioning repeats positions).
         Returns:
             EncoderOutput(tokens, pooled = first token's state, mask = attention_mask, hidden_states, attentions);
             in mode ``full`` the hidden states and attention maps cover all layers run.
@@ -243,7 +249,8 @@ class SplitBert(nn.Module):
         else:
             if input_ids is None:
                 raise ValueError(f"mode={mode!r} needs input_ids")
-            x, start = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids), 0
+            x, start = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
+                                       position_ids=position_ids), 0
         end = self.fusion_start if mode == "text" else self.num_layers
         if end > self.fusion_start:
             if self.fusion_start == self.num_layers and mode == "fusion":
@@ -254,8 +261,12 @@ class SplitBert(nn.Module):
                 raise ValueError(
                     f"vision_tokens have width {vision_tokens.shape[-1]} but encoder_width={self.encoder_width}"
                 )
+        if mask is not None:
+            if mask.dim() != 3 or mask.shape[0] != x.shape[0] or mask.shape[1:] != (x.shape[1], x.shape[1]):
+                raise ValueError(f"mask must have shape (batch, {x.shape[1]}, {x.shape[1]}); got {tuple(mask.shape)}")
+            mask = (mask if mask.dtype == torch.bool else mask != 0)[:, None]
         x, states, self_maps, _ = self.encoder(
-            x, attention_mask, vision_tokens, vision_mask, start=start, end=end, causal=causal,
+            x, attention_mask, vision_tokens, vision_mask, start=start, end=end, causal=causal, mask=mask,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
         )
         return EncoderOutput(tokens=x, pooled=x[:, 0], mask=attention_mask, hidden_states=states, attentions=self_maps)

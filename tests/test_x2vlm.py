@@ -1,0 +1,242 @@
+"""X²-VLM: official parameter counts and layouts (meta device), the converter, and the objectives on a tiny config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from conftest import load_reference
+from zoo.hub import WeightsError
+from zoo.models.base import count_parameters
+from zoo.models.x2vlm import convert_official_state_dict, describe_official_checkpoint, sample_hard_negatives
+
+
+def _meta_official(name: str) -> dict[str, torch.Tensor]:
+    """The official state dict of a reference layout, as meta tensors (names and shapes only)."""
+    return {k: torch.empty(s, device="meta") for k, s in load_reference(name)["state_dict"]}
+
+
+def _split_counts(model) -> dict[str, int]:
+    text = model.text
+    layers = list(text.encoder.layer)
+    counts = {
+        "vision": count_parameters(model.vision),
+        "text": count_parameters(text.embeddings) + sum(count_parameters(l) for l in layers[: text.fusion_start]),
+        "fusion": sum(count_parameters(l) for l in layers[text.fusion_start :]),
+    }
+    counts["heads"] = count_parameters(model) - sum(counts.values())
+    return counts
+
+
+# (model, task, reference file)
+OFFICIAL = [
+    ("x2vlm-base", None, "x2vlm_base_pretrain"),
+    ("x2vlm-large", None, "x2vlm_large_pretrain"),
+    ("x2vlm-base", "retrieval", "x2vlm_base_retrieval"),
+    ("x2vlm-large", "retrieval", "x2vlm_large_retrieval"),
+    ("x2vlm-base-video", None, "x2vlm_base_video_stage2"),
+    ("x2vlm-base", "vqa", "x2vlm_base_vqa"),
+    ("x2vlm-large", "vqa", "x2vlm_large_vqa"),
+]
+
+
+@pytest.mark.parametrize("name, task, ref", OFFICIAL)
+def test_official_parameter_counts_per_part(name, task, ref):
+    model = zoo.create_model(name, task=task, device="meta")
+    reference = load_reference(ref)
+    assert count_parameters(model) == reference["total_params"]
+    by_prefix = reference["params_by_prefix"]
+    groups = reference["layer_group_counts"]["text_encoder.bert.encoder.layer"] if "text_encoder.bert.encoder.layer" in \
+        reference["layer_group_counts"] else None
+    counts = _split_counts(model)
+    vision_official = by_prefix["vision_encoder"] + by_prefix.get("absolute_frame_pos_embed", 0)
+    assert counts["vision"] == vision_official
+    if groups is not None:
+        assert counts["fusion"] == groups["fusion_layers_12_17"]
+    assert counts["vision"] + counts["text"] + counts["fusion"] + counts["heads"] == reference["total_params"]
+
+
+@pytest.mark.parametrize("name, task, ref", OFFICIAL)
+def test_converter_maps_every_official_key_onto_our_layout(name, task, ref):
+    official = _meta_official(ref)
+    converted, dropped = convert_official_state_dict(official)
+    assert dropped == []
+    model = zoo.create_model(name, task=task, device="meta")
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in converted.items()} == ours
+
+
+def test_describe_official_checkpoint():
+    assert describe_official_checkpoint(_meta_official("x2vlm_base_pretrain")) == \
+        {"model": "x2vlm-base", "task": None, "image_size": 224}
+    assert describe_official_checkpoint(_meta_official("x2vlm_large_retrieval"))["task"] == "retrieval"
+    assert describe_official_checkpoint(_meta_official("x2vlm_base_video_stage2")) == \
+        {"model": "x2vlm-base-video", "task": None, "image_size": 224, "num_frames": 3}
+
+
+def test_converter_rejects_unknown_keys():
+    official = _meta_official("x2vlm_base_retrieval")
+    official["some_new_head.weight"] = torch.empty(2, device="meta")
+    with pytest.raises(WeightsError, match="1 official key\\(s\\) have no mapping.*some_new_head.weight"):
+        convert_official_state_dict(official)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tiny model: objectives
+# ---------------------------------------------------------------------------------------------------------------------
+def _batch(b=4, length=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 3000, (b, length), generator=g)
+    ids[:, 0] = 101
+    mask = torch.ones(b, length, dtype=torch.long)
+    mask[1, 6:] = 0
+    masked = ids.clone()
+    masked[:, 2] = 103
+    masked_pos = torch.full((b, 2), 0, dtype=torch.long)
+    masked_pos[:, 0] = 2
+    masked_ids = torch.full((b, 2), -100, dtype=torch.long)
+    masked_ids[:, 0] = ids[:, 2]
+    return {
+        "images": torch.randn(b, 3, 64, 64, generator=g),
+        "input_ids": ids,
+        "attention_mask": mask,
+        "input_ids_masked": masked,
+        "masked_pos": masked_pos,
+        "masked_ids": masked_ids,
+        "target_bbox": torch.tensor([[0.5, 0.5, 0.2, 0.3]] * b),
+        "is_image": torch.tensor([0, 1, 0, 0]),
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return zoo.create_model("x2vlm-tiny")
+
+
+def test_tiny_pretrain_losses_finite_and_decreasing(tiny):
+    batch = _batch()
+    opt = torch.optim.AdamW(tiny.parameters(), lr=1e-3)
+    history = []
+    tiny.train()
+    for step in range(8):
+        losses = tiny.pretrain_losses(batch, generator=torch.Generator().manual_seed(step))
+        assert set(losses) == {"itc", "itm", "mlm", "bbox_l1", "bbox_giou", "loss"}
+        assert all(torch.isfinite(v) for v in losses.values())
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+    for key in ("itc", "mlm", "bbox_l1", "loss"):
+        assert history[-1][key] < history[0][key], (key, [h[key] for h in history])
+
+
+def test_mlm_decoder_is_tied_to_word_embeddings(tiny):
+    assert tiny.mlm.cls.predictions.decoder.weight is tiny.text.embeddings.word_embeddings.weight
+
+
+def test_hard_negatives_exclude_positives():
+    torch.manual_seed(0)
+    feat_i = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    feat_t = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    for seed in range(20):
+        img_neg, txt_neg = sample_hard_negatives(feat_i, feat_t, 0.07, generator=torch.Generator().manual_seed(seed))
+        assert (img_neg != torch.arange(6)).all() and (txt_neg != torch.arange(6)).all()
+    ids = torch.tensor([0, 0, 1, 1, 2, 2])  # repeated images: their other captions are not negatives either
+    for seed in range(20):
+        img_neg, txt_neg = sample_hard_negatives(feat_i, feat_t, 0.07, ids, torch.Generator().manual_seed(seed))
+        assert (ids[img_neg] != ids).all() and (ids[txt_neg] != ids).all()
+
+
+def test_hard_negatives_follow_the_similarity_distribution():
+    """Sampling frequencies match softmax(sim / temp) renormalised without the positive (chi-square-like bound)."""
+    feat_i = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]), dim=-1)
+    feat_t = feat_i.clone()
+    n = 4000
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(3, 3)
+    for _ in range(n):
+        _, txt_neg = sample_hard_negatives(feat_i, feat_t, 0.5, generator=g)
+        counts[torch.arange(3), txt_neg] += 1
+    w = torch.softmax(feat_i @ feat_t.t() / 0.5, 1).double() + 1e-5
+    w.fill_diagonal_(0)
+    expected = w / w.sum(1, keepdim=True)
+    assert torch.allclose(counts.double() / n, expected, atol=0.03)
+
+
+def test_tiny_retrieval_task_and_itm_scores():
+    torch.manual_seed(0)
+    model = zoo.create_model("x2vlm-tiny", task="retrieval").eval()
+    assert model.mlm is None and model.bbox is None
+    batch = _batch()
+    with torch.no_grad():
+        out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        scores = model.itm_scores(out["image"].tokens, out["text"].tokens, batch["attention_mask"])
+    assert torch.allclose(scores, out["itm_logits"][:, 1], atol=1e-5)
+    sim = out["image_feat"] @ out["text_feat"].t()
+    assert sim.shape == (4, 4) and sim.abs().max() <= 1 + 1e-5
+
+
+def test_tiny_video_mode():
+    torch.manual_seed(0)
+    model = zoo.create_model("x2vlm-tiny", **{"vision": {"_replace_": True, "type": "video", "num_frames": 2,
+                                                         "image_encoder": {"type": "beit_v2", "img_size": 64,
+                                                                           "embed_dim": 64, "depth": 1,
+                                                                           "num_heads": 4}}}).eval()
+    frames = torch.randn(2, 2, 3, 64, 64)
+    ids = torch.randint(1000, 3000, (2, 6))
+    with torch.no_grad():
+        out = model(frames, ids)
+    assert out["image"].tokens.shape == (2, 17, 64)
+    image_model = zoo.create_model("x2vlm-tiny")
+    with pytest.raises(ValueError, match="vision part is an image encoder"):
+        image_model(frames, ids)
+
+
+def test_converted_official_weights_give_the_outputs_of_directly_loaded_parts():
+    """Random values under the official names and shapes (x2vlm base, pre-training): converting and loading the whole
+    model gives the same outputs as loading each official sub-state-dict straight into the part it belongs to."""
+    g = torch.Generator().manual_seed(0)
+    official = {k: torch.randn(s, generator=g) * 0.02 for k, s in load_reference("x2vlm_base_pretrain")["state_dict"]
+                if not k.endswith("relative_position_index") and not k.endswith("position_ids")}
+    # buffers keep their defining values (indices), taken from a fresh model
+    fresh = zoo.create_model("x2vlm-base")
+    for k, v in fresh.vision.state_dict().items():
+        if k.endswith("relative_position_index"):
+            official[f"vision_encoder.{k}"] = v.clone()
+    official["text_encoder.bert.embeddings.position_ids"] = fresh.text.embeddings.position_ids.clone()
+    official["temp"] = torch.tensor(0.07)
+    # tied tensors are the same tensor in a real checkpoint
+    official["text_encoder.cls.predictions.decoder.weight"] = official["text_encoder.bert.embeddings.word_embeddings.weight"]
+    official["text_encoder.cls.predictions.decoder.bias"] = official["text_encoder.cls.predictions.bias"]
+
+    converted, dropped = convert_official_state_dict(official)
+    assert dropped == []
+    model = zoo.create_model("x2vlm-base").eval()
+    zoo.hub.load_weights(model, converted)
+
+    direct = fresh.eval()
+    def sub(prefix):
+        return {k[len(prefix):]: v for k, v in official.items() if k.startswith(prefix)}
+    direct.vision.load_state_dict(sub("vision_encoder."))
+    direct.text.load_state_dict(sub("text_encoder.bert."))
+    direct.mlm.cls.load_state_dict(sub("text_encoder.cls."))
+    direct.itc.vision_proj.load_state_dict(sub("vision_proj."))
+    direct.itc.text_proj.load_state_dict(sub("text_proj."))
+    direct.itc.temp.data.fill_(0.07)
+    direct.itm.mlp.load_state_dict(sub("itm_head."))
+    direct.bbox.mlp.load_state_dict(sub("bbox_head."))
+
+    images = torch.randn(1, 3, 224, 224, generator=g)
+    ids = torch.randint(1000, 3000, (1, 12), generator=g)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        a, b = model(images, ids, mask), direct(images, ids, mask)
+        mlm_a = model.mlm(model.text(ids, mask, mode="full", vision_tokens=a["image"].tokens).tokens)["logits"]
+        mlm_b = direct.mlm(direct.text(ids, mask, mode="full", vision_tokens=b["image"].tokens).tokens)["logits"]
+        box_a, box_b = model.bbox(a["fused"].tokens[:, 0]), direct.bbox(b["fused"].tokens[:, 0])
+    for key in ("image_feat", "text_feat", "itm_logits"):
+        assert torch.equal(a[key], b[key]), key
+    assert torch.equal(a["fused"].tokens, b["fused"].tokens)
+    assert torch.equal(mlm_a, mlm_b) and torch.equal(box_a, box_b)

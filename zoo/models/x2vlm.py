@@ -1,0 +1,336 @@
+"""X²-VLM (Zeng et al., 2022): BEiT-v2 vision, one BERT stack whose last layers fuse vision, and task heads.
+
+Parts (all from registries, so any of them can be swapped in a config):
+
+- ``vision``: ``beit_v2`` (or ``video`` wrapping it: frames → frame position embedding → average over frames);
+  token 0 is the mean of the patch tokens, used for contrastive features and box prediction.
+- ``text``: ``split_bert`` — layers ``0 .. fusion_start-1`` text only (``mode="text"``), the rest self → cross → FFN
+  (``mode="fusion"``); bidirectional.
+- heads: ``itc`` (vision_proj / text_proj / temp), ``itm``, ``bbox``, ``mlm`` (decoder tied to the word embeddings),
+  and the task heads ``vqa`` (generative decoder or classifier), ``nlvr``.
+
+Which heads exist is the config's choice: the base model file builds the pre-training model (ITC, ITM, MLM, box; the
+official ``XVLM`` class, 254,758,401 parameters for base); ``tasks:`` in the model file remove or add heads for VQA,
+retrieval, captioning, NLVR2 (the official fine-tuning classes).
+
+Objectives follow the official code (models/xvlm.py in zengyan-97/X2-VLM): ITC over features gathered from every
+process with soft targets for repeated images; ITM on the positive pair plus one hard negative image and one hard
+negative text per pair, sampled from softmax(similarity) in the local batch (positives excluded); MLM through the full
+stack with the image, predicted at the masked positions; box L1 + GIoU from the fused CLS of region texts.
+
+The checkpoint converter from the official layout is at the bottom of this file (``convert_official_state_dict``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoo.hub import WeightsError
+from zoo.models.base import ZooModel
+from zoo.modules.outputs import EncoderOutput
+from zoo.registry import MODELS
+from zoo.spec import ConfigError, Part, check_width
+
+__all__ = [
+    "X2VLM",
+    "sample_hard_negatives",
+    "convert_official_state_dict",
+    "convert_official_checkpoint",
+    "describe_official_checkpoint",
+    "OFFICIAL_DROPPED",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# objectives
+# ---------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample_hard_negatives(
+    image_feat: Tensor, text_feat: Tensor, temp: Tensor | float, image_ids: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One hard negative image per text and one hard negative text per image, as the official ITM sampling.
+
+    Weights are ``softmax(similarity / temp) + 1e-5`` with the positives (same index, or same ``image_ids``) set to 0;
+    one index per row is drawn with ``torch.multinomial``. Returns (image index for each text, text index for each
+    image).
+    """
+    sim_i2t = image_feat @ text_feat.t() / temp
+    w_i2t = F.softmax(sim_i2t.float(), dim=1) + 1e-5
+    w_t2i = F.softmax(sim_i2t.t().float(), dim=1) + 1e-5
+    if image_ids is None:
+        positive = torch.eye(w_i2t.shape[0], dtype=torch.bool, device=w_i2t.device)
+    else:
+        ids = image_ids.view(-1, 1)
+        positive = ids == ids.t()
+    w_i2t = w_i2t.masked_fill(positive, 0)
+    w_t2i = w_t2i.masked_fill(positive, 0)
+    if (w_i2t.sum(1) == 0).any():
+        raise ValueError("ITM hard negatives need at least two different images in the batch")
+    image_neg = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
+    text_neg = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
+    return image_neg, text_neg
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------------------------------
+@MODELS.register("x2vlm")
+class X2VLM(ZooModel):
+    """X²-VLM with the heads its config names (see the module docstring)."""
+
+    def __init__(
+        self,
+        vision: Part["vision_encoder"],
+        text: Part["text_encoder"],
+        itc: Part["head"] | None = None,
+        itm: Part["head"] | None = None,
+        bbox: Part["head"] | None = None,
+        mlm: Part["head"] | None = None,
+        vqa: Part["head"] | None = None,
+        nlvr: Part["head"] | None = None,
+        caption_prompt: str = "a picture of ",
+    ):
+        super().__init__()
+        if not hasattr(text, "fusion_start"):
+            raise ConfigError(f"text must be a split text/fusion stack such as 'split_bert', got {type(text).__name__}")
+        check_width(text, "encoder_width", text.encoder_width, vision, vision.width)
+        if itc is not None:
+            check_width(itc, "vision_width", itc.vision_width, vision, vision.width)
+            check_width(itc, "text_width", itc.text_width, text, text.width)
+        for head in (itm, bbox, mlm):
+            if head is not None:
+                check_width(head, "width", head.width, text, text.width)
+        self.vision, self.text = vision, text
+        self.itc, self.itm, self.bbox, self.mlm = itc, itm, bbox, mlm
+        self.vqa, self.nlvr = vqa, nlvr
+        self.caption_prompt = caption_prompt
+        if mlm is not None:
+            mlm.tie_to(text.embeddings.word_embeddings)
+
+    # -- encoders ------------------------------------------------------------------------------------------------
+    def encode_image(self, images: Tensor) -> EncoderOutput:
+        """Images ``(B, C, H, W)`` or, with a video vision part, frames ``(B, T, C, H, W)`` → tokens (token 0 = mean)."""
+        if images.dim() == 5 and not getattr(self.vision, "is_video", False):
+            raise ValueError(f"got frames {tuple(images.shape)} but the vision part is an image encoder; "
+                             "use a video model (vision: {type: video, ...})")
+        return self.vision(images)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> EncoderOutput:
+        return self.text(input_ids, attention_mask, mode="text")
+
+    def fuse(self, text_states: Tensor, attention_mask: Tensor, image_tokens: Tensor,
+             image_mask: Tensor | None = None) -> EncoderOutput:
+        return self.text(hidden_states=text_states, attention_mask=attention_mask, mode="fusion",
+                         vision_tokens=image_tokens, vision_mask=image_mask)
+
+    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, Any]:
+        """Encode, fuse, and apply the contrastive / matching heads present: a general-purpose inference pass."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        image = self.encode_image(images)
+        text = self.encode_text(input_ids, attention_mask)
+        fused = self.fuse(text.tokens, attention_mask, image.tokens, image.mask)
+        out: dict[str, Any] = {"image": image, "text": text, "fused": fused}
+        if self.itc is not None:
+            out["image_feat"] = self.itc.embed_image(image.tokens[:, 0])
+            out["text_feat"] = self.itc.embed_text(text.tokens[:, 0])
+        if self.itm is not None:
+            out["itm_logits"] = self.itm(fused.tokens[:, 0])["logits"]
+        return out
+
+    # -- pre-training / retrieval objectives ---------------------------------------------------------------------
+    def _require(self, **heads: Any) -> None:
+        missing = [name for name, head in heads.items() if head is None]
+        if missing:
+            raise RuntimeError(f"this X2VLM was built without the {', '.join(missing)} head(s) needed here; "
+                               "add them in the config (or use the task that has them)")
+
+    def contrastive_and_matching(
+        self, image: EncoderOutput, text: EncoderOutput, attention_mask: Tensor, image_ids: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """ITC and ITM (with in-batch hard negatives) from already encoded images and texts."""
+        self._require(itc=self.itc, itm=self.itm)
+        itc = self.itc(image.tokens[:, 0], text.tokens[:, 0], image_ids)
+        image_feat, text_feat = itc["image_feat"], itc["text_feat"]
+        image_neg, text_neg = sample_hard_negatives(image_feat, text_feat, self.itc.temperature(), image_ids, generator)
+        bs = image_feat.shape[0]
+        image_mask = image.mask if image.mask is not None else torch.ones(image.tokens.shape[:2], dtype=torch.long,
+                                                                          device=image.tokens.device)
+        # positives, then (negative image, text) and (image, negative text)
+        texts = torch.cat([text.tokens, text.tokens, text.tokens[text_neg]])
+        masks = torch.cat([attention_mask, attention_mask, attention_mask[text_neg]])
+        images = torch.cat([image.tokens, image.tokens[image_neg], image.tokens])
+        image_masks = torch.cat([image_mask, image_mask[image_neg], image_mask])
+        cls = self.fuse(texts, masks, images, image_masks).tokens[:, 0]
+        labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(cls.device)
+        itm = self.itm(cls, labels)
+        return {"itc": itc["loss"], "itm": itm["loss"]}
+
+    def mlm_loss(self, image: EncoderOutput, input_ids_masked: Tensor, attention_mask: Tensor, masked_pos: Tensor,
+                 masked_ids: Tensor) -> Tensor:
+        """Image-conditioned MLM: the masked text through all layers, predicted at ``masked_pos`` (-100 = padding)."""
+        self._require(mlm=self.mlm)
+        states = self.text(input_ids_masked, attention_mask, mode="full", vision_tokens=image.tokens,
+                           vision_mask=image.mask).tokens
+        return self.mlm(states, labels=masked_ids, masked_pos=masked_pos)["loss"]
+
+    def bbox_losses(self, image: EncoderOutput, text: EncoderOutput, attention_mask: Tensor, target_bbox: Tensor,
+                    is_image: Tensor | None = None) -> dict[str, Tensor]:
+        """Box regression (L1 + GIoU) from the fused CLS of each (image, region text) pair."""
+        self._require(bbox=self.bbox)
+        cls = self.fuse(text.tokens, attention_mask, image.tokens, image.mask).tokens[:, 0]
+        pred = self.bbox(cls)
+        l1, giou = self.bbox.loss(pred, target_bbox, is_image)
+        return {"bbox_l1": l1, "bbox_giou": giou}
+
+    def pretrain_losses(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The pre-training losses for a batch with ``images``, ``input_ids``, ``attention_mask`` and, when present,
+        ``image_ids``, MLM inputs (``input_ids_masked``, ``masked_pos``, ``masked_ids``) and boxes (``target_bbox``,
+        ``is_image``). Returns each loss and their sum under ``loss``."""
+        image = self.encode_image(batch["images"])
+        text = self.encode_text(batch["input_ids"], batch["attention_mask"])
+        losses = self.contrastive_and_matching(image, text, batch["attention_mask"], batch.get("image_ids"), generator)
+        if self.mlm is not None and "input_ids_masked" in batch:
+            losses["mlm"] = self.mlm_loss(image, batch["input_ids_masked"], batch["attention_mask"],
+                                          batch["masked_pos"], batch["masked_ids"])
+        if self.bbox is not None and "target_bbox" in batch:
+            losses.update(self.bbox_losses(image, text, batch["attention_mask"], batch["target_bbox"],
+                                           batch.get("is_image")))
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    # -- VQA -----------------------------------------------------------------------------------------------------
+    def encode_question(self, images: Tensor, question_ids: Tensor, question_mask: Tensor) -> Tensor:
+        """Fused question states (the text stack over the question, attending to the image)."""
+        image = self.encode_image(images)
+        return self.text(question_ids, question_mask, mode="full", vision_tokens=image.tokens,
+                         vision_mask=image.mask).tokens
+
+    def vqa_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Generative VQA loss: ``images``, ``question_ids``, ``question_mask``, ``answer_ids``, ``answer_mask``,
+        ``weights`` (one per answer) and ``answers_per_question`` (k)."""
+        self._require(vqa=self.vqa)
+        states = self.encode_question(batch["images"], batch["question_ids"], batch["question_mask"])
+        return self.vqa(states, batch["question_mask"], batch["answer_ids"], batch["answer_mask"],
+                        weights=batch.get("weights"), k=batch.get("answers_per_question"))
+
+    @torch.no_grad()
+    def vqa_predict(self, images: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor,
+                    answer_mask: Tensor, k: int | None = None, answers: list[str] | None = None) -> dict[str, Any]:
+        """Rank a fixed answer list (first-token top-k, then full-sequence re-ranking) for each question."""
+        self._require(vqa=self.vqa)
+        states = self.encode_question(images, question_ids, question_mask)
+        return self.vqa.predict(states, question_mask, answer_ids, answer_mask, k=k, answers=answers)
+
+    # -- retrieval -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def itm_scores(self, image_tokens: Tensor, text_states: Tensor, attention_mask: Tensor) -> Tensor:
+        """ITM positive logit for aligned (image, text) pairs — what the retrieval re-ranking scores with."""
+        self._require(itm=self.itm)
+        cls = self.fuse(text_states, attention_mask, image_tokens).tokens[:, 0]
+        return self.itm(cls)["logits"][:, 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# official checkpoint conversion
+# ---------------------------------------------------------------------------------------------------------------------
+#: official keys that have no counterpart and are dropped on purpose (regular expressions)
+OFFICIAL_DROPPED: tuple[str, ...] = ()
+
+# (official pattern, our replacement); applied in order, first match wins
+_RULES: tuple[tuple[str, str], ...] = (
+    (r"^absolute_frame_pos_embed$", "vision.absolute_frame_pos_embed"),
+    (r"^vision_encoder\.", "{vision}"),
+    (r"^text_encoder\.bert\.", "text."),
+    (r"^text_encoder\.cls\.", "mlm.cls."),
+    (r"^text_encoder\.", "text."),
+    (r"^vision_proj\.", "itc.vision_proj."),
+    (r"^text_proj\.", "itc.text_proj."),
+    (r"^temp$", "itc.temp"),
+    (r"^itm_head\.", "itm.mlp."),
+    (r"^bbox_head\.", "bbox.mlp."),
+    (r"^text_decoder\.bert\.", "vqa.decoder.bert."),
+    (r"^text_decoder\.cls\.", "vqa.cls."),
+)
+
+
+def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """Map an official X²-VLM state dict (pre-training, VQA, retrieval, video) onto this model's names.
+
+    Returns (converted state dict, dropped official keys). Every official key is either mapped or matched by
+    :data:`OFFICIAL_DROPPED`; anything else raises :class:`~zoo.hub.WeightsError` listing the keys.
+    """
+    video = "absolute_frame_pos_embed" in state_dict
+    vision_prefix = "vision.image_encoder." if video else "vision."
+    out: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    unknown: list[str] = []
+    for key, value in state_dict.items():
+        if any(re.search(p, key) for p in OFFICIAL_DROPPED):
+            dropped.append(key)
+            continue
+        for pattern, repl in _RULES:
+            if re.search(pattern, key):
+                out[re.sub(pattern, repl.replace("{vision}", vision_prefix), key)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        shown = ", ".join(unknown[:20]) + (f", ... ({len(unknown) - 20} more)" if len(unknown) > 20 else "")
+        raise WeightsError(f"{len(unknown)} official key(s) have no mapping and are not in the dropped list: {shown}")
+    return out, dropped
+
+
+def describe_official_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Which registered model, task and resolution an official X²-VLM state dict corresponds to."""
+    if "vision_encoder.cls_token" not in state_dict:
+        raise WeightsError("not an official X²-VLM checkpoint: no 'vision_encoder.cls_token' key")
+    width = int(state_dict["vision_encoder.cls_token"].shape[-1])
+    size = {768: "base", 1024: "large"}.get(width)
+    if size is None:
+        raise WeightsError(f"vision width {width} is neither base (768) nor large (1024)")
+    video = "absolute_frame_pos_embed" in state_dict
+    if any(k.startswith("text_decoder.") for k in state_dict):
+        task = "vqa"
+    elif "bbox_head.0.weight" in state_dict or any(k.startswith("text_encoder.cls.") for k in state_dict):
+        task = None
+    elif "itm_head.0.weight" in state_dict:
+        task = "retrieval"
+    else:
+        raise WeightsError("cannot tell the task of this checkpoint (no text_decoder, bbox_head, MLM or itm_head keys)")
+    table = state_dict["vision_encoder.blocks.0.attn.relative_position_bias_table"]
+    side = (int(round((table.shape[0] - 3) ** 0.5)) + 1) // 2  # (2W-1)² + 3 entries for a W×W patch grid
+    patch = int(state_dict["vision_encoder.patch_embed.proj.weight"].shape[-1])
+    info = {"model": f"x2vlm-{size}" + ("-video" if video else ""), "task": task, "image_size": side * patch}
+    if video:
+        info["num_frames"] = int(state_dict["absolute_frame_pos_embed"].shape[1])
+    return info
+
+
+def convert_official_checkpoint(checkpoint: str, out_dir: str, model: str | None = None,
+                                task: str | None = None) -> dict[str, Any]:
+    """Read an official checkpoint (``torch.load(weights_only=True)``), convert it, build the matching registered
+    model, load the weights strictly and write a ``save_pretrained`` export to ``out_dir``."""
+    from zoo.factory import create_model  # noqa: PLC0415
+    from zoo.hub import load_state_dict, load_weights  # noqa: PLC0415
+
+    official = load_state_dict(checkpoint)
+    info = describe_official_checkpoint(official)
+    name = model or info["model"]
+    task = task if task is not None else info["task"]
+    converted, dropped = convert_official_state_dict(official)
+    vision_key = "vision.image_encoder" if info["model"].endswith("-video") else "vision"
+    overrides = {f"{vision_key}.img_size": info["image_size"]}
+    if "num_frames" in info:
+        overrides["vision.num_frames"] = info["num_frames"]
+    net = create_model(name, task=task, **overrides)
+    load_weights(net, converted, what=f"{checkpoint} (converted)")
+    net.save_pretrained(out_dir)
+    return {**info, "model": name, "task": task, "dropped": dropped, "tensors": len(converted)}
