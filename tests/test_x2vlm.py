@@ -240,3 +240,95 @@ def test_converted_official_weights_give_the_outputs_of_directly_loaded_parts():
         assert torch.equal(a[key], b[key]), key
     assert torch.equal(a["fused"].tokens, b["fused"].tokens)
     assert torch.equal(mlm_a, mlm_b) and torch.equal(box_a, box_b)
+
+
+def _vqa_batch(g):
+    q = torch.randint(1000, 3000, (2, 6), generator=g)
+    q[:, 0] = 101
+    answers = torch.tensor([[101, 2417, 102, 0], [101, 2630, 102, 0], [101, 2304, 2630, 102]])
+    return {
+        "images": torch.randn(2, 3, 64, 64, generator=g),
+        "question_ids": q,
+        "question_mask": torch.ones_like(q),
+        "answer_ids": answers,
+        "answer_mask": (answers != 0).long(),
+        "weights": torch.tensor([1.0, 0.5, 0.5]),
+        "answers_per_question": torch.tensor([1, 2]),
+    }
+
+
+def test_tiny_generative_vqa_trains_and_ranks_the_answer_list():
+    torch.manual_seed(0)
+    model = zoo.create_model("x2vlm-tiny", task="vqa")
+    assert model.itc is None and model.generative_vqa
+    batch = _vqa_batch(torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    first = None
+    for _ in range(10):
+        loss = model.vqa_loss(batch)["loss"]
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first
+    model.eval()
+    # answer list: the two answers of question 1 and a distractor; after fitting, q0 -> its own answer
+    out = model.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"], batch["answer_ids"],
+                            batch["answer_mask"], k=3, answers=["red", "blue", "green blue"])
+    assert out["answer"][0] == "red"
+    assert out["index"].shape == (2,)
+
+
+def test_tiny_vqa_classifier_and_nlvr():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    model = zoo.create_model("x2vlm-tiny", task="vqa_cls")
+    batch = _vqa_batch(g)
+    batch["targets"] = torch.tensor([3, 5])
+    losses = []
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(6):
+        loss = model.vqa_loss(batch)["loss"]
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0]
+    pred = model.eval().vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"])
+    assert pred["index"].tolist() == [3, 5]
+
+    nlvr = zoo.create_model("x2vlm-tiny", task="nlvr").eval()
+    ids = torch.randint(1000, 3000, (2, 7), generator=g)
+    a, b = torch.randn(2, 3, 64, 64, generator=g), torch.randn(2, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        logits = nlvr.nlvr_logits(a, b, ids, torch.ones_like(ids))
+        swapped = nlvr.nlvr_logits(b, a, ids, torch.ones_like(ids))
+        # equals fusing each image on its own and applying the head to the concatenation
+        cls = [nlvr.fuse(nlvr.encode_text(ids, torch.ones_like(ids)).tokens, torch.ones_like(ids),
+                         nlvr.encode_image(x).tokens).tokens[:, 0] for x in (a, b)]
+        manual = nlvr.nlvr(cls[0], cls[1])["logits"]
+    assert logits.shape == (2, 2) and torch.allclose(logits, manual, atol=1e-5)
+    assert not torch.allclose(logits, swapped)  # the order of the two images matters
+
+
+def test_tiny_retrieval_scores_follow_the_two_stage_protocol():
+    torch.manual_seed(0)
+    model = zoo.create_model("x2vlm-tiny", task="retrieval").eval()
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(3, 3, 64, 64, generator=g)
+    ids = torch.randint(1000, 3000, (5, 6), generator=g)
+    mask = torch.ones_like(ids)
+    i2t, t2i = model.retrieval_scores(images, ids, mask, k=2)
+    assert i2t.shape == (3, 5) and t2i.shape == (5, 3)
+    assert ((i2t != -100).sum(1) == 2).all() and ((t2i != -100).sum(1) == 2).all()
+    # a kept entry is the ITM logit of that pair, computed independently
+    i, t = (i2t != -100).nonzero()[0].tolist()
+    with torch.no_grad():
+        direct = model(images[i : i + 1], ids[t : t + 1], mask[t : t + 1])["itm_logits"][0, 1]
+    assert torch.allclose(i2t[i, t], direct, atol=1e-5)
+    # and the kept candidates are the ITC top-2
+    with torch.no_grad():
+        out = model(images, ids[:3], mask[:3])
+        feats_t = torch.cat([model.itc.embed_text(model.encode_text(ids, mask).tokens[:, 0])])
+        sim = out["image_feat"] @ feats_t.t()
+    assert set((i2t[0] != -100).nonzero().flatten().tolist()) == set(sim[0].topk(2).indices.tolist())

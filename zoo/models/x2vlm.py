@@ -213,29 +213,90 @@ class X2VLM(ZooModel):
         return self.text(question_ids, question_mask, mode="full", vision_tokens=image.tokens,
                          vision_mask=image.mask).tokens
 
+    @property
+    def generative_vqa(self) -> bool:
+        return self.vqa is not None and hasattr(self.vqa, "rank_answers")
+
     def vqa_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Generative VQA loss: ``images``, ``question_ids``, ``question_mask``, ``answer_ids``, ``answer_mask``,
-        ``weights`` (one per answer) and ``answers_per_question`` (k)."""
+        """VQA loss on ``images``, ``question_ids``, ``question_mask`` and
+
+        - generative head: ``answer_ids``, ``answer_mask``, ``weights`` (one per answer), ``answers_per_question`` (k);
+        - classifier head (answer vocabulary, also video QA): ``targets`` — soft scores ``(B, num_answers)`` or class
+          indices ``(B,)`` — on the fused CLS state.
+        """
         self._require(vqa=self.vqa)
         states = self.encode_question(batch["images"], batch["question_ids"], batch["question_mask"])
-        return self.vqa(states, batch["question_mask"], batch["answer_ids"], batch["answer_mask"],
-                        weights=batch.get("weights"), k=batch.get("answers_per_question"))
+        if self.generative_vqa:
+            return self.vqa(states, batch["question_mask"], batch["answer_ids"], batch["answer_mask"],
+                            weights=batch.get("weights"), k=batch.get("answers_per_question"))
+        return self.vqa(states[:, 0], batch["targets"])
 
     @torch.no_grad()
-    def vqa_predict(self, images: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor,
-                    answer_mask: Tensor, k: int | None = None, answers: list[str] | None = None) -> dict[str, Any]:
-        """Rank a fixed answer list (first-token top-k, then full-sequence re-ranking) for each question."""
+    def vqa_predict(self, images: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor | None = None,
+                    answer_mask: Tensor | None = None, k: int | None = None,
+                    answers: list[str] | None = None) -> dict[str, Any]:
+        """The answer per question: ranking a fixed answer list (generative head: first-token top-k, then
+        full-sequence re-ranking) or the classifier's best class. ``{"index", "prob", "answer"}``."""
         self._require(vqa=self.vqa)
         states = self.encode_question(images, question_ids, question_mask)
-        return self.vqa.predict(states, question_mask, answer_ids, answer_mask, k=k, answers=answers)
+        if self.generative_vqa:
+            if answer_ids is None:
+                raise ValueError("the generative VQA head ranks a fixed answer list: pass answer_ids and answer_mask")
+            return self.vqa.predict(states, question_mask, answer_ids, answer_mask, k=k, answers=answers)
+        prob, index = self.vqa.predict(states[:, 0], k=1)
+        labels = answers or getattr(self.vqa, "labels", None)
+        return {"index": index[:, 0], "prob": prob[:, 0],
+                "answer": [labels[i] for i in index[:, 0].tolist()] if labels else None}
+
+    # -- NLVR2 ---------------------------------------------------------------------------------------------------
+    def nlvr_logits(self, images_a: Tensor, images_b: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Each image fused with the sentence separately; the two fused CLS states concatenated → 2-way MLP."""
+        self._require(nlvr=self.nlvr)
+        b = images_a.shape[0]
+        image = self.encode_image(torch.cat([images_a, images_b]))
+        text = self.encode_text(input_ids, attention_mask)
+        cls = self.fuse(text.tokens.repeat(2, 1, 1), attention_mask.repeat(2, 1), image.tokens,
+                        image.mask).tokens[:, 0]
+        return self.nlvr(cls[:b], cls[b:])["logits"]
+
+    def nlvr_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        logits = self.nlvr_logits(batch["images_a"], batch["images_b"], batch["input_ids"], batch["attention_mask"])
+        return {"loss": F.cross_entropy(logits, batch["labels"].long()), "logits": logits}
 
     # -- retrieval -----------------------------------------------------------------------------------------------
+    def retrieval_losses(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> dict:
+        """Fine-tuning for retrieval: ITC + ITM with hard negatives (``image_ids`` mark repeated images)."""
+        image = self.encode_image(batch["images"])
+        text = self.encode_text(batch["input_ids"], batch["attention_mask"])
+        losses = self.contrastive_and_matching(image, text, batch["attention_mask"], batch.get("image_ids"), generator)
+        losses["loss"] = losses["itc"] + losses["itm"]
+        return losses
+
     @torch.no_grad()
     def itm_scores(self, image_tokens: Tensor, text_states: Tensor, attention_mask: Tensor) -> Tensor:
         """ITM positive logit for aligned (image, text) pairs — what the retrieval re-ranking scores with."""
         self._require(itm=self.itm)
         cls = self.fuse(text_states, attention_mask, image_tokens).tokens[:, 0]
         return self.itm(cls)["logits"][:, 1]
+
+    @torch.no_grad()
+    def retrieval_scores(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, k: int = 128,
+                         batch_size: int = 64) -> tuple[Tensor, Tensor]:
+        """The official two-stage evaluation: ITC similarity picks the top ``k`` candidates per query, the ITM
+        positive logit re-scores them (others −100). Returns (image→text, text→image) score matrices for
+        :func:`zoo.metrics.retrieval.retrieval_recall`."""
+        from zoo.metrics.retrieval import rerank_scores  # noqa: PLC0415
+
+        self._require(itc=self.itc, itm=self.itm)
+        image_tokens = torch.cat([self.encode_image(x).tokens for x in images.split(batch_size)])
+        text_states = torch.cat([self.encode_text(i, m).tokens
+                                 for i, m in zip(input_ids.split(batch_size), attention_mask.split(batch_size))])
+        sim = self.itc.embed_image(image_tokens[:, 0]) @ self.itc.embed_text(text_states[:, 0]).t()
+
+        def itm(image_idx: Tensor, text_idx: Tensor) -> Tensor:
+            return self.itm_scores(image_tokens[image_idx], text_states[text_idx], attention_mask[text_idx])
+
+        return rerank_scores(sim, None, k, itm, batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
