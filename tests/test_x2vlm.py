@@ -332,3 +332,27 @@ def test_tiny_retrieval_scores_follow_the_two_stage_protocol():
         feats_t = torch.cat([model.itc.embed_text(model.encode_text(ids, mask).tokens[:, 0])])
         sim = out["image_feat"] @ feats_t.t()
     assert set((i2t[0] != -100).nonzero().flatten().tolist()) == set(sim[0].topk(2).indices.tolist())
+
+
+def test_region_view_and_region_pretraining(tiny):
+    """Region–text pairs: token 0 becomes the mean of the region's patches, the attention mask is the region, the box
+    head's view is the whole image, and the pre-training losses run on such a batch."""
+    g = torch.Generator().manual_seed(3)
+    image = tiny.eval().encode_image(torch.randn(2, 3, 64, 64, generator=g))
+    region_mask = torch.zeros(3, 17, dtype=torch.long)
+    region_mask[:, 0] = 1
+    region_mask[0, 1:5] = 1
+    region_mask[1, 5:17] = 1
+    region_mask[2, 1:17] = 1
+    region, full = tiny.region_view(image, torch.tensor([0, 0, 1]), region_mask)
+    assert torch.allclose(region.tokens[0, 0], image.tokens[0, 1:5].mean(0), atol=1e-6)
+    assert torch.allclose(region.tokens[1, 0], image.tokens[0, 5:17].mean(0), atol=1e-6)
+    assert torch.allclose(region.tokens[2, 0], image.tokens[1, 0], atol=1e-5)  # whole image = the usual mean token
+    assert torch.equal(full.tokens[2], image.tokens[1]) and full.mask is None
+    assert torch.equal(region.mask, region_mask)
+    batch = _batch(b=3)
+    batch.update(images=batch["images"][:2], image_index=torch.tensor([0, 0, 1]), region_mask=region_mask,
+                 image_ids=torch.tensor([0, 0, 1]), is_image=torch.tensor([0, 0, 1]))
+    with torch.no_grad():
+        losses = tiny.pretrain_losses(batch, generator=torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v) for v in losses.values())

@@ -190,18 +190,37 @@ class X2VLM(ZooModel):
         l1, giou = self.bbox.loss(pred, target_bbox, is_image)
         return {"bbox_l1": l1, "bbox_giou": giou}
 
+    @staticmethod
+    def region_view(image: EncoderOutput, image_index: Tensor, region_mask: Tensor) -> tuple[EncoderOutput, EncoderOutput]:
+        """Per-text views of encoded images for region–text pairs (the official ``idx_to_group_img`` branch).
+
+        ``image_index`` ``(T,)`` says which image each text describes; ``region_mask`` ``(T, N)`` marks the tokens of
+        its region (token 0 included). Returns (region view: token 0 replaced by the mean of the region's patch tokens,
+        attention limited to the region; full view: the whole image, for the box head).
+        """
+        tokens = image.tokens[image_index]
+        keep = region_mask.to(tokens.dtype)
+        patches = keep[:, 1:, None]
+        mean = (tokens[:, 1:] * patches).sum(1) / patches.sum(1).clamp_min(1)
+        region = EncoderOutput(tokens=torch.cat([mean[:, None], tokens[:, 1:]], 1), pooled=mean,
+                               mask=region_mask.long())
+        return region, EncoderOutput(tokens=tokens, pooled=tokens[:, 0], mask=None)
+
     def pretrain_losses(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """The pre-training losses for a batch with ``images``, ``input_ids``, ``attention_mask`` and, when present,
-        ``image_ids``, MLM inputs (``input_ids_masked``, ``masked_pos``, ``masked_ids``) and boxes (``target_bbox``,
-        ``is_image``). Returns each loss and their sum under ``loss``."""
-        image = self.encode_image(batch["images"])
+        ``image_ids``, MLM inputs (``input_ids_masked``, ``masked_pos``, ``masked_ids``), boxes (``target_bbox``,
+        ``is_image``) and region–text pairs (``image_index``, ``region_mask``: see :meth:`region_view`; ITC, ITM
+        and MLM then see the region, the box head the whole image). Returns each loss and their sum under ``loss``."""
+        image = full = self.encode_image(batch["images"])
+        if "region_mask" in batch:
+            image, full = self.region_view(image, batch["image_index"], batch["region_mask"])
         text = self.encode_text(batch["input_ids"], batch["attention_mask"])
         losses = self.contrastive_and_matching(image, text, batch["attention_mask"], batch.get("image_ids"), generator)
         if self.mlm is not None and "input_ids_masked" in batch:
             losses["mlm"] = self.mlm_loss(image, batch["input_ids_masked"], batch["attention_mask"],
                                           batch["masked_pos"], batch["masked_ids"])
         if self.bbox is not None and "target_bbox" in batch:
-            losses.update(self.bbox_losses(image, text, batch["attention_mask"], batch["target_bbox"],
+            losses.update(self.bbox_losses(full, text, batch["attention_mask"], batch["target_bbox"],
                                            batch.get("is_image")))
         losses["loss"] = sum(losses.values())
         return losses
