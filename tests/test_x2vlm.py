@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -356,3 +358,39 @@ def test_region_view_and_region_pretraining(tiny):
     with torch.no_grad():
         losses = tiny.pretrain_losses(batch, generator=torch.Generator().manual_seed(0))
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_tiny_captioning_trains_and_generates():
+    from zoo.heads.caption import caption_inputs_from_text, collate_caption_inputs
+
+    torch.manual_seed(0)
+    model = zoo.create_model("x2vlm-tiny", task="captioning")
+    assert model.mlm is None and model.caption.cls.predictions.decoder.weight is \
+        model.text.embeddings.word_embeddings.weight
+    tok = model.text.get_tokenizer()
+    g = torch.Generator().manual_seed(4)
+    images = torch.randn(2, 3, 64, 64, generator=g)
+    examples = [caption_inputs_from_text(tok, c, max_tokens=16, max_masks=6, rng=random.Random(i))
+                for i, c in enumerate(["a red circle", "two blue squares"])]
+    batch = {"images": images, **collate_caption_inputs(examples)}
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(8):
+        loss = model.caption_loss(batch)["loss"]
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0]
+    captions = model.eval().generate_captions(images, num_beams=2, max_length=6, min_length=1)
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+
+
+def test_describe_official_captioning_checkpoint():
+    official = {k: v for k, v in _meta_official("x2vlm_base_pretrain").items()
+                if not k.startswith(("itm_head", "bbox_head", "vision_proj", "text_proj", "temp"))}
+    assert describe_official_checkpoint(official)["task"] == "captioning"
+    converted, _ = convert_official_state_dict(official, lm_head="caption")
+    model = zoo.create_model("x2vlm-base", task="captioning", device="meta", **{"vision.img_size": 224})
+    assert {k: tuple(v.shape) for k, v in converted.items()} == \
+        {k: tuple(v.shape) for k, v in model.state_dict().items()}

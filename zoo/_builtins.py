@@ -28,6 +28,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "itm": "zoo.heads.matching",
         "classifier": "zoo.heads.classifier",
         "mlm": "zoo.heads.mlm",
+        "caption": "zoo.heads.caption",
         "bbox": "zoo.heads.box",
         "nlvr": "zoo.heads.nlvr",
         "vqa_generative": "zoo.heads.vqa",

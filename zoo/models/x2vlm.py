@@ -94,6 +94,7 @@ class X2VLM(ZooModel):
         mlm: Part["head"] | None = None,
         vqa: Part["head"] | None = None,
         nlvr: Part["head"] | None = None,
+        caption: Part["head"] | None = None,
         caption_prompt: str = "a picture of ",
     ):
         super().__init__()
@@ -103,15 +104,16 @@ class X2VLM(ZooModel):
         if itc is not None:
             check_width(itc, "vision_width", itc.vision_width, vision, vision.width)
             check_width(itc, "text_width", itc.text_width, text, text.width)
-        for head in (itm, bbox, mlm):
+        for head in (itm, bbox, mlm, caption):
             if head is not None:
                 check_width(head, "width", head.width, text, text.width)
         self.vision, self.text = vision, text
         self.itc, self.itm, self.bbox, self.mlm = itc, itm, bbox, mlm
-        self.vqa, self.nlvr = vqa, nlvr
+        self.vqa, self.nlvr, self.caption = vqa, nlvr, caption
         self.caption_prompt = caption_prompt
-        if mlm is not None:
-            mlm.tie_to(text.embeddings.word_embeddings)
+        for head in (mlm, caption):  # the LM prediction heads share the word embeddings, as the official BertForMaskedLM
+            if head is not None:
+                head.tie_to(text.embeddings.word_embeddings)
 
     # -- encoders ------------------------------------------------------------------------------------------------
     def encode_image(self, images: Tensor) -> EncoderOutput:
@@ -267,6 +269,30 @@ class X2VLM(ZooModel):
         return {"index": index[:, 0], "prob": prob[:, 0],
                 "answer": [labels[i] for i in index[:, 0].tolist()] if labels else None}
 
+    # -- captioning ----------------------------------------------------------------------------------------------
+    def caption_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """"MLM as generation" training: ``images`` plus the collated caption inputs of
+        :func:`zoo.heads.caption.build_caption_inputs` (masked ids, per-example attention mask, position ids, masked
+        positions, targets, weights); label-smoothed loss at the masked positions."""
+        self._require(caption=self.caption)
+        image = self.encode_image(batch["images"])
+        return {"loss": self.caption.loss(self.text, image.tokens, image.mask, batch)}
+
+    @torch.no_grad()
+    def generate_captions(self, images: Tensor, tokenizer: Any = None, prompt: str | None = None,
+                          **decoding: Any) -> list[str] | list[list[int]]:
+        """Captions by beam search (prompt ``caption_prompt``; the head's defaults: 3 beams, min 5, max 50, 3-gram
+        blocking; ``decoding`` overrides them). Strings when a tokenizer is given (default: the text encoder's),
+        else token ids."""
+        from zoo.heads.caption import prompt_token_ids  # noqa: PLC0415
+
+        self._require(caption=self.caption)
+        tokenizer = tokenizer if tokenizer is not None else self.text.get_tokenizer()
+        prompt_ids = prompt_token_ids(tokenizer, self.caption_prompt if prompt is None else prompt)
+        image = self.encode_image(images)
+        out = self.caption.generate(self.text, image.tokens, image.mask, prompt_ids, **decoding)
+        return [tokenizer.decode(seq, skip_special_tokens=True) for seq in out.sequences]
+
     # -- NLVR2 ---------------------------------------------------------------------------------------------------
     def nlvr_logits(self, images_a: Tensor, images_b: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Each image fused with the sentence separately; the two fused CLS states concatenated → 2-way MLP."""
@@ -341,8 +367,13 @@ _RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    """Map an official X²-VLM state dict (pre-training, VQA, retrieval, video) onto this model's names.
+def convert_official_state_dict(
+    state_dict: Mapping[str, Tensor], lm_head: str = "mlm"
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Map an official X²-VLM state dict (pre-training, VQA, retrieval, captioning, video) onto this model's names.
+
+    ``lm_head``: the head that receives the official ``text_encoder.cls.*`` (the MLM head in pre-training, the
+    ``caption`` head in a captioning model).
 
     Returns (converted state dict, dropped official keys). Every official key is either mapped or matched by
     :data:`OFFICIAL_DROPPED`; anything else raises :class:`~zoo.hub.WeightsError` listing the keys.
@@ -358,7 +389,8 @@ def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[
             continue
         for pattern, repl in _RULES:
             if re.search(pattern, key):
-                out[re.sub(pattern, repl.replace("{vision}", vision_prefix), key)] = value
+                repl = repl.replace("{vision}", vision_prefix).replace("mlm.cls.", f"{lm_head}.cls.")
+                out[re.sub(pattern, repl, key)] = value
                 break
         else:
             unknown.append(key)
@@ -377,10 +409,13 @@ def describe_official_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, 
     if size is None:
         raise WeightsError(f"vision width {width} is neither base (768) nor large (1024)")
     video = "absolute_frame_pos_embed" in state_dict
+    has_lm = any(k.startswith("text_encoder.cls.") for k in state_dict)
     if any(k.startswith("text_decoder.") for k in state_dict):
         task = "vqa"
-    elif "bbox_head.0.weight" in state_dict or any(k.startswith("text_encoder.cls.") for k in state_dict):
+    elif "bbox_head.0.weight" in state_dict or (has_lm and "itm_head.0.weight" in state_dict):
         task = None
+    elif has_lm:
+        task = "captioning"
     elif "itm_head.0.weight" in state_dict:
         task = "retrieval"
     else:
@@ -405,7 +440,7 @@ def convert_official_checkpoint(checkpoint: str, out_dir: str, model: str | None
     info = describe_official_checkpoint(official)
     name = model or info["model"]
     task = task if task is not None else info["task"]
-    converted, dropped = convert_official_state_dict(official)
+    converted, dropped = convert_official_state_dict(official, "caption" if task == "captioning" else "mlm")
     vision_key = "vision.image_encoder" if info["model"].endswith("-video") else "vision"
     overrides = {f"{vision_key}.img_size": info["image_size"]}
     if "num_frames" in info:
