@@ -146,3 +146,15 @@ def test_demo_prints_what_it_computed():
     assert res.returncode == 0, res.stderr[-2000:]
     for field in ("model       demo-tiny", "question    'what colour is the circle?'", "ITC", "ITM", "answers"):
         assert field in res.stdout
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_every_registered_model_and_task_builds_on_meta(name):
+    """Every model file and every task it declares validates and builds (on the meta device: no memory)."""
+    from zoo.catalog import load_model_config
+
+    tasks = [None, *sorted((load_model_config(name).get("tasks") or {}))]
+    for task in tasks:
+        model = zoo.create_model(name, task=task, device="meta")
+        assert count_parameters(model) > 0
+        assert model.zoo_config["name"] == name and model.zoo_config.get("task") == task

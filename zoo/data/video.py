@@ -1,0 +1,118 @@
+"""Video frames: segment-based frame sampling (X²-VLM's rule) and readers (decord by default, PyAV as the fallback).
+
+Sampling (official ``sample_frame_ids``): the video's ``n`` frames are split into ``k`` consecutive segments whose
+lengths differ by at most one (the longer ones first in evaluation, in shuffled order in training); evaluation takes
+each segment's first frame, training a uniformly random frame of each segment. A video with ``n <= k`` frames repeats
+frames: cyclically in evaluation, all frames plus random extra ones in training (sorted).
+
+Readers return ``(T, H, W, 3)`` uint8 tensors. decord seeks to the sampled frames; PyAV decodes the stream in order and
+keeps the sampled ones. A missing or unreadable file raises :class:`VideoReadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["VideoReadError", "sample_frame_indices", "read_video_frames", "count_frames", "VIDEO_BACKENDS"]
+
+VIDEO_BACKENDS = ("decord", "av")
+
+
+class VideoReadError(OSError):
+    """A video that cannot be opened or decoded (the message names the file)."""
+
+
+def sample_frame_indices(num_frames: int, num_segments: int, training: bool,
+                         rng: random.Random | None = None) -> list[int]:
+    """``num_segments`` frame indices out of ``num_frames`` (see the module docstring)."""
+    if num_frames <= 0:
+        raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
+    if num_segments <= 0:
+        raise ValueError(f"num_segments must be positive, got {num_segments}")
+    rng = rng or random.Random()
+    n, k = num_frames, num_segments
+    if n <= k:
+        if training:
+            return sorted(list(range(n)) + [rng.randrange(n) for _ in range(k - n)])
+        return sorted(i % n for i in range(k))
+    base = n // k
+    longer = n - k * base  # this many segments hold base + 1 frames
+    extra = [1] * longer + [0] * (k - longer)
+    if training:
+        rng.shuffle(extra)
+    out, start = [], 0
+    for add in extra:
+        length = base + add
+        out.append(start + rng.randrange(length) if training else start)
+        start += length
+    return out
+
+
+def _check_file(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VideoReadError(f"{path}: no such video file")
+    return path
+
+
+def count_frames(path: str | os.PathLike, backend: Literal["decord", "av"] = "decord") -> int:
+    path = _check_file(path)
+    if backend == "decord":
+        return len(_decord_reader(path))
+    with _av_open(path) as container:
+        stream = container.streams.video[0]
+        return stream.frames or sum(1 for _ in container.decode(stream))
+
+
+def _decord_reader(path: str):
+    try:
+        import decord  # noqa: PLC0415
+    except ImportError:
+        raise VideoReadError(f"{path}: decord is not installed (pip install 'mmzoo[video]') — or use backend='av'") \
+            from None
+    try:
+        return decord.VideoReader(path, num_threads=1)
+    except Exception as exc:  # noqa: BLE001 - decord raises its own DECORDError for corrupt files
+        raise VideoReadError(f"{path}: decord cannot read this video ({exc})") from None
+
+
+def _av_open(path: str):
+    try:
+        import av  # noqa: PLC0415
+    except ImportError:
+        raise VideoReadError(f"{path}: PyAV is not installed (pip install 'mmzoo[video]')") from None
+    try:
+        return av.open(path)
+    except Exception as exc:  # noqa: BLE001 - PyAV raises several error types for bad input
+        raise VideoReadError(f"{path}: PyAV cannot open this video ({exc})") from None
+
+
+def read_video_frames(path: str | os.PathLike, num_frames: int, training: bool = False,
+                      backend: Literal["decord", "av"] = "decord", rng: random.Random | None = None) -> Tensor:
+    """``num_frames`` frames sampled with :func:`sample_frame_indices`, as a ``(T, H, W, 3)`` uint8 tensor."""
+    if backend not in VIDEO_BACKENDS:
+        raise ValueError(f"backend={backend!r}: expected one of {', '.join(VIDEO_BACKENDS)}")
+    path = _check_file(path)
+    if backend == "decord":
+        reader = _decord_reader(path)
+        if len(reader) == 0:
+            raise VideoReadError(f"{path}: the video has no frames")
+        ids = sample_frame_indices(len(reader), num_frames, training, rng)
+        try:
+            return torch.from_numpy(reader.get_batch(ids).asnumpy())
+        except Exception as exc:  # noqa: BLE001
+            raise VideoReadError(f"{path}: decoding frames {ids} failed ({exc})") from None
+    with _av_open(path) as container:
+        try:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        except Exception as exc:  # noqa: BLE001
+            raise VideoReadError(f"{path}: PyAV failed while decoding ({exc})") from None
+    if not frames:
+        raise VideoReadError(f"{path}: the video has no frames")
+    ids = sample_frame_indices(len(frames), num_frames, training, rng)
+    return torch.stack([torch.from_numpy(frames[i]) for i in ids])
