@@ -1,0 +1,177 @@
+"""The LightningModule that fine-tunes and evaluates any registered model on VQA, retrieval or captioning.
+
+The module is task-generic: the loss comes from the model's task method (``vqa_loss``, ``retrieval_losses``,
+``caption_loss``, ``pretrain_losses``) and evaluation from its prediction methods (``vqa_predict``,
+``retrieval_scores``, ``generate_captions``), scored with the metrics in :mod:`zoo.metrics`. A model family plugs in by
+offering those methods with the batch keys the collators in :mod:`zoo.data.collate` produce.
+
+A loss that is NaN or infinite stops the run with :class:`NonFiniteLossError` naming the step; checkpoints already
+written stay the latest (the checkpoint callback writes atomically, see :mod:`zoo.train.run`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+
+from zoo.train.optim import linear_warmup_decay, param_groups, warmup_steps_for
+
+__all__ = ["TaskModule", "NonFiniteLossError", "TASKS"]
+
+TASKS = ("vqa", "retrieval", "captioning", "pretrain")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN or infinite training loss (the message names the step)."""
+
+
+_LOSS_METHOD = {"vqa": "vqa_loss", "retrieval": "retrieval_losses", "captioning": "caption_loss",
+                "pretrain": "pretrain_losses"}
+
+
+class TaskModule(L.LightningModule):
+    """Fine-tuning of ``model`` on ``task`` with the optimiser settings ``optim`` and evaluation settings ``evaluation``."""
+
+    def __init__(self, model: torch.nn.Module, task: str, optim: Mapping[str, Any] | None = None,
+                 evaluation: Mapping[str, Any] | None = None):
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task {task!r}: expected one of {', '.join(TASKS)}")
+        method = _LOSS_METHOD[task]
+        if not hasattr(model, method):
+            raise TypeError(f"{type(model).__name__} has no {method}(); it cannot be trained on task {task!r}")
+        self.model, self.task = model, task
+        self.optim = dict(optim or {})
+        self.evaluation = dict(evaluation or {})
+        self._outputs: list[dict] = []
+        self.skipped = 0
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        return getattr(self.model, _LOSS_METHOD[self.task])(batch)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        self.skipped += int(batch.get("num_skipped", 0) or 0)
+        losses = self(batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss.detach()).all():
+            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items()
+                              if torch.is_tensor(v) and v.dim() == 0)
+            raise NonFiniteLossError(
+                f"training loss is {float(loss.detach())} at global step {self.global_step} (epoch "
+                f"{self.current_epoch}, batch {batch_idx}); losses: {parts}. Stopped; the last good checkpoint is kept."
+            )
+        bs = _batch_size(batch)
+        for key, value in losses.items():
+            if torch.is_tensor(value) and value.dim() == 0:
+                self.log(f"train/{key}", value.detach(), prog_bar=key == "loss", batch_size=bs)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self.skipped:
+            self.print(f"epoch {self.current_epoch}: skipped {self.skipped} bad sample(s) (data.on_bad_sample=skip)")
+            self.log("train/skipped_samples", float(self.skipped))
+            self.skipped = 0
+
+    def configure_optimizers(self):
+        o = self.optim
+        groups = param_groups(
+            self.model, lr=float(o.get("lr", 1e-4)), weight_decay=float(o.get("weight_decay", 0.01)),
+            vision_lr=o.get("vision_lr"), text_lr=o.get("text_lr"), fusion_lr=o.get("fusion_lr"),
+            new_params=o.get("new_params", ()), new_param_lr_mult=float(o.get("new_param_lr_mult", 1.0)),
+        )
+        for g in groups:
+            g.pop("param_names")
+        optimizer = torch.optim.AdamW(groups, betas=tuple(o.get("betas", (0.9, 0.98))), eps=float(o.get("eps", 1e-8)))
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = linear_warmup_decay(optimizer, total, warmup_steps_for(total, float(o.get("warmup", 0.1))))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._outputs = []
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._outputs.append(self._predict_batch(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.compute_metrics(self._outputs)
+        for key, value in metrics.items():
+            self.log(f"val/{key}", float(value), prog_bar=key in ("vqa_acc", "r_mean", "CIDEr"), sync_dist=True)
+        self.last_metrics = metrics
+        self._outputs = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._outputs.append(self._predict_batch(batch))
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self.compute_metrics(self._outputs)
+        for key, value in metrics.items():
+            self.log(f"test/{key}", float(value), sync_dist=True)
+        self.last_metrics = metrics
+        self._outputs = []
+
+    @torch.no_grad()
+    def _predict_batch(self, batch: Mapping[str, Any]) -> dict:
+        m, ev = self.model, self.evaluation
+        if self.task == "vqa":
+            dm = self.trainer.datamodule
+            if getattr(m, "generative_vqa", False):
+                answer_ids, answer_mask = dm.answer_list_tokens
+                out = m.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"],
+                                    answer_ids.to(self.device), answer_mask.to(self.device), k=ev.get("k_test"),
+                                    answers=dm.answer_list)
+            else:
+                out = m.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"],
+                                    answers=dm.answer_vocab)
+            return {"question_id": list(batch["question_id"]), "prediction": out["answer"],
+                    "answers": list(batch["all_answers"])}
+        if self.task == "captioning":
+            decoding = {k: ev[k] for k in ("num_beams", "max_length", "min_length") if k in ev}
+            captions = m.generate_captions(batch["images"], **decoding)
+            return {"image_id": list(batch["image_id"]), "prediction": captions, "references": list(batch["captions"])}
+        if self.task == "retrieval":
+            return {"images": batch["images"].detach().cpu(), "index": batch["index"].detach().cpu()}
+        return {}
+
+    def compute_metrics(self, outputs: list[dict]) -> dict[str, float]:
+        if not outputs:
+            return {}
+        if self.task == "vqa":
+            from zoo.metrics.vqa import vqa_accuracy  # noqa: PLC0415
+
+            scores = [vqa_accuracy(p, a) for o in outputs for p, a in zip(o["prediction"], o["answers"])]
+            return {"vqa_acc": 100.0 * sum(scores) / len(scores)}
+        if self.task == "captioning":
+            from zoo.metrics.caption import caption_scores, tokenize_caption  # noqa: PLC0415
+
+            gts, res = {}, {}
+            for o in outputs:
+                for i, pred, refs in zip(o["image_id"], o["prediction"], o["references"]):
+                    gts[i] = [tokenize_caption(r) for r in refs]
+                    res[i] = [tokenize_caption(pred)]
+            return caption_scores(gts, res)
+        if self.task == "retrieval":
+            from zoo.metrics.retrieval import retrieval_recall  # noqa: PLC0415
+
+            dm = self.trainer.datamodule
+            order = torch.cat([o["index"] for o in outputs]).argsort()
+            images = torch.cat([o["images"] for o in outputs])[order].to(self.device)
+            ids, mask = dm.eval_text_tokens(self.trainer.state.stage)
+            i2t, t2i = self.model.retrieval_scores(images, ids.to(self.device), mask.to(self.device),
+                                                   k=int(self.evaluation.get("k_test", 128)))
+            txt2img, img2txt = dm.eval_text_index(self.trainer.state.stage)
+            return retrieval_recall(i2t.cpu(), t2i.cpu(), txt2img, img2txt)
+        return {}
+
+
+def _batch_size(batch: Mapping[str, Any]) -> int:
+    for key in ("images", "input_ids", "question_ids"):
+        value = batch.get(key)
+        if torch.is_tensor(value):
+            return int(value.shape[0])
+    return 1

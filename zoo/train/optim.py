@@ -1,0 +1,102 @@
+"""Optimiser parameter groups and the learning-rate schedule of the official fine-tuning recipes.
+
+AdamW over groups keyed by part and decay: vision / text / fusion / other, each with its own learning rate (the
+official ``vision_lr``, ``text_lr``, ``cross_lr``), a multiplier for newly initialised parameters (the official
+``lr_mult`` 2 for heads that the checkpoint does not provide), and no weight decay on one-dimensional parameters
+(biases, LayerNorm weights, layer-scale, temperatures). The schedule is linear warm-up then linear decay to zero,
+stepped every optimiser step.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["part_of", "param_groups", "linear_warmup_decay", "apply_freeze"]
+
+
+def part_of(model: nn.Module, name: str) -> str:
+    """``vision``, ``text``, ``fusion`` or ``other`` for a parameter name of a zoo model."""
+    if name.startswith("vision."):
+        return "vision"
+    if name.startswith("text."):
+        text = getattr(model, "text", None)
+        start = getattr(text, "fusion_start", None)
+        if start is not None and name.startswith("text.encoder.layer."):
+            index = int(name.split(".")[3])
+            return "fusion" if index >= start else "text"
+        return "text"
+    if name.startswith("fusion."):
+        return "fusion"
+    return "other"
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def apply_freeze(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Set ``requires_grad=False`` on parameters whose names match a glob pattern; returns the names frozen."""
+    frozen = []
+    for name, p in model.named_parameters():
+        if _matches(name, patterns):
+            p.requires_grad_(False)
+            frozen.append(name)
+    if patterns and not frozen:
+        raise ValueError(f"freeze patterns {list(patterns)} match no parameter name (e.g. 'vision.*', 'text.embeddings.*')")
+    return frozen
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.01,
+    *,
+    vision_lr: float | None = None,
+    text_lr: float | None = None,
+    fusion_lr: float | None = None,
+    new_params: Iterable[str] = (),
+    new_param_lr_mult: float = 1.0,
+) -> list[dict]:
+    """AdamW parameter groups; each group carries ``name`` and ``lr`` (its base learning rate)."""
+    new_params = list(new_params)
+    base = {"vision": vision_lr or lr, "text": text_lr or lr, "fusion": fusion_lr or lr, "other": lr}
+    groups: dict[tuple[str, bool, bool], dict] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        part = part_of(model, name)
+        new = _matches(name, new_params)
+        decay = p.ndim > 1
+        key = (part, new, decay)
+        if key not in groups:
+            group_lr = base[part] * (new_param_lr_mult if new else 1.0)
+            groups[key] = {"name": f"{part}{'_new' if new else ''}{'' if decay else '_no_decay'}", "params": [],
+                           "lr": group_lr, "weight_decay": weight_decay if decay else 0.0, "param_names": []}
+        groups[key]["params"].append(p)
+        groups[key]["param_names"].append(name)
+    return list(groups.values())
+
+
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
+    """LambdaLR: 0 → 1 linearly over ``warmup_steps``, then linearly to 0 at ``total_steps``."""
+    total_steps = max(1, total_steps)
+    warmup_steps = min(max(0, warmup_steps), total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_steps_for(total_steps: int, warmup: float) -> int:
+    """``warmup`` < 1 is a fraction of the total steps, ≥ 1 a number of steps."""
+    return int(math.ceil(warmup * total_steps)) if warmup < 1 else int(warmup)
