@@ -81,7 +81,9 @@ def test_model_info_counts_match_a_real_build(demo):
 def test_save_and_from_pretrained_roundtrip(demo, tmp_path):
     images, ids = _inputs()
     demo.save_pretrained(tmp_path / "export")
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == \
+        ["config.json", "model.safetensors", "preprocessor.json", "tokenizer"]
+    assert json.loads((tmp_path / "export" / "preprocessor.json").read_text())["image_size"] == 64
     cfg = json.loads((tmp_path / "export" / "config.json").read_text())
     assert cfg["model"]["type"] == "fusion_encoder"
     loaded = zoo.from_pretrained(tmp_path / "export").eval()
@@ -92,6 +94,30 @@ def test_save_and_from_pretrained_roundtrip(demo, tmp_path):
     again = zoo.create_model("demo-tiny", pretrained=tmp_path / "export").eval()
     with torch.no_grad():
         assert torch.equal(again(images, ids).answer_logits, a.answer_logits)
+
+
+def test_trainable_only_export_restores_the_model(tmp_path):
+    torch.manual_seed(0)
+    base = zoo.create_model("demo-tiny")
+    base.save_pretrained(tmp_path / "base")  # stands for the pretrained weights the frozen parts come from
+    model = zoo.create_model("demo-tiny", pretrained=tmp_path / "base").eval()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(("itm.", "vqa.")))
+    with torch.no_grad():  # "training" changed only the trainable tensors
+        for p in model.itm.parameters():
+            p.add_(0.5)
+    model.save_pretrained(tmp_path / "adapter", trainable_only=True)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "adapter" / "model.safetensors"))
+    assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad}
+    loaded = zoo.from_pretrained(tmp_path / "adapter").eval()
+    images, ids = _inputs()
+    with torch.no_grad():
+        a, b = model(images, ids), loaded(images, ids)
+    assert torch.equal(a.match_prob, b.match_prob) and torch.equal(a.fused.tokens, b.fused.tokens)
+    # the tokenizer travels with the export: the rebuilt model tokenizes without the original folder
+    assert loaded.text.get_tokenizer()("a red circle")["input_ids"] == model.text.get_tokenizer()("a red circle")["input_ids"]
 
 
 def test_weights_errors_name_file_and_keys(demo, tmp_path):

@@ -41,6 +41,7 @@ MODEL_FILE_KEYS = {
     "pretrained": (str, type(None)),
     "task": (str, type(None)),
     "imports": (list,),
+    "weights": (str,),
 }
 
 _extra_dirs: list[Path] = []

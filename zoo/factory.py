@@ -94,7 +94,8 @@ def create_model(
     Args:
         name_or_config: a registered name (``zoo.list_models()``), a YAML file, or a config dict.
         task: a task variant declared in the model file (``"vqa"``, ``"retrieval"``, ...); None = the base model.
-        pretrained: a local weights file or an export folder loaded strictly after building.
+        pretrained: a local weights file or an export folder loaded strictly after building (default: the model
+            file's ``pretrained:``); recorded in the model's config.
         overrides: ``key.sub=value`` strings relative to the model file (as on the command line).
         device: build directly on this device (``"meta"`` builds without memory).
         **model_overrides: changes to the model tree, ``create_model(name, **{"vision.depth": 2})`` or
@@ -108,6 +109,9 @@ def create_model(
             model = build(cfg["model"], "model", "model", cfg.get("_file"), validated=True)
     else:
         model = build(cfg["model"], "model", "model", cfg.get("_file"), validated=True)
+    pretrained = pretrained if pretrained is not None else cfg.get("pretrained")
+    if pretrained is not None:
+        cfg["pretrained"] = str(pretrained)
     _finish(model, cfg)
     if pretrained is not None:
         from zoo.hub import load_weights  # noqa: PLC0415

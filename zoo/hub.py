@@ -34,6 +34,8 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+PREPROCESSOR_NAME = "preprocessor.json"
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _FOLDER_WEIGHTS = (WEIGHTS_NAME, "pytorch_model.bin", "model.pth", "model.pt")
 
@@ -108,15 +110,46 @@ def _unique_state_dict(model) -> dict:
     return out
 
 
-def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | None = None) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` for a model built by :func:`zoo.create_model`."""
+def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | None = None,
+                    trainable_only: bool = False, tokenizer: Any = None) -> Path:
+    """Write an export folder for a model built by :func:`zoo.create_model`.
+
+    - ``config.json``: the full resolved model config (rebuilding needs nothing else);
+    - ``model.safetensors``: the weights (tied tensors once); with ``trainable_only`` only the parameters that require
+      gradients (adapters, LoRA, heads) — the config then names the frozen parts, which load from their own
+      ``pretrained`` paths when the export is rebuilt;
+    - ``tokenizer/``: the text encoder's tokenizer (or ``tokenizer``), so the export is usable without it;
+    - ``preprocessor.json``: image size, normalisation and interpolation of the evaluation transform.
+    Every file is written atomically.
+    """
     directory = Path(directory)
     config = dict(config if config is not None else getattr(model, "zoo_config", None) or {})
     if "model" not in config:
         raise ValueError("save_pretrained: the model carries no zoo_config; build it with zoo.create_model")
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     tensors = _unique_state_dict(model)
+    if trainable_only:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        tensors = {k: v for k, v in tensors.items() if k in trainable}
+        config["weights"] = "trainable_only"
+    else:  # all weights are in the export: the base weights the model was built from are not needed again
+        config.pop("weights", None)
+        config.pop("pretrained", None)
     _atomic_save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt", "mmzoo": "1"})
+    text = getattr(model, "text", None)
+    if tokenizer is None and text is not None and getattr(text, "tokenizer", None) and hasattr(text, "get_tokenizer"):
+        tokenizer = text.get_tokenizer()
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
+        config["tokenizer"] = TOKENIZER_DIR
+    vision = getattr(model, "vision", None)
+    size = getattr(vision, "image_size", None) or config.get("default_resolution")
+    if size:
+        from zoo.demo import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
+
+        with atomic_write(directory / PREPROCESSOR_NAME, "w") as fh:
+            json.dump({"image_size": size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+                       "interpolation": "bicubic"}, fh, indent=2)
     with atomic_write(directory / CONFIG_NAME, "w") as fh:
         json.dump(config, fh, indent=2, sort_keys=False)
         fh.write("\n")
@@ -221,7 +254,12 @@ def _is_derived_buffer(model, key: str) -> bool:
 
 
 def from_pretrained(path: str | os.PathLike, *, map_location: str = "cpu", **overrides):
-    """Rebuild a model saved with ``save_pretrained`` (outputs equal the saved model's)."""
+    """Rebuild a model saved with ``save_pretrained`` (outputs equal the saved model's).
+
+    A trainable-only export is loaded onto a model whose frozen parts come from the base weights named by its config
+    (``pretrained:``, or the parts' own ``pretrained`` paths); every tensor of the export must fit, and every trainable
+    parameter must be in it.
+    """
     from zoo.factory import create_model  # noqa: PLC0415
 
     directory = resolve_path(path)
@@ -235,9 +273,34 @@ def from_pretrained(path: str | os.PathLike, *, map_location: str = "cpu", **ove
     except json.JSONDecodeError as exc:
         raise WeightsError(f"{cfg_file}: invalid JSON ({exc})") from None
     config["_file"] = str(cfg_file)
+    trainable_only = config.pop("weights", None) == "trainable_only"
+    tokenizer = config.get("tokenizer")
+    if tokenizer == TOKENIZER_DIR and (directory / TOKENIZER_DIR).is_dir():
+        config = _with_tokenizer(config, str(directory / TOKENIZER_DIR))
     model = create_model(config, **overrides)
-    load_weights(model, directory)
+    if trainable_only:
+        state = load_state_dict(directory)
+        if not config.get("pretrained"):  # no base weights: the tensors absent here must be frozen parts
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            missing = sorted(trainable - set(state))
+            if missing:
+                raise WeightsError(f"{directory}: trainable-only export without base weights (no 'pretrained' in its "
+                                   f"config) lacks {len(missing)} trainable tensor(s): {_list(missing)}")
+        result = load_weights(model, state, strict=False, what=str(directory))
+        if result.unexpected_keys:
+            raise WeightsError(f"{directory}: {len(result.unexpected_keys)} tensor(s) do not belong to the model: "
+                               f"{_list(result.unexpected_keys)}")
+    else:
+        load_weights(model, directory)
     return model
+
+
+def _with_tokenizer(config: dict, folder: str) -> dict:
+    """Point the text encoder of a model config at an exported tokenizer folder."""
+    text = config.get("model", {}).get("text")
+    if isinstance(text, dict) and "tokenizer" in text:
+        config = {**config, "model": {**config["model"], "text": {**text, "tokenizer": folder}}}
+    return config
 
 
 def _hub_snapshot(repo_id: str) -> Path:

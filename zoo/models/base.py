@@ -26,10 +26,11 @@ class ZooModel(nn.Module):
 
     zoo_config: dict | None = None
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, *, trainable_only: bool = False, tokenizer=None) -> Path:
+        """Export for :func:`zoo.from_pretrained` (see :func:`zoo.hub.save_pretrained`)."""
         from zoo.hub import save_pretrained  # noqa: PLC0415
 
-        return save_pretrained(self, directory)
+        return save_pretrained(self, directory, trainable_only=trainable_only, tokenizer=tokenizer)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return count_parameters(self, trainable_only)
