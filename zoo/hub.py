@@ -27,6 +27,7 @@ __all__ = [
     "load_weights",
     "resolve_path",
     "atomic_write",
+    "atomic_path",
     "WeightsError",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
@@ -63,31 +64,15 @@ def resolve_path(spec: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary file name beside ``path`` to write to; on success the file is fsynced and renamed over ``path``
+    (an interrupted write never leaves a truncated file under the final name); on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_save_file(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file  # noqa: PLC0415
-
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -95,6 +80,20 @@ def _atomic_save_file(tensors: dict, path: Path, metadata: dict[str, str] | None
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; on success rename it over ``path`` (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh
+
+
+def _atomic_save_file(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
 
 
 def _unique_state_dict(model) -> dict:

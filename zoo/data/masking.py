@@ -32,13 +32,57 @@ its data set class; this one works on ids (the ``##`` test is precomputed per vo
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = ["WholeWordMasker"]
+
+
+def select_spans(
+    cand: list[int],
+    n_pred: int,
+    rng: Any,
+    *,
+    length: int,
+    allowed: Callable[[int], bool],
+    is_subword: Callable[[int], bool] | None = None,
+    skipgram_prb: float = 0.2,
+    skipgram_size: int = 3,
+) -> set[int]:
+    """The official ``TextMaskingGenerator`` span selection, shared by pre-training MLM and caption masking.
+
+    ``cand`` (shuffled in place with ``rng``) is visited in order; each unchosen position starts a span of 1 token, or
+    with probability ``skipgram_prb`` of 2..``skipgram_size`` tokens, widened to whole words when ``is_subword`` is
+    given (left to the word's head piece, right over its ``##`` pieces); a span's tokens are added until one is not
+    ``allowed`` (or beyond the last candidate). Stops once ``n_pred`` positions are chosen; may overshoot (callers
+    cut the set to ``n_pred`` with their own rule).
+    """
+    rng.shuffle(cand)
+    last = max(cand)
+    chosen: set[int] = set()
+    for pos in cand:
+        if len(chosen) >= n_pred:
+            break
+        if pos in chosen:
+            continue
+        if skipgram_prb > 0 and skipgram_size >= 2 and rng.random() < skipgram_prb:
+            lo, hi = pos, pos + rng.randint(2, skipgram_size)
+        else:
+            lo, hi = pos, pos + 1
+        if is_subword is not None:
+            while lo >= 0 and is_subword(lo):
+                lo -= 1
+            while hi < length and is_subword(hi):
+                hi += 1
+        for p in range(lo, hi):
+            if 0 < p <= last and allowed(p):
+                chosen.add(p)
+            else:
+                break
+    return chosen
 
 
 class WholeWordMasker:
@@ -118,25 +162,9 @@ class WholeWordMasker:
         if not cand:
             return [], 0
         n_pred = self.num_to_mask(n, num_source_tokens)
-        rng.shuffle(cand)
-        last = max(cand)
-        chosen: set[int] = set()
-        for pos in cand:
-            if len(chosen) >= n_pred:
-                break
-            if pos in chosen:
-                continue
-            if self.skipgram_prb > 0 and self.skipgram_size >= 2 and rng.random() < self.skipgram_prb:
-                lo, hi = pos, pos + rng.randint(2, self.skipgram_size)
-            else:
-                lo, hi = pos, pos + 1
-            if self.mask_whole_word:
-                lo, hi = self._whole_words(ids, lo, hi)
-            for p in range(lo, hi):
-                if 0 < p <= last and p not in blocked:
-                    chosen.add(p)
-                else:
-                    break
+        subword = (lambda p: ids[p] in self.subword_ids) if self.mask_whole_word else None
+        chosen = select_spans(cand, n_pred, rng, length=n, allowed=lambda p: p not in blocked, is_subword=subword,
+                              skipgram_prb=self.skipgram_prb, skipgram_size=self.skipgram_size)
         return list(chosen), n_pred
 
     def _choose(self, ids: Sequence[int], rng: Any, num_source_tokens: int) -> list[int]:
@@ -146,14 +174,6 @@ class WholeWordMasker:
             rng.shuffle(masked)
             masked = masked[:n_pred]
         return masked
-
-    def _whole_words(self, ids: Sequence[int], lo: int, hi: int) -> tuple[int, int]:
-        """Widen ``[lo, hi)`` left to the head piece of its first word and right over the ``##`` pieces after it."""
-        while lo >= 0 and ids[lo] in self.subword_ids:
-            lo -= 1
-        while hi < len(ids) and ids[hi] in self.subword_ids:
-            hi += 1
-        return lo, hi
 
     def mask_sequence(
         self, ids: Sequence[int], rng: Any = None, num_source_tokens: int = 0

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from zoo.data.masking import select_spans
 from zoo.generation import BeamSearchOutput, generate_mlm_captions
 from zoo.heads.mlm import MLMHead
 from zoo.registry import HEADS
@@ -122,28 +123,9 @@ def choose_masked_positions(
     cand = list(range(num_fixed, num_tokens))
     if not cand:
         return []
-    rng.shuffle(cand)
-    last = max(cand)
-    chosen: set[int] = set()
-    for pos in cand:
-        if len(chosen) >= n_pred:
-            break
-        if pos in chosen:
-            continue
-        if skipgram_prb > 0 and skipgram_size >= 2 and rng.random() < skipgram_prb:
-            st, end = pos, pos + rng.randint(2, skipgram_size)
-        else:
-            st, end = pos, pos + 1
-        if is_subword is not None:  # grow to whole words
-            while st >= 0 and is_subword[st]:
-                st -= 1
-            while end < num_tokens and is_subword[end]:
-                end += 1
-        for p in range(st, end):
-            if 0 < p <= last and p >= num_fixed:
-                chosen.add(p)
-            else:
-                break
+    chosen = select_spans(cand, n_pred, rng, length=num_tokens, allowed=lambda p: p >= num_fixed,
+                          is_subword=is_subword.__getitem__ if is_subword is not None else None,
+                          skipgram_prb=skipgram_prb, skipgram_size=skipgram_size)
     positions = sorted(chosen)
     if len(positions) > n_pred:
         rng.shuffle(positions)

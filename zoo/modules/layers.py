@@ -35,7 +35,6 @@ from zoo.modules.attention import attention
 
 __all__ = [
     "MultiHeadAttention",
-    "AttentionOutput",
     "AttentionBlock",
     "Intermediate",
     "Output",
@@ -103,12 +102,13 @@ class MultiHeadAttention(nn.Module):
         return out.transpose(1, 2).reshape(b, n, -1), probs
 
 
-class AttentionOutput(nn.Module):
-    """Output projection, dropout, residual, post-LayerNorm (keys ``dense``, ``LayerNorm``)."""
+class Output(nn.Module):
+    """Projection, dropout, residual, post-LayerNorm (keys ``dense``, ``LayerNorm``): BERT's ``SelfOutput`` (after
+    attention, ``in_width == width``) and ``Output`` (after the FFN)."""
 
-    def __init__(self, width: int, eps: float = 1e-12, drop: float = 0.0):
+    def __init__(self, in_width: int, width: int, eps: float = 1e-12, drop: float = 0.0):
         super().__init__()
-        self.dense = nn.Linear(width, width)
+        self.dense = nn.Linear(in_width, width)
         self.LayerNorm = nn.LayerNorm(width, eps=eps)
         self.dropout = nn.Dropout(drop)
 
@@ -125,7 +125,7 @@ class AttentionBlock(nn.Module):
     ):
         super().__init__()
         self.self = MultiHeadAttention(width, num_heads, kv_width, attn_drop)
-        self.output = AttentionOutput(width, eps, drop)
+        self.output = Output(width, width, eps, drop)
 
     def forward(self, x: Tensor, context: Tensor | None = None, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
         out, probs = self.self(x, context, **kwargs)
@@ -141,19 +141,6 @@ class Intermediate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.gelu(self.dense(x))
-
-
-class Output(nn.Module):
-    """Second FFN projection, dropout, residual, post-LayerNorm (keys ``dense``, ``LayerNorm``)."""
-
-    def __init__(self, intermediate_size: int, width: int, eps: float = 1e-12, drop: float = 0.0):
-        super().__init__()
-        self.dense = nn.Linear(intermediate_size, width)
-        self.LayerNorm = nn.LayerNorm(width, eps=eps)
-        self.dropout = nn.Dropout(drop)
-
-    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
 
 
 class TransformerLayer(nn.Module):
