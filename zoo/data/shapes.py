@@ -1,0 +1,658 @@
+"""The embedded "shapes" dataset: synthetic scenes written in the official X²-VLM JSON formats.
+
+Fine-tuning, evaluation and tests need a multimodal dataset on a machine that downloads nothing. This module draws
+one: 1-3 flat shapes (circle, square, triangle) in six colours and two sizes, each in its own cell of a 3x3 grid, on a
+plain light background (PIL, no anti-aliasing, so every shape pixel has exactly its palette colour), and short mp4
+videos of one moving shape. Everything is hand-written here; the file layouts follow the official X²-VLM readers
+(``dataset/vqa_dataset.py``, ``retrieval_dataset.py``, ``captioning_dataset.py``) and the BLIP/X²-VLM captioning
+evaluation (``coco_caption_eval``: a COCO-format ground-truth file read by pycocotools + pycocoevalcap).
+
+Files under the root (all paths inside the JSON are relative to the root):
+
+- ``images/{train,val,test}/NNNNN.png``: NNNNN is the global image id (unique across splits);
+- ``vqa_{train,val,test}.json``: ``[{question_id, question, answer: [10 strings], image, dataset}]`` and
+  ``answer_list.json`` (every candidate answer);
+- ``retrieval_train.json`` / ``caption_train.json``: ``[{image, caption, image_id}]``, one entry per caption;
+  ``retrieval_{val,test}.json`` / ``caption_{val,test}.json``: ``[{image, caption: [...]}]``;
+- ``caption_{val,test}_gt.json``: COCO-format ground truth (``images: [{id, file_name}]``,
+  ``annotations: [{image_id, id, caption}]``) for the captioning evaluator; the ids are the image ids, which are also
+  the file names' stems;
+- ``scenes.json``: the drawn objects of every image (shape, colour, size, position, COCO ``[x, y, w, h]`` box);
+- ``videos/{train,val,test}/NNNNN.mp4`` (``video_frames`` frames, 8 fps, mpeg4, or h264 when mpeg4 is missing; the
+  side is ``image_size`` rounded down to a multiple of 32, within 64-128, as decord mis-decodes e.g. 48 px widths);
+  ``video_retrieval_train.json`` ``[{video, caption, video_id}]``, ``video_retrieval_{val,test}.json``
+  ``[{video, caption: [...]}]``, ``video_qa_{train,val,test}.json`` ``[{question_id, question, answer, video,
+  dataset}]`` and ``video_answer_list.json``;
+- ``manifest.json``: version, parameters and the entry count of every file; written last.
+
+Determinism: every image, video and question draws from its own ``random.Random`` seeded with a string made of the
+seed, the split and the index (no global RNG), so one seed gives byte-identical files, and adding images to one split
+leaves the scenes of the others unchanged (only their global ids, and so file names, shift). VQA answers are balanced
+per question type (attributes are drawn uniformly and yes/no questions are half yes), so a question-only baseline
+stays near chance; each question has exactly 10 answers, mostly the true one with 0-2 deterministic "annotator"
+alternatives (synonyms or near misses).
+
+Caching: the dataset is generated into a temporary sibling folder and renamed into place under a lock file, so
+concurrent first uses never see or produce a half-written folder; a folder whose ``manifest.json`` is missing or holds
+other parameters is regenerated (only if it holds nothing but files this generator writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zoo.hub import atomic_write
+
+__all__ = [
+    "BACKGROUND",
+    "COLOURS",
+    "DIRECTIONS",
+    "POSITIONS",
+    "SHAPES",
+    "SHAPES_VERSION",
+    "SIZES",
+    "VQA_DATASET_TAG",
+    "default_shapes_root",
+    "describe_shapes",
+    "generate_shapes",
+    "mmzoo_home",
+]
+
+SHAPES_VERSION = 1
+VQA_DATASET_TAG = "shapes"  # the ``dataset`` field of the VQA entries
+MANIFEST = "manifest.json"
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (214, 39, 40),
+    "green": (44, 160, 44),
+    "blue": (31, 90, 220),
+    "yellow": (240, 200, 20),
+    "purple": (140, 60, 180),
+    "orange": (250, 130, 20),
+}
+SIZES = ("small", "large")
+# 3x3 grid cells in reading order (row-major): the position answer of each cell ...
+POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+# ... and the phrase used in captions and questions
+_POSITION_PHRASES = ("in the top left corner", "at the top", "in the top right corner", "on the left",
+                     "in the center", "on the right", "in the bottom left corner", "at the bottom",
+                     "in the bottom right corner")
+DIRECTIONS = ("right", "left", "up", "down")
+BACKGROUND = (242, 242, 238)
+
+_NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+_RADIUS = {"small": 0.24, "large": 0.40}  # shape "radius" as a fraction of the grid cell
+_CAPTIONS_PER_IMAGE = 5
+_QUESTIONS_PER_IMAGE = 4
+_CAPTIONS_PER_VIDEO = 4
+_QUESTIONS_PER_VIDEO = 3
+_VIDEO_FPS = 8
+_NUM_ANSWERS = 10
+_NOISE_WEIGHTS = (0.5, 0.35, 0.15)  # probability of 0, 1, 2 alternative answers among the 10
+
+# deterministic annotator noise: alternatives an annotator might give instead of the true answer
+_ALTERNATIVES: dict[str, tuple[str, ...]] = {
+    "red": ("dark red", "orange"), "green": ("dark green", "lime"), "blue": ("dark blue", "purple"),
+    "yellow": ("gold", "orange"), "purple": ("violet", "blue"), "orange": ("red", "yellow"),
+    "circle": ("oval", "ball"), "square": ("rectangle", "box"), "triangle": ("pyramid", "arrow"),
+    "small": ("tiny", "little"), "large": ("big", "huge"),
+    "1": ("one", "2"), "2": ("two", "3"), "3": ("three", "2"),
+    "yes": ("no",), "no": ("yes",),
+    "top left": ("upper left", "left"), "top": ("top middle", "up"), "top right": ("upper right", "right"),
+    "left": ("middle left", "on left"), "center": ("middle", "in middle"), "right": ("middle right", "on right"),
+    "bottom left": ("lower left", "left"), "bottom": ("bottom middle", "down"),
+    "bottom right": ("lower right", "right"),
+    "up": ("upward", "top"), "down": ("downward", "bottom"),
+}
+_DIRECTION_ALTERNATIVES = {"right": ("to right", "left to right"), "left": ("to left", "right to left"),
+                           "up": ("upward", "top"), "down": ("downward", "bottom")}
+
+_SPLITS = ("train", "val", "test")
+_IMAGE_FILES = tuple(f"{kind}_{split}.json" for kind in ("vqa", "retrieval", "caption") for split in _SPLITS)
+_VIDEO_FILES = tuple(f"video_{kind}_{split}.json" for kind in ("retrieval", "qa") for split in _SPLITS)
+_OTHER_FILES = ("answer_list.json", "video_answer_list.json", "caption_val_gt.json", "caption_test_gt.json",
+                "scenes.json")
+_KNOWN_NAMES = frozenset(_IMAGE_FILES + _VIDEO_FILES + _OTHER_FILES + (MANIFEST, "images", "videos"))
+
+
+# ----------------------------------------------------------------------------------------------------------- paths
+
+
+def mmzoo_home() -> Path:
+    """``$MMZOO_HOME``, else ``$XDG_CACHE_HOME/mmzoo``, else ``~/.cache/mmzoo``."""
+    if os.environ.get("MMZOO_HOME"):
+        return Path(os.path.expanduser(os.environ["MMZOO_HOME"]))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.path.expanduser(cache)) / "mmzoo"
+
+
+def default_shapes_root() -> Path:
+    """``{mmzoo_home()}/datasets/shapes-v1``."""
+    return mmzoo_home() / "datasets" / f"shapes-v{SHAPES_VERSION}"
+
+
+# ---------------------------------------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class _Object:
+    shape: str
+    colour: str
+    size: str
+    cell: int  # 0..8, row-major; for a moving video object, the cell it starts in
+    dx: float = 0.0  # offset of the centre from the cell centre, in cells
+    dy: float = 0.0
+
+    @property
+    def position(self) -> str:
+        return POSITIONS[self.cell]
+
+    @property
+    def phrase(self) -> str:
+        return _POSITION_PHRASES[self.cell]
+
+
+def _geometry(obj: _Object, image_size: int, centre: tuple[float, float] | None = None):
+    """``(kind, coordinates)`` of the object drawn at ``image_size`` (integer pixel coordinates)."""
+    cell = image_size / 3
+    if centre is None:
+        row, col = divmod(obj.cell, 3)
+        centre = ((col + 0.5 + obj.dx) * cell, (row + 0.5 + obj.dy) * cell)
+    cx, cy = centre
+    r = _RADIUS[obj.size] * cell
+    if obj.shape == "circle":
+        return "ellipse", [round(cx - r), round(cy - r), round(cx + r), round(cy + r)]
+    if obj.shape == "square":
+        s = 0.85 * r
+        return "rectangle", [round(cx - s), round(cy - s), round(cx + s), round(cy + s)]
+    return "polygon", [(round(cx), round(cy - r)), (round(cx - 0.95 * r), round(cy + 0.8 * r)),
+                       (round(cx + 0.95 * r), round(cy + 0.8 * r))]
+
+
+def _draw(draw, obj: _Object, image_size: int, fill, centre: tuple[float, float] | None = None) -> None:
+    kind, coords = _geometry(obj, image_size, centre)
+    getattr(draw, kind)(coords, fill=fill)
+
+
+def _render(objects: list[tuple[_Object, tuple[float, float] | None]], image_size: int):
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (image_size, image_size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for obj, centre in objects:
+        _draw(draw, obj, image_size, COLOURS[obj.colour], centre)
+    return image
+
+
+def _box(obj: _Object, image_size: int) -> list[int]:
+    """The COCO ``[x, y, w, h]`` box of the pixels the object covers (drawn alone on a mask)."""
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (image_size, image_size), 0)
+    _draw(ImageDraw.Draw(mask), obj, image_size, 255)
+    x0, y0, x1, y1 = mask.getbbox()
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def _random_scene(rng: random.Random) -> list[_Object]:
+    """1-3 objects in distinct cells, with distinct (colour, shape) pairs, in reading order."""
+    n = rng.choice((1, 2, 3))
+    cells = sorted(rng.sample(range(9), n))
+    pairs: list[tuple[str, str]] = []
+    while len(pairs) < n:
+        pair = (rng.choice(tuple(COLOURS)), rng.choice(SHAPES))
+        if pair not in pairs:
+            pairs.append(pair)
+    objects = []
+    for cell, (colour, shape) in zip(cells, pairs):
+        size = rng.choice(SIZES)
+        slack = max(0.0, 0.5 - _RADIUS[size] - 0.08)  # neighbours stay >= 0.16 cell apart (2+ px at 48 px)
+        objects.append(_Object(shape, colour, size, cell, round(rng.uniform(-slack, slack), 3),
+                               round(rng.uniform(-slack, slack), 3)))
+    return objects
+
+
+# -------------------------------------------------------------------------------------------------------- language
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _full(obj: _Object) -> str:
+    return f"a {obj.size} {obj.colour} {obj.shape}"
+
+
+def _short(obj: _Object) -> str:
+    return f"a {obj.colour} {obj.shape}"
+
+
+def _relation(a: _Object, b: _Object) -> str:
+    (ra, ca), (rb, cb) = divmod(a.cell, 3), divmod(b.cell, 3)
+    if ca != cb:
+        return "to the left of" if ca < cb else "to the right of"
+    return "above" if ra < rb else "below"
+
+
+def _image_captions(objects: list[_Object], rng: random.Random) -> list[str]:
+    n = len(objects)
+    if n == 1:
+        (o,) = objects
+        candidates = [f"{_full(o)} {o.phrase}", f"{_short(o)} {o.phrase}", f"{_full(o)} on a light background",
+                      f"a single {o.colour} {o.shape}", f"one {o.size} {o.shape} that is {o.colour}",
+                      f"a picture with {_full(o)}"]
+    else:
+        word = _NUMBER_WORDS[n]
+        a, b = rng.sample(objects, 2)
+        candidates = [f"{word} shapes: {_join([_full(o) for o in objects])}",
+                      _join([f"{_short(o)} {o.phrase}" for o in objects]),
+                      _join([_full(o) for o in objects]),
+                      f"{word} shapes including {_short(rng.choice(objects))}",
+                      f"{_short(a)} {_relation(a, b)} {_short(b)}",
+                      f"{word} shapes on a light background: {_join([_short(o) for o in objects])}"]
+    unique = list(dict.fromkeys(candidates))
+    rng.shuffle(unique)
+    return unique[:_CAPTIONS_PER_IMAGE]
+
+
+def _unique(objects: list[_Object], **attrs) -> bool:
+    return sum(all(getattr(o, k) == v for k, v in attrs.items()) for o in objects) == 1
+
+
+def _image_questions(objects: list[_Object], rng: random.Random) -> list[tuple[str, str]]:
+    """``_QUESTIONS_PER_IMAGE`` ``(question, answer)`` pairs of distinct types; answers are balanced per type."""
+    target = rng.choice(objects)
+    makers = {}
+    # colour: refer to the target by shape, else by size and shape, else by position
+    if _unique(objects, shape=target.shape):
+        ref = f"the {target.shape}"
+    elif _unique(objects, shape=target.shape, size=target.size):
+        ref = f"the {target.size} {target.shape}"
+    else:
+        ref = f"the shape {target.phrase}"
+    makers["colour"] = (f"what colour is {ref}?", target.colour)
+    # shape: refer by colour when it is unique, else by position
+    if _unique(objects, colour=target.colour):
+        makers["shape"] = (f"what shape is {target.colour}?", target.shape)
+    else:
+        makers["shape"] = (f"what shape is {target.phrase}?", target.shape)
+    # (colour, shape) pairs are unique within a scene
+    makers["position"] = (rng.choice((f"where is the {target.colour} {target.shape}?",
+                                      f"which part of the image is the {target.colour} {target.shape} in?")),
+                          target.position)
+    makers["size"] = (rng.choice((f"what size is the {target.colour} {target.shape}?",
+                                  f"is the {target.colour} {target.shape} small or large?")), target.size)
+    makers["count"] = (rng.choice(("how many shapes are there?", "how many shapes are in the image?")),
+                       str(len(objects)))
+    if rng.random() < 0.5:
+        makers["yesno"] = (f"is there a {target.colour} {target.shape}?", "yes")
+    else:
+        present = {(o.colour, o.shape) for o in objects}
+        absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+        colour, shape = rng.choice(absent)
+        makers["yesno"] = (f"is there a {colour} {shape}?", "no")
+    kinds = rng.sample(sorted(makers), _QUESTIONS_PER_IMAGE)
+    return [makers[k] for k in kinds]
+
+
+def _ten_answers(answer: str, rng: random.Random, alternatives: dict[str, tuple[str, ...]]) -> list[str]:
+    """10 answers: the true one, with 0-2 alternatives at random places (the true answer keeps >= 8 votes)."""
+    answers = [answer] * _NUM_ANSWERS
+    k = rng.choices(range(len(_NOISE_WEIGHTS)), weights=_NOISE_WEIGHTS)[0]
+    for place in rng.sample(range(_NUM_ANSWERS), k):
+        answers[place] = rng.choice(alternatives[answer])
+    return answers
+
+
+def _answer_list(canonical: list[str], alternatives: dict[str, tuple[str, ...]]) -> list[str]:
+    out = list(dict.fromkeys(canonical))
+    out += sorted({alt for a in canonical for alt in alternatives[a]} - set(out))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- videos
+
+
+def _video_track(direction: str, lane: int, frames: int, size: int) -> list[tuple[float, float]]:
+    """Centres of a shape crossing the frame from the first to the last cell of a row/column ``lane``."""
+    cell = size / 3
+    lo, hi = 0.5 * cell, 2.5 * cell
+    across = (lane + 0.5) * cell
+    out = []
+    for t in range(frames):
+        f = t / (frames - 1)
+        along = {"right": lo + (hi - lo) * f, "left": hi - (hi - lo) * f,
+                 "down": lo + (hi - lo) * f, "up": hi - (hi - lo) * f}[direction]
+        out.append((along, across) if direction in ("right", "left") else (across, along))
+    return out
+
+
+def _random_video(rng: random.Random):
+    """``(moving, direction, lane, static_or_None)``: one moving shape, maybe one still shape outside its lane."""
+    direction = rng.choice(DIRECTIONS)
+    lane = rng.randrange(3)
+    moving = _Object(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), rng.choice(SIZES), 0)
+    static = None
+    if rng.random() < 0.5:
+        other_lane = rng.choice([x for x in range(3) if x != lane])
+        along = rng.randrange(3)
+        cell = other_lane * 3 + along if direction in ("right", "left") else along * 3 + other_lane
+        static = _Object(rng.choice([s for s in SHAPES if s != moving.shape]),
+                         rng.choice([c for c in COLOURS if c != moving.colour]), rng.choice(SIZES), cell)
+    return moving, direction, lane, static
+
+
+_DIRECTION_PHRASES = {"right": "to the right", "left": "to the left", "up": "up", "down": "down"}
+_DIRECTION_ENDS = {"right": ("left", "right"), "left": ("right", "left"), "up": ("bottom", "top"),
+                   "down": ("top", "bottom")}
+
+
+def _video_captions(moving: _Object, direction: str, static: _Object | None, rng: random.Random) -> list[str]:
+    phrase = _DIRECTION_PHRASES[direction]
+    start, end = _DIRECTION_ENDS[direction]
+    candidates = [f"{_short(moving)} moves {phrase}",
+                  f"{_full(moving)} moving from {start} to {end}",
+                  f"{_short(moving)} slides {phrase}",
+                  f"a {moving.size} {moving.shape} moving {direction}"]
+    if static is not None:
+        candidates.append(f"{_short(moving)} moves {phrase} while {_short(static)} stays still")
+        candidates.append(f"{_full(moving)} passes {_short(static)} moving {direction}")
+    rng.shuffle(candidates)
+    return candidates[:_CAPTIONS_PER_VIDEO]
+
+
+def _video_questions(moving: _Object, direction: str, static: _Object | None,
+                     rng: random.Random) -> list[tuple[str, str]]:
+    direction_q = rng.choice((f"which direction does the {moving.shape} move?",
+                              f"in which direction is the {moving.colour} {moving.shape} moving?"))
+    others = {"colour": ("what colour is the moving shape?", moving.colour),
+              "shape": (rng.choice(("what shape is moving?", "what is the shape of the moving object?")),
+                        moving.shape)}
+    if static is not None:
+        obj, answer = (moving, "yes") if rng.random() < 0.5 else (static, "no")
+        others["moves"] = (f"does the {obj.colour} {obj.shape} move?", answer)
+    kinds = rng.sample(sorted(others), _QUESTIONS_PER_VIDEO - 1)
+    return [(direction_q, direction)] + [others[k] for k in kinds]
+
+
+def _video_codec() -> str:
+    import av
+
+    for name in ("mpeg4", "libx264", "h264"):
+        if name in av.codecs_available:
+            return name
+    raise RuntimeError("PyAV has neither the mpeg4 nor an h264 encoder; the shapes videos cannot be written")
+
+
+def _write_video(path: Path, frames, size: int, codec: str) -> None:
+    import av
+    import numpy as np
+
+    # bitexact: no library version strings in the container or the stream, so the bytes depend only on the pixels
+    with av.open(str(path), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream(codec, rate=_VIDEO_FPS)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1  # one thread: the same bytes on every machine
+        quality = {"qscale": "2"} if codec == "mpeg4" else {"crf": "12", "preset": "medium"}
+        stream.options = {**quality, "flags": "+bitexact"}
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.asarray(image), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+# ------------------------------------------------------------------------------------------------------ generation
+
+
+def _check_params(seed, num_train_images, num_val_images, num_test_images, image_size, num_videos,
+                  video_frames) -> dict[str, int]:
+    params = {"seed": seed, "num_train_images": num_train_images, "num_val_images": num_val_images,
+              "num_test_images": num_test_images, "image_size": image_size, "num_videos": num_videos,
+              "video_frames": video_frames}
+    low = {"seed": None, "num_train_images": 1, "num_val_images": 1, "num_test_images": 1, "image_size": 48,
+           "num_videos": 0, "video_frames": 2}
+    for key, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"generate_shapes: {key} must be an int, got {type(value).__name__} {value!r}")
+        if low[key] is not None and value < low[key]:
+            raise ValueError(f"generate_shapes: {key} must be >= {low[key]}, got {value}")
+    if image_size > 1024:
+        raise ValueError(f"generate_shapes: image_size must be <= 1024, got {image_size}")
+    if num_videos and video_frames > 256:
+        raise ValueError(f"generate_shapes: video_frames must be <= 256, got {video_frames}")
+    return params
+
+
+def _video_split_sizes(num_videos: int) -> dict[str, int]:
+    held_out = max(1, num_videos // 5) if num_videos >= 3 else 0
+    return {"train": num_videos - 2 * held_out, "val": held_out, "test": held_out}
+
+
+def _rng(seed: int, *parts: Any) -> random.Random:
+    return random.Random(":".join(["shapes", str(SHAPES_VERSION), str(seed), *map(str, parts)]))
+
+
+def _dump(path: Path, obj: Any) -> None:
+    with atomic_write(path, "w") as fh:
+        json.dump(obj, fh, ensure_ascii=False)
+        fh.write("\n")
+
+
+def _generate_into(folder: Path, params: dict[str, int]) -> dict[str, Any]:
+    seed, size = params["seed"], params["image_size"]
+    counts = {"train": params["num_train_images"], "val": params["num_val_images"], "test": params["num_test_images"]}
+    files: dict[str, Any] = {}
+    scenes, image_id = [], 0
+    for split in _SPLITS:
+        (folder / "images" / split).mkdir(parents=True, exist_ok=True)
+        vqa, retrieval_train, captions_eval, gt_images, gt_annotations = [], [], [], [], []
+        for index in range(counts[split]):
+            rng = _rng(seed, "image", split, index)
+            objects = _random_scene(rng)
+            rel = f"images/{split}/{image_id:05d}.png"
+            _render([(o, None) for o in objects], size).save(folder / rel, format="PNG")
+            scenes.append({"image": rel, "image_id": image_id, "split": split,
+                           "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "position": o.position,
+                                        "bbox": _box(o, size)} for o in objects]})
+            captions = _image_captions(objects, rng)
+            if split == "train":
+                retrieval_train += [{"image": rel, "caption": c, "image_id": image_id} for c in captions]
+            else:
+                captions_eval.append({"image": rel, "caption": captions})
+                gt_images.append({"id": image_id, "file_name": rel})
+                gt_annotations += [{"image_id": image_id, "id": image_id * 10 + j, "caption": c}
+                                   for j, c in enumerate(captions)]
+            for j, (question, answer) in enumerate(_image_questions(objects, rng)):
+                vqa.append({"question_id": image_id * 10 + j, "question": question,
+                            "answer": _ten_answers(answer, rng, _ALTERNATIVES), "image": rel,
+                            "dataset": VQA_DATASET_TAG})
+            image_id += 1
+        files[f"vqa_{split}.json"] = vqa
+        if split == "train":
+            files["retrieval_train.json"] = retrieval_train
+            files["caption_train.json"] = [dict(e) for e in retrieval_train]
+        else:
+            files[f"retrieval_{split}.json"] = captions_eval
+            files[f"caption_{split}.json"] = [dict(e) for e in captions_eval]
+            files[f"caption_{split}_gt.json"] = {"info": {"description": f"shapes-v{SHAPES_VERSION} {split} captions"},
+                                                 "licenses": [], "type": "captions", "images": gt_images,
+                                                 "annotations": gt_annotations}
+    files["answer_list.json"] = _answer_list([*COLOURS, *SHAPES, *SIZES, "1", "2", "3", "yes", "no", *POSITIONS],
+                                             _ALTERNATIVES)
+    files["scenes.json"] = scenes
+
+    video_counts = _video_split_sizes(params["num_videos"])
+    # a multiple of 32: decord mis-decodes some other widths (48 px, for one)
+    video_size = max(64, min(size, 128) // 32 * 32)
+    codec = _video_codec() if params["num_videos"] else None
+    video_alternatives = {**_ALTERNATIVES, **_DIRECTION_ALTERNATIVES}
+    video_id = 0
+    for split in _SPLITS:
+        (folder / "videos" / split).mkdir(parents=True, exist_ok=True)
+        qa, retrieval = [], []
+        for index in range(video_counts[split]):
+            rng = _rng(seed, "video", split, index)
+            moving, direction, lane, static = _random_video(rng)
+            track = _video_track(direction, lane, params["video_frames"], video_size)
+            frames = [_render(([(static, None)] if static else []) + [(moving, centre)], video_size)
+                      for centre in track]
+            rel = f"videos/{split}/{video_id:05d}.mp4"
+            _write_video(folder / rel, frames, video_size, codec)
+            captions = _video_captions(moving, direction, static, rng)
+            if split == "train":
+                retrieval += [{"video": rel, "caption": c, "video_id": video_id} for c in captions]
+            else:
+                retrieval.append({"video": rel, "caption": captions})
+            for j, (question, answer) in enumerate(_video_questions(moving, direction, static, rng)):
+                qa.append({"question_id": video_id * 10 + j, "question": question,
+                           "answer": _ten_answers(answer, rng, video_alternatives), "video": rel,
+                           "dataset": VQA_DATASET_TAG})
+            video_id += 1
+        files[f"video_retrieval_{split}.json"] = retrieval
+        files[f"video_qa_{split}.json"] = qa
+    files["video_answer_list.json"] = _answer_list([*DIRECTIONS, *COLOURS, *SHAPES, "yes", "no"], video_alternatives)
+
+    for name, obj in files.items():
+        _dump(folder / name, obj)
+    manifest = {
+        "name": "shapes", "version": SHAPES_VERSION, "params": params,
+        "files": {name: _count(obj) for name, obj in sorted(files.items())},
+        "images": counts, "videos": video_counts, "video_size": video_size, "video_codec": codec,
+        "video_fps": _VIDEO_FPS,
+    }
+    _dump(folder / MANIFEST, manifest)  # last: its presence means "complete"
+    return manifest
+
+
+def _count(obj: Any) -> int:
+    return len(obj["annotations"]) if isinstance(obj, dict) else len(obj)
+
+
+def _read_manifest(root: Path) -> dict | None:
+    try:
+        with open(root / MANIFEST, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _is_complete(root: Path, params: dict[str, int]) -> bool:
+    manifest = _read_manifest(root)
+    if manifest is None or manifest.get("version") != SHAPES_VERSION or manifest.get("params") != params:
+        return False
+    return all((root / name).is_file() for name in manifest.get("files", {}))
+
+
+def _check_replaceable(root: Path) -> None:
+    """Refuse to delete a folder that holds files this generator does not write (a mistyped root)."""
+    if not root.is_dir():
+        raise FileExistsError(f"{root}: exists and is not a folder; expected a shapes dataset folder")
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in _KNOWN_NAMES and not p.name.startswith("."))
+    if foreign:
+        raise FileExistsError(f"{root}: holds files the shapes generator did not write ({', '.join(foreign[:5])}); "
+                              "refusing to replace it — pass another root or remove the folder")
+
+
+@contextlib.contextmanager
+def _lock(root: Path) -> Iterator[None]:
+    """An exclusive lock file beside ``root`` (POSIX ``flock``; elsewhere the rename into place is the only guard)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(root.parent / f".{root.name}.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _swap_in(tmp: Path, root: Path, params: dict[str, int]) -> None:
+    old = None
+    if root.exists() or root.is_symlink():
+        _check_replaceable(root)
+        old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.replace(root, old)
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not _is_complete(root, params):  # someone else (without the lock) put a complete copy there: keep it
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def generate_shapes(root: str | os.PathLike | None = None, *, seed: int = 0, num_train_images: int = 200,
+                    num_val_images: int = 40, num_test_images: int = 40, image_size: int = 96, num_videos: int = 40,
+                    video_frames: int = 8, force: bool = False) -> Path:
+    """Generate the shapes dataset under ``root`` (default :func:`default_shapes_root`) unless it is already there.
+
+    A folder whose ``manifest.json`` names the same version and parameters is returned as is (nothing is rewritten);
+    otherwise (or with ``force``) the dataset is generated into a temporary sibling folder and renamed into place.
+    Returns the root.
+    """
+    params = _check_params(seed, num_train_images, num_val_images, num_test_images, image_size, num_videos,
+                           video_frames)
+    root = Path(os.path.expanduser(os.fspath(root))) if root is not None else default_shapes_root()
+    root = root.absolute()
+    if not force and _is_complete(root, params):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(root):
+        if not force and _is_complete(root, params):  # another process finished it while we waited
+            return root
+        if root.exists():
+            _check_replaceable(root)  # fail before the work, not after
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+        try:
+            tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary cache folder
+            _generate_into(tmp, params)
+            _swap_in(tmp, root, params)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def describe_shapes(root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What is on disk under ``root``: entries per JSON file, images and videos per split, and the manifest's
+    version and parameters (``None`` when there is no manifest)."""
+    root = Path(os.path.expanduser(os.fspath(root))) if root is not None else default_shapes_root()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such shapes dataset folder (generate it with generate_shapes)")
+    files = {}
+    for path in sorted(root.glob("*.json")):
+        if path.name == MANIFEST:
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                files[path.name] = _count(json.load(fh))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: expected a JSON list (or a COCO-format object), could not read it ({exc})") \
+                from None
+    manifest = _read_manifest(root)
+    return {
+        "root": str(root),
+        "version": manifest.get("version") if manifest else None,
+        "params": manifest.get("params") if manifest else None,
+        "files": files,
+        "images": {s: len(list((root / "images" / s).glob("*.png"))) for s in _SPLITS},
+        "videos": {s: len(list((root / "videos" / s).glob("*.mp4"))) for s in _SPLITS},
+    }
