@@ -37,5 +37,11 @@ BUILTINS: dict[str, dict[str, str]] = {
         "fusion_encoder": "zoo.models.fusion_encoder",
         "x2vlm": "zoo.models.x2vlm",
     },
-    "dataset": {},
+    "dataset": {
+        "vqa": "zoo.data.datasets",
+        "retrieval_train": "zoo.data.datasets",
+        "retrieval_eval": "zoo.data.datasets",
+        "caption_train": "zoo.data.datasets",
+        "caption_eval": "zoo.data.datasets",
+    },
 }

@@ -1,4 +1,4 @@
-"""The ``mmzoo`` command: list | info | demo | convert | bench.
+"""The ``mmzoo`` command: list | info | demo | data | train | eval | export | convert | bench.
 
 Errors the user can fix (unknown names, bad configs, missing files) print one clear line and exit with status 2,
 without a traceback; ``MMZOO_DEBUG=1`` shows the traceback.
@@ -113,6 +113,20 @@ def _cmd_bench(args) -> int:
 _CONVERTERS = {"x2vlm": "zoo.models.x2vlm"}
 
 
+def _cmd_train(args) -> int:
+    from zoo.train.run import train  # noqa: PLC0415
+
+    results = train(args.config, args.overrides, resume=args.resume)
+    rows = []
+    for split in ("val", "test"):
+        for key, value in (results.get(split) or {}).items():
+            rows.append([split, key, f"{value:.2f}" if isinstance(value, float) else value])
+    if rows:
+        print(_table(rows, ["split", "metric", "value"]))
+    print(f"run folder: {results['run_dir']}" + (f"  export: {results['export']}" if results.get("export") else ""))
+    return 0
+
+
 def _cmd_convert(args) -> int:
     import importlib  # noqa: PLC0415
 
@@ -121,6 +135,34 @@ def _cmd_convert(args) -> int:
     print(f"converted {args.checkpoint} -> {args.out_dir}")
     print(_table([[k, v if not isinstance(v, list) else (", ".join(v) or "-")] for k, v in report.items()],
                  ["field", "value"]))
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from zoo.data.shapes import describe_shapes, generate_shapes  # noqa: PLC0415
+
+    root = generate_shapes(args.root, seed=args.seed, force=args.force)
+    info = describe_shapes(root)
+    print(f"shapes dataset at {root}")
+    print(_table([[name, count] for name, count in sorted(info["files"].items())], ["file", "entries"]))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from zoo.train.run import evaluate  # noqa: PLC0415
+
+    metrics = evaluate(args.source, args.config, args.overrides, split=args.split, output=args.output)
+    out = metrics.pop("_output")
+    print(_table([[k, f"{v:.2f}"] for k, v in metrics.items()], ["metric", "value"]))
+    print(f"results written to {out}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from zoo.train.run import export_checkpoint  # noqa: PLC0415
+
+    out = export_checkpoint(args.source, args.out_dir, trainable_only=args.trainable_only)
+    print(f"exported {args.source} -> {out} (load with zoo.from_pretrained)")
     return 0
 
 
@@ -145,6 +187,33 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--image", default=None, help="an image file (default: a drawn scene)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. model.vision.depth=1")
     s.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("train", help="fine-tune, evaluate and export as a task config says")
+    s.add_argument("config", help="a task config YAML (configs/tasks/...)")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.max_epochs=1")
+    s.add_argument("--resume", action="store_true", help="continue from the run's checkpoints/last.ckpt")
+    s.set_defaults(fn=_cmd_train)
+
+    s = sub.add_parser("data", help="generate the embedded 'shapes' dataset (done automatically on first use)")
+    s.add_argument("name", choices=["shapes"])
+    s.add_argument("--root", default=None, help="folder (default: $MMZOO_HOME/datasets/shapes-v1)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="regenerate even if present")
+    s.set_defaults(fn=_cmd_data)
+
+    s = sub.add_parser("eval", help="evaluate an export, run folder or checkpoint on a task config's data")
+    s.add_argument("source", help="export folder, run folder or .ckpt file")
+    s.add_argument("config", help="task config YAML naming the data")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("--split", default="test", choices=["val", "test"])
+    s.add_argument("--output", default=None, help="JSON file for the results (default: beside the source)")
+    s.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("export", help="turn a run folder or training checkpoint into a loadable export")
+    s.add_argument("source", help="run folder or .ckpt file")
+    s.add_argument("out_dir")
+    s.add_argument("--trainable-only", action="store_true", help="write only the trainable tensors (adapters)")
+    s.set_defaults(fn=_cmd_export)
 
     s = sub.add_parser("convert", help="convert an official checkpoint into a loadable export")
     s.add_argument("family", choices=sorted(_CONVERTERS))
@@ -180,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, UnknownNameError, WeightsError, FileNotFoundError) as exc:
+    except (ConfigError, UnknownNameError, WeightsError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
         if os.environ.get("MMZOO_DEBUG"):
             raise
         print(f"mmzoo {args.command}: error: {exc}", file=sys.stderr)

@@ -101,7 +101,7 @@ def _unique_state_dict(model) -> dict:
     seen: dict[tuple, str] = {}
     out = {}
     for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        key = _storage_key(tensor)
         if tensor.numel() and key in seen:
             continue
         seen[key] = name
@@ -235,7 +235,10 @@ def load_weights(
         raise WeightsError(f"{where}: {len(shape_errors)} tensor(s) have the wrong shape (shape mismatch): "
                            f"{_list(shape_errors, 8)}")
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not _is_derived_buffer(model, k) and not (optional and optional(k))]
+    # a tied tensor is stored once (save_pretrained): its other names are loaded through the one in the file
+    loaded = {_storage_key(own[k]) for k in state if k in own}
+    missing = [k for k in result.missing_keys if not _is_derived_buffer(model, k) and not (optional and optional(k))
+               and _storage_key(own[k]) not in loaded]
     if strict and (missing or result.unexpected_keys):
         parts = []
         if missing:
@@ -244,6 +247,10 @@ def load_weights(
             parts.append(f"unexpected {len(result.unexpected_keys)} key(s): {_list(result.unexpected_keys)}")
         raise WeightsError(f"{where} does not fit {type(model).__name__}: " + "; ".join(parts))
     return result
+
+
+def _storage_key(tensor) -> tuple:
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
 
 
 def _is_derived_buffer(model, key: str) -> bool:

@@ -89,6 +89,11 @@ class TaskModule(L.LightningModule):
         scheduler = linear_warmup_decay(optimizer, total, warmup_steps_for(total, float(o.get("warmup", 0.1))))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the model's full config travels with every checkpoint, so `mmzoo export` / `mmzoo eval` can rebuild it
+        checkpoint["zoo_config"] = dict(getattr(self.model, "zoo_config", None) or {})
+        checkpoint["zoo_task"] = self.task
+
     # -- evaluation ----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._outputs = []

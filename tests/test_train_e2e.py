@@ -1,0 +1,86 @@
+"""End to end on a tiny generated shapes dataset: train → evaluate → export → reload, resuming, and bad data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import zoo
+from zoo.data.shapes import generate_shapes
+from zoo.train.run import evaluate, export_checkpoint, load_task_config, model_from_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return generate_shapes(tmp_path_factory.mktemp("data") / "shapes", num_train_images=16, num_val_images=4,
+                           num_test_images=4, image_size=64, num_videos=4, video_frames=4)
+
+
+def _config(shapes, out, **trainer):
+    cfg = load_task_config("configs/tasks/vqa-shapes.yaml")
+    cfg["data"].update(root=str(shapes), batch_size=8, eval_batch_size=8)
+    cfg["trainer"].update({"max_epochs": 1, "enable_progress_bar": False, **trainer})
+    cfg["train"].update(output_dir=str(out), name="run")
+    return cfg
+
+
+def test_train_evaluate_export_reload(shapes, tmp_path):
+    results = train(_config(shapes, tmp_path))
+    run = tmp_path / "run"
+    for path in ("checkpoints/last.ckpt", "logs/metrics.csv", "curves.png", "results.json", "export/config.json",
+                 "export/model.safetensors", "export/tokenizer"):
+        assert (run / path).exists(), path
+    assert 0 <= results["val"]["vqa_acc"] <= 100 and "vqa_acc" in results["test"]
+    assert json.loads((run / "results.json").read_text())["test"] == results["test"]
+    # the export, the run folder and the checkpoint rebuild the same model
+    exported = zoo.from_pretrained(run / "export").eval()
+    from_ckpt = model_from_checkpoint(run).eval()
+    images = torch.randn(2, 3, 64, 64)
+    ids = torch.randint(1000, 2000, (2, 6))
+    with torch.no_grad():
+        a = exported.encode_question(images, ids, torch.ones_like(ids))
+        b = from_ckpt.encode_question(images, ids, torch.ones_like(ids))
+    assert torch.equal(a, b)
+    export_checkpoint(run / "checkpoints" / "last.ckpt", tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors").is_file()
+    # mmzoo eval on the export reproduces the test score of the run
+    metrics = evaluate(run / "export", "configs/tasks/vqa-shapes.yaml",
+                       [f"data.root={shapes}", "data.eval_batch_size=8"], split="test",
+                       output=tmp_path / "eval.json")
+    assert metrics["vqa_acc"] == pytest.approx(results["test"]["vqa_acc"])
+    assert json.loads((tmp_path / "eval.json").read_text())["metrics"]["vqa_acc"] == pytest.approx(metrics["vqa_acc"])
+
+
+def test_resume_continues_step_and_schedule(shapes, tmp_path):
+    first = _config(shapes, tmp_path)
+    train(first)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(first)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    steps_one_epoch = ckpt["global_step"]
+    second = _config(shapes, tmp_path, max_epochs=2)
+    train(second, resume=True)
+    ckpt2 = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt2["global_step"] == 2 * steps_one_epoch
+    assert ckpt2["lr_schedulers"][0]["last_epoch"] == 2 * steps_one_epoch
+    # an uninterrupted two-epoch run ends at the same step with the same learning rates
+    straight = _config(shapes, tmp_path / "straight", max_epochs=2)
+    train(straight)
+    ckpt3 = torch.load(tmp_path / "straight" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt3["global_step"] == ckpt2["global_step"]
+    assert ckpt3["lr_schedulers"][0]["_last_lr"] == pytest.approx(ckpt2["lr_schedulers"][0]["_last_lr"])
+
+
+def test_bad_config_and_missing_resume(shapes, tmp_path):
+    from zoo.spec import ConfigError
+
+    with pytest.raises(ConfigError, match="optim.learning_rate: unknown key"):
+        load_task_config("configs/tasks/vqa-shapes.yaml", ["optim.learning_rate=1.0"])
+    cfg = _config(shapes, tmp_path)
+    cfg["data"]["train"] = ["no_such_file.json"]
+    with pytest.raises(ConfigError, match="no_such_file.json"):
+        train(cfg)
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        train(_config(shapes, tmp_path / "none"), resume=True)

@@ -1,0 +1,200 @@
+"""Collators: items of :mod:`zoo.data.datasets` → the batches the X²-VLM task methods read.
+
+Texts are tokenised with the model's own tokenizer (``model.text.get_tokenizer()``, a transformers tokenizer), padded
+to the longest in the batch, with ``attention_mask`` 1 on tokens. Official facts (zengyan-97/X2-VLM ``VQA.py``,
+``Retrieval.py``, ``dataset/__init__.py`` ``vqa_collate_fn``, ``dataset/captioning_dataset.py``):
+
+- questions and captions: ``tokenizer(texts, padding="longest", truncation=True, max_length=max_tokens)``
+  (``max_tokens`` 40 in the official configs);
+- VQA answers: all answers of all questions flattened in question order, tokenised as ``[CLS] answer [SEP]``
+  (``tokenizer(answers, padding="longest")``, no truncation), weights flattened alike, and ``k`` = answers per
+  question (:meth:`zoo.heads.vqa.GenerativeVQAHead.encode_answers` gives the same ids for a BERT tokenizer);
+- VQA as classification (``mode="classifier"``): ``targets (B, len(answer_vocab))``. Default
+  ``classifier_targets="vqa_score"``, the usual VQA soft score ``min(1, 0.3·count)`` of each in-vocabulary answer
+  (1.0 for a record with a single answer, e.g. video QA), which the ``classifier`` head's binary cross-entropy expects.
+  The official X²-VLM classifier (``vqa_classify_dataset`` + ``XVLMForVQAClassification``) instead uses the answer
+  weights ``count / number of answers`` in a weighted cross-entropy; ``classifier_targets="weights"`` gives those
+  weights as the target row (what a soft-target cross-entropy needs). Answers outside the vocabulary are dropped, as
+  the official does;
+- captioning: the s2s-ft inputs of :func:`zoo.heads.caption.caption_inputs_from_text` (defaults of the official COCO
+  captioning config: prompt ``"a picture of "``, ``max_tokens`` 40, ``max_masks`` 18, ``mask_prob`` 0.6, whole-word
+  masking, skip-grams 0.2 / 3, FG-free); the masking draws from a ``random.Random`` seeded from torch's generator,
+  so it follows the DataLoader's per-worker seeds.
+
+``None`` items (samples skipped by ``on_bad_sample="skip"``) are dropped; the batch says how many under
+``num_skipped``. A batch whose every item was skipped raises :class:`EmptyBatchError` rather than yielding an empty
+batch.
+
+Reused: the tokenizer, :mod:`zoo.heads.caption`'s input builder. Hand-written: the rest.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CaptionEvalCollator",
+    "CaptionTrainCollator",
+    "EmptyBatchError",
+    "RetrievalCollator",
+    "VQACollator",
+    "encode_answer_list",
+    "tokenize_texts",
+    "vqa_soft_scores",
+]
+
+
+class EmptyBatchError(ValueError):
+    """Every sample of a batch was skipped as bad data."""
+
+
+def _drop_none(items: Sequence[Any]) -> tuple[list[Mapping[str, Any]], int]:
+    kept = [x for x in items if x is not None]
+    skipped = len(items) - len(kept)
+    if not kept:
+        raise EmptyBatchError(f"all {skipped} samples of this batch were bad and skipped (on_bad_sample='skip'); "
+                              "see the warnings above for the files and records")
+    return kept, skipped
+
+
+def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None = 40) -> tuple[Tensor, Tensor]:
+    """``(input_ids, attention_mask)``: padded to the longest, cut to ``max_tokens`` (None: no cut)."""
+    enc = tokenizer(list(texts), padding="longest", truncation=max_tokens is not None, max_length=max_tokens,
+                    return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def encode_answer_list(tokenizer: Any, answers: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """``(answer_ids, answer_mask)`` of ``[CLS] answer [SEP]`` padded to the longest (official, no truncation): the
+    training answers of a batch or the answer list ranked at evaluation."""
+    if not answers:
+        raise ValueError("no answers to encode")
+    enc = tokenizer(list(answers), padding="longest", return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def vqa_soft_scores(all_answers: Sequence[str]) -> dict[str, float]:
+    """The standard VQA soft score ``min(1, 0.3·count)`` per distinct answer; 1.0 for a single answer."""
+    counts = Counter(all_answers)
+    if len(all_answers) == 1:
+        return {a: 1.0 for a in counts}
+    return {a: min(1.0, 0.3 * c) for a, c in counts.items()}
+
+
+def _stack_images(items: Sequence[Mapping[str, Any]]) -> Tensor:
+    return torch.stack([x["image"] for x in items])
+
+
+class VQACollator:
+    """VQA items → ``images, question_ids, question_mask, question_id, all_answers, num_skipped`` plus
+
+    - ``mode="generative"``: ``answer_ids, answer_mask`` (all answers flattened), ``weights`` (float, flattened),
+      ``answers_per_question`` (long, one count per question);
+    - ``mode="classifier"``: ``targets`` ``(B, len(answer_vocab))`` float (see the module docstring).
+
+    The answer keys are left out with ``answers=False`` (evaluation batches, which rank or classify without them) and
+    when some item has no answers (evaluation without ground truth).
+    """
+
+    def __init__(self, tokenizer: Any, max_tokens: int | None = 40,
+                 mode: Literal["generative", "classifier"] = "generative", answer_vocab: Sequence[str] | None = None,
+                 classifier_targets: Literal["vqa_score", "weights"] = "vqa_score", answers: bool = True):
+        if mode not in ("generative", "classifier"):
+            raise ValueError(f"mode={mode!r}: expected 'generative' or 'classifier'")
+        if classifier_targets not in ("vqa_score", "weights"):
+            raise ValueError(f"classifier_targets={classifier_targets!r}: expected 'vqa_score' or 'weights'")
+        if mode == "classifier" and answers and not answer_vocab:
+            raise ValueError("mode='classifier' needs answer_vocab (the classifier's answers, in label order)")
+        self.tokenizer, self.max_tokens, self.mode = tokenizer, max_tokens, mode
+        self.answer_vocab = list(answer_vocab) if answer_vocab is not None else None
+        self.label = {a: i for i, a in enumerate(self.answer_vocab or [])}
+        self.classifier_targets, self.answers = classifier_targets, answers
+
+    def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+        items, skipped = _drop_none(items)
+        q_ids, q_mask = tokenize_texts(self.tokenizer, [x["question"] for x in items], self.max_tokens)
+        batch: dict[str, Any] = {
+            "images": _stack_images(items), "question_ids": q_ids, "question_mask": q_mask,
+            "question_id": [x["question_id"] for x in items], "all_answers": [list(x["all_answers"]) for x in items],
+            "num_skipped": skipped,
+        }
+        if not self.answers or not all(x["answers"] for x in items):
+            return batch
+        if self.mode == "generative":
+            flat = [a for x in items for a in x["answers"]]
+            batch["answer_ids"], batch["answer_mask"] = encode_answer_list(self.tokenizer, flat)
+            batch["weights"] = torch.tensor([float(w) for x in items for w in x["weights"]], dtype=torch.float32)
+            batch["answers_per_question"] = torch.tensor([len(x["answers"]) for x in items], dtype=torch.long)
+        else:
+            targets = torch.zeros(len(items), len(self.label), dtype=torch.float32)
+            for row, x in enumerate(items):
+                scores = (vqa_soft_scores(x["all_answers"]) if self.classifier_targets == "vqa_score"
+                          else dict(zip(x["answers"], x["weights"])))
+                for answer, score in scores.items():
+                    if answer in self.label:
+                        targets[row, self.label[answer]] = score
+            batch["targets"] = targets
+        return batch
+
+
+class RetrievalCollator:
+    """Retrieval items → training ``images, input_ids, attention_mask, image_ids`` (items with ``caption``) or
+    evaluation ``images, index`` (items of ``retrieval_eval``); both with ``num_skipped``."""
+
+    def __init__(self, tokenizer: Any, max_tokens: int | None = 40):
+        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+
+    def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+        items, skipped = _drop_none(items)
+        batch: dict[str, Any] = {"images": _stack_images(items), "num_skipped": skipped}
+        if "caption" in items[0]:
+            batch["input_ids"], batch["attention_mask"] = tokenize_texts(
+                self.tokenizer, [x["caption"] for x in items], self.max_tokens)
+            batch["image_ids"] = torch.tensor([int(x["image_id"]) for x in items], dtype=torch.long)
+        else:
+            batch["index"] = torch.tensor([int(x["index"]) for x in items], dtype=torch.long)
+        return batch
+
+
+class CaptionTrainCollator:
+    """Captioning training items → ``images, image_ids`` + the caption inputs of
+    :func:`zoo.heads.caption.build_caption_inputs` (``input_ids_masked, attention_mask, position_ids, masked_pos,
+    masked_ids, masked_weight``) + ``num_skipped``. Defaults: the official COCO captioning config."""
+
+    def __init__(self, tokenizer: Any, prompt: str = "a picture of ", max_tokens: int = 40, max_masks: int = 18,
+                 mask_prob: float = 0.6, skipgram_prb: float = 0.2, skipgram_size: int = 3,
+                 mask_whole_word: bool = True, fg_free: bool = True):
+        self.tokenizer, self.prompt = tokenizer, prompt
+        self.options = {"max_tokens": max_tokens, "max_masks": max_masks, "mask_prob": mask_prob,
+                        "skipgram_prb": skipgram_prb, "skipgram_size": skipgram_size, "fg_free": fg_free}
+        self.mask_whole_word = mask_whole_word
+
+    def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+        from zoo.heads.caption import caption_inputs_from_text, collate_caption_inputs  # noqa: PLC0415
+
+        items, skipped = _drop_none(items)
+        rng = random.Random(int(torch.randint(2**62, ())))
+        examples = [caption_inputs_from_text(self.tokenizer, x["caption"], self.prompt,
+                                             mask_whole_word=self.mask_whole_word, rng=rng, **self.options)
+                    for x in items]
+        batch: dict[str, Any] = collate_caption_inputs(examples)
+        batch["images"] = _stack_images(items)
+        batch["image_ids"] = torch.tensor([int(x["image_id"]) for x in items], dtype=torch.long)
+        batch["num_skipped"] = skipped
+        return batch
+
+
+class CaptionEvalCollator:
+    """Captioning evaluation items → ``images, image_id`` (list), ``captions`` (list of reference lists),
+    ``num_skipped``."""
+
+    def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+        items, skipped = _drop_none(items)
+        return {"images": _stack_images(items), "image_id": [x["image_id"] for x in items],
+                "captions": [list(x["captions"]) for x in items], "num_skipped": skipped}

@@ -1,0 +1,680 @@
+"""Readers of the official X²-VLM fine-tuning annotations: VQA, image/video–text retrieval, captioning.
+
+Formats and rules (zengyan-97/X2-VLM ``dataset/vqa_dataset.py``, ``retrieval_dataset.py``, ``captioning_dataset.py``,
+``dataset/utils.py``); every file is a JSON list of records (``.jsonl``: one record a line), media paths are relative
+to ``media_root`` (an absolute path in a record is used as it is):
+
+- VQA ``{question_id, question, answer, image | video, dataset}``; ``answer`` is a list (VQA v2: 10 annotators) or one
+  string. Training targets are the distinct answers in first-seen order, each weighted ``count / len(answer)``; a
+  Visual Genome record (``dataset: "vg"``, one string) gets the single answer with weight 0.5. Questions go through
+  :func:`pre_question` with 30 words at most in training and 50 in evaluation (official ``max_ques_words``).
+- Retrieval training ``{image | video, caption, image_id | video_id}``; each distinct id gets a dense index in
+  first-seen order (the official ``img_ids``), which the ITC loss uses to treat captions of one image as positives.
+  Evaluation ``{image | video, caption: [...]}``: all captions flattened (:func:`pre_caption`, 30 words) into
+  ``texts`` with ``img2txt`` / ``txt2img``.
+- Captioning (Karpathy) training as retrieval training (40 words, the captioning config's ``max_words``);
+  evaluation ``{image, caption: [...]}`` yields the raw reference captions and an ``image_id``: the record's
+  ``image_id`` when every record has one, else the number ending the file name (official:
+  ``COCO_val2014_000000391895.jpg`` → 391895) when those are unique, else the record's position.
+
+The official MLM captioning trainer tokenises the *raw* caption; ``caption_train`` applies :func:`pre_caption` by
+default (lower case, no punctuation, as the official non-MLM captioning and retrieval readers) — pass ``clean=False``
+for the raw text.
+
+Differences from the official readers, on purpose: one ``media_root`` instead of per-source roots (put Visual Genome
+images under it); the careful horizontal flip (skipped when the question, an answer or the caption contains "left" or
+"right") is off by default (``hflip``), and also covers retrieval and captioning, which the official flips blindly; a
+video's frames share one flip and one set of random transform parameters (:func:`zoo.data.transforms.transform_frames`);
+videos are files read with decord or PyAV (:mod:`zoo.data.video`), not JSON lists of base64 frames.
+
+Bad data never makes a silent wrong batch. A malformed record (not an object, a missing key, a wrong type, empty
+answers or captions) is found when the files are read; a missing or unreadable image or video when the item is read.
+Both raise :class:`DataError` naming the annotation file, the record's position in it and the problem. With
+``on_bad_sample="skip"`` malformed records are left out of the data set and unreadable media make ``__getitem__``
+return ``None`` (the collators drop it and count it); every skip is recorded in ``skipped`` as ``(file, index,
+reason)`` and counted in ``num_skipped`` (in the process that met it: a ``DataLoader`` worker's skips are reported by
+the batches' ``num_skipped`` and a warning). Retrieval evaluation cannot skip an image once the index is built (the
+text↔image ground truth would shift), so its media errors always raise.
+
+Everything is hand-written; :func:`pre_question` and :func:`pre_caption` reproduce the official text clean-up rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from zoo.data.transforms import build_image_transform, transform_frames
+from zoo.registry import DATASETS
+from zoo.spec import ConfigError
+
+__all__ = [
+    "CaptionEvalDataset",
+    "CaptionTrainDataset",
+    "DataError",
+    "RetrievalEvalDataset",
+    "RetrievalTrainDataset",
+    "VQADataset",
+    "answer_vocabulary",
+    "answer_weights",
+    "pre_caption",
+    "pre_question",
+    "read_annotations",
+]
+
+_PUNCT = re.compile(r"[,.'!?\"()*#:;~]")
+_MULTI_SPACE = re.compile(r"\s{2,}")
+_LEFT_RIGHT = ("left", "right")
+
+
+class DataError(ValueError):
+    """A bad annotation file, record or media file; the message names the file, the record and the problem.
+
+    ``DataError(file, index, problem)``; ``DataError(message)`` alone is a ready message (how a ``DataLoader``
+    re-raises an error from a worker process, which keeps its type that way).
+    """
+
+    def __init__(self, file: str | os.PathLike, index: int | None = None, problem: str | None = None):
+        if problem is None:
+            self.file, self.index, self.problem = None, index, str(file)
+            super().__init__(str(file))
+            return
+        self.file, self.index, self.problem = str(file), index, problem
+        where = f"{self.file}: record {index}" if index is not None else self.file
+        super().__init__(f"{where}: {problem}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):  # picklable across processes with its parts
+        return (DataError, (self.file, self.index, self.problem) if self.file is not None else (self.problem,))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# text clean-up (official dataset/utils.py rules)
+# ---------------------------------------------------------------------------------------------------------------------
+def _strip_punctuation(text: str) -> str:
+    return _PUNCT.sub(" ", text.lower()).replace("-", " ").replace("/", " ")
+
+
+def pre_question(question: str, max_words: int) -> str:
+    """Official question clean-up: lower case; ``,.'!?"()*#:;~``, ``-`` and ``/`` become spaces; trailing spaces
+    removed; cut to ``max_words`` space-separated pieces (runs of spaces are kept and count as empty words)."""
+    text = _strip_punctuation(question).rstrip(" ")
+    words = text.split(" ")
+    return " ".join(words[:max_words]) if len(words) > max_words else text
+
+
+def pre_caption(caption: str, max_words: int) -> str:
+    """Official caption clean-up: as :func:`pre_question`, plus ``<person>`` → ``person``, runs of two or more white
+    space characters → one space, surrounding spaces stripped; ``ValueError`` when nothing is left."""
+    text = _strip_punctuation(caption).replace("<person>", "person")
+    text = _MULTI_SPACE.sub(" ", text).rstrip("\n").strip(" ")
+    words = text.split(" ")
+    if len(words) > max_words:
+        text = " ".join(words[:max_words])
+    if not text:
+        raise ValueError(f"the caption is empty after clean-up (raw: {caption!r})")
+    return text
+
+
+def _mentions_left_right(texts: Iterable[str]) -> bool:
+    return any(word in t for t in texts for word in _LEFT_RIGHT)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# answers
+# ---------------------------------------------------------------------------------------------------------------------
+def answer_weights(answer: str | Sequence[str], dataset: str | None = None) -> tuple[list[str], list[float]]:
+    """Distinct answers (first-seen order) and their official weights ``count / number of answers``; a single
+    Visual Genome answer (``dataset="vg"``) weighs 0.5."""
+    if isinstance(answer, str):
+        return [answer], [0.5 if dataset == "vg" else 1.0]
+    counts = Counter(answer)
+    return list(counts), [c / len(answer) for c in counts.values()]
+
+
+def answer_vocabulary(answer_list_file: str | os.PathLike | None = None,
+                      train_records: Iterable[Mapping[str, Any]] | None = None,
+                      top_k: int | None = None) -> list[str]:
+    """The answer vocabulary: the answer list file (a JSON list of strings, or ``{answer: index}`` as the official
+    ``ans2label`` files, ordered by index), or without one the training answers, most frequent first (ties in
+    first-seen order; every annotation counts); ``top_k`` keeps the first ``k``.
+
+    ``train_records`` are annotation records (mappings with ``answer``) or a :class:`VQADataset`.
+    """
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be positive, got {top_k}")
+    if answer_list_file is not None:
+        path = str(answer_list_file)
+        data = _load_json(path)
+        if isinstance(data, Mapping):
+            bad = [k for k, v in data.items() if not isinstance(v, int) or isinstance(v, bool)]
+            if bad:
+                raise DataError(path, None, f"an answer-to-index mapping needs int values; {bad[0]!r} has "
+                                            f"{data[bad[0]]!r}")
+            answers = [a for a, _ in sorted(data.items(), key=lambda kv: kv[1])]
+        elif isinstance(data, list):
+            for i, a in enumerate(data):
+                if not isinstance(a, str):
+                    raise DataError(path, i, f"expected an answer string, got {type(a).__name__} {a!r}")
+            answers = list(data)
+        else:
+            raise DataError(path, None, f"expected a JSON list of answers, got {type(data).__name__}")
+        if len(set(answers)) != len(answers):
+            dup = next(a for a, c in Counter(answers).items() if c > 1)
+            raise DataError(path, None, f"answer {dup!r} appears more than once")
+    elif train_records is not None:
+        if isinstance(train_records, VQADataset):
+            train_records = [rec for _, _, rec in train_records.records]
+        counts: Counter[str] = Counter()
+        for rec in train_records:
+            ans = rec.get("answer") if isinstance(rec, Mapping) else None
+            if isinstance(ans, str):
+                counts[ans] += 1
+            elif isinstance(ans, list):
+                counts.update(a for a in ans if isinstance(a, str))
+        answers = [a for a, _ in counts.most_common()]
+    else:
+        raise ValueError("answer_vocabulary needs an answer list file or training records")
+    if not answers:
+        raise ValueError("the answer vocabulary is empty")
+    return answers[:top_k] if top_k is not None else answers
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# annotation files
+# ---------------------------------------------------------------------------------------------------------------------
+def _load_json(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise DataError(path, None, "file not found")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if path.endswith(".jsonl"):
+                out = []
+                for n, line in enumerate(fh):
+                    if line.strip():
+                        try:
+                            out.append(json.loads(line))
+                        except json.JSONDecodeError as exc:
+                            raise DataError(path, None, f"line {n + 1} is not valid JSON ({exc})") from None
+                return out
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, None, f"not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(path, None, f"not UTF-8 text ({exc})") from None
+
+
+def read_annotations(ann_files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[tuple[str, int, Any]]:
+    """``(file, index in file, record)`` for every record of the files, in order."""
+    files = [ann_files] if isinstance(ann_files, (str, os.PathLike)) else list(ann_files)
+    if not files:
+        raise ValueError("no annotation files given")
+    out = []
+    for f in files:
+        path = os.fspath(f)
+        data = _load_json(path)
+        if not isinstance(data, list):
+            raise DataError(path, None, f"expected a JSON list of records, got {type(data).__name__}")
+        out.extend((path, i, rec) for i, rec in enumerate(data))
+    return out
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def _check_str(rec: Mapping, key: str) -> str | None:
+    if key not in rec:
+        return f"missing key {key!r}"
+    if not isinstance(rec[key], str):
+        return f"{key!r} must be a string, got {_type_name(rec[key])}"
+    if not rec[key].strip():
+        return f"{key!r} is empty"
+    return None
+
+
+def _check_id(rec: Mapping, key: str) -> str | None:
+    if key not in rec:
+        return f"missing key {key!r}"
+    value = rec[key]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return f"{key!r} must be an int or a string, got {_type_name(value)}"
+    return None
+
+
+def _check_str_list(rec: Mapping, key: str, allow_empty: bool, allow_str: bool = False) -> str | None:
+    if key not in rec:
+        return f"missing key {key!r}"
+    value = rec[key]
+    if allow_str and isinstance(value, str):
+        return None if value.strip() else f"{key!r} is empty"
+    if not isinstance(value, list):
+        kind = "a string or a list of strings" if allow_str else "a list of strings"
+        return f"{key!r} must be {kind}, got {_type_name(value)}"
+    if not value and not allow_empty:
+        return f"{key!r} is an empty list"
+    for j, item in enumerate(value):
+        if not isinstance(item, str):
+            return f"{key}[{j}] must be a string, got {_type_name(item)}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# base class
+# ---------------------------------------------------------------------------------------------------------------------
+class _AnnotationDataset(Dataset):
+    """Records of annotation files + media loading + bad-data policy; subclasses check records and build items."""
+
+    _skip_media_errors = True  # retrieval evaluation cannot skip images
+
+    def __init__(
+        self,
+        ann_files: str | list[str],
+        media_root: str | None = None,
+        image_size: int = 384,
+        train: bool = True,
+        video: bool | None = None,
+        num_frames: int = 3,
+        video_backend: Literal["decord", "av"] = "decord",
+        on_bad_sample: Literal["error", "skip"] = "error",
+        hflip: bool = False,
+        randaugment: bool = True,
+        transform: Any = None,
+    ):
+        if on_bad_sample not in ("error", "skip"):
+            raise ConfigError(f"on_bad_sample={on_bad_sample!r}: expected 'error' or 'skip'")
+        if video_backend not in ("decord", "av"):
+            raise ConfigError(f"video_backend={video_backend!r}: expected 'decord' or 'av'")
+        if not isinstance(num_frames, int) or num_frames < 1:
+            raise ConfigError(f"num_frames must be a positive int, got {num_frames!r}")
+        self.ann_files = [os.fspath(f) for f in ([ann_files] if isinstance(ann_files, (str, os.PathLike))
+                                                 else ann_files)]
+        self.media_root = os.fspath(media_root) if media_root is not None else None
+        self.image_size, self.train = image_size, bool(train)
+        self.num_frames, self.video_backend, self.on_bad_sample = num_frames, video_backend, on_bad_sample
+        self.hflip = bool(hflip)
+        raw = read_annotations(self.ann_files)
+        if video is None:
+            first = next((r for _, _, r in raw if isinstance(r, Mapping)), {})
+            video = "video" in first and "image" not in first
+        self.video = bool(video)
+        self.skipped: list[tuple[str, int, str]] = []
+        self.records: list[tuple[str, int, dict]] = []
+        for file, idx, rec in raw:
+            reason = self._check_record(rec) if isinstance(rec, Mapping) else \
+                f"expected a JSON object, got {_type_name(rec)}"
+            if reason is None:
+                self.records.append((file, idx, rec))
+            elif on_bad_sample == "skip":
+                self.skipped.append((file, idx, reason))
+            else:
+                raise DataError(file, idx, reason)
+        self.num_malformed = len(self.skipped)
+        self._after_load()
+        self.transform = transform if transform is not None else build_image_transform(
+            image_size, self.train, randaugment=randaugment)
+
+    # -- to override ---------------------------------------------------------------------------------------------
+    def _check_record(self, rec: Mapping) -> str | None:
+        """The problem of a record (None when it is usable)."""
+        return self._check_media(rec)
+
+    def _after_load(self) -> None:
+        pass
+
+    def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- common --------------------------------------------------------------------------------------------------
+    @property
+    def media_key(self) -> str:
+        return "video" if self.video else "image"
+
+    def _media_field(self, rec: Mapping) -> str:
+        return "video" if self.video and "video" in rec else "image"
+
+    def _check_media(self, rec: Mapping) -> str | None:
+        key = self._media_field(rec)
+        return _check_str(rec, key) if key in rec else f"missing key {self.media_key!r}"
+
+    def media_path(self, rec: Mapping) -> str:
+        rel = rec[self._media_field(rec)]
+        return os.path.join(self.media_root, rel) if self.media_root else rel
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        file, idx, rec = self.records[i]
+        try:
+            return self._item(i, file, idx, rec)
+        except DataError as exc:
+            if self.on_bad_sample == "error" or not self._skip_media_errors:
+                raise
+            self.skipped.append((exc.file, exc.index, exc.problem))
+            warnings.warn(f"skipped a bad sample: {exc}", RuntimeWarning, stacklevel=2)
+            return None
+
+    def _visual(self, file: str, idx: int, rec: Mapping, texts: Iterable[str] = ()) -> Tensor:
+        """The transformed image ``(3, H, W)`` or video ``(T, 3, H, W)``; the careful flip when ``hflip`` is on."""
+        flip = self.train and self.hflip and float(torch.rand(())) < 0.5 and not _mentions_left_right(texts)
+        path = self.media_path(rec)
+        if self.video:
+            from zoo.data.video import VideoReadError, read_video_frames  # noqa: PLC0415
+
+            rng = random.Random(int(torch.randint(2**62, ())))
+            try:
+                frames = read_video_frames(path, self.num_frames, training=self.train, backend=self.video_backend,
+                                           rng=rng)
+            except VideoReadError as exc:
+                raise DataError(file, idx, f"cannot read video: {exc}") from None
+            images = [Image.fromarray(f.numpy()) for f in frames]
+            if flip:
+                images = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]
+            return transform_frames(self.transform, images)
+        if not os.path.isfile(path):
+            raise DataError(file, idx, f"image file not found: {path}")
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except Exception as exc:  # noqa: BLE001 - PIL raises several error types for corrupt files
+            raise DataError(file, idx, f"cannot read image {path}: {exc}") from None
+        if flip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return self.transform(image)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({len(self)} records from {len(self.ann_files)} file(s), "
+                f"{'video' if self.video else 'image'}, train={self.train}, skipped={self.num_skipped})")
+
+
+_COMMON_DOC = """
+    Args:
+        ann_files: one annotation file or a list (records concatenated in order).
+        media_root: folder the media paths are relative to (None: paths used as written).
+        image_size: output side of the official transform (ignored with ``transform``).
+        train: training transform, frame sampling and text limits, or evaluation ones.
+        video: records name videos (``video`` key); None = detect from the first record.
+        num_frames: frames sampled per video (segment rule of :mod:`zoo.data.video`).
+        video_backend: ``"decord"`` or ``"av"``.
+        on_bad_sample: ``"error"`` raises :class:`DataError`; ``"skip"`` drops and counts (see the module docstring).
+        hflip: careful horizontal flip in training (off by default).
+        randaugment: the official ``RandomAugment(2, 7)`` in training.
+        transform: a PIL → tensor callable replacing the official transform.
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# VQA
+# ---------------------------------------------------------------------------------------------------------------------
+@DATASETS.register("vqa")
+class VQADataset(_AnnotationDataset):
+    __doc__ = ("""VQA / video QA records → ``{image, question, answers, weights, question_id, all_answers}``.
+
+    ``answers`` are the distinct answers, ``weights`` their official weights (:func:`answer_weights`),
+    ``all_answers`` the raw annotation list (for VQA accuracy; ``[]`` for a record without answers, allowed in
+    evaluation only). ``max_words`` defaults to the official 30 (training) / 50 (evaluation).
+    """ + _COMMON_DOC)
+
+    def __init__(
+        self,
+        ann_files: str | list[str],
+        media_root: str | None = None,
+        image_size: int = 384,
+        train: bool = True,
+        video: bool | None = None,
+        num_frames: int = 3,
+        video_backend: Literal["decord", "av"] = "decord",
+        on_bad_sample: Literal["error", "skip"] = "error",
+        hflip: bool = False,
+        randaugment: bool = True,
+        transform: Any = None,
+        max_words: int | None = None,
+    ):
+        self.max_words = max_words if max_words is not None else (30 if train else 50)
+        super().__init__(ann_files, media_root, image_size, train, video, num_frames, video_backend, on_bad_sample,
+                         hflip, randaugment, transform)
+
+    def _check_record(self, rec: Mapping) -> str | None:
+        problem = _check_str(rec, "question") or self._check_media(rec)
+        if problem:
+            return problem
+        if "answer" in rec:
+            problem = _check_str_list(rec, "answer", allow_empty=False, allow_str=True)
+            if problem:
+                return problem
+        elif self.train:
+            return "missing key 'answer' (training records need answers)"
+        if "question_id" in rec or not self.train:
+            problem = _check_id(rec, "question_id")
+        if problem is None and "dataset" in rec and not isinstance(rec["dataset"], str):
+            problem = f"'dataset' must be a string, got {_type_name(rec['dataset'])}"
+        return problem
+
+    def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
+        raw = rec.get("answer")
+        all_answers = [] if raw is None else ([raw] if isinstance(raw, str) else list(raw))
+        answers, weights = answer_weights(raw, rec.get("dataset")) if raw is not None else ([], [])
+        image = self._visual(file, idx, rec, [rec["question"], *all_answers])
+        return {"image": image, "question": pre_question(rec["question"], self.max_words), "answers": answers,
+                "weights": weights, "question_id": rec.get("question_id", i), "all_answers": all_answers}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# image/video–text pairs (retrieval and captioning training)
+# ---------------------------------------------------------------------------------------------------------------------
+class _PairDataset(_AnnotationDataset):
+    def __init__(self, *args: Any, max_words: int, clean: bool = True, **kwargs: Any):
+        self.max_words, self.clean = max_words, clean
+        super().__init__(*args, **kwargs)
+
+    def _id_key(self, rec: Mapping) -> str:
+        return "video_id" if self.video and "video_id" in rec and "image_id" not in rec else "image_id"
+
+    def _check_record(self, rec: Mapping) -> str | None:
+        problem = self._check_media(rec) or _check_str(rec, "caption") or _check_id(rec, self._id_key(rec))
+        if problem is None and self.clean:
+            try:
+                pre_caption(rec["caption"], self.max_words)
+            except ValueError as exc:
+                problem = str(exc)
+        return problem
+
+    def _after_load(self) -> None:
+        self.img_ids: dict[Any, int] = {}
+        for _, _, rec in self.records:
+            self.img_ids.setdefault(rec[self._id_key(rec)], len(self.img_ids))
+
+    @property
+    def num_images(self) -> int:
+        return len(self.img_ids)
+
+    def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
+        image = self._visual(file, idx, rec, [rec["caption"]])
+        caption = pre_caption(rec["caption"], self.max_words) if self.clean else rec["caption"]
+        return {"image": image, "caption": caption, "image_id": self.img_ids[rec[self._id_key(rec)]]}
+
+
+_PAIR_DOC = """
+    Items ``{image, caption, image_id}``: ``caption`` through :func:`pre_caption` (``max_words``) unless
+    ``clean=False``; ``image_id`` the dense index of the record's ``image_id`` (``video_id``) in first-seen order.
+"""
+
+
+@DATASETS.register("retrieval_train")
+class RetrievalTrainDataset(_PairDataset):
+    __doc__ = "Image/video–text retrieval training pairs." + _PAIR_DOC + _COMMON_DOC
+
+    def __init__(
+        self,
+        ann_files: str | list[str],
+        media_root: str | None = None,
+        image_size: int = 384,
+        train: bool = True,
+        video: bool | None = None,
+        num_frames: int = 3,
+        video_backend: Literal["decord", "av"] = "decord",
+        on_bad_sample: Literal["error", "skip"] = "error",
+        hflip: bool = False,
+        randaugment: bool = True,
+        transform: Any = None,
+        max_words: int = 30,
+        clean: bool = True,
+    ):
+        super().__init__(ann_files, media_root, image_size, train, video, num_frames, video_backend, on_bad_sample,
+                         hflip, randaugment, transform, max_words=max_words, clean=clean)
+
+
+@DATASETS.register("caption_train")
+class CaptionTrainDataset(_PairDataset):
+    __doc__ = "Captioning (Karpathy) training pairs." + _PAIR_DOC + _COMMON_DOC
+
+    def __init__(
+        self,
+        ann_files: str | list[str],
+        media_root: str | None = None,
+        image_size: int = 384,
+        train: bool = True,
+        video: bool | None = None,
+        num_frames: int = 3,
+        video_backend: Literal["decord", "av"] = "decord",
+        on_bad_sample: Literal["error", "skip"] = "error",
+        hflip: bool = False,
+        randaugment: bool = True,
+        transform: Any = None,
+        max_words: int = 40,
+        clean: bool = True,
+    ):
+        super().__init__(ann_files, media_root, image_size, train, video, num_frames, video_backend, on_bad_sample,
+                         hflip, randaugment, transform, max_words=max_words, clean=clean)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# evaluation sets
+# ---------------------------------------------------------------------------------------------------------------------
+@DATASETS.register("retrieval_eval")
+class RetrievalEvalDataset(_AnnotationDataset):
+    __doc__ = ("""Retrieval evaluation: images (or videos) with several captions each.
+
+    Attributes ``texts`` (every caption, :func:`pre_caption`, in record order), ``img2txt`` (per image, the indices of
+    its texts), ``txt2img`` (per text, its image); items ``{image, index}``. Media errors always raise (see the
+    module docstring); malformed records may be skipped before the index is built.
+    """ + _COMMON_DOC)
+
+    _skip_media_errors = False
+
+    def __init__(
+        self,
+        ann_files: str | list[str],
+        media_root: str | None = None,
+        image_size: int = 384,
+        train: bool = False,
+        video: bool | None = None,
+        num_frames: int = 3,
+        video_backend: Literal["decord", "av"] = "decord",
+        on_bad_sample: Literal["error", "skip"] = "error",
+        hflip: bool = False,
+        randaugment: bool = True,
+        transform: Any = None,
+        max_words: int = 30,
+    ):
+        self.max_words = max_words
+        super().__init__(ann_files, media_root, image_size, train, video, num_frames, video_backend, on_bad_sample,
+                         hflip, randaugment, transform)
+
+    def _check_record(self, rec: Mapping) -> str | None:
+        problem = self._check_media(rec) or _check_str_list(rec, "caption", allow_empty=True)
+        if problem is None:
+            for j, cap in enumerate(rec["caption"]):
+                try:
+                    pre_caption(cap, self.max_words)
+                except ValueError as exc:
+                    return f"caption[{j}]: {exc}"
+        return problem
+
+    def _after_load(self) -> None:
+        self.texts: list[str] = []
+        self.img2txt: list[list[int]] = []
+        self.txt2img: list[int] = []
+        for img, (_, _, rec) in enumerate(self.records):
+            ids = []
+            for cap in rec["caption"]:
+                ids.append(len(self.texts))
+                self.texts.append(pre_caption(cap, self.max_words))
+                self.txt2img.append(img)
+            self.img2txt.append(ids)
+
+    def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
+        return {"image": self._visual(file, idx, rec, rec["caption"]), "index": i}
+
+
+@DATASETS.register("caption_eval")
+class CaptionEvalDataset(_AnnotationDataset):
+    __doc__ = ("""Captioning evaluation: items ``{image, image_id, captions}`` with the raw reference captions.
+
+    ``caption`` may be a list or one string (``[]`` when absent: generation without references); ``image_id`` as the
+    module docstring says.
+    """ + _COMMON_DOC)
+
+    def __init__(
+        self,
+        ann_files: str | list[str],
+        media_root: str | None = None,
+        image_size: int = 384,
+        train: bool = False,
+        video: bool | None = None,
+        num_frames: int = 3,
+        video_backend: Literal["decord", "av"] = "decord",
+        on_bad_sample: Literal["error", "skip"] = "error",
+        hflip: bool = False,
+        randaugment: bool = True,
+        transform: Any = None,
+    ):
+        super().__init__(ann_files, media_root, image_size, train, video, num_frames, video_backend, on_bad_sample,
+                         hflip, randaugment, transform)
+
+    def _check_record(self, rec: Mapping) -> str | None:
+        problem = self._check_media(rec)
+        if problem is None and "caption" in rec:
+            problem = _check_str_list(rec, "caption", allow_empty=True, allow_str=True)
+        if problem is None and "image_id" in rec:
+            problem = _check_id(rec, "image_id")
+        return problem
+
+    def _after_load(self) -> None:
+        recs = [rec for _, _, rec in self.records]
+        if recs and all("image_id" in r for r in recs):
+            ids = [r["image_id"] for r in recs]
+        else:
+            ids = [_id_from_file_name(r[self._media_field(r)]) for r in recs]
+            if None in ids or len(set(ids)) != len(ids):
+                ids = list(range(len(recs)))
+        self.image_ids: list[Any] = ids
+
+    def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
+        caps = rec.get("caption", [])
+        caps = [caps] if isinstance(caps, str) else list(caps)
+        return {"image": self._visual(file, idx, rec, caps), "image_id": self.image_ids[i], "captions": caps}
+
+
+def _id_from_file_name(path: str) -> int | None:
+    last = Path(path).stem.split("_")[-1]
+    return int(last) if last.isdigit() else None

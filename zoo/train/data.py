@@ -1,0 +1,400 @@
+"""The Lightning DataModule of fine-tuning: a task's data sets, collators and loaders from the ``data:`` config section.
+
+``TaskDataModule(task, data, tokenizer)`` with ``task`` one of ``vqa``, ``retrieval``, ``captioning`` builds the
+readers of :mod:`zoo.data.datasets` and the collators of :mod:`zoo.data.collate` for the batches the model's task
+methods read. The ``data`` mapping is validated before anything is read: unknown keys, wrong types and missing
+files raise :class:`zoo.spec.ConfigError` naming the key (``data.train[1]``) and the file.
+
+Data keys (defaults in brackets): ``root`` (media folder; annotation paths are relative to it unless absolute;
+``~``, ``$VARS`` and ``pkg:`` paths are resolved), ``train`` (a file or a list), ``val``, ``test`` (a file or a list),
+``answer_list`` (VQA: the answers ranked at evaluation, or the classifier's vocabulary), ``image_size`` [the
+``image_size`` argument: the model's resolution], ``max_tokens`` [40], ``batch_size`` [32], ``eval_batch_size``
+[``batch_size``], ``num_workers`` [0], ``video`` [detected from the records], ``num_frames`` [3], ``video_backend``
+[decord], ``on_bad_sample`` [error], ``seed`` [0]; and ``hflip`` [false], ``randaugment`` [true], ``max_words``
+[official per reader], ``drop_last`` [true, as the official training loaders], ``prompt`` ["a picture of "],
+``max_masks`` [18], ``mask_prob`` [0.6] (captioning), ``top_k_answers`` [all] and ``classifier_targets``
+[vqa_score] (VQA classifier).
+
+Data order: the training sampler is a ``DistributedSampler`` (one replica outside distributed runs) whose permutation
+depends only on ``seed`` and the epoch (Lightning calls ``set_epoch``), so two runs with one seed see the same order,
+and a run resumed from a checkpoint continues it: after a mid-epoch checkpoint the sampler skips the batches that
+epoch already completed (read from the trainer's progress counters when the epoch's iterator is made), so the resumed
+run sees exactly the batches the uninterrupted run would have seen. Augmentation and caption masking draw from torch's
+generator (seeded per worker by the ``DataLoader``; from ``seed`` via the loader's generator).
+
+Skipped samples (``on_bad_sample: skip``): malformed records are left out when a data set is read; unreadable media
+are dropped from their batch, which says so under ``num_skipped``; :meth:`TaskDataModule.on_before_batch_transfer`
+adds those counts up per split and :meth:`TaskDataModule.skipped_report` summarises everything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from zoo.spec import ConfigError
+
+__all__ = ["DATA_KEYS", "TASK_NAMES", "TaskDataModule"]
+
+TASK_NAMES = ("vqa", "retrieval", "captioning")
+SPLITS = ("train", "val", "test")
+
+# key -> (description, checker)
+_INT, _POS, _BOOL, _STR, _FLOAT = "int", "positive int", "bool", "string", "number"
+DATA_KEYS: dict[str, str] = {
+    "root": _STR, "train": "file or list of files", "val": "file or list of files", "test": "file or list of files",
+    "answer_list": _STR, "image_size": _POS, "max_tokens": _POS, "batch_size": _POS, "eval_batch_size": _POS,
+    "num_workers": _INT, "video": _BOOL, "num_frames": _POS, "video_backend": "'decord' or 'av'",
+    "on_bad_sample": "'error' or 'skip'", "seed": _INT, "hflip": _BOOL, "randaugment": _BOOL, "max_words": _POS,
+    "drop_last": _BOOL, "prompt": _STR, "max_masks": _POS, "mask_prob": _FLOAT, "top_k_answers": _POS,
+    "classifier_targets": "'vqa_score' or 'weights'",
+}
+_CHOICES = {"video_backend": ("decord", "av"), "on_bad_sample": ("error", "skip"),
+            "classifier_targets": ("vqa_score", "weights")}
+_DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 0, "video": None, "num_frames": 3,
+                             "video_backend": "decord", "on_bad_sample": "error", "seed": 0, "hflip": False,
+                             "randaugment": True, "drop_last": True, "prompt": "a picture of ", "max_masks": 18,
+                             "mask_prob": 0.6, "classifier_targets": "vqa_score"}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> dict[str, Any]:
+    """The checked, resolved data config (absolute file lists, defaults filled in)."""
+    from zoo.hub import resolve_path  # noqa: PLC0415
+
+    if task not in TASK_NAMES:
+        raise ConfigError(f"task {task!r}: expected one of {', '.join(TASK_NAMES)}", "task")
+    if vqa_mode not in ("generative", "classifier"):
+        raise ConfigError(f"vqa_mode={vqa_mode!r}: expected 'generative' or 'classifier'")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping, got {type(data).__name__}", "data")
+    for key in data:
+        if key not in DATA_KEYS:
+            close = difflib.get_close_matches(str(key), DATA_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key{hint} Known keys: {', '.join(DATA_KEYS)}", f"data.{key}")
+    cfg = {**_DEFAULTS, **{k: v for k, v in data.items() if v is not None or k == "video"}}
+    for key, value in cfg.items():
+        kind = DATA_KEYS[key]
+        bad = (
+            (kind == _POS and not (_is_int(value) and value > 0))
+            or (kind == _INT and not _is_int(value))
+            or (kind == _BOOL and not (isinstance(value, bool) or (key == "video" and value is None)))
+            or (kind == _STR and not isinstance(value, str))
+            or (kind == _FLOAT and not (isinstance(value, (int, float)) and not isinstance(value, bool)))
+            or (key in _CHOICES and value not in _CHOICES[key])
+            or (key in ("train", "val", "test") and not (isinstance(value, str) or (
+                isinstance(value, list) and value and all(isinstance(f, str) for f in value))))
+        )
+        if bad:
+            raise ConfigError(f"expected {kind}, got {type(value).__name__} {value!r}", f"data.{key}")
+    if cfg["num_workers"] < 0:
+        raise ConfigError(f"expected a non-negative int, got {cfg['num_workers']}", "data.num_workers")
+    if not 0.0 <= float(cfg["mask_prob"]) <= 1.0:
+        raise ConfigError(f"expected a probability in [0, 1], got {cfg['mask_prob']}", "data.mask_prob")
+    if "root" not in cfg:
+        raise ConfigError("missing: the media folder the annotation paths are relative to", "data.root")
+    try:
+        root = resolve_path(cfg["root"])
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc), "data.root") from None
+    if not root.is_dir():
+        raise ConfigError(f"media root folder not found: {root}", "data.root")
+    cfg["root"] = str(root)
+    if not any(cfg.get(s) for s in SPLITS):
+        raise ConfigError("no data: give at least one of train, val, test", "data")
+
+    def resolve(key: str, value: str, index: int | None = None) -> str:
+        where = f"data.{key}" + (f"[{index}]" if index is not None else "")
+        path = resolve_path(value) if value.startswith(("pkg:", "~", "$")) else None
+        path = path if path is not None else (root / value if not os.path.isabs(value) else None)
+        full = str(path) if path is not None else value
+        if not os.path.isfile(full):
+            raise ConfigError(f"file not found: {full}", where)
+        return full
+
+    for split in SPLITS:
+        value = cfg.get(split)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            cfg[split] = [resolve(split, value)]
+        else:
+            cfg[split] = [resolve(split, f, i) for i, f in enumerate(value)]
+    if cfg.get("answer_list") is not None:
+        cfg["answer_list"] = resolve("answer_list", cfg["answer_list"])
+    size = cfg.get("image_size", image_size)
+    if size is None:
+        raise ConfigError("not set: give data.image_size (or build the data module with the model's resolution)",
+                          "data.image_size")
+    if not (_is_int(size) and size > 0):
+        raise ConfigError(f"expected a positive int, got {size!r}", "data.image_size")
+    cfg["image_size"] = size
+    cfg.setdefault("eval_batch_size", cfg["batch_size"])
+    if task == "vqa" and vqa_mode == "generative" and not cfg.get("answer_list") and not cfg.get("train") \
+            and (cfg.get("val") or cfg.get("test")):
+        raise ConfigError("generative VQA evaluation ranks an answer list: give data.answer_list (or training data "
+                          "to take the answers from)", "data.answer_list")
+    return cfg
+
+
+class _EpochSampler(DistributedSampler):
+    """A shuffling ``DistributedSampler`` (``seed + epoch`` permutation) that skips the batches the current epoch has
+    already completed when it resumes from a mid-epoch checkpoint."""
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, seed: int, batch_size: int,
+                 completed_batches: Callable[[], int]):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.batch_size, self._completed_batches = batch_size, completed_batches
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip = self._completed_batches() * self.batch_size
+        return iter(indices[skip:])
+
+
+class _TrainLoader(DataLoader):
+    """The training ``DataLoader``, stateful for Lightning: resuming needs no state beyond the seed (the sampler reads
+    the epoch's progress from the trainer), so ``state_dict`` holds the seed and ``load_state_dict`` checks it."""
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": int(self.sampler.seed)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "seed" in state and int(state["seed"]) != int(self.sampler.seed):
+            warnings.warn(f"resuming with data.seed={self.sampler.seed}, but the checkpoint was trained with seed "
+                          f"{state['seed']}: the remaining batches differ from the interrupted run's", stacklevel=2)
+
+
+def _split_of(stage: Any) -> str:
+    value = str(getattr(stage, "value", stage))
+    if value in ("test", "testing", "predict"):
+        return "test"
+    if value in ("val", "validate", "validation", "validating", "sanity_check"):
+        return "val"
+    if value in ("train", "fit", "training"):
+        return "train"
+    raise ValueError(f"stage {stage!r}: expected train, val (validate) or test")
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Data of one fine-tuning task (see the module docstring for the ``data`` keys).
+
+    Args:
+        task: ``"vqa"``, ``"retrieval"`` or ``"captioning"``.
+        data: the ``data:`` section of a task config.
+        tokenizer: the model's tokenizer (``model.text.get_tokenizer()``).
+        vqa_mode: ``"generative"`` (answer decoder) or ``"classifier"`` (answer vocabulary).
+        image_size: the model's resolution, used unless ``data.image_size`` is set.
+        answer_vocab: VQA classifier labels in the head's order (default: ``answer_list`` or the training answers).
+    """
+
+    def __init__(self, task: str, data: Mapping[str, Any], tokenizer: Any, *, vqa_mode: str = "generative",
+                 image_size: int | None = None, answer_vocab: Sequence[str] | None = None):
+        super().__init__()
+        self.task, self.vqa_mode, self.tokenizer = task, vqa_mode, tokenizer
+        self.cfg = _validate(task, data, vqa_mode, image_size)
+        self.image_size: int = self.cfg["image_size"]
+        self._answer_vocab = list(answer_vocab) if answer_vocab is not None else None
+        self._datasets: dict[str, Any] = {}
+        self._answer_list: list[str] | None = None
+        self._answer_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._text_tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._batch_skips: dict[str, int] = {s: 0 for s in SPLITS}
+
+    # -- data sets -----------------------------------------------------------------------------------------------
+    def has_split(self, split: str) -> bool:
+        return bool(self.cfg.get(_split_of(split)))
+
+    def dataset(self, split: str) -> Any:
+        """The data set of ``split`` (``train``, ``val``/``validate``, ``test``), read on first use."""
+        split = _split_of(split)
+        if split not in self._datasets:
+            if not self.cfg.get(split):
+                raise ConfigError(f"the data config has no {split!r} split", f"data.{split}")
+            self._datasets[split] = self._build(split)
+        return self._datasets[split]
+
+    def _build(self, split: str) -> Any:
+        from zoo.data import datasets as D  # noqa: PLC0415
+
+        c, train = self.cfg, split == "train"
+        common = {"media_root": c["root"], "image_size": self.image_size, "train": train, "video": c["video"],
+                  "num_frames": c["num_frames"], "video_backend": c["video_backend"],
+                  "on_bad_sample": c["on_bad_sample"], "hflip": c["hflip"], "randaugment": c["randaugment"]}
+        if c.get("max_words") is not None:
+            common["max_words"] = c["max_words"]
+        cls = {
+            "vqa": (D.VQADataset, D.VQADataset),
+            "retrieval": (D.RetrievalTrainDataset, D.RetrievalEvalDataset),
+            "captioning": (D.CaptionTrainDataset, D.CaptionEvalDataset),
+        }[self.task][0 if train else 1]
+        return cls(c[split], **common)
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
+            str(getattr(stage, "value", stage)), SPLITS)
+        for split in wanted:
+            if self.cfg.get(split):
+                self.dataset(split)
+
+    # -- VQA answers ---------------------------------------------------------------------------------------------
+    @property
+    def answer_list(self) -> list[str]:
+        """Answers ranked by generative VQA evaluation: ``answer_list`` or the training answers (most frequent
+        first)."""
+        if self._answer_list is None:
+            from zoo.data.datasets import answer_vocabulary  # noqa: PLC0415
+
+            if self.cfg.get("answer_list"):
+                self._answer_list = answer_vocabulary(self.cfg["answer_list"])
+            elif self.cfg.get("train"):
+                self._answer_list = answer_vocabulary(train_records=self.dataset("train"))
+            else:
+                raise ConfigError("no answer list: give data.answer_list or training data", "data.answer_list")
+        return self._answer_list
+
+    @property
+    def answer_vocab(self) -> list[str]:
+        """Classifier labels: the ``answer_vocab`` argument, else the answer list cut to ``top_k_answers``."""
+        if self._answer_vocab is not None:
+            return self._answer_vocab
+        top_k = self.cfg.get("top_k_answers")
+        return self.answer_list[:top_k] if top_k else self.answer_list
+
+    @property
+    def answer_list_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(answer_ids, answer_mask)`` of :attr:`answer_list` (``[CLS] answer [SEP]``, padded)."""
+        if self._answer_tokens is None:
+            from zoo.data.collate import encode_answer_list  # noqa: PLC0415
+
+            self._answer_tokens = encode_answer_list(self.tokenizer, self.answer_list)
+        return self._answer_tokens
+
+    # -- retrieval evaluation ------------------------------------------------------------------------------------
+    def eval_texts(self, stage: Any) -> list[str]:
+        return self.dataset(_eval_split(stage)).texts
+
+    def eval_text_tokens(self, stage: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` of every caption of the retrieval evaluation set of ``stage``."""
+        split = _eval_split(stage)
+        if split not in self._text_tokens:
+            from zoo.data.collate import tokenize_texts  # noqa: PLC0415
+
+            self._text_tokens[split] = tokenize_texts(self.tokenizer, self.dataset(split).texts,
+                                                      self.cfg["max_tokens"])
+        return self._text_tokens[split]
+
+    def eval_text_index(self, stage: Any) -> tuple[list[int], list[list[int]]]:
+        """``(txt2img, img2txt)`` of the retrieval evaluation set of ``stage``."""
+        ds = self.dataset(_eval_split(stage))
+        return ds.txt2img, ds.img2txt
+
+    # -- loaders -------------------------------------------------------------------------------------------------
+    def collator(self, split: str) -> Callable:
+        from zoo.data import collate as C  # noqa: PLC0415
+
+        c, train = self.cfg, _split_of(split) == "train"
+        if self.task == "vqa":
+            return C.VQACollator(
+                self.tokenizer, c["max_tokens"], mode=self.vqa_mode, answers=train,
+                answer_vocab=self.answer_vocab if self.vqa_mode == "classifier" and train else None,
+                classifier_targets=c["classifier_targets"])
+        if self.task == "retrieval":
+            return C.RetrievalCollator(self.tokenizer, c["max_tokens"])
+        if train:
+            return C.CaptionTrainCollator(self.tokenizer, prompt=c["prompt"], max_tokens=c["max_tokens"],
+                                          max_masks=c["max_masks"], mask_prob=float(c["mask_prob"]))
+        return C.CaptionEvalCollator()
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return int(getattr(trainer, "world_size", 1) or 1), int(getattr(trainer, "global_rank", 0) or 0)
+
+    def _completed_batches(self) -> int:
+        """Batches the current training epoch has completed (non-zero only when resuming mid-epoch)."""
+        trainer = getattr(self, "trainer", None)
+        try:
+            return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed) if trainer is not None else 0
+        except AttributeError:
+            return 0
+
+    def train_dataloader(self) -> DataLoader:
+        ds, c = self.dataset("train"), self.cfg
+        world, rank = self._world()
+        per_rank = -(-len(ds) // world)
+        if c["drop_last"] and per_rank < c["batch_size"]:
+            raise ConfigError(f"the training set has {len(ds)} samples ({per_rank} per process), fewer than one "
+                              f"batch of {c['batch_size']} with drop_last: lower data.batch_size or set "
+                              "data.drop_last: false", "data.batch_size")
+        sampler = _EpochSampler(ds, world, rank, c["seed"], c["batch_size"], self._completed_batches)
+        return self._loader(ds, "train", c["batch_size"], sampler=sampler, drop_last=c["drop_last"], cls=_TrainLoader)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader | list:
+        if not self.cfg.get(split):
+            return []
+        return self._loader(self.dataset(split), split, self.cfg["eval_batch_size"], sampler=None, drop_last=False)
+
+    def _loader(self, ds: Any, split: str, batch_size: int, sampler: Any, drop_last: bool,
+                cls: type = DataLoader) -> DataLoader:
+        workers = self.cfg["num_workers"]
+        generator = torch.Generator().manual_seed(int(self.cfg["seed"]))
+        return cls(ds, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                          collate_fn=self.collator(split), drop_last=drop_last, generator=generator,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+
+    # -- skipped samples -----------------------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, Mapping) and batch.get("num_skipped"):
+            trainer = getattr(self, "trainer", None)
+            stage = getattr(getattr(trainer, "state", None), "stage", None)
+            try:
+                split = _split_of(stage) if stage is not None else "train"
+            except ValueError:
+                split = "train"
+            self._batch_skips[split] += int(batch["num_skipped"])
+        return batch
+
+    def skipped_report(self) -> str:
+        """Skipped samples per split: malformed records left out at load (with their reasons), samples dropped
+        from batches, and the reasons recorded in this process (those met in loader workers went to warnings)."""
+        lines = []
+        for split in SPLITS:
+            ds = self._datasets.get(split)
+            malformed = getattr(ds, "num_malformed", 0) if ds is not None else 0
+            dropped = self._batch_skips[split]
+            if not malformed and not dropped:
+                continue
+            lines.append(f"{split}: {malformed} malformed record(s) left out at load, {dropped} sample(s) dropped "
+                         "from batches (unreadable media)")
+            for file, index, reason in (ds.skipped if ds is not None else [])[:20]:
+                lines.append(f"  {file}: record {index}: {reason}")
+            if ds is not None and len(ds.skipped) > 20:
+                lines.append(f"  ... and {len(ds.skipped) - 20} more")
+        return "\n".join(lines) if lines else "no samples skipped"
+
+
+def _eval_split(stage: Any) -> str:
+    split = _split_of(stage)
+    return "test" if split == "test" else "val"

@@ -1,0 +1,272 @@
+"""``mmzoo train``: one config file → fine-tuned, evaluated and exported model.
+
+A task config (``configs/tasks/*.yaml``) has five sections::
+
+    task: vqa | retrieval | captioning
+    model:   {name: x2vlm-tiny, task: vqa, pretrained: null, overrides: {}}
+    data:    {root: shapes | FOLDER, train: [...], val: ..., test: ..., answer_list: ..., batch_size: ..., ...}
+    optim:   {lr, weight_decay, vision_lr, text_lr, fusion_lr, new_params, new_param_lr_mult, warmup, betas, eps}
+    trainer: {max_epochs, precision, accumulate_grad_batches, gradient_clip_val, strategy, devices, accelerator, ...}
+    train:   {seed, output_dir, name, freeze, grad_checkpointing, export}
+    evaluation: {k_test, num_beams, max_length, min_length}
+
+Outputs go to ``{output_dir}/{name}/``: ``checkpoints/`` (``last.ckpt`` and per-epoch files, written atomically),
+``logs/`` (CSV and TensorBoard), ``curves.png``, ``results.json`` and ``export/`` (``save_pretrained`` + tokenizer).
+``--resume`` continues from ``checkpoints/last.ckpt`` with the optimiser, scheduler, step counter and (per-epoch)
+data order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from zoo.spec import ConfigError, load_config
+
+__all__ = ["train", "load_task_config", "AtomicCheckpointIO", "TASK_CONFIG_KEYS"]
+
+TASK_CONFIG_KEYS = {
+    "task": None,
+    "model": {"name", "task", "pretrained", "overrides"},
+    "data": None,  # validated by the data module
+    "optim": {"lr", "weight_decay", "vision_lr", "text_lr", "fusion_lr", "new_params", "new_param_lr_mult", "warmup",
+              "betas", "eps"},
+    "trainer": {"max_epochs", "max_steps", "precision", "accumulate_grad_batches", "gradient_clip_val", "strategy",
+                "devices", "accelerator", "num_nodes", "log_every_n_steps", "val_check_interval",
+                "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "limit_test_batches",
+                "num_sanity_val_steps", "enable_progress_bar", "deterministic"},
+    "train": {"seed", "output_dir", "name", "freeze", "grad_checkpointing", "export", "save_every_n_steps"},
+    "evaluation": {"k_test", "num_beams", "max_length", "min_length"},
+}
+
+
+def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
+    """Load and check a task config (unknown sections or keys are errors naming the file and key)."""
+    cfg = load_config(path, overrides)
+    for section, value in cfg.items():
+        if section not in TASK_CONFIG_KEYS:
+            raise ConfigError(f"unknown section {section!r}; expected {', '.join(TASK_CONFIG_KEYS)}", section, path)
+        allowed = TASK_CONFIG_KEYS[section]
+        if allowed is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"expected a mapping, got {type(value).__name__}", section, path)
+        for key in value:
+            if key not in allowed:
+                raise ConfigError(f"unknown key {key!r}; accepted: {', '.join(sorted(allowed))}", f"{section}.{key}",
+                                  path)
+    from zoo.train.module import TASKS  # noqa: PLC0415
+
+    if cfg.get("task") not in TASKS:
+        raise ConfigError(f"expected one of {', '.join(TASKS)}, got {cfg.get('task')!r}", "task", path)
+    if not isinstance(cfg.get("model"), Mapping) or "name" not in cfg["model"]:
+        raise ConfigError("missing model.name (a registered model, e.g. x2vlm-tiny)", "model", path)
+    cfg["_file"] = str(path)
+    return cfg
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same folder and renames it into place, so a killed run never
+    leaves a truncated file under a checkpoint's name (``last.ckpt`` stays the previous good one)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        import torch  # noqa: PLC0415
+
+        from zoo.hub import atomic_path  # noqa: PLC0415
+
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def _plot_curves(metrics_csv: Path, out_png: Path) -> None:
+    import csv  # noqa: PLC0415
+
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rows = list(csv.DictReader(open(metrics_csv, encoding="utf-8")))
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        step = float(row.get("step") or 0)
+        for key, value in row.items():
+            if key in ("step", "epoch") or value in ("", None):
+                continue
+            series.setdefault(key, []).append((step, float(value)))
+    train = {k: v for k, v in series.items() if k.startswith("train/") and "skipped" not in k}
+    val = {k: v for k, v in series.items() if k.startswith(("val/", "test/"))}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, points in sorted(train.items()):
+        axes[0].plot(*zip(*points), label=key.split("/", 1)[1])
+    axes[0].set_title("training losses")
+    axes[0].set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    for key, points in sorted(val.items()):
+        axes[1].plot(*zip(*points), marker="o", label=key)
+    axes[1].set_title("evaluation metrics")
+    axes[1].set_xlabel("step")
+    if val:
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def resolve_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The data section with ``root: shapes`` replaced by the embedded dataset's folder (generated on first use)."""
+    data = dict(data)
+    if data.get("root") == "shapes":
+        from zoo.data.shapes import generate_shapes  # noqa: PLC0415
+
+        data["root"] = str(generate_shapes())
+    return data
+
+
+def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), resume: bool = False) -> dict[str, Any]:
+    """Fine-tune, evaluate and export as the config says; returns the results (also written to results.json)."""
+    import lightning as L  # noqa: PLC0415
+    from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: PLC0415
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: PLC0415
+
+    import zoo  # noqa: PLC0415
+    from zoo.train.data import TaskDataModule  # noqa: PLC0415
+    from zoo.train.module import TaskModule  # noqa: PLC0415
+    from zoo.train.optim import apply_freeze  # noqa: PLC0415
+
+    cfg = load_task_config(config, overrides) if not isinstance(config, Mapping) else dict(config)
+    task = cfg["task"]
+    tcfg = dict(cfg.get("train") or {})
+    run_dir = Path(tcfg.get("output_dir", "runs")) / str(tcfg.get("name", f"{cfg['model']['name']}-{task}"))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
+    if not resume and last.is_file():
+        raise FileExistsError(f"{run_dir} already holds a run (checkpoints/last.ckpt); pass --resume to continue it "
+                              "or choose another train.name / train.output_dir")
+    L.seed_everything(int(tcfg.get("seed", 0)), workers=True, verbose=False)
+
+    mcfg = cfg["model"]
+    model = zoo.create_model(mcfg["name"], task=mcfg.get("task"), pretrained=mcfg.get("pretrained"),
+                             **dict(mcfg.get("overrides") or {}))
+    if tcfg.get("freeze"):
+        apply_freeze(model, list(tcfg["freeze"]))
+    if tcfg.get("grad_checkpointing"):
+        for part in (getattr(model, "vision", None), getattr(model, "text", None)):
+            if part is not None and hasattr(part, "set_grad_checkpointing"):
+                part.set_grad_checkpointing(True)
+    tokenizer = model.text.get_tokenizer()
+    image_size = (model.zoo_config or {}).get("default_resolution")
+    vision = getattr(model, "vision", None)
+    image_size = getattr(vision, "image_size", None) or image_size
+    vqa_mode = "generative" if getattr(model, "generative_vqa", True) else "classifier"
+    dm = TaskDataModule(task, resolve_data(cfg.get("data") or {}), tokenizer, vqa_mode=vqa_mode, image_size=image_size)
+    module = TaskModule(model, task, cfg.get("optim"), cfg.get("evaluation"))
+
+    trainer_cfg = {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 5,
+                   "num_sanity_val_steps": 0, **dict(cfg.get("trainer") or {})}
+    callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}",
+                                 auto_insert_metric_name=False, save_last=True, save_top_k=-1, every_n_epochs=1)]
+    if tcfg.get("save_every_n_steps"):
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}",
+                                         auto_insert_metric_name=False, save_last=True, save_top_k=1,
+                                         monitor="step", mode="max",
+                                         every_n_train_steps=int(tcfg["save_every_n_steps"])))
+    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="tb")]
+    trainer = L.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks,
+                        plugins=[AtomicCheckpointIO()], **trainer_cfg)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    results: dict[str, Any] = {"task": task, "model": mcfg["name"], "run_dir": str(run_dir),
+                               "val": getattr(module, "last_metrics", {})}
+    if dm.has_split("test"):
+        trainer.test(module, datamodule=dm)
+        results["test"] = getattr(module, "last_metrics", {})
+    if trainer.is_global_zero:
+        if tcfg.get("export", True):
+            export_dir = run_dir / "export"
+            model.save_pretrained(export_dir)
+            tokenizer.save_pretrained(str(export_dir / "tokenizer"))
+            results["export"] = str(export_dir)
+        csv_file = run_dir / "logs" / "metrics.csv"
+        if csv_file.is_file():
+            _plot_curves(csv_file, run_dir / "curves.png")
+            results["curves"] = str(run_dir / "curves.png")
+        from zoo.hub import atomic_write  # noqa: PLC0415
+
+        with atomic_write(run_dir / "results.json", "w") as fh:
+            json.dump(results, fh, indent=2, default=float)
+    return results
+
+
+def model_from_checkpoint(source: str | os.PathLike):
+    """A model from an export folder, a run folder (its ``checkpoints/last.ckpt``) or a training checkpoint file.
+
+    Checkpoints are read with ``torch.load(weights_only=True)``: nothing is unpickled beyond tensors and containers.
+    """
+    import torch  # noqa: PLC0415
+
+    import zoo  # noqa: PLC0415
+    from zoo.hub import CONFIG_NAME, WeightsError, load_weights  # noqa: PLC0415
+
+    path = Path(source)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        return zoo.from_pretrained(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: neither an export folder, a run folder with checkpoints/last.ckpt, nor a "
+                                "checkpoint file")
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(f"{path}: cannot be read as a training checkpoint ({exc})") from None
+    config = ckpt.get("zoo_config") if isinstance(ckpt, dict) else None
+    if not config or "model" not in config:
+        raise WeightsError(f"{path}: not an mmzoo training checkpoint (no zoo_config)")
+    config = {**config, "_file": str(path)}
+    config.pop("pretrained", None)  # every weight is in the checkpoint
+    model = zoo.create_model(config)
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    load_weights(model, state, what=str(path))
+    return model
+
+
+def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, trainable_only: bool = False) -> Path:
+    """``mmzoo export``: a run folder or checkpoint → a ``save_pretrained`` export."""
+    model = model_from_checkpoint(source)
+    return model.save_pretrained(out_dir, trainable_only=trainable_only)
+
+
+def evaluate(source: str | os.PathLike, config: str | os.PathLike, overrides: Iterable[str] = (),
+             split: str = "test", output: str | os.PathLike | None = None) -> dict[str, float]:
+    """``mmzoo eval``: score an export or checkpoint on a split of a task config's data; writes a JSON of results."""
+    import lightning as L  # noqa: PLC0415
+
+    from zoo.train.data import TaskDataModule  # noqa: PLC0415
+    from zoo.train.module import TaskModule  # noqa: PLC0415
+
+    cfg = load_task_config(config, overrides)
+    model = model_from_checkpoint(source).eval()
+    vision = getattr(model, "vision", None)
+    image_size = getattr(vision, "image_size", None) or (model.zoo_config or {}).get("default_resolution")
+    vqa_mode = "generative" if getattr(model, "generative_vqa", True) else "classifier"
+    dm = TaskDataModule(cfg["task"], resolve_data(cfg.get("data") or {}), model.text.get_tokenizer(),
+                        vqa_mode=vqa_mode, image_size=image_size)
+    if not dm.has_split(split):
+        raise ConfigError(f"the data config has no {split!r} split", f"data.{split}", cfg.get("_file"))
+    module = TaskModule(model, cfg["task"], cfg.get("optim"), cfg.get("evaluation"))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False)
+    (trainer.test if split == "test" else trainer.validate)(module, datamodule=dm)
+    metrics = {k: float(v) for k, v in getattr(module, "last_metrics", {}).items()}
+    out = Path(output) if output else Path(source if Path(source).is_dir() else Path(source).parent) / \
+        f"eval_{cfg['task']}_{split}.json"
+    from zoo.hub import atomic_write  # noqa: PLC0415
+
+    with atomic_write(out, "w") as fh:
+        json.dump({"source": str(source), "config": str(config), "split": split, "metrics": metrics}, fh, indent=2)
+    return {**metrics, "_output": str(out)}
