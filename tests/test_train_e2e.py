@@ -56,8 +56,8 @@ def test_train_evaluate_export_reload(shapes, tmp_path):
 def test_resume_continues_step_and_schedule(shapes, tmp_path):
     first = _config(shapes, tmp_path)
     train(first)
-    with pytest.raises(FileExistsError, match="--resume"):
-        train(first)
+    again = train(first)  # without --resume an existing run is kept and the new one goes beside it
+    assert again["run_dir"].endswith("run-2")
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     steps_one_epoch = ckpt["global_step"]
     second = _config(shapes, tmp_path, max_epochs=2)

@@ -12,8 +12,8 @@ A task config (``configs/tasks/*.yaml``) has five sections::
 
 Outputs go to ``{output_dir}/{name}/``: ``checkpoints/`` (``last.ckpt`` and per-epoch files, written atomically),
 ``logs/`` (CSV and TensorBoard), ``curves.png``, ``results.json`` and ``export/`` (``save_pretrained`` + tokenizer).
-``--resume`` continues from ``checkpoints/last.ckpt`` with the optimiser, scheduler, step counter and (per-epoch)
-data order.
+``--resume`` continues from ``checkpoints/last.ckpt`` with the optimiser, scheduler, step counter and data order;
+without it an existing run is never overwritten: the new run goes to ``{name}-2``, ``{name}-3``, ...
 """
 
 from __future__ import annotations
@@ -145,9 +145,12 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
-    if not resume and last.is_file():
-        raise FileExistsError(f"{run_dir} already holds a run (checkpoints/last.ckpt); pass --resume to continue it "
-                              "or choose another train.name / train.output_dir")
+    if not resume and last.is_file():  # never overwrite a run: a new one goes to NAME-2, NAME-3, ...
+        base, n = run_dir, 2
+        while (run_dir := base.with_name(f"{base.name}-{n}")).exists():
+            n += 1
+        last = run_dir / "checkpoints" / "last.ckpt"
+        print(f"{base} already holds a run (pass --resume to continue it); this run goes to {run_dir}")
     L.seed_everything(int(tcfg.get("seed", 0)), workers=True, verbose=False)
 
     mcfg = cfg["model"]
