@@ -37,7 +37,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 PREPROCESSOR_NAME = "preprocessor.json"
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_TORCH_SUFFIXES = (".pth", ".pt", ".th", ".bin", ".ckpt")
 _FOLDER_WEIGHTS = (WEIGHTS_NAME, "pytorch_model.bin", "model.pth", "model.pt")
 
 
