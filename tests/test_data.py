@@ -38,7 +38,7 @@ from zoo.data.datasets import (
     pre_question,
 )
 from zoo.data.transforms import RandomAugment, build_image_transform, transform_frames
-from zoo.demo import CLIP_MEAN, CLIP_STD
+from zoo.data.transforms import CLIP_MEAN, CLIP_STD
 from zoo.spec import ConfigError
 
 SIZE = 32

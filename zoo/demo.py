@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["draw_scene", "run_demo", "CLIP_MEAN", "CLIP_STD"]
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = ["draw_scene", "run_demo"]
 
 
 def draw_scene(size: int = 224):
@@ -20,18 +17,6 @@ def draw_scene(size: int = 224):
     d.ellipse([s * 0.1, s * 0.15, s * 0.45, s * 0.5], fill=(220, 30, 30))
     d.rectangle([s * 0.55, s * 0.5, s * 0.9, s * 0.85], fill=(30, 60, 210))
     return img
-
-
-def _to_tensor(img, size: int):
-    import numpy as np  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
-
-    img = img.convert("RGB").resize((size, size), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return ((x - mean) / std).unsqueeze(0)
 
 
 def run_demo(model_name: str = "demo-tiny", question: str = "what colour is the circle?", image: str | None = None,
@@ -57,7 +42,9 @@ def run_demo(model_name: str = "demo-tiny", question: str = "what colour is the 
         except (OSError, ValueError) as exc:
             raise FileNotFoundError(f"--image {image}: cannot be read as an image ({exc})") from None
         source = image
-    pixels = _to_tensor(pil, res)
+    from zoo.data.transforms import build_image_transform  # noqa: PLC0415
+
+    pixels = build_image_transform(res, train=False)(pil.convert("RGB")).unsqueeze(0)
     tok = model.text.get_tokenizer()
     enc = tok([question], return_tensors="pt", padding=True)
     t0 = time.perf_counter()

@@ -141,10 +141,11 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
         config["tokenizer"] = TOKENIZER_DIR
-    vision = getattr(model, "vision", None)
-    size = getattr(vision, "image_size", None) or config.get("default_resolution")
+    from zoo.models.base import input_resolution  # noqa: PLC0415
+
+    size = input_resolution(model)
     if size:
-        from zoo.demo import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
+        from zoo.data.transforms import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
 
         with atomic_write(directory / PREPROCESSOR_NAME, "w") as fh:
             json.dump({"image_size": size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),

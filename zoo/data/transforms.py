@@ -41,6 +41,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+#: CLIP's normalisation, used by the official X²-VLM recipes
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 __all__ = [
     "OFFICIAL_AUGMENTATIONS",
     "TRAIN_CROP_SCALE",
@@ -134,11 +138,10 @@ def build_image_transform(
         hflip: add ``RandomHorizontalFlip`` (training only; off by default, see the module docstring).
         randaugment_impl: ``"official"`` (:class:`RandomAugment`) or ``"torchvision"`` (``RandAugment(2, 7)``).
         crop_scale: ``RandomResizedCrop`` scale (official fine-tuning ``(0.5, 1.0)``; pre-training ``(0.2, 1.0)``).
-        mean, std: normalisation (default CLIP's, :data:`zoo.demo.CLIP_MEAN` / ``CLIP_STD``).
+        mean, std: normalisation (default CLIP's, :data:`CLIP_MEAN` / :data:`CLIP_STD`).
     """
     from torchvision import transforms as T  # noqa: PLC0415
 
-    from zoo.demo import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
 
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-__all__ = ["ZooModel", "count_parameters"]
+__all__ = ["ZooModel", "count_parameters", "input_resolution"]
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -19,6 +19,12 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+def input_resolution(model: nn.Module) -> int | None:
+    """The image side a model takes: its vision part's ``image_size``, else its config's ``default_resolution``."""
+    size = getattr(getattr(model, "vision", None), "image_size", None)
+    return size or (getattr(model, "zoo_config", None) or {}).get("default_resolution")
 
 
 class ZooModel(nn.Module):

@@ -127,6 +127,16 @@ def resolve_data(data: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _datamodule(task: str, cfg: Mapping[str, Any], model, tokenizer):
+    """The data module for ``model``: the config's data section at the model's resolution and VQA head kind."""
+    from zoo.models.base import input_resolution  # noqa: PLC0415
+    from zoo.train.data import TaskDataModule  # noqa: PLC0415
+
+    vqa_mode = "generative" if getattr(model, "generative_vqa", True) else "classifier"
+    return TaskDataModule(task, resolve_data(cfg.get("data") or {}), tokenizer, vqa_mode=vqa_mode,
+                          image_size=input_resolution(model))
+
+
 def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), resume: bool = False) -> dict[str, Any]:
     """Fine-tune, evaluate and export as the config says; returns the results (also written to results.json)."""
     import lightning as L  # noqa: PLC0415
@@ -134,7 +144,6 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: PLC0415
 
     import zoo  # noqa: PLC0415
-    from zoo.train.data import TaskDataModule  # noqa: PLC0415
     from zoo.train.module import TaskModule  # noqa: PLC0415
     from zoo.train.optim import apply_freeze  # noqa: PLC0415
 
@@ -163,11 +172,7 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
             if part is not None and hasattr(part, "set_grad_checkpointing"):
                 part.set_grad_checkpointing(True)
     tokenizer = model.text.get_tokenizer()
-    image_size = (model.zoo_config or {}).get("default_resolution")
-    vision = getattr(model, "vision", None)
-    image_size = getattr(vision, "image_size", None) or image_size
-    vqa_mode = "generative" if getattr(model, "generative_vqa", True) else "classifier"
-    dm = TaskDataModule(task, resolve_data(cfg.get("data") or {}), tokenizer, vqa_mode=vqa_mode, image_size=image_size)
+    dm = _datamodule(task, cfg, model, tokenizer)
     module = TaskModule(model, task, cfg.get("optim"), cfg.get("evaluation"))
 
     trainer_cfg = {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 5,
@@ -249,16 +254,11 @@ def evaluate(source: str | os.PathLike, config: str | os.PathLike, overrides: It
     """``mmzoo eval``: score an export or checkpoint on a split of a task config's data; writes a JSON of results."""
     import lightning as L  # noqa: PLC0415
 
-    from zoo.train.data import TaskDataModule  # noqa: PLC0415
     from zoo.train.module import TaskModule  # noqa: PLC0415
 
     cfg = load_task_config(config, overrides)
     model = model_from_checkpoint(source).eval()
-    vision = getattr(model, "vision", None)
-    image_size = getattr(vision, "image_size", None) or (model.zoo_config or {}).get("default_resolution")
-    vqa_mode = "generative" if getattr(model, "generative_vqa", True) else "classifier"
-    dm = TaskDataModule(cfg["task"], resolve_data(cfg.get("data") or {}), model.text.get_tokenizer(),
-                        vqa_mode=vqa_mode, image_size=image_size)
+    dm = _datamodule(cfg["task"], cfg, model, model.text.get_tokenizer())
     if not dm.has_split(split):
         raise ConfigError(f"the data config has no {split!r} split", f"data.{split}", cfg.get("_file"))
     module = TaskModule(model, cfg["task"], cfg.get("optim"), cfg.get("evaluation"))
