@@ -96,8 +96,12 @@ def test_ddp_on_two_cpu_processes(shapes, tmp_path):
     exe = Path(sys.executable).with_name("mmzoo")
     if not exe.exists():
         pytest.skip("the mmzoo console script is not installed beside this interpreter")
+    # 15 test questions: the distributed sampler pads them to 16 (one repeated), which the metric must not count
+    records = json.loads((shapes / "vqa_test.json").read_text())[:15]
+    (shapes / "vqa_test_15.json").write_text(json.dumps(records))
     cmd = [str(exe), "train", "configs/tasks/vqa-shapes.yaml", f"data.root={shapes}", "data.batch_size=4",
-           "data.eval_batch_size=8", "trainer.max_epochs=1", "trainer.strategy=ddp", "trainer.devices=2",
+           "data.eval_batch_size=3", "data.test=vqa_test_15.json", "trainer.max_epochs=1", "trainer.strategy=ddp",
+           "trainer.devices=2",
            "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", "train.name=ddp"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert res.returncode == 0, res.stderr[-3000:]
@@ -106,3 +110,8 @@ def test_ddp_on_two_cpu_processes(shapes, tmp_path):
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
     # 16 training images × 4 questions = 64 records; 2 processes × batch 4 → 8 optimiser steps per epoch
     assert ckpt["global_step"] == 64 // (2 * 4)
+    # the metric of the two processes is computed over their gathered predictions: it equals one process's score
+    single = evaluate(tmp_path / "ddp" / "export", "configs/tasks/vqa-shapes.yaml",
+                      [f"data.root={shapes}", "data.test=vqa_test_15.json", "data.eval_batch_size=5"], split="test",
+                      output=tmp_path / "single.json")
+    assert results["test"]["vqa_acc"] == pytest.approx(single["vqa_acc"], abs=1e-4)

@@ -579,3 +579,45 @@ def test_registered_names_build_from_configs():
         build({"type": "beit_v2", "attention": "flash"}, "vision_encoder")
     with pytest.raises(ConfigError, match="combine"):
         build({"type": "video", "image_encoder": {"type": "beit_v2"}, "combine": "max"}, "vision_encoder")
+
+
+def test_beit_absolute_position_embedding_option():
+    """`use_abs_pos_emb`: a (1 + patches) table started from the 2-D sine-cosine formula, used in the forward pass
+    and resampled with the resolution; off (the official layout) it adds no parameter."""
+    from timm.layers import build_sincos2d_pos_embed
+
+    from zoo.modules.vision.beit import BEiTv2Encoder
+
+    torch.manual_seed(0)
+    kw = dict(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, drop_path_rate=0.0)
+    enc = BEiTv2Encoder(**kw, use_abs_pos_emb=True).eval()
+    plain = BEiTv2Encoder(**kw).eval()
+    assert plain.pos_embed is None
+    assert sum(p.numel() for p in enc.parameters()) - sum(p.numel() for p in plain.parameters()) == (1 + 16) * 16
+    assert torch.equal(enc.pos_embed[0, 1:], build_sincos2d_pos_embed([4, 4], 16))
+    assert torch.count_nonzero(enc.pos_embed[0, 0]) == 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = enc(x).tokens
+        enc.pos_embed.zero_()
+        after = enc(x).tokens
+    assert not torch.allclose(before, after, atol=1e-4)
+    enc.set_input_size(img_size=48)
+    assert enc.pos_embed.shape == (1, 1 + 36, 16) and enc(torch.randn(1, 3, 48, 48)).tokens.shape == (1, 37, 16)
+
+
+def test_initializer_range_scales_bert_parts():
+    """BERT-style parts draw their weights from normal(0, initializer_range): the empirical std matches."""
+    from zoo.heads.vqa import GenerativeVQAHead
+    from zoo.modules.text.split_bert import SplitBert
+
+    torch.manual_seed(0)
+    for std in (0.02, 0.07):
+        text = SplitBert(num_layers=2, fusion_start=1, hidden_size=64, num_heads=4, intermediate_size=128,
+                         vocab_size=500, encoder_width=64, max_position_embeddings=32, initializer_range=std)
+        w = torch.cat([m.weight.flatten() for m in text.modules() if isinstance(m, torch.nn.Linear)])
+        assert float(w.std()) == pytest.approx(std, rel=0.03)
+        head = GenerativeVQAHead(hidden_size=64, num_heads=4, intermediate_size=128, vocab_size=500, num_layers=1,
+                                 encoder_width=64, max_position_embeddings=32, initializer_range=std)
+        w = head.decoder.bert.embeddings.word_embeddings.weight
+        assert float(w[1:].std()) == pytest.approx(std, rel=0.03)

@@ -11,6 +11,7 @@ A model file holds::
     model: {type: REGISTERED_MODEL, ...parts...}
     tasks:                           # optional: task name -> overrides merged into `model`
       vqa: {head: {type: ...}}
+    answers: [yes, no, ...]          # written by VQA fine-tuning: the answers a generative head ranks at prediction
 
 Directories searched, in order: those added with :func:`add_config_dir`, those in the ``MMZOO_CONFIG_PATH``
 environment variable (``os.pathsep``-separated), then the project's own ``configs/models``. Listing needs no import
@@ -42,6 +43,7 @@ MODEL_FILE_KEYS = {
     "task": (str, type(None)),
     "imports": (list,),
     "weights": (str,),
+    "answers": (list,),
 }
 
 _extra_dirs: list[Path] = []

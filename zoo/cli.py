@@ -1,4 +1,4 @@
-"""The ``mmzoo`` command: list | info | demo | data | train | eval | export | convert | bench.
+"""The ``mmzoo`` command: list | info | demo | data | train | eval | predict | export | convert | bench.
 
 Errors the user can fix (unknown names, bad configs, missing files) print one clear line and exit with status 2,
 without a traceback; ``MMZOO_DEBUG=1`` shows the traceback.
@@ -158,6 +158,32 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    import json  # noqa: PLC0415
+
+    from zoo.predict import predict  # noqa: PLC0415
+
+    media = args.image or args.video
+    if not media:
+        raise FileNotFoundError("mmzoo predict: give --image PATH (or --video PATH)")
+    try:
+        out = predict(args.source, media, question=args.question, caption=args.caption, texts=args.texts,
+                      answers=args.answers, top=args.top, num_frames=args.num_frames)
+    except ValueError as exc:
+        print(f"mmzoo predict: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif "answer" in out:
+        print(f"{out['answer']}    (probability {out['prob']:.3f})")
+    elif "caption" in out:
+        print(out["caption"])
+    else:
+        print(_table([[f"{i + 1}", f"{score:.3f}", text] for i, (text, score) in enumerate(out["ranking"])],
+                     ["rank", "score", "text"]))
+    return 0
+
+
 def _cmd_export(args) -> int:
     from zoo.train.run import export_checkpoint  # noqa: PLC0415
 
@@ -208,6 +234,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["val", "test"])
     s.add_argument("--output", default=None, help="JSON file for the results (default: beside the source)")
     s.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("predict", help="answer a question, caption an image or rank texts with a trained model")
+    s.add_argument("source", help="export folder, run folder or .ckpt file")
+    s.add_argument("--image", default=None, help="an image file")
+    s.add_argument("--video", default=None, help="a video file (frames through the model's video path)")
+    s.add_argument("--question", default=None, help="VQA: the question")
+    s.add_argument("--caption", action="store_true", help="captioning: describe the image")
+    s.add_argument("--texts", default=None, help="retrieval: a text file (one candidate per line) or a JSON list")
+    s.add_argument("--answers", default=None,
+                   help="VQA answer list to rank (default: the one the model was fine-tuned with)")
+    s.add_argument("--top", type=int, default=5, help="retrieval: how many ranked texts to show")
+    s.add_argument("--num-frames", type=int, default=3, help="video: frames sampled")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.set_defaults(fn=_cmd_predict)
 
     s = sub.add_parser("export", help="turn a run folder or training checkpoint into a loadable export")
     s.add_argument("source", help="run folder or .ckpt file")

@@ -599,8 +599,8 @@ def _swap_in(tmp: Path, root: Path, params: dict[str, int]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def generate_shapes(root: str | os.PathLike | None = None, *, seed: int = 0, num_train_images: int = 200,
-                    num_val_images: int = 40, num_test_images: int = 40, image_size: int = 96, num_videos: int = 40,
+def generate_shapes(root: str | os.PathLike | None = None, *, seed: int = 0, num_train_images: int = 6000,
+                    num_val_images: int = 300, num_test_images: int = 300, image_size: int = 96, num_videos: int = 40,
                     video_frames: int = 8, force: bool = False) -> Path:
     """Generate the shapes dataset under ``root`` (default :func:`default_shapes_root`) unless it is already there.
 

@@ -278,7 +278,7 @@ class CaptionHead(MLMHead):
     """The MLM head with X²-VLM's captioning loss and decoding defaults (keys as ``mlm``: ``cls.predictions.*``).
 
     Args:
-        hidden_size, vocab_size, layer_norm_eps, hidden_act: as :class:`~zoo.heads.mlm.MLMHead`.
+        hidden_size, vocab_size, layer_norm_eps, hidden_act, initializer_range: as :class:`~zoo.heads.mlm.MLMHead`.
         label_smoothing: ε of the loss (official 0.1).
         ignore_index: target id that pads ``masked_ids`` and gets no smoothing mass (official: ``[CLS]`` = 101).
         mask_token_id, eos_token_id: ``[MASK]`` (103) and ``[SEP]`` (102) of BERT uncased.
@@ -301,8 +301,9 @@ class CaptionHead(MLMHead):
         max_length: int = 50,
         length_penalty: float = 0.0,
         ngram_size: int = 3,
+        initializer_range: float = 0.02,
     ):
-        super().__init__(hidden_size, vocab_size, layer_norm_eps, hidden_act)
+        super().__init__(hidden_size, vocab_size, layer_norm_eps, hidden_act, initializer_range)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ConfigError(f"label_smoothing={label_smoothing} must lie in [0, 1]")
         if vocab_size <= 2:

@@ -38,6 +38,8 @@ class MLMHead(nn.Module):
         vocab_size: output vocabulary (30522 for bert-base/large-uncased).
         layer_norm_eps: LayerNorm epsilon of the transform (BERT 1e-12).
         hidden_act: activation of the transform (transformers' ``ACT2FN`` name; BERT ``"gelu"``, exact erf GELU).
+        initializer_range: std of BERT's normal initialisation (official 0.02 at width 768; a toy width keeps
+            the official activation scale with ``0.02·√(768 / width)``, e.g. 0.07 at 64).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class MLMHead(nn.Module):
         vocab_size: int = 30522,
         layer_norm_eps: float = 1e-12,
         hidden_act: str = "gelu",
+        initializer_range: float = 0.02,
     ):
         super().__init__()
         from transformers import BertConfig  # noqa: PLC0415
@@ -62,7 +65,7 @@ class MLMHead(nn.Module):
             hidden_size=hidden_size, vocab_size=vocab_size, layer_norm_eps=layer_norm_eps, hidden_act=hidden_act
         )
         self.cls = BertOnlyMLMHead(config)
-        init_bert_weights(self.cls)
+        init_bert_weights(self.cls, initializer_range)
         pred = self.cls.predictions
         pred.decoder.bias = pred.bias  # one output bias, as the official head (both keys in the state dict)
 

@@ -112,6 +112,8 @@ class GenerativeVQAHead(nn.Module):
         layer_norm_eps: 1e-12 (BERT).
         hidden_dropout, attention_dropout: BERT's ``hidden_dropout_prob`` and ``attention_probs_dropout_prob``.
         lm_chunk: positions sent through the LM head at once (memory bound of ranking; no effect on the numbers).
+        initializer_range: std of BERT's normal initialisation (official 0.02 at width 768; a toy width keeps
+            the official activation scale with ``0.02·√(768 / width)``, e.g. 0.07 at 64).
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class GenerativeVQAHead(nn.Module):
         hidden_dropout: float = 0.1,
         attention_dropout: float = 0.1,
         lm_chunk: int = 8192,
+        initializer_range: float = 0.02,
     ):
         super().__init__()
         if num_layers < 1:
@@ -156,10 +159,10 @@ class GenerativeVQAHead(nn.Module):
             intermediate_size=intermediate_size, vocab_size=vocab_size,
             max_position_embeddings=max_position_embeddings, type_vocab_size=type_vocab_size,
             encoder_width=encoder_width, embeddings="bert", pad_token_id=pad_token_id, layer_norm_eps=layer_norm_eps,
-            hidden_dropout=hidden_dropout, attention_dropout=attention_dropout,
+            hidden_dropout=hidden_dropout, attention_dropout=attention_dropout, initializer_range=initializer_range,
         ))
         self.cls = _lm_head(hidden_size, vocab_size, layer_norm_eps)
-        init_bert_weights(self.cls)
+        init_bert_weights(self.cls, initializer_range)
         self.tie_weights()
 
     # -- structure ---------------------------------------------------------------------------------------------------

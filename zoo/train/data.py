@@ -13,7 +13,10 @@ Data keys (defaults in brackets): ``root`` (media folder; annotation paths are r
 [decord], ``on_bad_sample`` [error], ``seed`` [0]; and ``hflip`` [false], ``randaugment`` [true], ``max_words``
 [official per reader], ``drop_last`` [true, as the official training loaders], ``prompt`` ["a picture of "],
 ``max_masks`` [18], ``mask_prob`` [0.6] (captioning), ``top_k_answers`` [all] and ``classifier_targets``
-[vqa_score] (VQA classifier).
+[vqa_score] (VQA classifier); ``crop_scale`` [[0.5, 1.0], the official fine-tuning ``RandomResizedCrop`` scale;
+``[1.0, 1.0]`` keeps the whole image, which synthetic scenes whose answers depend on every object need] and
+``blank_images`` [false: true replaces every image or video frame by a constant grey one, in training and evaluation
+alike — the question-only (or text-only) ablation that shows what a model gets from the pixels].
 
 Data order: the training sampler is a ``DistributedSampler`` (one replica outside distributed runs) whose permutation
 depends only on ``seed`` and the epoch (Lightning calls ``set_epoch``), so two runs with one seed see the same order,
@@ -54,14 +57,16 @@ DATA_KEYS: dict[str, str] = {
     "num_workers": _INT, "video": _BOOL, "num_frames": _POS, "video_backend": "'decord' or 'av'",
     "on_bad_sample": "'error' or 'skip'", "seed": _INT, "hflip": _BOOL, "randaugment": _BOOL, "max_words": _POS,
     "drop_last": _BOOL, "prompt": _STR, "max_masks": _POS, "mask_prob": _FLOAT, "top_k_answers": _POS,
-    "classifier_targets": "'vqa_score' or 'weights'",
+    "classifier_targets": "'vqa_score' or 'weights'", "crop_scale": "[low, high] with 0 < low <= high <= 1",
+    "blank_images": _BOOL,
 }
 _CHOICES = {"video_backend": ("decord", "av"), "on_bad_sample": ("error", "skip"),
             "classifier_targets": ("vqa_score", "weights")}
 _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 0, "video": None, "num_frames": 3,
                              "video_backend": "decord", "on_bad_sample": "error", "seed": 0, "hflip": False,
                              "randaugment": True, "drop_last": True, "prompt": "a picture of ", "max_masks": 18,
-                             "mask_prob": 0.6, "classifier_targets": "vqa_score"}
+                             "mask_prob": 0.6, "classifier_targets": "vqa_score",
+                             "crop_scale": [0.5, 1.0], "blank_images": False}
 
 
 def _is_int(v: Any) -> bool:
@@ -100,6 +105,12 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
             raise ConfigError(f"expected {kind}, got {type(value).__name__} {value!r}", f"data.{key}")
     if cfg["num_workers"] < 0:
         raise ConfigError(f"expected a non-negative int, got {cfg['num_workers']}", "data.num_workers")
+    scale = cfg["crop_scale"]
+    if not (isinstance(scale, (list, tuple)) and len(scale) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+            and 0.0 < scale[0] <= scale[1] <= 1.0):
+        raise ConfigError(f"expected {DATA_KEYS['crop_scale']}, got {scale!r}", "data.crop_scale")
+    cfg["crop_scale"] = [float(v) for v in scale]
     if not 0.0 <= float(cfg["mask_prob"]) <= 1.0:
         raise ConfigError(f"expected a probability in [0, 1], got {cfg['mask_prob']}", "data.mask_prob")
     if "root" not in cfg:
@@ -176,6 +187,19 @@ class _TrainLoader(DataLoader):
                           f"{state['seed']}: the remaining batches differ from the interrupted run's", stacklevel=2)
 
 
+class _BlankImage:
+    """The ``blank_images`` transform: any image → the normalised constant mid-grey image (picklable for workers)."""
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        from zoo.data.transforms import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
+
+        grey = (0.5 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+        return grey.view(3, 1, 1).expand(3, self.image_size, self.image_size).clone()
+
+
 def _split_of(stage: Any) -> str:
     value = str(getattr(stage, "value", stage))
     if value in ("test", "testing", "predict"):
@@ -234,12 +258,24 @@ class TaskDataModule(L.LightningDataModule):
                   "on_bad_sample": c["on_bad_sample"], "hflip": c["hflip"], "randaugment": c["randaugment"]}
         if c.get("max_words") is not None:
             common["max_words"] = c["max_words"]
+        common["transform"] = self.image_transform(train)
         cls = {
             "vqa": (D.VQADataset, D.VQADataset),
             "retrieval": (D.RetrievalTrainDataset, D.RetrievalEvalDataset),
             "captioning": (D.CaptionTrainDataset, D.CaptionEvalDataset),
         }[self.task][0 if train else 1]
         return cls(c[split], **common)
+
+    def image_transform(self, train: bool) -> Callable[[Any], torch.Tensor]:
+        """PIL image → tensor of one split: the official recipe with ``randaugment`` and ``crop_scale``, or the
+        constant grey image of ``blank_images``."""
+        from zoo.data.transforms import build_image_transform  # noqa: PLC0415
+
+        c = self.cfg
+        if c["blank_images"]:
+            return _BlankImage(self.image_size)
+        return build_image_transform(self.image_size, train, randaugment=c["randaugment"],
+                                     crop_scale=tuple(c["crop_scale"]))
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(

@@ -77,9 +77,11 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
+        lr = _float_or_none(o, "lr")
         groups = param_groups(
-            self.model, lr=float(o.get("lr", 1e-4)), weight_decay=float(o.get("weight_decay", 0.01)),
-            vision_lr=o.get("vision_lr"), text_lr=o.get("text_lr"), fusion_lr=o.get("fusion_lr"),
+            self.model, lr=1e-4 if lr is None else lr, weight_decay=float(o.get("weight_decay", 0.01)),
+            vision_lr=_float_or_none(o, "vision_lr"), text_lr=_float_or_none(o, "text_lr"),
+            fusion_lr=_float_or_none(o, "fusion_lr"),
             new_params=o.get("new_params", ()), new_param_lr_mult=float(o.get("new_param_lr_mult", 1.0)),
         )
         for g in groups:
@@ -102,9 +104,10 @@ class TaskModule(L.LightningModule):
         self._outputs.append(self._predict_batch(batch))
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self.compute_metrics(self._outputs)
+        metrics = self.compute_metrics(self._gathered_outputs())
         for key, value in metrics.items():
-            self.log(f"val/{key}", float(value), prog_bar=key in ("vqa_acc", "r_mean", "CIDEr"), sync_dist=True)
+            # every process computed the same value from the gathered predictions: nothing left to reduce
+            self.log(f"val/{key}", float(value), prog_bar=key in ("vqa_acc", "r_mean", "CIDEr"))
         self.last_metrics = metrics
         self._outputs = []
 
@@ -114,11 +117,33 @@ class TaskModule(L.LightningModule):
         self._outputs.append(self._predict_batch(batch))
 
     def on_test_epoch_end(self) -> None:
-        metrics = self.compute_metrics(self._outputs)
+        metrics = self.compute_metrics(self._gathered_outputs())
         for key, value in metrics.items():
-            self.log(f"test/{key}", float(value), sync_dist=True)
+            self.log(f"test/{key}", float(value))
         self.last_metrics = metrics
         self._outputs = []
+
+    def _gathered_outputs(self) -> list[dict]:
+        """This process's prediction outputs, or under distributed evaluation every process's, with the samples the
+        distributed sampler repeated (to give every process the same count) kept once, so metrics are computed over
+        the whole evaluation set exactly as in a single process."""
+        import torch.distributed as dist  # noqa: PLC0415
+
+        outputs = self._outputs
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return outputs
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, [_to_cpu(o) for o in outputs])
+        key = {"vqa": "question_id", "captioning": "image_id", "retrieval": "index"}.get(self.task)
+        merged, seen = [], set()
+        for rank_outputs in everyone:
+            for o in rank_outputs:
+                ids = o[key].tolist() if torch.is_tensor(o[key]) else list(o[key])
+                keep = [i for i, x in enumerate(ids) if x not in seen]
+                seen.update(ids[i] for i in keep)
+                if keep:
+                    merged.append({k: (v[keep] if torch.is_tensor(v) else [v[i] for i in keep]) for k, v in o.items()})
+        return merged
 
     @torch.no_grad()
     def _predict_batch(self, batch: Mapping[str, Any]) -> dict:
@@ -164,14 +189,40 @@ class TaskModule(L.LightningModule):
             from zoo.metrics.retrieval import retrieval_recall  # noqa: PLC0415
 
             dm = self.trainer.datamodule
-            order = torch.cat([o["index"] for o in outputs]).argsort()
+            index = torch.cat([o["index"] for o in outputs])
+            order = index.argsort()
             images = torch.cat([o["images"] for o in outputs])[order].to(self.device)
             ids, mask = dm.eval_text_tokens(self.trainer.state.stage)
+            txt2img, img2txt = dm.eval_text_index(self.trainer.state.stage)
+            present = index[order].tolist()
+            if len(present) < len(img2txt):  # a partial evaluation (limit_*_batches): the images seen, their texts
+                texts, kept = [], []
+                for i in present:
+                    kept.append(list(range(len(texts), len(texts) + len(img2txt[i]))))
+                    texts.extend(img2txt[i])
+                img2txt, txt2img = kept, [n for n, caps in enumerate(kept) for _ in caps]
+                ids, mask = ids[texts], mask[texts]
             i2t, t2i = self.model.retrieval_scores(images, ids.to(self.device), mask.to(self.device),
                                                    k=int(self.evaluation.get("k_test", 128)))
-            txt2img, img2txt = dm.eval_text_index(self.trainer.state.stage)
             return retrieval_recall(i2t.cpu(), t2i.cpu(), txt2img, img2txt)
         return {}
+
+
+def _float_or_none(optim: Mapping[str, Any], key: str) -> float | None:
+    """``optim[key]`` as a float (YAML reads ``2e-3`` as a string), None when absent; a clear error otherwise."""
+    value = optim.get(key)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        from zoo.spec import ConfigError  # noqa: PLC0415
+
+        raise ConfigError(f"expected a number, got {value!r}", f"optim.{key}") from None
+
+
+def _to_cpu(output: dict) -> dict:
+    return {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in output.items()}
 
 
 def _batch_size(batch: Mapping[str, Any]) -> int:

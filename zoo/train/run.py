@@ -173,6 +173,9 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
                 part.set_grad_checkpointing(True)
     tokenizer = model.text.get_tokenizer()
     dm = _datamodule(task, cfg, model, tokenizer)
+    if task == "vqa" and getattr(model, "generative_vqa", False) and getattr(model, "zoo_config", None) is not None:
+        # the answers the head learns to rank travel with checkpoints and exports (`mmzoo predict` ranks them)
+        model.zoo_config["answers"] = list(dm.answer_list)
     module = TaskModule(model, task, cfg.get("optim"), cfg.get("evaluation"))
 
     trainer_cfg = {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 5,
@@ -262,8 +265,10 @@ def evaluate(source: str | os.PathLike, config: str | os.PathLike, overrides: It
     if not dm.has_split(split):
         raise ConfigError(f"the data config has no {split!r} split", f"data.{split}", cfg.get("_file"))
     module = TaskModule(model, cfg["task"], cfg.get("optim"), cfg.get("evaluation"))
+    limits = {k: v for k, v in (cfg.get("trainer") or {}).items()
+              if k in ("limit_val_batches", "limit_test_batches", "precision")}
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False)
+                        enable_progress_bar=False, **limits)
     (trainer.test if split == "test" else trainer.validate)(module, datamodule=dm)
     metrics = {k: float(v) for k, v in getattr(module, "last_metrics", {}).items()}
     out = Path(output) if output else Path(source if Path(source).is_dir() else Path(source).parent) / \

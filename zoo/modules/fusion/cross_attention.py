@@ -41,6 +41,8 @@ class CrossAttentionFusion(nn.Module):
         pretrained: local weights file or folder holding ``encoder.layer.N.*`` keys under any prefix.
         layer_map: source layer of each of our layers (default ``0..num_layers-1``; -1 keeps a layer as initialised).
             Source layers without cross-attention weights (plain BERT) leave our cross-attention as initialised.
+        initializer_range: std of BERT's normal initialisation (official 0.02 at width 768; a toy width keeps
+            the official activation scale with ``0.02·√(768 / width)``, e.g. 0.07 at 64).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class CrossAttentionFusion(nn.Module):
         layer_norm_eps: float = 1e-12,
         pretrained: str | None = None,
         layer_map: list[int] | None = None,
+        initializer_range: float = 0.02,
     ):
         super().__init__()
         if num_layers < 1:
@@ -76,7 +79,7 @@ class CrossAttentionFusion(nn.Module):
             )
             for _ in range(num_layers)
         ])
-        init_bert_weights(self)
+        init_bert_weights(self, initializer_range)
         self.pretrained = pretrained
         if pretrained is not None:
             self._load_pretrained(pretrained, layer_map)

@@ -98,6 +98,8 @@ class SplitBert(nn.Module):
         encoder_width: width of the vision tokens the fusion layers cross-attend to.
         embeddings: ``"bert"`` (position ids 0..L-1) or ``"xlm-roberta"`` (position ids from ``pad_token_id + 1``,
             padding keeps the pad position).
+        initializer_range: std of BERT's normal initialisation (official 0.02 at width 768; a toy width keeps
+            the official activation scale with ``0.02·√(768 / width)``, e.g. 0.07 at 64).
         pad_token_id: default 0 for ``bert``, 1 for ``xlm-roberta``.
         layer_norm_eps: 1e-12 for BERT, 1e-5 for XLM-R.
         hidden_dropout, attention_dropout: BERT's ``hidden_dropout_prob`` and ``attention_probs_dropout_prob``.
@@ -130,6 +132,7 @@ class SplitBert(nn.Module):
         init_fusion_from: int | None = None,
         layer_map: list[int] | None = None,
         tokenizer: str | None = None,
+        initializer_range: float = 0.02,
     ):
         super().__init__()
         if not 0 <= fusion_start <= num_layers:
@@ -166,7 +169,7 @@ class SplitBert(nn.Module):
             layer_norm_eps=layer_norm_eps,
         )
         self.embeddings_kind = embeddings
-        init_bert_weights(self)
+        init_bert_weights(self, initializer_range)
         self.pretrained = pretrained
         if pretrained is not None:
             self._load_pretrained(pretrained, init_fusion_from, layer_map)

@@ -75,6 +75,10 @@ class BEiTv2Encoder(Beit):
             used), a BEiT-v2 / timm ``beitv2_*`` checkpoint, or this encoder's own state dict; relative position
             tables are resized to ``img_size``.
         attention: ``timm`` | ``zoo`` | ``auto`` (see :mod:`zoo.modules.vision._timm_attention`).
+        use_abs_pos_emb: add a learned absolute position embedding (``pos_embed``, 1 + patches, resampled on
+            resolution change) to the relative position bias. Off in the official encoders; a model trained from
+            scratch on questions about absolute positions ("where is ...?") needs it, as relative biases alone
+            carry no absolute position. Initialised from the 2-D sine-cosine table, then learned.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class BEiTv2Encoder(Beit):
         init_values: float = 0.1,
         pretrained: str | None = None,
         attention: AttentionMode = "auto",
+        use_abs_pos_emb: bool = False,
     ):
         if min(img_size, patch_size, embed_dim, depth, num_heads) <= 0:
             raise ConfigError("img_size, patch_size, embed_dim, depth and num_heads must be positive")
@@ -111,17 +116,31 @@ class BEiTv2Encoder(Beit):
             drop_path_rate=drop_path_rate,
             norm_layer=partial(LayerNorm, eps=1e-6),
             init_values=init_values,
-            use_abs_pos_emb=False,
+            use_abs_pos_emb=use_abs_pos_emb,
             use_rel_pos_bias=True,
             use_shared_rel_pos_bias=False,
             use_fc_norm=True,
         )
         self._persist_position_index()
+        if self.pos_embed is not None:
+            self._init_sincos_pos_embed()
         self.width = embed_dim
         self.image_size = img_size
         if pretrained is not None:
             self.load_pretrained(pretrained)
         _apply_attention(self, attention)
+
+    @torch.no_grad()
+    def _init_sincos_pos_embed(self) -> None:
+        """Start the absolute position embedding from the fixed 2-D sine-cosine table (MAE's; the cls slot 0): unit-scale
+        position signals from the first step instead of timm's std-0.02 noise, which a model trained from scratch
+        takes hundreds of steps to grow."""
+        from timm.layers import build_sincos2d_pos_embed  # noqa: PLC0415
+
+        grid = list(self.patch_embed.grid_size)
+        table = build_sincos2d_pos_embed(grid, self.pos_embed.shape[-1])
+        self.pos_embed.zero_()
+        self.pos_embed[0, self.num_prefix_tokens:] = table.to(self.pos_embed.dtype)
 
     def _persist_position_index(self) -> None:
         """Make every block's ``relative_position_index`` part of the state dict, as in the official encoder."""
@@ -135,6 +154,8 @@ class BEiTv2Encoder(Beit):
             raise ValueError(f"beit_v2 expects images (B, C, H, W), got shape {tuple(images.shape)}")
         x = self.patch_embed(images)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x), dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.to(x.dtype)
         x = self.pos_drop(x)
         states = [x] if output_hidden_states else None
         for block in self.blocks:

@@ -1,0 +1,151 @@
+"""Retrieval and captioning end to end on tiny shapes data, `mmzoo predict` on each task's export, partial and
+distributed evaluation, and the data switches of the question-only ablation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from zoo.data.shapes import generate_shapes
+from zoo.predict import predict
+from zoo.spec import ConfigError
+from zoo.train.data import TaskDataModule
+from zoo.train.run import evaluate, load_task_config, model_from_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return generate_shapes(tmp_path_factory.mktemp("data") / "shapes", num_train_images=16, num_val_images=6,
+                           num_test_images=6, image_size=64, num_videos=0)
+
+
+def _config(name, shapes, out, **data):
+    cfg = load_task_config(f"configs/tasks/{name}.yaml")
+    cfg["data"].update(root=str(shapes), batch_size=8, eval_batch_size=4, **data)
+    cfg["trainer"].update(max_epochs=1, enable_progress_bar=False)
+    cfg["train"].update(output_dir=str(out), name=name)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def retrieval_run(shapes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return train(_config("retrieval-shapes", shapes, out)), out / "retrieval-shapes"
+
+
+@pytest.fixture(scope="module")
+def vqa_run(shapes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return train(_config("vqa-shapes", shapes, out)), out / "vqa-shapes"
+
+
+def test_retrieval_train_evaluate_and_rank_texts(shapes, retrieval_run):
+    results, run = retrieval_run
+    keys = {"txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"}
+    assert keys <= set(results["test"])
+    # 6 test images: every image's captions are within the top 10 of 30 texts only if ranked; r10 of images = 100
+    assert results["test"]["txt_r10"] == pytest.approx(100.0)
+    texts = [r["caption"] for r in json.loads((shapes / "retrieval_test.json").read_text())]
+    record = json.loads((shapes / "retrieval_test.json").read_text())[0]
+    out = predict(run / "export", str(shapes / record["image"]), texts=[t for caps in texts for t in caps], top=30)
+    scores = [s for _, s in out["ranking"]]
+    assert len(scores) == 30 and scores == sorted(scores, reverse=True)
+    # the scores are the evaluation's: ITM logits of the re-ranked candidates (k = every text), not similarities
+    model = model_from_checkpoint(run / "export").eval()
+    assert out["ranking"][0][1] == pytest.approx(max(scores))
+    assert model.itm is not None
+
+
+def test_partial_retrieval_evaluation_uses_the_images_seen(shapes, retrieval_run):
+    _, run = retrieval_run
+    metrics = evaluate(run / "export", "configs/tasks/retrieval-shapes.yaml",
+                       [f"data.root={shapes}", "data.eval_batch_size=2", "trainer.limit_test_batches=1"],
+                       split="test")
+    # 2 images and their 10 captions: recall@5 over 2 images is 100 both ways
+    assert metrics["img_r5"] == pytest.approx(100.0) and metrics["txt_r5"] == pytest.approx(100.0)
+
+
+def test_captioning_train_evaluate_and_caption(shapes, tmp_path):
+    results = train(_config("caption-shapes", shapes, tmp_path))
+    assert {"Bleu_1", "Bleu_4", "CIDEr", "ROUGE_L"} <= set(results["test"])
+    out = predict(tmp_path / "caption-shapes" / "export", str(shapes / "images" / "test" / "00022.png"),
+                  caption=True)
+    assert isinstance(out["caption"], str)
+
+
+def test_vqa_predict_matches_evaluation(shapes, vqa_run):
+    results, run = vqa_run
+    model = model_from_checkpoint(run / "export").eval()
+    answers = model.zoo_config["answers"]
+    assert answers == json.loads((shapes / "answer_list.json").read_text())
+    record = json.loads((shapes / "vqa_test.json").read_text())[0]
+    out = predict(run / "export", str(shapes / record["image"]), question=record["question"], model=model)
+    # the same question through the evaluation data path
+    dm = TaskDataModule("vqa", {"root": str(shapes), "test": "vqa_test.json", "answer_list": "answer_list.json",
+                                "eval_batch_size": 1}, model.text.get_tokenizer(), image_size=64)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    ids, mask = dm.answer_list_tokens
+    ref = model.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"], ids, mask,
+                            k=len(answers), answers=dm.answer_list)
+    assert out["answer"] == ref["answer"][0] and out["prob"] == pytest.approx(float(ref["prob"][0]), rel=1e-5)
+
+
+def test_predict_errors_name_the_problem(shapes, vqa_run, tmp_path):
+    _, run = vqa_run
+    image = str(shapes / "images" / "test" / "00022.png")
+    with pytest.raises(ValueError, match="exactly one of"):
+        predict(run / "export", image, question="what?", caption=True)
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        predict(run / "export", str(tmp_path / "nope.png"), question="what?")
+    with pytest.raises(ValueError, match="no captioning head"):
+        predict(run / "export", image, caption=True)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="bad.png: cannot be read"):
+        predict(run / "export", str(bad), question="what?")
+    answers = tmp_path / "answers.txt"
+    answers.write_text("red\nblue\n")
+    out = predict(run / "export", image, question="what colour is the circle?", answers=str(answers))
+    assert out["answer"] in ("red", "blue")
+
+
+def test_predict_cli(shapes, vqa_run, capsys):
+    from zoo.cli import main
+
+    _, run = vqa_run
+    image = str(shapes / "images" / "test" / "00022.png")
+    assert main(["predict", str(run / "export"), "--image", image, "--question", "how many shapes are there?",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["answer"] in json.loads((shapes / "answer_list.json").read_text())
+    assert main(["predict", str(run / "export"), "--image", image, "--caption"]) == 2
+    assert "no captioning head" in capsys.readouterr().err
+
+
+def test_blank_images_and_crop_scale(shapes):
+    tok = None  # items need no tokenizer (the collators do)
+    data = {"root": str(shapes), "train": "vqa_train.json", "blank_images": True}
+    dm = TaskDataModule("vqa", data, tok, image_size=32)
+    a, b = dm.dataset("train")[0]["image"], dm.dataset("train")[5]["image"]
+    from zoo.data.transforms import CLIP_MEAN, CLIP_STD
+
+    grey = (0.5 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)  # mid-grey, normalised
+    assert torch.equal(a, b) and a.shape == (3, 32, 32)
+    assert torch.allclose(a, grey.view(3, 1, 1).expand(3, 32, 32))
+    ds = TaskDataModule("vqa", {**data, "blank_images": False, "randaugment": False, "crop_scale": [1.0, 1.0]},
+                        tok, image_size=32).dataset("train")
+    from PIL import Image
+
+    from zoo.data.transforms import build_image_transform
+
+    rec = ds.records[0][2]
+    with Image.open(shapes / rec["image"]) as img:
+        expected = build_image_transform(32, train=False)(img.convert("RGB"))
+    # full-image crop, no augmentation: the training transform equals the evaluation resize
+    assert torch.allclose(ds[0]["image"], expected, atol=1e-6)
+    for bad in ([0.0, 1.0], [0.8, 0.5], [0.5], "big"):
+        with pytest.raises(ConfigError, match="data.crop_scale"):
+            TaskDataModule("vqa", {**data, "crop_scale": bad}, tok, image_size=32)
