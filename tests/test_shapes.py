@@ -481,5 +481,5 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert mmzoo_home() == tmp_path / "xdg" / "mmzoo"
     monkeypatch.setenv("MMZOO_HOME", str(tmp_path / "home"))
-    assert default_shapes_root() == tmp_path / "home" / "datasets" / "shapes-v1"
-    assert generate_shapes(**TINY) == tmp_path / "home" / "datasets" / "shapes-v1"
+    assert default_shapes_root() == tmp_path / "home" / "datasets" / "shapes-v2"
+    assert generate_shapes(**TINY) == tmp_path / "home" / "datasets" / "shapes-v2"

@@ -149,3 +149,43 @@ def test_blank_images_and_crop_scale(shapes):
     for bad in ([0.0, 1.0], [0.8, 0.5], [0.5], "big"):
         with pytest.raises(ConfigError, match="data.crop_scale"):
             TaskDataModule("vqa", {**data, "crop_scale": bad}, tok, image_size=32)
+
+
+def test_vqa_baselines_tool():
+    """tools/vqa_baselines.py: majority answer, per question type (first three words) and per question string."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("vqa_baselines", Path("tools/vqa_baselines.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    train = [{"question": "is there a cat?", "answer": ["no"] * 10},
+             {"question": "is there a dog?", "answer": ["yes"] * 10},
+             {"question": "is there a dog?", "answer": ["yes"] * 10},
+             {"question": "how many cats are there?", "answer": ["2"] * 10},
+             {"question": "how many cats are there?", "answer": ["2"] * 10},
+             {"question": "how many cats are there?", "answer": ["2"] * 10}]
+    evaluation = [{"question": "is there a cat?", "answer": ["no"] * 10},
+                  {"question": "how many cats are there?", "answer": ["3"] * 10}]
+    result = tool.baselines(train, evaluation)
+    # majority "2": 0 + 0; per type ("is there a" → yes, "how many cats" → 2): 0 + 0; same question: 1 + 0
+    assert result == {"majority": 0.0, "per type": 0.0, "same question": 50.0}
+
+
+def test_bf16_mixed_precision_with_grad_checkpointing(shapes, tmp_path):
+    """`trainer.precision=bf16-mixed` (CPU autocast) with gradient checkpointing trains, keeps fp32 weights, and its
+    first loss agrees with the fp32 run's to bf16 accuracy."""
+    losses = {}
+    for precision in ("32-true", "bf16-mixed"):
+        cfg = _config("vqa-shapes", shapes, tmp_path / precision)
+        cfg["trainer"].update(precision=precision, max_steps=2, log_every_n_steps=1, limit_val_batches=1,
+                              limit_test_batches=1)
+        cfg["train"].update(grad_checkpointing=True, export=False)
+        train(cfg)
+        rows = (tmp_path / precision / "vqa-shapes" / "logs" / "metrics.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        first = next(r.split(",") for r in rows[1:] if r.split(",")[header.index("train/loss")])
+        losses[precision] = float(first[header.index("train/loss")])
+        ckpt = torch.load(tmp_path / precision / "vqa-shapes" / "checkpoints" / "last.ckpt", weights_only=True)
+        assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=0.05)
