@@ -408,7 +408,10 @@ def test_question_only_baseline_is_near_chance(tmp_path):
         text_hits.append(guess == answer)
     rate = {kind: float(np.mean(v)) for kind, v in hits.items()}
     overall = float(np.mean([h for v in hits.values() for h in v]))
-    assert len(held_out) == 480 and set(rate) == {"colour", "shape", "position", "size", "count", "yesno"}
+    scenes = [s for s in _load(root, "scenes.json") if s["split"] in ("val", "test")]
+    # four questions of distinct types per image, plus where each of its objects is
+    assert len(held_out) == sum(4 + len(s["objects"]) for s in scenes)
+    assert set(rate) == {"colour", "shape", "position", "size", "count", "yesno"}
     assert overall < 0.45 and float(np.mean(text_hits)) < 0.45, (overall, rate)
     assert rate["yesno"] < 0.65 and rate["size"] < 0.65 and rate["position"] < 0.3 and rate["colour"] < 0.35, rate
     assert rate["count"] < 0.5 and rate["shape"] < 0.5, rate
