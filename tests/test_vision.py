@@ -615,9 +615,9 @@ def test_initializer_range_scales_bert_parts():
     for std in (0.02, 0.07):
         text = SplitBert(num_layers=2, fusion_start=1, hidden_size=64, num_heads=4, intermediate_size=128,
                          vocab_size=500, encoder_width=64, max_position_embeddings=32, initializer_range=std)
-        w = torch.cat([m.weight.flatten() for m in text.modules() if isinstance(m, torch.nn.Linear)])
+        w = torch.cat([m.weight.detach().flatten() for m in text.modules() if isinstance(m, torch.nn.Linear)])
         assert float(w.std()) == pytest.approx(std, rel=0.03)
         head = GenerativeVQAHead(hidden_size=64, num_heads=4, intermediate_size=128, vocab_size=500, num_layers=1,
                                  encoder_width=64, max_position_embeddings=32, initializer_range=std)
-        w = head.decoder.bert.embeddings.word_embeddings.weight
+        w = head.decoder.bert.embeddings.word_embeddings.weight.detach()
         assert float(w[1:].std()) == pytest.approx(std, rel=0.03)
