@@ -146,3 +146,14 @@ def test_module_passed_instead_of_config():
         validate({"type": "_spec_model", "vision": 3, "fusion": {"type": "_spec_fuse", "width": 8, "encoder_width": 8}},
                  "model")
     assert torch.is_tensor(m.vision.proj.weight)
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """`2e-3` in a file or an override is the float Python reads (PyYAML's YAML 1.1 rules would give a string);
+    words that merely look numeric stay strings."""
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: 2e-3, eps: 1.0e-8, betas: [0.9, 0.98]}\nname: e5\n")
+    cfg = load_config(path, ["optim.vision_lr=1E+1", "optim.note=1e", "train.seed=7"])
+    assert cfg["optim"] == {"lr": float("2e-3"), "eps": float("1.0e-8"), "betas": [0.9, 0.98],
+                            "vision_lr": float("1E+1"), "note": "1e"}
+    assert cfg["name"] == "e5" and cfg["train"]["seed"] == 7 and isinstance(cfg["optim"]["lr"], float)
