@@ -191,13 +191,13 @@ class _BlankImage:
     """The ``blank_images`` transform: any image → the normalised constant mid-grey image (picklable for workers)."""
 
     def __init__(self, image_size: int):
-        self.image_size = image_size
-
-    def __call__(self, image: Any) -> torch.Tensor:
         from zoo.data.transforms import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
 
         grey = (0.5 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
-        return grey.view(3, 1, 1).expand(3, self.image_size, self.image_size).clone()
+        self.image = grey.view(3, 1, 1).expand(3, image_size, image_size).contiguous()
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.image.clone()
 
 
 def _split_of(stage: Any) -> str:

@@ -104,22 +104,19 @@ class TaskModule(L.LightningModule):
         self._outputs.append(self._predict_batch(batch))
 
     def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", prog_bar=("vqa_acc", "r_mean", "CIDEr"))
+
+    on_test_epoch_start = on_validation_epoch_start
+    test_step = validation_step
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, split: str, prog_bar: tuple[str, ...] = ()) -> None:
         metrics = self.compute_metrics(self._gathered_outputs())
         for key, value in metrics.items():
             # every process computed the same value from the gathered predictions: nothing left to reduce
-            self.log(f"val/{key}", float(value), prog_bar=key in ("vqa_acc", "r_mean", "CIDEr"))
-        self.last_metrics = metrics
-        self._outputs = []
-
-    on_test_epoch_start = on_validation_epoch_start
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._outputs.append(self._predict_batch(batch))
-
-    def on_test_epoch_end(self) -> None:
-        metrics = self.compute_metrics(self._gathered_outputs())
-        for key, value in metrics.items():
-            self.log(f"test/{key}", float(value))
+            self.log(f"{split}/{key}", float(value), prog_bar=key in prog_bar)
         self.last_metrics = metrics
         self._outputs = []
 
