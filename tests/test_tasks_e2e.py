@@ -108,6 +108,10 @@ def test_predict_errors_name_the_problem(shapes, vqa_run, tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="bad.png: cannot be read"):
         predict(run / "export", str(bad), question="what?")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="broken.mp4: cannot be read"):
+        predict(run / "export", str(broken), question="what?")
     answers = tmp_path / "answers.txt"
     answers.write_text("red\nblue\n")
     out = predict(run / "export", image, question="what colour is the circle?", answers=str(answers))

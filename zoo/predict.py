@@ -1,8 +1,8 @@
 """``mmzoo predict``: answers for people, not metrics — one image (or video) and a question, a caption or a ranking.
 
 :func:`predict` loads an export, a run folder or a training checkpoint (:func:`zoo.train.run.model_from_checkpoint`),
-prepares the media with the evaluation transform at the model's resolution (the export's ``preprocessor.json``
-values), tokenizes with the model's own tokenizer and calls the same prediction methods evaluation scores:
+prepares the media with the evaluation transform at the model's resolution (the values an export's
+``preprocessor.json`` records), tokenizes with the model's own tokenizer and calls the same prediction methods evaluation scores:
 
 - ``question``: ``vqa_predict``. A generative head ranks an answer list: ``answers`` (a list, or a file: a JSON list
   or one answer per line), else the ``answers`` the model's config carries (``mmzoo train`` writes the training
@@ -53,11 +53,14 @@ def _pixels(model: Any, media: str, num_frames: int):
         raise ValueError("the model names no input resolution (vision part image_size or default_resolution)")
     transform = build_image_transform(int(size), train=False)
     if str(media).lower().endswith(_VIDEO_SUFFIXES):
-        from zoo.data.video import read_video_frames  # noqa: PLC0415
+        from zoo.data.video import VideoReadError, read_video_frames  # noqa: PLC0415
 
         if not os.path.isfile(media):
             raise FileNotFoundError(f"video {media}: file not found")
-        frames = read_video_frames(media, num_frames, training=False)
+        try:
+            frames = read_video_frames(media, num_frames, training=False)
+        except VideoReadError as exc:
+            raise ValueError(f"video {media}: cannot be read ({exc})") from None
         return transform_frames(transform, frames).unsqueeze(0)
     from PIL import Image  # noqa: PLC0415
 
