@@ -206,6 +206,43 @@ def test_train_transform_steps_follow_the_official_recipe():
     assert not any(isinstance(s, RandomAugment) for s in build_image_transform(SIZE, True, randaugment=False).transforms)
 
 
+def test_whole_image_crop_equals_torchvisions_random_resized_crop():
+    """scale (1, 1): the transform skips RandomResizedCrop's draws, with torchvision's own crop as the reference."""
+    from torchvision import transforms as T
+
+    img = _gradient().resize((48, 40))
+    reference = T.Compose([T.RandomResizedCrop(SIZE, scale=(1.0, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                           T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+    tf = build_image_transform(SIZE, train=True, randaugment=False, crop_scale=(1.0, 1.0))
+    for seed in range(5):
+        torch.manual_seed(seed)
+        assert torch.allclose(tf(img), reference(img), atol=1e-6)
+    assert tf.deterministic and build_image_transform(SIZE, train=False).deterministic
+    assert not build_image_transform(SIZE, train=True).deterministic
+    assert not build_image_transform(SIZE, True, randaugment=False, crop_scale=(1.0, 1.0), hflip=True).deterministic
+
+
+def test_image_cache_keeps_tensors_of_deterministic_transforms_and_reruns_random_ones(tmp_path):
+    (tmp_path / "images").mkdir()
+    _gradient().save(tmp_path / "images" / "a.png")
+    _write(tmp_path / "q.json", [{"question_id": 1, "question": "what?", "answer": ["x"] * 10, "image": "images/a.png"}])
+    fixed = VQADataset(str(tmp_path / "q.json"), media_root=str(tmp_path), image_size=SIZE, train=False)
+    random_tf = VQADataset(str(tmp_path / "q.json"), media_root=str(tmp_path), image_size=SIZE, train=True)
+    fixed.cache_images()
+    random_tf.cache_images()
+    first, r1 = fixed[0]["image"], random_tf[0]["image"]
+    (tmp_path / "images" / "a.png").unlink()  # later reads come from memory
+    assert torch.equal(fixed[0]["image"], first)
+    torch.manual_seed(3)
+    r2 = random_tf[0]["image"]
+    torch.manual_seed(4)
+    assert not torch.equal(random_tf[0]["image"], r2)  # the random crop and augmentation run on every read
+    assert isinstance(fixed._image_cache[str(tmp_path / "images" / "a.png")], torch.Tensor)
+    fresh = VQADataset(str(tmp_path / "q.json"), media_root=str(tmp_path), image_size=SIZE, train=False)
+    with pytest.raises(DataError, match="image file not found"):
+        fresh[0]
+
+
 def test_random_augment_uses_the_official_levels():
     # level 7 of 10: brightness factor 0.7 * 1.8 + 0.1 = 1.36; rotation 21 degrees with grey 128 fill
     img = Image.new("RGB", (20, 20), (100, 100, 100))

@@ -327,6 +327,17 @@ class _AnnotationDataset(Dataset):
         self._after_load()
         self.transform = transform if transform is not None else build_image_transform(
             image_size, self.train, randaugment=randaugment)
+        self._image_cache: dict[str, Any] | None = None
+
+    def cache_images(self, enable: bool = True) -> None:
+        """Keep images in memory after their first read (for small data sets read many times, as the embedded one).
+
+        With a deterministic transform (evaluation; training without crop, flip or augmentation — see
+        :func:`zoo.data.transforms.build_image_transform`) the transformed tensor is kept, otherwise the decoded image
+        and the random transform runs on each read. Each loader worker process holds its own cache. Videos are not
+        cached.
+        """
+        self._image_cache = {} if enable else None
 
     # -- to override ---------------------------------------------------------------------------------------------
     def _check_record(self, rec: Mapping) -> str | None:
@@ -390,16 +401,31 @@ class _AnnotationDataset(Dataset):
             if flip:
                 images = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]
             return transform_frames(self.transform, images)
+        cache = self._image_cache
+        image = cache.get(path) if cache is not None else None
+        if isinstance(image, Tensor):
+            return image.clone()
+        if image is None:
+            image = self._read_image(file, idx, path)
+        keep_tensor = getattr(self.transform, "deterministic", False) and not (self.train and self.hflip)
+        if cache is not None and not keep_tensor:
+            cache[path] = image
+        if flip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        out = self.transform(image)
+        if cache is not None and keep_tensor:
+            cache[path] = out.clone()
+        return out
+
+    @staticmethod
+    def _read_image(file: str, idx: int, path: str) -> Image.Image:
         if not os.path.isfile(path):
             raise DataError(file, idx, f"image file not found: {path}")
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
+                return im.convert("RGB")
         except Exception as exc:  # noqa: BLE001 - PIL raises several error types for corrupt files
             raise DataError(file, idx, f"cannot read image {path}: {exc}") from None
-        if flip:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return self.transform(image)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({len(self)} records from {len(self.ann_files)} file(s), "

@@ -149,17 +149,23 @@ def build_image_transform(
         raise ValueError(f"randaugment_impl={randaugment_impl!r}: expected 'official' or 'torchvision'")
     bicubic = T.InterpolationMode.BICUBIC
     steps: list[Any]
-    if train:
+    # RandomResizedCrop with scale (1, 1) always keeps the whole image (an aspect ratio other than the image's does not
+    # fit, and after ten rejected draws it falls back to the whole image): the evaluation resize, without the draws
+    whole = tuple(float(v) for v in crop_scale) == (1.0, 1.0)
+    if train and not whole:
         steps = [T.RandomResizedCrop(image_size, scale=tuple(crop_scale), interpolation=bicubic)]
-        if hflip:
-            steps.append(T.RandomHorizontalFlip())
-        if randaugment:
-            steps.append(RandomAugment(2, 7) if randaugment_impl == "official"
-                         else T.RandAugment(num_ops=2, magnitude=7, fill=list(_FILL)))
     else:
         steps = [T.Resize((image_size, image_size), interpolation=bicubic)]
+    if train and hflip:
+        steps.append(T.RandomHorizontalFlip())
+    if train and randaugment:
+        steps.append(RandomAugment(2, 7) if randaugment_impl == "official"
+                     else T.RandAugment(num_ops=2, magnitude=7, fill=list(_FILL)))
     steps += [T.ToTensor(), T.Normalize(mean or CLIP_MEAN, std or CLIP_STD)]
-    return T.Compose(steps)
+    transform = T.Compose(steps)
+    # the same image always gives the same tensor: data sets may cache the result (``cache_images``)
+    transform.deterministic = not train or (whole and not hflip and not randaugment)
+    return transform
 
 
 def transform_frames(transform: Callable[[Image.Image], Tensor],

@@ -16,7 +16,9 @@ Data keys (defaults in brackets): ``root`` (media folder; annotation paths are r
 [vqa_score] (VQA classifier); ``crop_scale`` [[0.5, 1.0], the official fine-tuning ``RandomResizedCrop`` scale;
 ``[1.0, 1.0]`` keeps the whole image, which synthetic scenes whose answers depend on every object need] and
 ``blank_images`` [false: true replaces every image or video frame by a constant grey one, in training and evaluation
-alike — the question-only (or text-only) ablation that shows what a model gets from the pixels].
+alike — the question-only (or text-only) ablation that shows what a model gets from the pixels]; ``cache_images``
+[false: true keeps each image in memory after its first read, transformed when the transform has no randomness — for
+small data sets read for many epochs; see :meth:`zoo.data.datasets._AnnotationDataset.cache_images`].
 
 Data order: the training sampler is a ``DistributedSampler`` (one replica outside distributed runs) whose permutation
 depends only on ``seed`` and the epoch (Lightning calls ``set_epoch``), so two runs with one seed see the same order,
@@ -58,7 +60,7 @@ DATA_KEYS: dict[str, str] = {
     "on_bad_sample": "'error' or 'skip'", "seed": _INT, "hflip": _BOOL, "randaugment": _BOOL, "max_words": _POS,
     "drop_last": _BOOL, "prompt": _STR, "max_masks": _POS, "mask_prob": _FLOAT, "top_k_answers": _POS,
     "classifier_targets": "'vqa_score' or 'weights'", "crop_scale": "[low, high] with 0 < low <= high <= 1",
-    "blank_images": _BOOL,
+    "blank_images": _BOOL, "cache_images": _BOOL,
 }
 _CHOICES = {"video_backend": ("decord", "av"), "on_bad_sample": ("error", "skip"),
             "classifier_targets": ("vqa_score", "weights")}
@@ -66,7 +68,8 @@ _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 
                              "video_backend": "decord", "on_bad_sample": "error", "seed": 0, "hflip": False,
                              "randaugment": True, "drop_last": True, "prompt": "a picture of ", "max_masks": 18,
                              "mask_prob": 0.6, "classifier_targets": "vqa_score",
-                             "crop_scale": [0.5, 1.0], "blank_images": False}
+                             "crop_scale": [0.5, 1.0], "blank_images": False,
+                             "cache_images": False}
 
 
 def _is_int(v: Any) -> bool:
@@ -196,6 +199,8 @@ class _BlankImage:
         grey = (0.5 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
         self.image = grey.view(3, 1, 1).expand(3, image_size, image_size).contiguous()
 
+    deterministic = True
+
     def __call__(self, image: Any) -> torch.Tensor:
         return self.image.clone()
 
@@ -264,7 +269,10 @@ class TaskDataModule(L.LightningDataModule):
             "retrieval": (D.RetrievalTrainDataset, D.RetrievalEvalDataset),
             "captioning": (D.CaptionTrainDataset, D.CaptionEvalDataset),
         }[self.task][0 if train else 1]
-        return cls(c[split], **common)
+        dataset = cls(c[split], **common)
+        if c["cache_images"]:
+            dataset.cache_images()
+        return dataset
 
     def image_transform(self, train: bool) -> Callable[[Any], torch.Tensor]:
         """PIL image → tensor of one split: the official recipe with ``randaugment`` and ``crop_scale``, or the
