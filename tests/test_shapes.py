@@ -303,13 +303,15 @@ def test_vqa_answers_match_the_pixels(tiny):
 def _check_caption(caption: str, objs: list[dict]) -> None:
     colours = {o["colour"] for o in objs}
     shapes = {o["shape"] for o in objs}
-    words = caption.split()
+    words = re.findall(r"\w+", caption)
     assert {w for w in words if w in COLOUR_WORDS} <= colours, (caption, objs)
     assert {w for w in words if w in SHAPE_WORDS} <= shapes, (caption, objs)
     if m := re.match(r"(two|three) shapes", caption):
         assert len(objs) == {"two": 2, "three": 3}[m[1]], (caption, objs)
     if len(objs) == 1:
         assert objs[0]["colour"] in words and objs[0]["shape"] in words, (caption, objs)
+        for m in re.finditer(PHRASES, caption):  # any position phrase is the object's
+            assert objs[0]["cell"] == CELL_OF_PHRASE[m[0]], caption
     for m in re.finditer(r"(small|large) (\w+) (circle|square|triangle)", caption):
         assert _one(objs, caption, colour=m[2], shape=m[3])["size"] == m[1]
     for m in re.finditer(rf"(\w+) (circle|square|triangle) ({PHRASES})", caption):
@@ -484,5 +486,33 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert mmzoo_home() == tmp_path / "xdg" / "mmzoo"
     monkeypatch.setenv("MMZOO_HOME", str(tmp_path / "home"))
-    assert default_shapes_root() == tmp_path / "home" / "datasets" / "shapes-v2"
-    assert generate_shapes(**TINY) == tmp_path / "home" / "datasets" / "shapes-v2"
+    assert default_shapes_root() == tmp_path / "home" / "datasets" / "shapes-v3"
+    assert generate_shapes(**TINY) == tmp_path / "home" / "datasets" / "shapes-v3"
+
+
+def test_retrieval_ceiling_counts_the_images_a_caption_fits(tmp_path):
+    """1 / (images the caption describes), averaged: two identical scenes share every caption (1/2 each)."""
+    from zoo.data.shapes import retrieval_ceiling
+
+    red = {"shape": "circle", "colour": "red", "size": "small", "position": "top left"}
+    blue = {"shape": "square", "colour": "blue", "size": "large", "position": "center"}
+    scenes = [{"image": f"{i}.png", "split": "test", "objects": [obj]} for i, obj in enumerate((red, red, blue))]
+    (tmp_path / "scenes.json").write_text(json.dumps(scenes))
+    captions = [{"image": "0.png", "caption": ["a small red circle in the top left corner"]},
+                {"image": "1.png", "caption": ["a single small red circle in the top left corner"]},
+                {"image": "2.png", "caption": ["a large blue square in the center",
+                                               "a single large blue square in the center"]}]
+    (tmp_path / "retrieval_test.json").write_text(json.dumps(captions))
+    assert retrieval_ceiling(tmp_path, "test") == pytest.approx(100 * (0.5 + 0.5 + 1 + 1) / 4)
+    captions[2]["caption"].append("a red circle in the top left corner")  # true of another image, not of image 2
+    (tmp_path / "retrieval_test.json").write_text(json.dumps(captions))
+    with pytest.raises(ValueError, match="not a caption the generator writes for 2.png"):
+        retrieval_ceiling(tmp_path, "test")
+
+
+def test_generated_captions_single_out_their_image(tiny):
+    """Retrieval is scored against one paired image: captions that fit many scenes would cap recall@1."""
+    from zoo.data.shapes import retrieval_ceiling
+
+    for split in ("val", "test"):
+        assert retrieval_ceiling(tiny, split) >= 95.0

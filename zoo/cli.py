@@ -222,7 +222,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("data", help="generate the embedded 'shapes' dataset (done automatically on first use)")
     s.add_argument("name", choices=["shapes"])
-    s.add_argument("--root", default=None, help="folder (default: $MMZOO_HOME/datasets/shapes-v2)")
+    s.add_argument("--root", default=None, help="folder (default: $MMZOO_HOME/datasets/shapes-v3)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="regenerate even if present")
     s.set_defaults(fn=_cmd_data)

@@ -27,9 +27,11 @@ Files under the root (all paths inside the JSON are relative to the root):
 
 Determinism: every image, video and question draws from its own ``random.Random`` seeded with a string made of the
 seed, the split and the index (no global RNG), so one seed gives byte-identical files, and adding images to one split
-leaves the scenes of the others unchanged (only their global ids, and so file names, shift). VQA answers are balanced
-per question type (attributes are drawn uniformly and yes/no questions are half yes), so a question-only baseline
-stays near chance; each question has exactly 10 answers, mostly the true one with 0-2 deterministic "annotator"
+leaves the scenes of the others unchanged (only their global ids, and so file names, shift); in the evaluation splits a
+scene that repeats an earlier one's objects and cells is redrawn from the same generator, so every evaluation image is
+a distinct scene. Captions name every object, with its position or size (see :func:`retrieval_ceiling`). VQA answers
+are balanced per question type (attributes are drawn uniformly and yes/no questions are half yes), so a question-only
+baseline stays near chance; each question has exactly 10 answers, mostly the true one with 0-2 deterministic "annotator"
 alternatives (synonyms or near misses).
 
 Caching: the dataset is generated into a temporary sibling folder and renamed into place under a lock file, so
@@ -46,7 +48,7 @@ import random
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +68,10 @@ __all__ = [
     "describe_shapes",
     "generate_shapes",
     "mmzoo_home",
+    "retrieval_ceiling",
 ]
 
-SHAPES_VERSION = 2
+SHAPES_VERSION = 3
 VQA_DATASET_TAG = "shapes"  # the ``dataset`` field of the VQA entries
 MANIFEST = "manifest.json"
 
@@ -138,7 +141,7 @@ def mmzoo_home() -> Path:
 
 
 def default_shapes_root() -> Path:
-    """``{mmzoo_home()}/datasets/shapes-v2``."""
+    """``{mmzoo_home()}/datasets/shapes-v3``."""
     return mmzoo_home() / "datasets" / f"shapes-v{SHAPES_VERSION}"
 
 
@@ -245,25 +248,64 @@ def _relation(a: _Object, b: _Object) -> str:
     return "above" if ra < rb else "below"
 
 
-def _image_captions(objects: list[_Object], rng: random.Random) -> list[str]:
+def _caption_options(objects: list[_Object]) -> list[list[str]]:
+    """Every caption the generator may write for a scene, one group per template (a template that picks objects has
+    one entry per choice). Each template names every object's colour and shape, and its position (or, for two or more
+    objects, their sizes or their arrangement), so a caption describes few other scenes: retrieval is scored against
+    one paired image, and a caption that fits many images caps recall@1 whatever the model (see
+    :func:`caption_ambiguity`)."""
     n = len(objects)
     if n == 1:
         (o,) = objects
-        candidates = [f"{_full(o)} {o.phrase}", f"{_short(o)} {o.phrase}", f"{_full(o)} on a light background",
-                      f"a single {o.colour} {o.shape}", f"one {o.size} {o.shape} that is {o.colour}",
-                      f"a picture with {_full(o)}"]
-    else:
-        word = _NUMBER_WORDS[n]
-        a, b = rng.sample(objects, 2)
-        candidates = [f"{word} shapes: {_join([_full(o) for o in objects])}",
-                      _join([f"{_short(o)} {o.phrase}" for o in objects]),
-                      _join([_full(o) for o in objects]),
-                      f"{word} shapes including {_short(rng.choice(objects))}",
-                      f"{_short(a)} {_relation(a, b)} {_short(b)}",
-                      f"{word} shapes on a light background: {_join([_short(o) for o in objects])}"]
-    unique = list(dict.fromkeys(candidates))
-    rng.shuffle(unique)
-    return unique[:_CAPTIONS_PER_IMAGE]
+        return [[f"{_full(o)} {o.phrase}"], [f"a single {o.size} {o.colour} {o.shape} {o.phrase}"],
+                [f"one {o.size} {o.shape} that is {o.colour}, {o.phrase}"], [f"a picture with {_full(o)} {o.phrase}"],
+                [f"{o.phrase}: {_full(o)} on a light background"], [f"{_full(o)} alone {o.phrase}"]]
+    word = _NUMBER_WORDS[n]
+    pairs = [(a, b) for a in objects for b in objects if a is not b]
+    others = {id(a): [o for o in objects if o is not a] for a in objects}
+    return [
+        [f"{word} shapes: {_join([_full(o) for o in objects])}"],
+        [_join([f"{_short(o)} {o.phrase}" for o in objects])],
+        [_join([f"{_full(o)} {o.phrase}" for o in objects])],
+        [f"{word} shapes on a light background: {_join([f'{_short(o)} {o.phrase}' for o in objects])}"],
+        [f"{_short(a)} {_relation(a, b)} {_short(b)}" + "".join(f" and {_short(c)} {c.phrase}"
+                                                                 for c in others[id(a)] if c is not b)
+         for a, b in pairs],
+        [f"{_full(a)} {a.phrase} beside {_join([_full(o) for o in others[id(a)]])}" for a in objects],
+    ]
+
+
+def _image_captions(objects: list[_Object], rng: random.Random) -> list[str]:
+    groups = _caption_options(objects)
+    chosen = rng.sample(groups, _CAPTIONS_PER_IMAGE)
+    return [rng.choice(group) for group in chosen]
+
+
+def retrieval_ceiling(root: str | os.PathLike, split: str = "test") -> float:
+    """Text-to-image recall@1 (%) that a perfect reader of the captions of a generated split would expect: each
+    caption counts 1 / (number of the split's images it describes exactly), the chance of picking its own image among
+    equally good ones. 100 means every caption fits only its own image."""
+    root = Path(root)
+    scenes = [s for s in json.loads((root / "scenes.json").read_text()) if s["split"] == split]
+    possible = {s["image"]: {c for group in _caption_options([_scene_object(o) for o in s["objects"]]) for c in group}
+                for s in scenes}
+    scores = []
+    for e in json.loads((root / f"retrieval_{split}.json").read_text()):
+        for c in e["caption"]:
+            fits = sum(c in options for options in possible.values())
+            if c not in possible.get(e["image"], ()):
+                raise ValueError(f"{root / f'retrieval_{split}.json'}: {c!r} is not a caption the generator writes "
+                                 f"for {e['image']}")
+            scores.append(1.0 / fits)
+    return 100.0 * sum(scores) / max(len(scores), 1)
+
+
+def _signature(objects: list[_Object]) -> tuple:
+    return tuple((o.shape, o.colour, o.size, o.cell) for o in objects)
+
+
+def _scene_object(o: Mapping[str, Any]) -> _Object:
+    return _Object(o["shape"], o["colour"], o["size"], POSITIONS.index(o["position"]))
 
 
 def _unique(objects: list[_Object], **attrs) -> bool:
@@ -463,9 +505,15 @@ def _generate_into(folder: Path, params: dict[str, int]) -> dict[str, Any]:
     for split in _SPLITS:
         (folder / "images" / split).mkdir(parents=True, exist_ok=True)
         vqa, retrieval_train, captions_eval, gt_images, gt_annotations = [], [], [], [], []
+        seen: set[tuple] = set()
         for index in range(counts[split]):
             rng = _rng(seed, "image", split, index)
             objects = _random_scene(rng)
+            # evaluation splits hold no two scenes with the same objects in the same cells: such scenes differ only by
+            # a few pixels of offset, and retrieval scored against one paired image could not tell them apart
+            while split != "train" and _signature(objects) in seen:
+                objects = _random_scene(rng)
+            seen.add(_signature(objects))
             rel = f"images/{split}/{image_id:05d}.png"
             _render([(o, None) for o in objects], size).save(folder / rel, format="PNG")
             scenes.append({"image": rel, "image_id": image_id, "split": split,
