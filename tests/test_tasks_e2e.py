@@ -195,3 +195,20 @@ def test_bf16_mixed_precision_with_grad_checkpointing(shapes, tmp_path):
         ckpt = torch.load(tmp_path / precision / "vqa-shapes" / "checkpoints" / "last.ckpt", weights_only=True)
         assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=0.05)
+
+
+def test_classifier_vqa_needs_one_class_per_answer(shapes, tmp_path):
+    """A VQA classifier whose size differs from the answer vocabulary is a config error naming the fix, before any
+    step; a training batch with another number of answers is a clear error from the head."""
+    cfg = _config("vqa-shapes", shapes, tmp_path)
+    cfg["model"].update(task="vqa_cls", overrides={"vision.patch_size": 8})
+    vocab = len(json.loads((shapes / "answer_list.json").read_text()))
+    with pytest.raises(ConfigError, match=rf"num_classes=8 but the data's answer vocabulary has {vocab} answers"):
+        train(cfg)
+    from zoo.heads.classifier import ClassifierHead
+
+    head = ClassifierHead(width=4, num_classes=3)
+    with pytest.raises(ValueError, match="targets have 5 classes"):
+        head(torch.zeros(2, 4), torch.zeros(2, 5))
+    cfg["data"]["top_k_answers"] = 8  # the head's size: trains
+    assert "vqa_acc" in train(cfg)["test"]

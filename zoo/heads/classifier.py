@@ -29,6 +29,9 @@ class ClassifierHead(nn.Module):
         logits = self.mlp(pooled)
         out = {"logits": logits}
         if targets is not None:
+            if targets.dim() == 2 and targets.shape[1] != self.num_classes:
+                raise ValueError(f"classifier: targets have {targets.shape[1]} classes (answers) but the head has "
+                                 f"num_classes={self.num_classes}")
             if targets.dtype.is_floating_point and targets.shape == logits.shape:
                 # soft scores in [0, 1] per answer (VQA): binary cross-entropy summed over answers, as is standard
                 out["loss"] = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]

@@ -173,6 +173,13 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
                 part.set_grad_checkpointing(True)
     tokenizer = model.text.get_tokenizer()
     dm = _datamodule(task, cfg, model, tokenizer)
+    head = getattr(model, "vqa", None)
+    if task == "vqa" and not getattr(model, "generative_vqa", True) and hasattr(head, "num_classes") \
+            and head.num_classes != len(dm.answer_vocab):
+        raise ConfigError(f"the VQA classifier has num_classes={head.num_classes} but the data's answer vocabulary has "
+                          f"{len(dm.answer_vocab)} answers: set 'vqa.num_classes: {len(dm.answer_vocab)}' in "
+                          "model.overrides, or data.top_k_answers to the head's size", "model.overrides",
+                          cfg.get("_file"))
     if task == "vqa" and getattr(model, "generative_vqa", False) and getattr(model, "zoo_config", None) is not None:
         # the answers the head learns to rank travel with checkpoints and exports (`mmzoo predict` ranks them)
         model.zoo_config["answers"] = list(dm.answer_list)
