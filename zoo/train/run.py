@@ -168,7 +168,7 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     if tcfg.get("freeze"):
         apply_freeze(model, list(tcfg["freeze"]))
     if tcfg.get("grad_checkpointing"):
-        for part in (getattr(model, "vision", None), getattr(model, "text", None)):
+        for part in (getattr(model, "vision", None), getattr(model, "text", None), getattr(model, "fusion", None)):
             if part is not None and hasattr(part, "set_grad_checkpointing"):
                 part.set_grad_checkpointing(True)
     tokenizer = model.text.get_tokenizer()
