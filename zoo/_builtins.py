@@ -10,10 +10,13 @@ BUILTINS: dict[str, dict[str, str]] = {
         "swin": "zoo.modules.vision.swin",
         "open_clip": "zoo.modules.vision.open_clip",
         "video": "zoo.modules.vision.video",
+        "resnet_grid": "zoo.modules.vision.resnet_grid",  # DaVinci
+        "vqgan": "zoo.modules.image_tokenizer",  # DaVinci
     },
     "text_encoder": {
         "hf": "zoo.modules.text.hf",
         "split_bert": "zoo.modules.text.split_bert",
+        "davinci_text": "zoo.models.davinci",  # DaVinci
     },
     "fusion": {
         "cross_attention": "zoo.modules.fusion.cross_attention",
@@ -36,6 +39,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "model": {
         "fusion_encoder": "zoo.models.fusion_encoder",
         "x2vlm": "zoo.models.x2vlm",
+        "davinci": "zoo.models.davinci",
     },
     "dataset": {
         "vqa": "zoo.data.datasets",

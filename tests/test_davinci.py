@@ -1,0 +1,454 @@
+"""DaVinci: official parameter count and layout (meta device), the converters (DaVinci and taming VQGAN → diffusers),
+the relative position bias against a float64 computation, the causal decoder, the tying, the objectives and the tasks
+on the tiny config, and the export round trip."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from conftest import load_reference
+from zoo.hub import WeightsError
+from zoo.models.base import count_parameters
+from zoo.models.davinci import (
+    convert_official_state_dict,
+    official_tokenize,
+    pretrain_text_inputs,
+    relative_position_index,
+)
+from zoo.modules.image_tokenizer import VQGANTokenizer, convert_taming_state_dict
+
+
+def _meta_official(name: str) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(s, device="meta") for k, s in load_reference(name)["state_dict"]}
+
+
+def _tied(model) -> list[torch.Tensor]:
+    return [model.text.embeddings.word_embeddings.weight,
+            model.text_decoder.decoder.bert.embeddings.word_embeddings.weight,
+            model.text_decoder.cls.predictions.decoder.weight]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# official sizes (meta device)
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base_meta():
+    return zoo.create_model("davinci-base", device="meta")
+
+
+def test_base_parameter_count_equals_official(base_meta):
+    ref = load_reference("davinci_pretrain")
+    by_prefix = ref["params_by_prefix"]
+    assert count_parameters(base_meta) == ref["total_params"] == 153_284_178
+    assert count_parameters(base_meta.vision) == by_prefix["visual_encoder"] == 27_799_616
+    assert count_parameters(base_meta.vision.trunk) == 27_535_424  # timm resnet101 stem + layer1-3
+    assert count_parameters(base_meta.vision_proj) == by_prefix["vision_proj"]
+    assert count_parameters(base_meta.text) == by_prefix["encoder"]
+    decoder_only = count_parameters(base_meta) - sum(count_parameters(p) for p in
+                                                     (base_meta.vision, base_meta.vision_proj, base_meta.text))
+    assert decoder_only == by_prefix["text_decoder"]  # the tied word embeddings are counted with the encoder
+    per_layer = ref["layer_group_counts"]
+    assert count_parameters(base_meta.text.encoder.layer[0]) == per_layer["encoder.encoder.layer"]["per_layer"]["0"]
+    dec_layer = base_meta.text_decoder.decoder.bert.encoder.layer[0]
+    assert count_parameters(dec_layer) == per_layer["text_decoder.bert.encoder.layer"]["per_layer"]["0"]
+    assert base_meta.image_tokenizer is None  # the reference count excludes the VQGAN
+
+
+def test_official_layout_converts_onto_ours_exactly(base_meta):
+    official = _meta_official("davinci_pretrain")
+    converted, dropped = convert_official_state_dict(official)
+    own = base_meta.state_dict()
+    assert set(converted) == set(own), (sorted(set(own) - set(converted))[:5], sorted(set(converted) - set(own))[:5])
+    wrong = [k for k, v in converted.items() if tuple(v.shape) != tuple(own[k].shape)]
+    assert not wrong
+    # only the recomputed relative-index buffers are dropped: 6 encoder self-attention + 6 × 2 decoder attentions
+    assert len(dropped) == 18 and all(k.endswith(".relative_index") for k in dropped)
+    assert len(converted) + len(dropped) == len(official)
+    # tying on the official names equals ours
+    tied = load_reference("davinci_pretrain")["tied_parameters"][0]
+    assert {k for k in tied} == {"encoder.embeddings.word_embeddings.weight",
+                                 "text_decoder.bert.embeddings.word_embeddings.weight",
+                                 "text_decoder.cls.predictions.decoder.weight"}
+    a, b, c = _tied(base_meta)
+    assert a is b is c
+
+
+def test_converter_refuses_unknown_keys_and_maps_task_heads():
+    state = {"visual_encoder.pos_embed": torch.zeros(1, 5, 8), "encoder.foo.bar": torch.zeros(1)}
+    with pytest.raises(WeightsError, match="encoder.foo.bar"):
+        convert_official_state_dict(state)
+    nlvr = {"davinci.vision_proj.weight": torch.zeros(4, 8), "cls_head.0.weight": torch.zeros(4, 8),
+            "cls_head.2.weight": torch.zeros(2, 4)}
+    out, _ = convert_official_state_dict(nlvr)
+    assert set(out) == {"vision_proj.weight", "nlvr_head.0.weight", "nlvr_head.2.weight"}
+
+
+def test_pos_embed_resize_follows_official_bicubic():
+    table = torch.randn(1, 1 + 16, 8, dtype=torch.float64)
+    out, _ = convert_official_state_dict({"visual_encoder.pos_embed": table}, vision_grid=(6, 6))
+    grid = table[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).flatten(1, 2)
+    assert torch.equal(out["vision.pos_embed"][:, :1], table[:, :1])
+    torch.testing.assert_close(out["vision.pos_embed"][:, 1:], expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# VQGAN (taming layout → diffusers VQModel)
+# ---------------------------------------------------------------------------------------------------------------------
+def test_vqgan_official_layout_maps_onto_diffusers():
+    ref = load_reference("davinci_vqgan")
+    with torch.device("meta"):
+        tok = VQGANTokenizer()
+    assert count_parameters(tok) == ref["total_params"] - sum(v for k, v in ref["params_by_prefix"].items()
+                                                              if k == "loss") == 72_141_699
+    converted, dropped = convert_taming_state_dict(_meta_official("davinci_vqgan"))
+    own = tok.vq.state_dict()
+    assert set(converted) == set(own)
+    assert all(tuple(converted[k].shape) == tuple(own[k].shape) for k in own)
+    assert dropped and all(k.startswith("loss.") for k in dropped)
+    with pytest.raises(WeightsError, match="encoder.down.0.bogus"):
+        convert_taming_state_dict({"encoder.down.0.bogus.weight": torch.zeros(1)})
+
+
+def test_vqgan_random_official_weights_load_strictly_and_quantise():
+    """A random state dict with the official key names and shapes (d_vae.model. prefix, loss.* included) loads
+    strictly; codes are the nearest codebook entries of the encoder latents (checked in float64)."""
+    g = torch.Generator().manual_seed(0)
+    official = {"d_vae.model." + k: torch.randn(s, generator=g) * 0.02 if len(s) > 1 else torch.zeros(s)
+                for k, s in load_reference("davinci_vqgan")["state_dict"]}
+    official["d_vae.model.quantize.embedding.weight"] = torch.randn(1024, 256, generator=g)
+    converted, dropped = convert_taming_state_dict(official)
+    tok = VQGANTokenizer()
+    zoo.hub.load_weights(tok.vq, converted)  # strict
+    q = official["d_vae.model.encoder.mid.attn_1.q.weight"]
+    assert torch.equal(tok.vq.encoder.mid_block.attentions[0].to_q.weight, q[:, :, 0, 0])
+    up4 = official["d_vae.model.decoder.up.4.block.0.conv1.weight"]
+    assert torch.equal(tok.vq.decoder.up_blocks[0].resnets[0].conv1.weight, up4)  # levels run in reverse
+    images = torch.rand(2, 3, 64, 64, generator=g)
+    codes = tok.encode_codes(images)
+    assert codes.shape == (2, 4, 4) and codes.dtype == torch.long
+    assert int(codes.min()) >= 0 and int(codes.max()) < 1024
+    latents = tok.vq.encode(images * 2 - 1).latents.double().permute(0, 2, 3, 1).reshape(-1, 256)
+    book = tok.vq.quantize.embedding.weight.double()
+    assert torch.equal(torch.cdist(latents, book).argmin(1).view(2, 4, 4), codes)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tiny model
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return zoo.create_model("davinci-tiny")
+
+
+@pytest.fixture(scope="module")
+def tok(tiny):
+    return tiny.tokenizer()
+
+
+def _batch(tiny, tok, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    captions = ["a red square above a blue circle", "two green triangles near the left edge"]
+    texts = ["the quick brown fox jumps over the lazy dog", "language models predict the next word"]
+    batch = pretrain_text_inputs(tok, captions, texts, rng=random.Random(seed))
+    batch["images"] = torch.randn(2, 3, 64, 64, generator=g)
+    batch["image_codes"] = torch.randint(0, 1024, (2, 4, 4), generator=g)
+    batch["prefix_rows"] = 1
+    return batch
+
+
+def test_tiny_forward_backward_all_objectives(tiny, tok):
+    tiny.train()
+    tiny.zero_grad()
+    losses = tiny.pretrain_losses(_batch(tiny, tok))
+    assert set(losses) == {"prefix_lm", "image_lm", "text_lm", "loss"}
+    assert torch.allclose(losses["loss"], losses["prefix_lm"] + losses["image_lm"] + losses["text_lm"])
+    # at initialisation every LM loss is about log(vocabulary) = log(31546)
+    for key in ("prefix_lm", "image_lm", "text_lm"):
+        assert abs(float(losses[key].detach()) - math.log(31546)) < 1.5
+    losses["loss"].backward()
+    assert tiny.vision.trunk.conv1.weight.grad is not None
+    assert tiny.vision.pos_embed.grad is not None
+    assert tiny.text.encoder.layer[0].attention.self.relative_bias_table.grad is not None
+    assert tiny.text_decoder.decoder.bert.encoder.layer[0].crossattention.self.query.weight.grad is not None
+    dec_table = tiny.text_decoder.decoder.bert.encoder.layer[0].attention.self.relative_bias_table
+    assert not dec_table.requires_grad and dec_table.grad is None  # official: held, never read
+    tiny.zero_grad()
+
+
+@pytest.mark.parametrize("objective", ["prefix_lm", "image_lm", "text_lm"])
+def test_each_loss_decreases_on_a_fixed_batch(objective):
+    torch.manual_seed(1)
+    model = zoo.create_model("davinci-tiny").eval()  # eval: no dropout, BatchNorm statistics fixed
+    tok = model.tokenizer()
+    full = _batch(model, tok, seed=1)
+    keys = {"prefix_lm": ["images", "prefix_ids", "prefix_mask", "target_ids", "target_mask"],
+            "image_lm": ["images", "caption_ids", "caption_mask", "image_codes", "prefix_rows"],
+            "text_lm": ["text_prefix_ids", "text_prefix_mask", "text_target_ids", "text_target_mask"]}[objective]
+    batch = {k: full[k] for k in keys}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    values = []
+    for _ in range(10):
+        loss = model.pretrain_losses(batch)[objective]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        values.append(float(loss.detach()))
+    assert values[-1] < 0.75 * values[0] and values[-1] == min(values), values
+
+
+def test_relative_bias_matches_float64_attention(tiny):
+    """One encoder layer over [image ; text] equals a float64 computation where the table entry
+    ``table[(Δr + g − 1)(2g − 1) + Δc + g − 1]`` is added to the scores of patch pairs (positions 1..g²) only."""
+    model = zoo.create_model("davinci-tiny").eval().double()
+    enc = model.text
+    g = enc.relative_grid
+    layer = enc.encoder.layer[0]
+    attn = layer.attention.self
+    with torch.no_grad():
+        attn.relative_bias_table.normal_(0, 1.0)
+    # the lookup against an explicit loop
+    idx = relative_position_index(g)
+    for qi in range(g * g):
+        for ki in range(g * g):
+            (qr, qc), (kr, kc) = divmod(qi, g), divmod(ki, g)
+            assert int(idx[qi, ki]) == (qr - kr + g - 1) * (2 * g - 1) + (qc - kc + g - 1)
+    torch.manual_seed(3)
+    n_img, n_txt, d, h = 1 + g * g, 5, enc.width, enc.num_heads
+    image = torch.randn(2, n_img, d, dtype=torch.float64)
+    ids = torch.randint(1000, 2000, (2, n_txt))
+    mask = torch.ones(2, n_txt, dtype=torch.long)
+    mask[1, -2:] = 0
+    x = torch.cat([image, enc.embeddings(input_ids=ids)], 1)
+    keep = torch.cat([torch.ones(2, n_img, dtype=torch.long), mask], 1)
+    # float64 reference of the official BertSelfAttention with twoD_relative
+    L = x.shape[1]
+    def heads(t):
+        return t.view(2, L, h, d // h).transpose(1, 2)
+    q, k, v = heads(attn.query(x)), heads(attn.key(x)), heads(attn.value(x))
+    scores = (q / math.sqrt(d // h)) @ k.transpose(-1, -2)
+    table = attn.relative_bias_table
+    bias = torch.zeros(h, L, L, dtype=torch.float64)
+    for qi in range(g * g):
+        for ki in range(g * g):
+            (qr, qc), (kr, kc) = divmod(qi, g), divmod(ki, g)
+            bias[:, 1 + qi, 1 + ki] = table[(qr - kr + g - 1) * (2 * g - 1) + (qc - kc + g - 1)]
+    scores = scores + bias + (1 - keep[:, None, None, :].double()) * -1e30
+    ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, L, d)
+    a = layer.attention.output.LayerNorm(layer.attention.output.dense(ctx) + x)
+    expected = layer.output.LayerNorm(layer.output.dense(F.gelu(layer.intermediate.dense(a))) + a)
+    with torch.no_grad():
+        got = layer(x, keep, bias=enc._full_bias(0, L, n_img))[0]
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-10, atol=1e-10)
+    # the full encoder applies it with an image and not without (prefix images / text only)
+    with torch.no_grad():
+        with_bias = enc(ids, mask, image_tokens=image).tokens
+        without = enc(ids, mask, image_tokens=image, relative_bias=False).tokens
+    assert (with_bias - without).abs().max() > 1e-3
+
+
+def test_relative_bias_breaks_patch_permutation_symmetry(tiny):
+    """Without the bias (and with no position in the image tokens) the encoder is equivariant to a permutation of the
+    patch tokens; with it, outputs depend on where each patch sits on the grid."""
+    model = zoo.create_model("davinci-tiny").eval()
+    with torch.no_grad():
+        for layer in model.text.encoder.layer:
+            layer.attention.self.relative_bias_table.normal_(0, 1.0)
+    g = model.text.relative_grid
+    torch.manual_seed(4)
+    image = torch.randn(1, 1 + g * g, model.text.width)
+    perm = torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(g * g)])
+    ids = torch.tensor([[101, 2000, 102]])
+    with torch.no_grad():
+        plain = model.text(ids, image_tokens=image, relative_bias=False).tokens
+        plain_p = model.text(ids, image_tokens=image[:, perm], relative_bias=False).tokens
+        biased = model.text(ids, image_tokens=image).tokens
+        biased_p = model.text(ids, image_tokens=image[:, perm]).tokens
+    torch.testing.assert_close(plain_p[:, : 1 + g * g], plain[:, perm], rtol=1e-5, atol=1e-5)
+    assert (biased_p[:, : 1 + g * g] - biased[:, perm]).abs().max() > 1e-2
+
+
+def test_decoder_is_causal(tiny):
+    tiny.eval()
+    torch.manual_seed(5)
+    states = torch.randn(2, 7, tiny.text.width)
+    ids = torch.randint(1000, 3000, (2, 8))
+    changed = ids.clone()
+    changed[:, 5:] = torch.randint(3000, 4000, (2, 3))
+    with torch.no_grad():
+        a = tiny.decoder_logits(ids, None, states, None)
+        b = tiny.decoder_logits(changed, None, states, None)
+    torch.testing.assert_close(a[:, :5], b[:, :5])
+    assert (a[:, 5:] - b[:, 5:]).abs().max() > 1e-4
+
+
+def test_three_way_tying(tiny):
+    a, b, c = _tied(tiny)
+    assert a is b is c
+    pred = tiny.text_decoder.cls.predictions
+    assert pred.decoder.bias is pred.bias
+    assert a.shape == (30522 + 1024, tiny.text.width)
+
+
+def test_vqa_loss_and_ranking_from_the_answer_list(tiny, tok):
+    tiny.eval()
+    answers = ["red", "blue", "two", "square", "left"]
+    q_ids, q_mask = official_tokenize(tok, ["what colour is the square?", "how many circles?"])
+    a_ids, a_mask = tiny.text_decoder.encode_answers(answers, tok)
+    images = torch.randn(2, 3, 64, 64)
+    batch = {"images": images, "question_ids": q_ids, "question_mask": q_mask, "answer_ids": a_ids[[0, 1, 2]],
+             "answer_mask": a_mask[[0, 1, 2]], "weights": torch.tensor([0.5, 0.5, 1.0]),
+             "answers_per_question": torch.tensor([2, 1])}
+    out = tiny.vqa_loss(batch)
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    pred = tiny.vqa_predict(images, q_ids, q_mask, a_ids, a_mask, k=3, answers=answers)
+    assert all(a in answers for a in pred["answer"]) and len(pred["answer"]) == 2
+    assert ((pred["prob"] > 0) & (pred["prob"] <= 1)).all()
+    assert all(isinstance(s, str) for s in tiny.vqa_generate(images, q_ids, q_mask, max_length=4))
+
+
+def test_captioning_loss_from_either_batch_format_and_generation(tiny, tok):
+    """caption_loss reads DaVinci's own ``caption_ids`` or recovers them from the standard captioning collator's
+    masked inputs: both give the same loss."""
+    from zoo.data.collate import CaptionTrainCollator
+
+    tiny.eval()
+    images = torch.randn(2, 3, 64, 64)
+    captions = ["a red square above a blue circle", "two green triangles"]
+    torch.manual_seed(6)
+    collated = CaptionTrainCollator(tok, max_tokens=20, max_masks=6)(
+        [{"image": images[i], "caption": c, "image_id": i} for i, c in enumerate(captions)])
+    ids, mask = official_tokenize(tok, ["a picture of " + c for c in captions])
+    with torch.no_grad():
+        native = tiny.caption_loss({"images": images, "caption_ids": ids, "caption_mask": mask})["loss"]
+        from_collator = tiny.caption_loss(collated)["loss"]
+    torch.testing.assert_close(native, from_collator)
+    recovered, _ = tiny._caption_targets(collated)
+    assert torch.equal(recovered, ids)
+    out = tiny.generate_captions(images, num_beams=2, max_length=10)
+    assert len(out) == 2 and all(isinstance(s, str) for s in out)
+
+
+def test_ve_and_nlvr_heads():
+    model = zoo.create_model("davinci-tiny", ve_head=True, nlvr_head=True).eval()
+    tok = model.tokenizer()
+    ids, mask = official_tokenize(tok, ["a dog runs", "there are two cats on the sofa"])
+    images = torch.randn(2, 3, 64, 64)
+    assert model.ve_logits(images, ids, mask).shape == (2, 3)
+    out = model.nlvr_loss({"images_a": images, "images_b": images.flip(0), "input_ids": ids, "attention_mask": mask,
+                           "labels": torch.tensor([0, 1])})
+    assert out["logits"].shape == (2, 2) and torch.isfinite(out["loss"])
+    # the last-token state is the decoder state at [SEP] (attention_mask.sum - 1), not at padding
+    last = model._last_token_state(images, ids, mask)
+    ctx, cmask = model._empty_context(2, images.device)
+    states, smask = model.encode(images, ctx, cmask)
+    hidden = model.text_decoder.decode(ids, mask, states, smask)
+    torch.testing.assert_close(last[0], hidden[0, int(mask[0].sum()) - 1])
+
+
+def test_generate_image_shape_and_range(tiny):
+    tiny.eval()
+    gen = torch.Generator().manual_seed(0)
+    images = tiny.generate_image(["a red square", "a blue circle"], top_k=50, top_p=0.9, generator=gen)
+    assert images.shape == (2, 3, 64, 64)
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    codes = tiny.generate_codes(*official_tokenize(tiny.tokenizer(), ["a red square"]), (4, 4), top_k=5,
+                                generator=torch.Generator().manual_seed(1))
+    assert codes.shape == (1, 4, 4) and int(codes.min()) >= 0 and int(codes.max()) < 1024
+
+
+def test_prefix_rows_use_the_first_rows_of_the_position_table(tiny):
+    vision = tiny.vision
+    rows = 2
+    table = vision.position_embedding(rows, vision.grid[1])
+    assert torch.equal(table, vision.pos_embed[:, : 1 + rows * vision.grid[1]])
+    tokens = vision(torch.randn(1, 3, rows * vision.stride, 64)).tokens
+    assert tokens.shape == (1, 1 + rows * vision.grid[1], vision.width)
+
+
+def test_export_round_trip(tiny, tmp_path):
+    tiny.eval()
+    tiny.save_pretrained(tmp_path / "export")
+    again = zoo.from_pretrained(tmp_path / "export").eval()
+    a, b, c = _tied(again)
+    assert a is b is c
+    batch = _batch(tiny, tiny.tokenizer(), seed=7)
+    with torch.no_grad():
+        x = tiny.pretrain_losses(batch)
+        y = again.pretrain_losses(batch)
+        img_x = tiny.image_tokenizer.encode_codes(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+        img_y = again.image_tokenizer.encode_codes(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+    for key in x:
+        assert torch.equal(x[key], y[key]), key
+    assert torch.equal(img_x, img_y)
+
+
+@pytest.mark.parametrize("name, task, metric",
+                         [("vqa-shapes", "vqa", "vqa_acc"), ("caption-shapes", "captioning", "CIDEr")])
+def test_mmzoo_train_path(tmp_path, name, task, metric):
+    """The standard training module fine-tunes and evaluates DaVinci through vqa_loss / vqa_predict and
+    caption_loss / generate_captions, and the export answers through ``mmzoo predict``."""
+    import json
+
+    from zoo.data.shapes import generate_shapes
+    from zoo.predict import predict
+    from zoo.train.run import load_task_config, train
+
+    root = generate_shapes(tmp_path / "shapes", num_train_images=8, num_val_images=4, num_test_images=4,
+                           image_size=64, num_videos=0)
+    cfg = load_task_config(f"configs/tasks/{name}.yaml")
+    cfg["model"] = {"name": "davinci-tiny", "task": task}
+    cfg["data"].update(root=str(root), batch_size=8, eval_batch_size=4)
+    cfg["trainer"].update(max_epochs=1, enable_progress_bar=False, limit_train_batches=2, limit_val_batches=1,
+                          limit_test_batches=1)
+    cfg["train"].update(output_dir=str(tmp_path / "runs"), name=name)
+    cfg.setdefault("optim", {}).pop("new_params", None)
+    cfg.setdefault("evaluation", {})["max_length"] = 8
+    results = train(cfg)
+    assert metric in results["test"]
+    kind = "vqa" if task == "vqa" else "caption"
+    record = json.loads((root / f"{kind}_test.json").read_text())[0]
+    extra = {"question": record["question"]} if task == "vqa" else {"caption": True}
+    out = predict(tmp_path / "runs" / name / "export", str(root / record["image"]), **extra)
+    assert isinstance(out["answer" if task == "vqa" else "caption"], str)
+
+
+def test_convert_official_checkpoint_end_to_end(tmp_path):
+    """An official-layout checkpoint (our tiny weights renamed back to the official keys, with the relative-index
+    buffers the official state dict carries) converts into an export that reproduces the model's outputs."""
+    from zoo.models.davinci import convert_official_checkpoint
+
+    torch.manual_seed(8)
+    model = zoo.create_model("davinci-tiny").eval()
+    back = [("vision.trunk.", "visual_encoder."), ("vision.", "visual_encoder."), ("text.", "encoder."),
+            ("text_decoder.decoder.bert.", "text_decoder.bert."), ("text_decoder.cls.", "text_decoder.cls.")]
+    official = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("image_tokenizer."):
+            continue
+        for ours, theirs in back:
+            if key.startswith(ours):
+                official[theirs + key[len(ours):]] = value.clone()
+                break
+        else:
+            official[key] = value.clone()
+    index = relative_position_index(4).reshape(-1, 1)
+    for i in range(2):
+        official[f"encoder.encoder.layer.{i}.attention.self.relative_index"] = index
+    torch.save({"model": official}, tmp_path / "official.pth")
+    report = convert_official_checkpoint(str(tmp_path / "official.pth"), str(tmp_path / "export"),
+                                         model="davinci-tiny")
+    assert report["image_size"] == 64 and len(report["dropped"]) == 2
+    again = zoo.from_pretrained(tmp_path / "export").eval()
+    assert again.image_tokenizer is None
+    batch = _batch(model, model.tokenizer(), seed=9)
+    batch.pop("image_codes")
+    with torch.no_grad():
+        assert torch.equal(model.pretrain_losses(batch)["loss"], again.pretrain_losses(batch)["loss"])
