@@ -25,7 +25,9 @@ BUILTINS: dict[str, dict[str, str]] = {
         "linear": "zoo.modules.adapters.linear",
         "mlp": "zoo.modules.adapters.linear",
     },
-    "language_model": {},
+    "language_model": {
+        "hf_causal_lm": "zoo.modules.lm.causal_lm",
+    },
     "head": {
         "itc": "zoo.heads.contrastive",
         "itm": "zoo.heads.matching",
@@ -39,6 +41,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "model": {
         "fusion_encoder": "zoo.models.fusion_encoder",
         "x2vlm": "zoo.models.x2vlm",
+        "epalm": "zoo.models.epalm",
         "davinci": "zoo.models.davinci",
     },
     "dataset": {
