@@ -43,6 +43,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "x2vlm": "zoo.models.x2vlm",
         "epalm": "zoo.models.epalm",
         "davinci": "zoo.models.davinci",
+        "cclm": "zoo.models.cclm",
     },
     "dataset": {
         "vqa": "zoo.data.datasets",
