@@ -501,3 +501,21 @@ def test_region_batches_reuse_x2vlm_region_view(tokenizer_dir, tokenizer):
     assert {"itc", "ttc", "itm", "mlm", "bbox_l1", "bbox_giou"} <= set(losses)
     assert isinstance(model.region_view(model.encode_image(batch["images"]), batch["image_index"], region)[0],
                       EncoderOutput)
+
+
+def test_official_checkpoints_are_recognised():
+    """`mmzoo convert cclm` picks the registered model, task and resolution from the official keys and shapes."""
+    from zoo.models.cclm import describe_official_checkpoint
+
+    info = describe_official_checkpoint(_meta_official("cclm_pretrain_4m_swinB224"))
+    assert (info["model"], info["layout"], info["task"], info["image_size"]) == ("cclm-base", "cclm", None, 224)
+    for ref, name in (("cclm_x2vlm_base", "cclm-x2vlm-base"), ("cclm_x2vlm_large", "cclm-x2vlm-large")):
+        official = _meta_official(ref)
+        info = describe_official_checkpoint(official)
+        assert (info["model"], info["layout"], info["task"], info["image_size"]) == (name, "cclm-x2vlm", None, 224)
+        retrieval = {k: v for k, v in official.items() if not k.startswith(("mlm_head.", "bbox_head."))}
+        assert describe_official_checkpoint(retrieval)["task"] == "retrieval"
+        assert describe_official_checkpoint({**retrieval, "cls_head.0.weight": torch.empty(1)})["task"] == "xvnli"
+        assert describe_official_checkpoint({**retrieval, "text_decoder.cls.x": torch.empty(1)})["task"] == "vqa"
+    with pytest.raises(WeightsError, match="no 'text_encoder.' keys"):
+        describe_official_checkpoint({"vision_encoder.x": torch.empty(1)})

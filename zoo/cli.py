@@ -110,7 +110,7 @@ def _cmd_bench(args) -> int:
     raise SystemExit(f"mmzoo bench: unknown benchmark {args.what!r}")
 
 
-_CONVERTERS = {"x2vlm": "zoo.models.x2vlm"}
+_CONVERTERS = {"x2vlm": "zoo.models.x2vlm", "davinci": "zoo.models.davinci", "cclm": "zoo.models.cclm"}
 
 
 def _cmd_train(args) -> int:

@@ -54,6 +54,8 @@ from zoo.spec import ConfigError, Part, check_width
 __all__ = [
     "CCLM",
     "convert_official_state_dict",
+    "convert_official_checkpoint",
+    "describe_official_checkpoint",
     "detect_official_layout",
     "OFFICIAL_DROPPED",
 ]
@@ -377,3 +379,60 @@ def convert_official_state_dict(
         raise WeightsError(f"{len(unknown)} official {layout} key(s) have no mapping and are not in the dropped list: "
                            f"{shown}")
     return out, dropped
+
+
+def describe_official_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Which registered model, task and resolution an official CCLM / CCLM-X2VLM state dict corresponds to."""
+    layout = detect_official_layout(state_dict)
+    if layout == "cclm":
+        name = "cclm-base"
+        table = state_dict.get("vision_encoder.layers.0.blocks.0.attn.relative_position_bias_table")
+        if table is None:
+            raise WeightsError("not an official CCLM checkpoint: no Swin 'vision_encoder.layers.0.blocks.0.attn."
+                               "relative_position_bias_table'")
+        window = (int(round(table.shape[0] ** 0.5)) + 1) // 2  # (2W - 1)² entries for a W×W window
+        image_size = {7: 224, 12: 384}.get(window)
+        if image_size is None:
+            raise WeightsError(f"Swin window {window}: expected 7 (224 px) or 12 (384 px)")
+        vision = {"vision.img_size": image_size, "vision.window_size": window}
+    else:
+        width = int(state_dict["vision_encoder.cls_token"].shape[-1])
+        size = {768: "base", 1024: "large"}.get(width)
+        if size is None:
+            raise WeightsError(f"vision width {width} is neither base (768) nor large (1024)")
+        name = f"cclm-x2vlm-{size}"
+        table = state_dict["vision_encoder.blocks.0.attn.relative_position_bias_table"]
+        side = (int(round((table.shape[0] - 3) ** 0.5)) + 1) // 2  # (2S - 1)² + 3 entries for an S×S patch grid
+        patch = int(state_dict["vision_encoder.patch_embed.proj.weight"].shape[-1])
+        image_size = side * patch
+        vision = {"vision.img_size": image_size}
+    has_mlm = any(k.startswith(("text_encoder.cls.", "mlm_head.")) for k in state_dict)
+    if any(k.startswith("text_decoder.") for k in state_dict):
+        task = "vqa"
+    elif any(k.startswith("cls_head.") for k in state_dict):
+        task = "xvnli"
+    elif has_mlm:
+        task = None  # pre-training
+    elif "itm_head.0.weight" in state_dict:
+        task = "retrieval"
+    else:
+        raise WeightsError("cannot tell the task of this checkpoint (no text_decoder, cls_head, MLM or itm_head keys)")
+    return {"model": name, "layout": layout, "task": task, "image_size": image_size, "overrides": vision}
+
+
+def convert_official_checkpoint(checkpoint: str, out_dir: str, model: str | None = None,
+                                task: str | None = None) -> dict[str, Any]:
+    """Read an official checkpoint (``torch.load(weights_only=True)``), convert it, build the matching registered
+    model, load the weights strictly and write a ``save_pretrained`` export to ``out_dir`` (``mmzoo convert cclm``)."""
+    from zoo.factory import create_model  # noqa: PLC0415
+    from zoo.hub import load_state_dict, load_weights  # noqa: PLC0415
+
+    official = load_state_dict(checkpoint)
+    info = describe_official_checkpoint(official)
+    name = model or info["model"]
+    task = task if task is not None else info["task"]
+    converted, dropped = convert_official_state_dict(official, info["layout"])
+    net = create_model(name, task=task, **info.pop("overrides"))
+    load_weights(net, converted, what=f"{checkpoint} (converted)")
+    net.save_pretrained(out_dir)
+    return {**info, "model": name, "task": task, "dropped": dropped, "tensors": len(converted)}
