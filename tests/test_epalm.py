@@ -301,3 +301,26 @@ def test_trainable_only_export_roundtrip(tmp_path):
     assert torch.equal(got, want)
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_mmzoo_predict_on_an_export(tmp_path):
+    """`mmzoo predict` generates with the language model: no answer list, no caption head needed; the answer equals
+    vqa_predict's on the same (evaluation-transformed) image."""
+    from PIL import Image
+
+    from zoo.data.transforms import build_image_transform
+    from zoo.predict import predict
+
+    model = _tiny().eval()
+    model.save_pretrained(tmp_path / "export")
+    image = tmp_path / "img.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(image)
+    out = predict(tmp_path / "export", str(image), question="what colour is the square?")
+    pixels = build_image_transform(32, train=False)(Image.open(image).convert("RGB")).unsqueeze(0)
+    tok = model.text.get_tokenizer()
+    q = tok(["what colour is the square"], return_tensors="pt")
+    with torch.no_grad():
+        direct = model.vqa_predict(pixels, q["input_ids"], q["attention_mask"],
+                                   questions=["what colour is the square"])
+    assert out["answer"] == direct["answer"][0] and out["prob"] == pytest.approx(float(direct["prob"][0]), rel=1e-4)
+    assert isinstance(predict(tmp_path / "export", str(image), caption=True)["caption"], str)

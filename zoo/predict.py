@@ -4,7 +4,8 @@
 prepares the media with the evaluation transform at the model's resolution (the values an export's
 ``preprocessor.json`` records), tokenizes with the model's own tokenizer and calls the same prediction methods evaluation scores:
 
-- ``question``: ``vqa_predict``. A generative head ranks an answer list: ``answers`` (a list, or a file: a JSON list
+- ``question``: ``vqa_predict``. A model whose language model generates answers (``open_ended_vqa``: eP-ALM,
+  MultiModal-GPT) answers freely; a generative head ranks an answer list: ``answers`` (a list, or a file: a JSON list
   or one answer per line), else the ``answers`` the model's config carries (``mmzoo train`` writes the training
   answer list there), else it is an error naming both; a classifier head answers from its own labels.
 - ``caption``: ``generate_captions`` (beam search with the model's decoding defaults).
@@ -100,13 +101,17 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
     out: dict[str, Any] = {"media": str(media)}
     with torch.inference_mode():
         if question is not None:
-            if not hasattr(model, "vqa_predict") or getattr(model, "vqa", None) is None:
+            open_ended = getattr(model, "open_ended_vqa", False)
+            if not hasattr(model, "vqa_predict") or (getattr(model, "vqa", None) is None and not open_ended):
                 raise ValueError(f"{source}: the model has no VQA head (build or fine-tune it with task vqa)")
             from zoo.data.collate import encode_answer_list, tokenize_texts  # noqa: PLC0415
             from zoo.data.datasets import pre_question  # noqa: PLC0415
 
-            q_ids, q_mask = tokenize_texts(tokenizer, [pre_question(question, 50)])
-            if getattr(model, "generative_vqa", False):
+            text = pre_question(question, 50)
+            q_ids, q_mask = tokenize_texts(tokenizer, [text])
+            if open_ended:  # a language model generates the answer: no list to rank
+                res = model.vqa_predict(pixels, q_ids, q_mask, questions=[text])
+            elif getattr(model, "generative_vqa", False):
                 if isinstance(answers, (str, os.PathLike)):
                     answers = read_lines_or_json(answers, "answers")
                 answer_list = list(answers) if answers is not None else list(
@@ -121,7 +126,8 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
                 res = model.vqa_predict(pixels, q_ids, q_mask)
             out.update(question=question, answer=res["answer"][0], prob=float(res["prob"][0]))
         elif caption:
-            if getattr(model, "caption", None) is None:
+            # X²-VLM-style models hold an optional caption head; language-model families caption with the LM itself
+            if not hasattr(model, "generate_captions") or getattr(model, "caption", False) is None:
                 raise ValueError(f"{source}: the model has no captioning head (task captioning)")
             out["caption"] = model.generate_captions(pixels)[0]
         else:

@@ -180,7 +180,8 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
                           f"{len(dm.answer_vocab)} answers: set 'vqa.num_classes: {len(dm.answer_vocab)}' in "
                           "model.overrides, or data.top_k_answers to the head's size", "model.overrides",
                           cfg.get("_file"))
-    if task == "vqa" and getattr(model, "generative_vqa", False) and getattr(model, "zoo_config", None) is not None:
+    if task == "vqa" and getattr(model, "generative_vqa", False) and not getattr(model, "open_ended_vqa", False) \
+            and getattr(model, "zoo_config", None) is not None:
         # the answers the head learns to rank travel with checkpoints and exports (`mmzoo predict` ranks them)
         model.zoo_config["answers"] = list(dm.answer_list)
     module = TaskModule(model, task, cfg.get("optim"), cfg.get("evaluation"))
