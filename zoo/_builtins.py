@@ -44,6 +44,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "epalm": "zoo.models.epalm",
         "davinci": "zoo.models.davinci",
         "cclm": "zoo.models.cclm",
+        "mmgpt": "zoo.models.mmgpt",  # MultiModal-GPT
     },
     "dataset": {
         "vqa": "zoo.data.datasets",

@@ -1,4 +1,4 @@
-"""The ``mmzoo`` command: list | info | demo | data | train | eval | predict | export | convert | bench.
+"""The ``mmzoo`` command: list | info | demo | data | train | eval | predict | export | convert | chat | bench.
 
 Errors the user can fix (unknown names, bad configs, missing files) print one clear line and exit with status 2,
 without a traceback; ``MMZOO_DEBUG=1`` shows the traceback.
@@ -192,6 +192,39 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_chat(args) -> int:
+    """Multi-turn chat (MultiModal-GPT): one question per stdin line, one answer line per question; the whole
+    conversation stays in the prompt (official chat template)."""
+    import torch  # noqa: PLC0415
+
+    from zoo.predict import _pixels  # noqa: PLC0415
+    from zoo.train.run import model_from_checkpoint  # noqa: PLC0415
+
+    if os.path.exists(args.source):
+        model = model_from_checkpoint(args.source)
+    else:
+        import zoo  # noqa: PLC0415
+
+        torch.manual_seed(args.seed)
+        model = zoo.create_model(args.source)  # a registered name (random weights unless its config names weights)
+    if not hasattr(model, "chat"):
+        from zoo.spec import ConfigError  # noqa: PLC0415
+
+        raise ConfigError(f"{args.source}: {type(model).__name__} has no chat (a MultiModal-GPT model is needed)")
+    model.eval()
+    image = _pixels(model, args.image, 1)[0] if args.image else None
+    history: list[tuple[str, str]] = []
+    for line in sys.stdin:
+        question = line.strip()
+        if not question:
+            continue
+        with torch.inference_mode():
+            answer = model.chat(image, history, question, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+        history.append((question, answer))
+        print(f"{args.prefix}{answer}", flush=True)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmzoo", description="A modular multimodal model zoo.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -262,6 +295,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="registered model name (default: detected from the checkpoint)")
     s.add_argument("--task", default=None, help="task variant (default: detected from the checkpoint)")
     s.set_defaults(fn=_cmd_convert)
+
+    s = sub.add_parser("chat", help="multi-turn chat with a MultiModal-GPT model: one question per stdin line")
+    s.add_argument("source", help="export folder, run folder, .ckpt file or registered model name")
+    s.add_argument("--image", default=None, help="an image file the conversation is about (none: language only)")
+    s.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default: the model's)")
+    s.add_argument("--num-beams", type=int, default=1)
+    s.add_argument("--prefix", default="", help="text printed before each answer (e.g. 'assistant: ')")
+    s.add_argument("--seed", type=int, default=0, help="seed for a registered model built with random weights")
+    s.set_defaults(fn=_cmd_chat)
 
     s = sub.add_parser("bench", help="benchmarks: attention | model NAME")
     s.add_argument("what", choices=["attention", "model"])
