@@ -306,7 +306,9 @@ def test_generative_vqa_collator(root, tok):
     items = [ds[i] for i in range(4)]
     batch = VQACollator(tok, max_tokens=8)(items)
     assert set(batch) == {"images", "question_ids", "question_mask", "answer_ids", "answer_mask", "weights",
-                          "answers_per_question", "question_id", "all_answers", "num_skipped"}
+                          "answers_per_question", "question_id", "all_answers", "questions", "answers",
+                          "num_skipped"}
+    assert batch["questions"] == [x["question"] for x in items] and batch["answers"] == [x["answers"] for x in items]
     assert batch["images"].shape == (4, 3, SIZE, SIZE) and batch["num_skipped"] == 0
     ref = tok([x["question"] for x in items], padding="longest", truncation=True, max_length=8, return_tensors="pt")
     assert torch.equal(batch["question_ids"], ref["input_ids"])
@@ -365,7 +367,8 @@ def test_retrieval_datasets_and_collator(root, tok):
     assert [x["image_id"] for x in items] == [0, 1, 0, 2]  # dense, first-seen order of 7, 3, 7, 9
     assert [x["caption"] for x in items] == ["a red box", "a green box", "the box is red", "a blue square"]
     batch = RetrievalCollator(tok, max_tokens=40)(items)
-    assert set(batch) == {"images", "input_ids", "attention_mask", "image_ids", "num_skipped"}
+    assert set(batch) == {"images", "input_ids", "attention_mask", "image_ids", "captions", "num_skipped"}
+    assert batch["captions"] == [x["caption"] for x in items]
     ref = tok([x["caption"] for x in items], padding="longest", truncation=True, max_length=40, return_tensors="pt")
     assert torch.equal(batch["input_ids"], ref["input_ids"]) and torch.equal(batch["attention_mask"], ref["attention_mask"])
     assert batch["image_ids"].tolist() == [0, 1, 0, 2] and batch["image_ids"].dtype == torch.long

@@ -21,6 +21,19 @@ to the longest in the batch, with ``attention_mask`` 1 on tokens. Official facts
   masking, skip-grams 0.2 / 3, FG-free); the masking draws from a ``random.Random`` seeded from torch's generator,
   so it follows the DataLoader's per-worker seeds.
 
+Raw strings for models that tokenise themselves (frozen-LM models such as eP-ALM): VQA batches carry ``questions``
+(the cleaned question strings the ids were made from) and ``answers`` (per question, its distinct answers, aligned
+with its ``weights``); captioning training batches carry ``captions`` (one string per image). With ``causal=True``
+the captioning training collator builds no masked-LM inputs (a causal LM needs no [MASK] token) — only
+``input_ids`` / ``attention_mask`` of the caption and the raw ``captions``.
+
+Cross-lingual (CCLM, zengyan-97/CCLM ``dataset/``): retrieval training items with a translation (``caption_2``) add
+``input_ids_2`` / ``attention_mask_2`` (ITC over both languages + TTC in
+:meth:`zoo.models.cclm.CCLM.image_text_losses`);
+:class:`ParallelTextCollator` makes parallel-sentence batches (no images): both sentences' ids and masks and the MLM
+inputs of sentence 1 (:class:`zoo.data.masking.WholeWordMasker` with the tokenizer's ``mask_token_id``, special
+tokens never chosen).
+
 ``None`` items (samples skipped by ``on_bad_sample="skip"``) are dropped; the batch says how many under
 ``num_skipped``. A batch whose every item was skipped raises :class:`EmptyBatchError` rather than yielding an empty
 batch.
@@ -42,6 +55,7 @@ __all__ = [
     "CaptionEvalCollator",
     "CaptionTrainCollator",
     "EmptyBatchError",
+    "ParallelTextCollator",
     "RetrievalCollator",
     "VQACollator",
     "encode_answer_list",
@@ -92,7 +106,8 @@ def _stack_images(items: Sequence[Mapping[str, Any]]) -> Tensor:
 
 
 class VQACollator:
-    """VQA items → ``images, question_ids, question_mask, question_id, all_answers, num_skipped`` plus
+    """VQA items → ``images, question_ids, question_mask, question_id, all_answers, questions, answers, num_skipped``
+    (``questions``: the question strings; ``answers``: per question its distinct answers, ``[]`` without) plus
 
     - ``mode="generative"``: ``answer_ids, answer_mask`` (all answers flattened), ``weights`` (float, flattened),
       ``answers_per_question`` (long, one count per question);
@@ -122,6 +137,7 @@ class VQACollator:
         batch: dict[str, Any] = {
             "images": _stack_images(items), "question_ids": q_ids, "question_mask": q_mask,
             "question_id": [x["question_id"] for x in items], "all_answers": [list(x["all_answers"]) for x in items],
+            "questions": [x["question"] for x in items], "answers": [list(x.get("answers") or []) for x in items],
             "num_skipped": skipped,
         }
         if not self.answers or not all(x["answers"] for x in items):
@@ -144,8 +160,9 @@ class VQACollator:
 
 
 class RetrievalCollator:
-    """Retrieval items → training ``images, input_ids, attention_mask, image_ids`` (items with ``caption``) or
-    evaluation ``images, index`` (items of ``retrieval_eval``); both with ``num_skipped``."""
+    """Retrieval items → training ``images, input_ids, attention_mask, image_ids, captions`` (items with ``caption``;
+    with ``input_ids_2, attention_mask_2`` when the items carry a translation ``caption_2``) or evaluation
+    ``images, index`` (items of ``retrieval_eval``); both with ``num_skipped``."""
 
     def __init__(self, tokenizer: Any, max_tokens: int | None = 40):
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
@@ -157,20 +174,31 @@ class RetrievalCollator:
             batch["input_ids"], batch["attention_mask"] = tokenize_texts(
                 self.tokenizer, [x["caption"] for x in items], self.max_tokens)
             batch["image_ids"] = torch.tensor([int(x["image_id"]) for x in items], dtype=torch.long)
+            batch["captions"] = [x["caption"] for x in items]
+            with_translation = ["caption_2" in x for x in items]
+            if any(with_translation):
+                if not all(with_translation):
+                    raise ValueError("some retrieval items have a translation (caption_2) and others not: a batch "
+                                     "with translations needs one for every caption")
+                batch["input_ids_2"], batch["attention_mask_2"] = tokenize_texts(
+                    self.tokenizer, [x["caption_2"] for x in items], self.max_tokens)
         else:
             batch["index"] = torch.tensor([int(x["index"]) for x in items], dtype=torch.long)
         return batch
 
 
 class CaptionTrainCollator:
-    """Captioning training items → ``images, image_ids`` + the caption inputs of
+    """Captioning training items → ``images, image_ids, captions`` + the caption inputs of
     :func:`zoo.heads.caption.build_caption_inputs` (``input_ids_masked, attention_mask, position_ids, masked_pos,
-    masked_ids, masked_weight``) + ``num_skipped``. Defaults: the official COCO captioning config."""
+    masked_ids, masked_weight``) + ``num_skipped``. Defaults: the official COCO captioning config.
+
+    ``causal=True`` (models with ``causal_captioning``, e.g. eP-ALM, whose tokenizer may have no [MASK]): no
+    masked-LM inputs; ``input_ids`` / ``attention_mask`` of the captions (``max_tokens``) and the raw ``captions``."""
 
     def __init__(self, tokenizer: Any, prompt: str = "a picture of ", max_tokens: int = 40, max_masks: int = 18,
                  mask_prob: float = 0.6, skipgram_prb: float = 0.2, skipgram_size: int = 3,
-                 mask_whole_word: bool = True, fg_free: bool = True):
-        self.tokenizer, self.prompt = tokenizer, prompt
+                 mask_whole_word: bool = True, fg_free: bool = True, causal: bool = False):
+        self.tokenizer, self.prompt, self.causal = tokenizer, prompt, causal
         self.options = {"max_tokens": max_tokens, "max_masks": max_masks, "mask_prob": mask_prob,
                         "skipgram_prb": skipgram_prb, "skipgram_size": skipgram_size, "fg_free": fg_free}
         self.mask_whole_word = mask_whole_word
@@ -179,6 +207,11 @@ class CaptionTrainCollator:
         from zoo.heads.caption import caption_inputs_from_text, collate_caption_inputs  # noqa: PLC0415
 
         items, skipped = _drop_none(items)
+        if self.causal:
+            ids, mask = tokenize_texts(self.tokenizer, [x["caption"] for x in items], self.options["max_tokens"])
+            return {"images": _stack_images(items), "input_ids": ids, "attention_mask": mask,
+                    "image_ids": torch.tensor([int(x["image_id"]) for x in items], dtype=torch.long),
+                    "captions": [x["caption"] for x in items], "num_skipped": skipped}
         rng = random.Random(int(torch.randint(2**62, ())))
         examples = [caption_inputs_from_text(self.tokenizer, x["caption"], self.prompt,
                                              mask_whole_word=self.mask_whole_word, rng=rng, **self.options)
@@ -186,6 +219,7 @@ class CaptionTrainCollator:
         batch: dict[str, Any] = collate_caption_inputs(examples)
         batch["images"] = _stack_images(items)
         batch["image_ids"] = torch.tensor([int(x["image_id"]) for x in items], dtype=torch.long)
+        batch["captions"] = [x["caption"] for x in items]
         batch["num_skipped"] = skipped
         return batch
 
@@ -198,3 +232,35 @@ class CaptionEvalCollator:
         items, skipped = _drop_none(items)
         return {"images": _stack_images(items), "image_id": [x["image_id"] for x in items],
                 "captions": [list(x["captions"]) for x in items], "num_skipped": skipped}
+
+
+class ParallelTextCollator:
+    """Parallel-sentence items ``{text, text_2}`` → ``input_ids, attention_mask`` (sentence 1), ``input_ids_2,
+    attention_mask_2`` (its translation), the MLM inputs of sentence 1 (``input_ids_masked, masked_pos, masked_ids,
+    masked_weight``; :class:`zoo.data.masking.WholeWordMasker` from the tokenizer: its ``mask_token_id``, special
+    tokens never chosen, single pieces as the official code for non-WordPiece tokenizers) and ``num_skipped``; no
+    images (:meth:`zoo.models.cclm.CCLM.parallel_text_losses`). Masking draws from a ``random.Random`` seeded from
+    torch's generator, as the captioning collator."""
+
+    def __init__(self, tokenizer: Any, max_tokens: int | None = 40, mask_prob: float = 0.5, max_masks: int = 12,
+                 skipgram_prb: float = 0.2, skipgram_size: int = 3, mlm: bool = True):
+        from zoo.data.masking import WholeWordMasker  # noqa: PLC0415
+
+        if mlm and getattr(tokenizer, "mask_token_id", None) is None:
+            raise ValueError("ParallelTextCollator: the tokenizer has no mask token; MLM of sentence 1 needs one "
+                             "(or pass mlm=False)")
+        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+        self.masker = WholeWordMasker.from_tokenizer(
+            tokenizer, mask_prob=mask_prob, max_masks=max_masks, skipgram_prb=skipgram_prb,
+            skipgram_size=skipgram_size, protect_special=True) if mlm else None
+
+    def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+        items, skipped = _drop_none(items)
+        ids, mask = tokenize_texts(self.tokenizer, [x["text"] for x in items], self.max_tokens)
+        ids_2, mask_2 = tokenize_texts(self.tokenizer, [x["text_2"] for x in items], self.max_tokens)
+        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "input_ids_2": ids_2,
+                                 "attention_mask_2": mask_2, "num_skipped": skipped}
+        if self.masker is not None:
+            rng = random.Random(int(torch.randint(2**62, ())))
+            batch.update(self.masker(ids, mask, rng=rng))
+        return batch

@@ -23,6 +23,14 @@ Files under the root (all paths inside the JSON are relative to the root):
   ``video_retrieval_train.json`` ``[{video, caption, video_id}]``, ``video_retrieval_{val,test}.json``
   ``[{video, caption: [...]}]``, ``video_qa_{train,val,test}.json`` ``[{question_id, question, answer, video,
   dataset}]`` and ``video_answer_list.json``;
+- translations (``languages``, default German and French; templated: each chosen English caption / question template
+  is rendered in every language from the same objects, drawing nothing more from the rng, so the English files are
+  byte-identical with or without them; answers stay English, as in xGQA): ``retrieval_{train,val,test}.{lang}.json``,
+  ``vqa_{train,val,test}.{lang}.json`` (same question ids and answers), ``retrieval_train_multilingual.json``
+  (``{image, caption, caption_de, caption_fr, image_id}``), ``parallel_{train,val}.json`` (distinct
+  ``{text, text_2, lang: "en", lang_2}`` sentence pairs) and ``tokenizer_xlmr/`` (an XLM-R-format tokenizer of every
+  text, :func:`build_shapes_tokenizer`; ``cclm-tiny`` reads it); the manifest lists ``languages`` (a folder written
+  without them is regenerated);
 - ``manifest.json``: version, parameters and the entry count of every file; written last.
 
 Determinism: every image, video and question draws from its own ``random.Random`` seeded with a string made of the
@@ -45,6 +53,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import uuid
@@ -62,13 +71,17 @@ __all__ = [
     "POSITIONS",
     "SHAPES",
     "SHAPES_VERSION",
+    "LANGUAGES",
     "SIZES",
+    "TOKENIZER_DIR",
     "VQA_DATASET_TAG",
+    "build_shapes_tokenizer",
     "default_shapes_root",
     "describe_shapes",
     "generate_shapes",
     "mmzoo_home",
     "retrieval_ceiling",
+    "shapes_tokenizer",
 ]
 
 SHAPES_VERSION = 3
@@ -126,7 +139,11 @@ _IMAGE_FILES = tuple(f"{kind}_{split}.json" for kind in ("vqa", "retrieval", "ca
 _VIDEO_FILES = tuple(f"video_{kind}_{split}.json" for kind in ("retrieval", "qa") for split in _SPLITS)
 _OTHER_FILES = ("answer_list.json", "video_answer_list.json", "caption_val_gt.json", "caption_test_gt.json",
                 "scenes.json")
-_KNOWN_NAMES = frozenset(_IMAGE_FILES + _VIDEO_FILES + _OTHER_FILES + (MANIFEST, "images", "videos"))
+TOKENIZER_DIR = "tokenizer_xlmr"
+_KNOWN_NAMES = frozenset(_IMAGE_FILES + _VIDEO_FILES + _OTHER_FILES + (MANIFEST, "images", "videos", TOKENIZER_DIR,
+                                                                      "retrieval_train_multilingual.json",
+                                                                      "parallel_train.json", "parallel_val.json"))
+_TRANSLATED_NAME = re.compile(r"^(retrieval|vqa)_(train|val|test)\.[a-z]{2}\.json$")
 
 
 # ----------------------------------------------------------------------------------------------------------- paths
@@ -248,37 +265,253 @@ def _relation(a: _Object, b: _Object) -> str:
     return "above" if ra < rb else "below"
 
 
-def _caption_options(objects: list[_Object]) -> list[list[str]]:
+class _English:
+    """The English phrases (the original generator's strings; every other language mirrors this class)."""
+
+    code = "en"
+
+    def full(self, o: _Object, case: str = "nom") -> str:
+        return _full(o)
+
+    def short(self, o: _Object, case: str = "nom") -> str:
+        return _short(o)
+
+    def phrase(self, o: _Object) -> str:
+        return o.phrase
+
+    def join(self, items: list[str]) -> str:
+        return _join(items)
+
+    def single_captions(self, o: _Object) -> list[str]:
+        return [f"{_full(o)} {o.phrase}", f"a single {o.size} {o.colour} {o.shape} {o.phrase}",
+                f"one {o.size} {o.shape} that is {o.colour}, {o.phrase}", f"a picture with {_full(o)} {o.phrase}",
+                f"{o.phrase}: {_full(o)} on a light background", f"{_full(o)} alone {o.phrase}"]
+
+    def shapes_list(self, n: int, items: list[str]) -> str:
+        return f"{_NUMBER_WORDS[n]} shapes: {_join(items)}"
+
+    def shapes_background(self, n: int, items: list[str]) -> str:
+        return f"{_NUMBER_WORDS[n]} shapes on a light background: {_join(items)}"
+
+    def relation(self, a: _Object, b: _Object, rest: list[_Object]) -> str:
+        return f"{_short(a)} {_relation(a, b)} {_short(b)}" + "".join(f" and {_short(c)} {c.phrase}" for c in rest)
+
+    def beside(self, a: _Object, others: list[_Object]) -> str:
+        return f"{_full(a)} {a.phrase} beside {_join([_full(o) for o in others])}"
+
+    def question(self, kind: str, variant: int, o: _Object | None, extra: Any = None) -> str:
+        if kind == "colour":  # variant: 0 by shape, 1 by size and shape, 2 by position
+            ref = (f"the {o.shape}", f"the {o.size} {o.shape}", f"the shape {o.phrase}")[variant]
+            return f"what colour is {ref}?"
+        if kind == "shape":  # 0 by colour, 1 by position
+            return f"what shape is {o.colour}?" if variant == 0 else f"what shape is {o.phrase}?"
+        if kind == "position":
+            return (f"where is the {o.colour} {o.shape}?",
+                    f"which part of the image is the {o.colour} {o.shape} in?")[variant]
+        if kind == "size":
+            return (f"what size is the {o.colour} {o.shape}?", f"is the {o.colour} {o.shape} small or large?")[variant]
+        if kind == "count":
+            return ("how many shapes are there?", "how many shapes are in the image?")[variant]
+        if kind == "yesno":  # extra: (colour, shape) asked about
+            return f"is there a {extra[0]} {extra[1]}?"
+        raise ValueError(kind)
+
+
+class _German(_English):
+    """German: adjectives declined after the indefinite / definite article (Kreis masculine; Quadrat, Dreieck
+    neuter), relations and "neben" with the dative, "gibt es" with the accusative."""
+
+    code = "de"
+    colours = {"red": "rot", "green": "grün", "blue": "blau", "yellow": "gelb", "purple": "violett",
+               "orange": "orange"}
+    shapes = {"circle": "Kreis", "square": "Quadrat", "triangle": "Dreieck"}
+    sizes = {"small": "klein", "large": "groß"}
+    genders = {"circle": "m", "square": "n", "triangle": "n"}
+    phrases = ("in der oberen linken Ecke", "oben", "in der oberen rechten Ecke", "links", "in der Mitte", "rechts",
+               "in der unteren linken Ecke", "unten", "in der unteren rechten Ecke")
+    numbers = {1: "eine", 2: "zwei", 3: "drei"}
+    # (article, adjective ending) by (article kind, case, gender)
+    _ENDINGS = {("indef", "nom", "m"): ("ein", "er"), ("indef", "nom", "n"): ("ein", "es"),
+                ("indef", "acc", "m"): ("einen", "en"), ("indef", "acc", "n"): ("ein", "es"),
+                ("indef", "dat", "m"): ("einem", "en"), ("indef", "dat", "n"): ("einem", "en"),
+                ("def", "nom", "m"): ("der", "e"), ("def", "nom", "n"): ("das", "e")}
+
+    def _np(self, shape: str, adjectives: list[str], case: str = "nom", article: str = "indef") -> str:
+        art, ending = self._ENDINGS[(article, case, self.genders[shape])]
+        return " ".join([art, *(a + ending for a in adjectives), self.shapes[shape]])
+
+    def full(self, o: _Object, case: str = "nom") -> str:
+        return self._np(o.shape, [self.sizes[o.size], self.colours[o.colour]], case)
+
+    def short(self, o: _Object, case: str = "nom") -> str:
+        return self._np(o.shape, [self.colours[o.colour]], case)
+
+    def phrase(self, o: _Object) -> str:
+        return self.phrases[o.cell]
+
+    def join(self, items: list[str]) -> str:
+        return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " und " + items[-1]
+
+    def single_captions(self, o: _Object) -> list[str]:
+        size, colour, shape, p = self.sizes[o.size], self.colours[o.colour], self.shapes[o.shape], self.phrase(o)
+        single = self._np(o.shape, ["einzeln", size, colour])
+        pronoun = {"m": "der", "n": "das"}[self.genders[o.shape]]
+        return [f"{self.full(o)} {p}", f"{single} {p}", f"{self._np(o.shape, [size])}, {pronoun} {colour} ist, {p}",
+                f"ein Bild mit {self.full(o, 'dat')} {p}", f"{p}: {self.full(o)} auf hellem Hintergrund",
+                f"{self.full(o)} allein {p}"]
+
+    def shapes_list(self, n: int, items: list[str]) -> str:
+        return f"{self.numbers[n]} Formen: {self.join(items)}"
+
+    def shapes_background(self, n: int, items: list[str]) -> str:
+        return f"{self.numbers[n]} Formen auf hellem Hintergrund: {self.join(items)}"
+
+    def relation(self, a: _Object, b: _Object, rest: list[_Object]) -> str:
+        word = {"to the left of": "links von", "to the right of": "rechts von", "above": "über",
+                "below": "unter"}[_relation(a, b)]
+        return f"{self.short(a)} {word} {self.short(b, 'dat')}" + "".join(
+            f" und {self.short(c)} {self.phrase(c)}" for c in rest)
+
+    def beside(self, a: _Object, others: list[_Object]) -> str:
+        return f"{self.full(a)} {self.phrase(a)} neben {self.join([self.full(o, 'dat') for o in others])}"
+
+    def question(self, kind: str, variant: int, o: _Object | None, extra: Any = None) -> str:
+        if kind == "colour":
+            ref = (self._np(o.shape, [], article="def"), self._np(o.shape, [self.sizes[o.size]], article="def"),
+                   f"die Form {self.phrase(o)}")[variant]
+            return f"welche Farbe hat {ref}?"
+        if kind == "shape":
+            return f"welche Form ist {self.colours[o.colour]}?" if variant == 0 else \
+                f"welche Form ist {self.phrase(o)}?"
+        the = self._np(o.shape, [self.colours[o.colour]], article="def") if o is not None else ""
+        if kind == "position":
+            return (f"wo ist {the}?", f"in welchem Teil des Bildes ist {the}?")[variant]
+        if kind == "size":
+            return (f"welche Größe hat {the}?", f"ist {the} klein oder groß?")[variant]
+        if kind == "count":
+            return ("wie viele Formen gibt es?", "wie viele Formen sind im Bild?")[variant]
+        if kind == "yesno":
+            return f"gibt es {self._np(extra[1], [self.colours[extra[0]]], 'acc')}?"
+        raise ValueError(kind)
+
+
+class _French(_English):
+    """French: every shape noun is masculine (cercle, carré, triangle); the size adjective precedes the noun, the
+    colour follows it; relations and "à côté" take "d'un"."""
+
+    code = "fr"
+    colours = {"red": "rouge", "green": "vert", "blue": "bleu", "yellow": "jaune", "purple": "violet",
+               "orange": "orange"}
+    shapes = {"circle": "cercle", "square": "carré", "triangle": "triangle"}
+    sizes = {"small": "petit", "large": "grand"}
+    phrases = ("dans le coin supérieur gauche", "en haut", "dans le coin supérieur droit", "à gauche", "au centre",
+               "à droite", "dans le coin inférieur gauche", "en bas", "dans le coin inférieur droit")
+    numbers = {1: "une", 2: "deux", 3: "trois"}
+
+    def full(self, o: _Object, case: str = "nom") -> str:
+        return f"un {self.sizes[o.size]} {self.shapes[o.shape]} {self.colours[o.colour]}"
+
+    def short(self, o: _Object, case: str = "nom") -> str:
+        return f"un {self.shapes[o.shape]} {self.colours[o.colour]}"
+
+    def phrase(self, o: _Object) -> str:
+        return self.phrases[o.cell]
+
+    def join(self, items: list[str]) -> str:
+        return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " et " + items[-1]
+
+    def single_captions(self, o: _Object) -> list[str]:
+        size, colour, shape, p = self.sizes[o.size], self.colours[o.colour], self.shapes[o.shape], self.phrase(o)
+        return [f"{self.full(o)} {p}", f"un seul {size} {shape} {colour} {p}",
+                f"un {size} {shape} qui est {colour}, {p}",
+                f"une image avec {self.full(o)} {p}", f"{p}: {self.full(o)} sur un fond clair",
+                f"{self.full(o)} seul {p}"]
+
+    def shapes_list(self, n: int, items: list[str]) -> str:
+        return f"{self.numbers[n]} formes: {self.join(items)}"
+
+    def shapes_background(self, n: int, items: list[str]) -> str:
+        return f"{self.numbers[n]} formes sur un fond clair: {self.join(items)}"
+
+    def relation(self, a: _Object, b: _Object, rest: list[_Object]) -> str:
+        word = {"to the left of": "à gauche", "to the right of": "à droite", "above": "au-dessus",
+                "below": "au-dessous"}[_relation(a, b)]
+        return f"{self.short(a)} {word} d'{self.short(b)}" + "".join(
+            f" et {self.short(c)} {self.phrase(c)}" for c in rest)
+
+    def beside(self, a: _Object, others: list[_Object]) -> str:
+        return f"{self.full(a)} {self.phrase(a)} à côté {self.join([f'd{chr(39)}{self.full(o)}' for o in others])}"
+
+    def question(self, kind: str, variant: int, o: _Object | None, extra: Any = None) -> str:
+        if kind == "colour":
+            ref = (f"le {self.shapes[o.shape]}", f"le {self.sizes[o.size]} {self.shapes[o.shape]}",
+                   f"la forme {self.phrase(o)}")[variant]
+            return f"de quelle couleur est {ref}?"
+        if kind == "shape":
+            return f"quelle forme est {self.colours[o.colour]}?" if variant == 0 else \
+                f"quelle forme est {self.phrase(o)}?"
+        the = f"le {self.shapes[o.shape]} {self.colours[o.colour]}" if o is not None else ""
+        if kind == "position":
+            return (f"où est {the}?", f"dans quelle partie de l'image est {the}?")[variant]
+        if kind == "size":
+            return (f"quelle taille a {the}?", f"{the} est-il petit ou grand?")[variant]
+        if kind == "count":
+            return ("combien de formes y a-t-il?", "combien de formes sont dans l'image?")[variant]
+        if kind == "yesno":
+            return f"y a-t-il un {self.shapes[extra[1]]} {self.colours[extra[0]]}?"
+        raise ValueError(kind)
+
+
+_LANGS: dict[str, _English] = {"en": _English(), "de": _German(), "fr": _French()}
+#: the languages the captions and questions are translated into (templated translations of the English ones)
+LANGUAGES: tuple[str, ...] = ("de", "fr")
+
+
+def _lang(code: str) -> _English:
+    try:
+        return _LANGS[code]
+    except KeyError:
+        raise ValueError(f"language {code!r}: the shapes generator writes {', '.join(_LANGS)}") from None
+
+
+def _caption_options(objects: list[_Object], lang: str = "en") -> list[list[str]]:
     """Every caption the generator may write for a scene, one group per template (a template that picks objects has
     one entry per choice). Each template names every object's colour and shape, and its position (or, for two or more
     objects, their sizes or their arrangement), so a caption describes few other scenes: retrieval is scored against
     one paired image, and a caption that fits many images caps recall@1 whatever the model (see
-    :func:`caption_ambiguity`)."""
+    :func:`caption_ambiguity`). Every language has the same groups in the same order (``lang``: ``en``, ``de``,
+    ``fr``), so a (group, choice) drawn once renders the same caption in each language."""
+    L = _lang(lang)
     n = len(objects)
     if n == 1:
-        (o,) = objects
-        return [[f"{_full(o)} {o.phrase}"], [f"a single {o.size} {o.colour} {o.shape} {o.phrase}"],
-                [f"one {o.size} {o.shape} that is {o.colour}, {o.phrase}"], [f"a picture with {_full(o)} {o.phrase}"],
-                [f"{o.phrase}: {_full(o)} on a light background"], [f"{_full(o)} alone {o.phrase}"]]
-    word = _NUMBER_WORDS[n]
+        return [[c] for c in L.single_captions(objects[0])]
     pairs = [(a, b) for a in objects for b in objects if a is not b]
     others = {id(a): [o for o in objects if o is not a] for a in objects}
     return [
-        [f"{word} shapes: {_join([_full(o) for o in objects])}"],
-        [_join([f"{_short(o)} {o.phrase}" for o in objects])],
-        [_join([f"{_full(o)} {o.phrase}" for o in objects])],
-        [f"{word} shapes on a light background: {_join([f'{_short(o)} {o.phrase}' for o in objects])}"],
-        [f"{_short(a)} {_relation(a, b)} {_short(b)}" + "".join(f" and {_short(c)} {c.phrase}"
-                                                                 for c in others[id(a)] if c is not b)
-         for a, b in pairs],
-        [f"{_full(a)} {a.phrase} beside {_join([_full(o) for o in others[id(a)]])}" for a in objects],
+        [L.shapes_list(n, [L.full(o) for o in objects])],
+        [L.join([f"{L.short(o)} {L.phrase(o)}" for o in objects])],
+        [L.join([f"{L.full(o)} {L.phrase(o)}" for o in objects])],
+        [L.shapes_background(n, [f"{L.short(o)} {L.phrase(o)}" for o in objects])],
+        [L.relation(a, b, [c for c in others[id(a)] if c is not b]) for a, b in pairs],
+        [L.beside(a, others[id(a)]) for a in objects],
     ]
 
 
-def _image_captions(objects: list[_Object], rng: random.Random) -> list[str]:
+def _caption_choices(objects: list[_Object], rng: random.Random) -> list[tuple[int, int]]:
+    """``(group, entry)`` of each caption drawn: the same rng calls as ``rng.sample(groups, k)`` and
+    ``rng.choice(group)`` (both draw indices from the lengths only)."""
     groups = _caption_options(objects)
-    chosen = rng.sample(groups, _CAPTIONS_PER_IMAGE)
-    return [rng.choice(group) for group in chosen]
+    chosen = rng.sample(range(len(groups)), _CAPTIONS_PER_IMAGE)
+    return [(g, rng.choice(range(len(groups[g])))) for g in chosen]
+
+
+def _render_captions(objects: list[_Object], choices: list[tuple[int, int]], lang: str) -> list[str]:
+    groups = _caption_options(objects, lang)
+    return [groups[g][j] for g, j in choices]
+
+
+def _image_captions(objects: list[_Object], rng: random.Random) -> list[str]:
+    return _render_captions(objects, _caption_choices(objects, rng), "en")
 
 
 def retrieval_ceiling(root: str | os.PathLike, split: str = "test") -> float:
@@ -312,43 +545,46 @@ def _unique(objects: list[_Object], **attrs) -> bool:
     return sum(all(getattr(o, k) == v for k, v in attrs.items()) for o in objects) == 1
 
 
-def _image_questions(objects: list[_Object], rng: random.Random) -> list[tuple[str, str]]:
-    """Where each object is (one question per object), then ``_QUESTIONS_PER_IMAGE`` ``(question, answer)`` pairs of
-    distinct other types; answers are balanced per type. (Position questions make up about a third of the set: with
-    one position question among five or six per image, x2vlm-tiny trained from scratch answered the other types from
-    pooled image features and never learned to ground words in image regions within a 10-minute run.)"""
+def _question_specs(objects: list[_Object], rng: random.Random) -> list[tuple[tuple, str]]:
+    """Where each object is (one question per object), then ``_QUESTIONS_PER_IMAGE`` questions of distinct other
+    types: ``((kind, variant, object, extra), answer)``; answers are balanced per type. (Position questions make up
+    about a third of the set: with one position question among five or six per image, x2vlm-tiny trained from scratch
+    answered the other types from pooled image features and never learned to ground words in image regions within a
+    10-minute run.) :meth:`_English.question` renders a spec in a language."""
     target = rng.choice(objects)
     makers = {}
     # colour: refer to the target by shape, else by size and shape, else by position
     if _unique(objects, shape=target.shape):
-        ref = f"the {target.shape}"
+        variant = 0
     elif _unique(objects, shape=target.shape, size=target.size):
-        ref = f"the {target.size} {target.shape}"
+        variant = 1
     else:
-        ref = f"the shape {target.phrase}"
-    makers["colour"] = (f"what colour is {ref}?", target.colour)
+        variant = 2
+    makers["colour"] = (("colour", variant, target, None), target.colour)
     # shape: refer by colour when it is unique, else by position
-    if _unique(objects, colour=target.colour):
-        makers["shape"] = (f"what shape is {target.colour}?", target.shape)
-    else:
-        makers["shape"] = (f"what shape is {target.phrase}?", target.shape)
+    makers["shape"] = (("shape", 0 if _unique(objects, colour=target.colour) else 1, target, None), target.shape)
     # (colour, shape) pairs are unique within a scene
-    positions = [(rng.choice((f"where is the {o.colour} {o.shape}?",
-                              f"which part of the image is the {o.colour} {o.shape} in?")), o.position)
-                 for o in objects]
-    makers["size"] = (rng.choice((f"what size is the {target.colour} {target.shape}?",
-                                  f"is the {target.colour} {target.shape} small or large?")), target.size)
-    makers["count"] = (rng.choice(("how many shapes are there?", "how many shapes are in the image?")),
-                       str(len(objects)))
+    positions = [(("position", rng.choice((0, 1)), o, None), o.position) for o in objects]
+    makers["size"] = (("size", rng.choice((0, 1)), target, None), target.size)
+    makers["count"] = (("count", rng.choice((0, 1)), None, None), str(len(objects)))
     if rng.random() < 0.5:
-        makers["yesno"] = (f"is there a {target.colour} {target.shape}?", "yes")
+        makers["yesno"] = (("yesno", 0, None, (target.colour, target.shape)), "yes")
     else:
         present = {(o.colour, o.shape) for o in objects}
         absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
-        colour, shape = rng.choice(absent)
-        makers["yesno"] = (f"is there a {colour} {shape}?", "no")
+        makers["yesno"] = (("yesno", 0, None, rng.choice(absent)), "no")
     kinds = rng.sample(sorted(makers), _QUESTIONS_PER_IMAGE)
     return positions + [makers[k] for k in kinds]
+
+
+def _render_question(spec: tuple, lang: str) -> str:
+    kind, variant, obj, extra = spec
+    return _lang(lang).question(kind, variant, obj, extra)
+
+
+def _image_questions(objects: list[_Object], rng: random.Random) -> list[tuple[str, str]]:
+    """``(question, answer)`` pairs in English (see :func:`_question_specs`)."""
+    return [(_render_question(spec, "en"), answer) for spec, answer in _question_specs(objects, rng)]
 
 
 def _ten_answers(answer: str, rng: random.Random, alternatives: dict[str, tuple[str, ...]]) -> list[str]:
@@ -463,6 +699,86 @@ def _write_video(path: Path, frames, size: int, codec: str) -> None:
 # ------------------------------------------------------------------------------------------------------ generation
 
 
+def _check_languages(languages: Any) -> tuple[str, ...]:
+    if isinstance(languages, str) or not isinstance(languages, (list, tuple)):
+        raise TypeError(f"generate_shapes: languages must be a list of language codes, got {languages!r}")
+    for lang in languages:
+        if lang == "en" or lang not in _LANGS:
+            raise ValueError(f"generate_shapes: languages: {lang!r} is not a translation the generator writes; "
+                             f"expected some of {', '.join(LANGUAGES)}")
+    if len(set(languages)) != len(languages):
+        raise ValueError(f"generate_shapes: languages {list(languages)} names a language twice")
+    return tuple(languages)
+
+
+def _tokenizer_corpus(files: Mapping[str, Any]) -> list[str]:
+    """Every caption, question, parallel sentence and answer of the image files, raw and as the readers clean them
+    (lower case, no punctuation), distinct, in file order."""
+    from zoo.data.datasets import pre_caption  # noqa: PLC0415
+
+    texts: list[str] = []
+    for name, obj in sorted(files.items()):
+        if not isinstance(obj, list) or name.startswith("video_") or name == "scenes.json":
+            continue
+        for e in obj:
+            if isinstance(e, str):  # answer list
+                texts.append(e)
+                continue
+            for key, value in e.items():
+                if key in ("question", "text", "text_2") or key == "caption" or key.startswith("caption_"):
+                    texts.extend([value] if isinstance(value, str) else value)
+                elif key == "answer":
+                    texts.extend(value)
+    out = []
+    for t in texts:
+        out += [t, pre_caption(t, 10_000)]
+    return list(dict.fromkeys(out))
+
+
+def build_shapes_tokenizer(root: str | os.PathLike, vocab_size: int = 511, files: Mapping[str, Any] | None = None,
+                           out_dir: str | os.PathLike | None = None) -> Path:
+    """The tiny XLM-R-format tokenizer of the shapes data (:func:`zoo.data.multilingual_tokenizer.
+    build_multilingual_tokenizer`, Unigram) trained on every caption, question, parallel sentence and answer in every
+    language, written to ``{root}/tokenizer_xlmr`` (or ``out_dir``). ``vocab_size`` 511 fits ``cclm-tiny``'s 512 ids
+    (``<mask>`` comes on top). ``files`` (name → records) saves re-reading the JSON files. Every character of the
+    corpus is in the vocabulary, so none of the data's texts has an ``<unk>``."""
+    from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer  # noqa: PLC0415
+
+    root = Path(root)
+    if files is None:
+        files = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(root.glob("*.json"))
+                 if p.name != MANIFEST}
+    out = build_multilingual_tokenizer(_tokenizer_corpus(files), out_dir or root / TOKENIZER_DIR,
+                                       vocab_size=vocab_size)
+    _canonical_unigram(out / "tokenizer.json")
+    return out
+
+
+def _canonical_unigram(path: Path) -> None:
+    """Make a trained Unigram ``tokenizer.json`` the same bytes on every run: the ``tokenizers`` trainer sums scores
+    in hash order (last-digit noise) and appends the required single characters in hash order. Scores are rounded to
+    2 decimals and the pieces after the 4 special tokens sorted by (score descending, piece); the piece set is the
+    trainer's. ``<unk>`` stays id 3 and ``<mask>`` the id after the last piece."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    head = vocab[:4]
+    rest = sorted(([piece, round(score, 2)] for piece, score in vocab[4:]), key=lambda x: (-x[1], x[0]))
+    data["model"]["vocab"] = head + rest
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def shapes_tokenizer(root: str | os.PathLike | None = None) -> Path:
+    """The ``tokenizer_xlmr`` folder of a generated shapes dataset (default: the default dataset, generated on first
+    use) — what ``cclm-tiny``'s ``text.tokenizer`` points at for the shapes data."""
+    root = Path(root) if root is not None else generate_shapes()
+    folder = root / TOKENIZER_DIR
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder}: no shapes tokenizer (a dataset generated with languages; regenerate it "
+                                "with generate_shapes(root, ...) )")
+    return folder
+
+
+
 def _check_params(seed, num_train_images, num_val_images, num_test_images, image_size, num_videos,
                   video_frames) -> dict[str, int]:
     params = {"seed": seed, "num_train_images": num_train_images, "num_val_images": num_val_images,
@@ -497,14 +813,34 @@ def _dump(path: Path, obj: Any) -> None:
         fh.write("\n")
 
 
-def _generate_into(folder: Path, params: dict[str, int]) -> dict[str, Any]:
+def _language_files(split: str, languages: tuple[str, ...]) -> list[str]:
+    names = [f"{kind}_{split}.{lang}.json" for kind in ("retrieval", "vqa") for lang in languages]
+    return names + (["retrieval_train_multilingual.json"] if split == "train" and languages else [])
+
+
+def _parallel_records(pairs: list[tuple[str, str, str]]) -> list[dict[str, str]]:
+    """Distinct (English, translation) sentence pairs in first-seen order:
+    ``{text, text_2, lang, lang_2}`` with ``text`` English and ``text_2`` in ``lang_2``."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for en, other, lang in pairs:
+        if (en, other) not in seen:
+            seen.add((en, other))
+            out.append({"text": en, "text_2": other, "lang": "en", "lang_2": lang})
+    return out
+
+
+def _generate_into(folder: Path, params: dict[str, int], languages: tuple[str, ...] = LANGUAGES) -> dict[str, Any]:
     seed, size = params["seed"], params["image_size"]
     counts = {"train": params["num_train_images"], "val": params["num_val_images"], "test": params["num_test_images"]}
     files: dict[str, Any] = {}
+    multilingual: dict[str, Any] = {}  # the translated files (written after the English ones, same order)
     scenes, image_id = [], 0
     for split in _SPLITS:
         (folder / "images" / split).mkdir(parents=True, exist_ok=True)
         vqa, retrieval_train, captions_eval, gt_images, gt_annotations = [], [], [], [], []
+        extra: dict[str, list] = {name: [] for name in _language_files(split, languages)}
+        pairs: list[tuple[str, str, str]] = []
         seen: set[tuple] = set()
         for index in range(counts[split]):
             rng = _rng(seed, "image", split, index)
@@ -519,20 +855,40 @@ def _generate_into(folder: Path, params: dict[str, int]) -> dict[str, Any]:
             scenes.append({"image": rel, "image_id": image_id, "split": split,
                            "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "position": o.position,
                                         "bbox": _box(o, size)} for o in objects]})
-            captions = _image_captions(objects, rng)
+            choices = _caption_choices(objects, rng)
+            captions = _render_captions(objects, choices, "en")
+            translated = {lang: _render_captions(objects, choices, lang) for lang in languages}
             if split == "train":
                 retrieval_train += [{"image": rel, "caption": c, "image_id": image_id} for c in captions]
+                for lang in languages:
+                    extra[f"retrieval_train.{lang}.json"] += [{"image": rel, "caption": c, "image_id": image_id}
+                                                              for c in translated[lang]]
+                if languages:
+                    extra["retrieval_train_multilingual.json"] += [
+                        {"image": rel, "caption": c, **{f"caption_{lang}": translated[lang][j] for lang in languages},
+                         "image_id": image_id} for j, c in enumerate(captions)]
             else:
                 captions_eval.append({"image": rel, "caption": captions})
+                for lang in languages:
+                    extra[f"retrieval_{split}.{lang}.json"].append({"image": rel, "caption": translated[lang]})
                 gt_images.append({"id": image_id, "file_name": rel})
                 gt_annotations += [{"image_id": image_id, "id": image_id * 10 + j, "caption": c}
                                    for j, c in enumerate(captions)]
-            for j, (question, answer) in enumerate(_image_questions(objects, rng)):
-                vqa.append({"question_id": image_id * 10 + j, "question": question,
-                            "answer": _ten_answers(answer, rng, _ALTERNATIVES), "image": rel,
-                            "dataset": VQA_DATASET_TAG})
+            for j, (spec, answer) in enumerate(_question_specs(objects, rng)):
+                entry = {"question_id": image_id * 10 + j, "question": _render_question(spec, "en"),
+                         "answer": _ten_answers(answer, rng, _ALTERNATIVES), "image": rel,
+                         "dataset": VQA_DATASET_TAG}
+                vqa.append(entry)
+                for lang in languages:
+                    extra[f"vqa_{split}.{lang}.json"].append({**entry, "question": _render_question(spec, lang)})
+                    pairs += [(entry["question"], _render_question(spec, lang), lang)]
+            for lang in languages:
+                pairs += [(c, t, lang) for c, t in zip(captions, translated[lang])]
             image_id += 1
         files[f"vqa_{split}.json"] = vqa
+        multilingual.update(extra)
+        if languages and split != "test":
+            multilingual[f"parallel_{split}.json"] = _parallel_records(pairs)
         if split == "train":
             files["retrieval_train.json"] = retrieval_train
             files["caption_train.json"] = [dict(e) for e in retrieval_train]
@@ -577,13 +933,16 @@ def _generate_into(folder: Path, params: dict[str, int]) -> dict[str, Any]:
         files[f"video_qa_{split}.json"] = qa
     files["video_answer_list.json"] = _answer_list([*DIRECTIONS, *COLOURS, *SHAPES, "yes", "no"], video_alternatives)
 
+    files.update(multilingual)
     for name, obj in files.items():
         _dump(folder / name, obj)
+    if languages:
+        build_shapes_tokenizer(folder, files=files)
     manifest = {
         "name": "shapes", "version": SHAPES_VERSION, "params": params,
         "files": {name: _count(obj) for name, obj in sorted(files.items())},
         "images": counts, "videos": video_counts, "video_size": video_size, "video_codec": codec,
-        "video_fps": _VIDEO_FPS,
+        "video_fps": _VIDEO_FPS, "languages": list(languages),
     }
     _dump(folder / MANIFEST, manifest)  # last: its presence means "complete"
     return manifest
@@ -602,9 +961,14 @@ def _read_manifest(root: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def _is_complete(root: Path, params: dict[str, int]) -> bool:
+def _is_complete(root: Path, params: dict[str, int], languages: tuple[str, ...] = LANGUAGES) -> bool:
     manifest = _read_manifest(root)
     if manifest is None or manifest.get("version") != SHAPES_VERSION or manifest.get("params") != params:
+        return False
+    # a folder written before the translations (no "languages" in its manifest) is regenerated: same English files
+    if manifest.get("languages") != list(languages):
+        return False
+    if languages and not (root / TOKENIZER_DIR / "tokenizer.json").is_file():
         return False
     return all((root / name).is_file() for name in manifest.get("files", {}))
 
@@ -613,7 +977,8 @@ def _check_replaceable(root: Path) -> None:
     """Refuse to delete a folder that holds files this generator does not write (a mistyped root)."""
     if not root.is_dir():
         raise FileExistsError(f"{root}: exists and is not a folder; expected a shapes dataset folder")
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in _KNOWN_NAMES and not p.name.startswith("."))
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in _KNOWN_NAMES and not p.name.startswith(".")
+                     and not _TRANSLATED_NAME.match(p.name))
     if foreign:
         raise FileExistsError(f"{root}: holds files the shapes generator did not write ({', '.join(foreign[:5])}); "
                               "refusing to replace it — pass another root or remove the folder")
@@ -635,7 +1000,7 @@ def _lock(root: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _swap_in(tmp: Path, root: Path, params: dict[str, int]) -> None:
+def _swap_in(tmp: Path, root: Path, params: dict[str, int], languages: tuple[str, ...] = LANGUAGES) -> None:
     old = None
     if root.exists() or root.is_symlink():
         _check_replaceable(root)
@@ -644,7 +1009,8 @@ def _swap_in(tmp: Path, root: Path, params: dict[str, int]) -> None:
     try:
         os.replace(tmp, root)
     except OSError:
-        if not _is_complete(root, params):  # someone else (without the lock) put a complete copy there: keep it
+        # someone else (without the lock) put a complete copy there: keep it
+        if not _is_complete(root, params, languages):
             raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -652,30 +1018,33 @@ def _swap_in(tmp: Path, root: Path, params: dict[str, int]) -> None:
 
 def generate_shapes(root: str | os.PathLike | None = None, *, seed: int = 0, num_train_images: int = 5000,
                     num_val_images: int = 300, num_test_images: int = 300, image_size: int = 96, num_videos: int = 40,
-                    video_frames: int = 8, force: bool = False) -> Path:
+                    video_frames: int = 8, force: bool = False,
+                    languages: tuple[str, ...] | list[str] = LANGUAGES) -> Path:
     """Generate the shapes dataset under ``root`` (default :func:`default_shapes_root`) unless it is already there.
 
     A folder whose ``manifest.json`` names the same version and parameters is returned as is (nothing is rewritten);
     otherwise (or with ``force``) the dataset is generated into a temporary sibling folder and renamed into place.
-    Returns the root.
+    ``languages`` (default ``("de", "fr")``; ``()`` writes the English files only — byte-identical either way): the
+    translated files and the XLM-R-format tokenizer folder (see the module docstring). Returns the root.
     """
     params = _check_params(seed, num_train_images, num_val_images, num_test_images, image_size, num_videos,
                            video_frames)
+    languages = _check_languages(languages)
     root = Path(os.path.expanduser(os.fspath(root))) if root is not None else default_shapes_root()
     root = root.absolute()
-    if not force and _is_complete(root, params):
+    if not force and _is_complete(root, params, languages):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with _lock(root):
-        if not force and _is_complete(root, params):  # another process finished it while we waited
+        if not force and _is_complete(root, params, languages):  # another process finished it while we waited
             return root
         if root.exists():
             _check_replaceable(root)  # fail before the work, not after
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:
             tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary cache folder
-            _generate_into(tmp, params)
-            _swap_in(tmp, root, params)
+            _generate_into(tmp, params, languages)
+            _swap_in(tmp, root, params, languages)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -20,6 +20,20 @@ alike — the question-only (or text-only) ablation that shows what a model gets
 [false: true keeps each image in memory after its first read, transformed when the transform has no randomness — for
 small data sets read for many epochs; see :meth:`zoo.data.datasets._AnnotationDataset.cache_images`].
 
+Cross-lingual data (the zero-shot / few-shot protocol of CCLM, IGLUE): ``val`` and ``test`` may be a mapping
+``{name: file or list}`` (e.g. ``{en: retrieval_test.json, de: retrieval_test.de.json}``): each entry is evaluated on
+its own and the metrics are logged as ``test/de/img_r1`` (results ``{"de/img_r1": ...}``). ``languages`` [none]
+(e.g. ``[en, de, fr]``) is the short form: every evaluation file ``x.json`` becomes ``{lang: x.{lang}.json}`` (the
+file itself for a language without such a file, allowed only for the first language: the source language).
+``few_shot`` [none] (``{de: 100}``) adds that many training records in that language, drawn with ``seed`` from the
+``x.{lang}.json`` translations of the training files (one data set, so an image keeps one id across languages).
+``translation`` [none] (a language, or a list: one drawn per item) adds to each retrieval training item the record's
+``caption_{lang}`` as ``caption_2`` → ``input_ids_2`` / ``attention_mask_2`` (CCLM's ITC over both languages + TTC;
+e.g. ``retrieval_train_multilingual.json`` of the shapes data).
+
+Models: :meth:`TaskDataModule.configure_for_model` reads ``causal_captioning`` (captioning training batches without
+masked-LM inputs, for causal LMs); the training module calls it in ``setup``.
+
 Data order: the training sampler is a ``DistributedSampler`` (one replica outside distributed runs) whose permutation
 depends only on ``seed`` and the epoch (Lightning calls ``set_epoch``), so two runs with one seed see the same order,
 and a run resumed from a checkpoint continues it: after a mid-epoch checkpoint the sampler skips the batches that
@@ -46,7 +60,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from zoo.spec import ConfigError
 
-__all__ = ["DATA_KEYS", "TASK_NAMES", "TaskDataModule"]
+__all__ = ["DATA_KEYS", "TASK_NAMES", "TaskDataModule", "read_parallel", "resolve_shapes_tokenizer"]
 
 TASK_NAMES = ("vqa", "retrieval", "captioning")
 SPLITS = ("train", "val", "test")
@@ -61,6 +75,8 @@ DATA_KEYS: dict[str, str] = {
     "drop_last": _BOOL, "prompt": _STR, "max_masks": _POS, "mask_prob": _FLOAT, "top_k_answers": _POS,
     "classifier_targets": "'vqa_score' or 'weights'", "crop_scale": "[low, high] with 0 < low <= high <= 1",
     "blank_images": _BOOL, "cache_images": _BOOL,
+    "languages": "list of language codes", "few_shot": "mapping {language: number of records}",
+    "translation": "language code or list of codes",
 }
 _CHOICES = {"video_backend": ("decord", "av"), "on_bad_sample": ("error", "skip"),
             "classifier_targets": ("vqa_score", "weights")}
@@ -74,6 +90,30 @@ _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_files(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(f, str) for f in v))
+
+
+def _is_lang(v: Any) -> bool:
+    return isinstance(v, str) and bool(v) and v.replace("-", "").replace("_", "").isalnum()
+
+
+def _language_files(files: list[str], lang: str, source: bool, where: str) -> list[str]:
+    """``x.{lang}.json`` for each ``x.json`` of ``files``; the file itself when there is no such file and ``source``
+    (the source language's files carry no suffix)."""
+    out = []
+    for f in files:
+        stem, ext = os.path.splitext(f)
+        candidate = f"{stem}.{lang}{ext}"
+        if os.path.isfile(candidate):
+            out.append(candidate)
+        elif source:
+            out.append(f)
+        else:
+            raise ConfigError(f"no {lang!r} version of {f}: expected {candidate}", where)
+    return out
 
 
 def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> dict[str, Any]:
@@ -101,8 +141,16 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
             or (kind == _STR and not isinstance(value, str))
             or (kind == _FLOAT and not (isinstance(value, (int, float)) and not isinstance(value, bool)))
             or (key in _CHOICES and value not in _CHOICES[key])
-            or (key in ("train", "val", "test") and not (isinstance(value, str) or (
-                isinstance(value, list) and value and all(isinstance(f, str) for f in value))))
+            or (key == "train" and not _is_files(value))
+            or (key in ("val", "test") and not (_is_files(value) or (
+                isinstance(value, Mapping) and value and all(isinstance(n, str) and _is_files(f)
+                                                             for n, f in value.items()))))
+            or (key == "languages" and not (isinstance(value, list) and value and all(_is_lang(v) for v in value)
+                                            and len(set(value)) == len(value)))
+            or (key == "few_shot" and not (isinstance(value, Mapping) and all(
+                _is_lang(k) and _is_int(v) and v > 0 for k, v in value.items())))
+            or (key == "translation" and not (_is_lang(value) or (
+                isinstance(value, list) and value and all(_is_lang(v) for v in value))))
         )
         if bad:
             raise ConfigError(f"expected {kind}, got {type(value).__name__} {value!r}", f"data.{key}")
@@ -137,14 +185,36 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
             raise ConfigError(f"file not found: {full}", where)
         return full
 
+    def resolve_files(key: str, value: str | list[str]) -> list[str]:
+        if isinstance(value, str):
+            return [resolve(key, value)]
+        return [resolve(key, f, i) for i, f in enumerate(value)]
+
     for split in SPLITS:
         value = cfg.get(split)
         if value is None:
             continue
-        if isinstance(value, str):
-            cfg[split] = [resolve(split, value)]
+        if isinstance(value, Mapping):
+            cfg[split] = {str(name): resolve_files(f"{split}.{name}", files) for name, files in value.items()}
+        elif split != "train" and cfg.get("languages"):
+            files = resolve_files(split, value)
+            cfg[split] = {lang: _language_files(files, lang, i == 0, f"data.{split}")
+                          for i, lang in enumerate(cfg["languages"])}
         else:
-            cfg[split] = [resolve(split, f, i) for i, f in enumerate(value)]
+            cfg[split] = resolve_files(split, value)
+    if cfg.get("few_shot"):
+        if not cfg.get("train"):
+            raise ConfigError("few-shot records are added to the training data: give data.train", "data.few_shot")
+        cfg["few_shot"] = {lang: (int(n), _language_files(cfg["train"], lang, False, "data.few_shot"))
+                           for lang, n in cfg["few_shot"].items()}
+    if cfg.get("translation") is not None:
+        if task != "retrieval":
+            raise ConfigError(f"translations (caption_2) are read for retrieval training only, not task {task!r}",
+                              "data.translation")
+        if cfg.get("few_shot"):
+            raise ConfigError("few-shot records (in one language) have no translation field: use either "
+                              "data.translation or data.few_shot", "data.translation")
+        cfg["translation"] = [cfg["translation"]] if isinstance(cfg["translation"], str) else list(cfg["translation"])
     if cfg.get("answer_list") is not None:
         cfg["answer_list"] = resolve("answer_list", cfg["answer_list"])
     size = cfg.get("image_size", image_size)
@@ -226,12 +296,15 @@ class TaskDataModule(L.LightningDataModule):
         vqa_mode: ``"generative"`` (answer decoder) or ``"classifier"`` (answer vocabulary).
         image_size: the model's resolution, used unless ``data.image_size`` is set.
         answer_vocab: VQA classifier labels in the head's order (default: ``answer_list`` or the training answers).
+        causal_captioning: captioning training batches for a causal LM (no masked-LM inputs, no [MASK] needed).
     """
 
     def __init__(self, task: str, data: Mapping[str, Any], tokenizer: Any, *, vqa_mode: str = "generative",
-                 image_size: int | None = None, answer_vocab: Sequence[str] | None = None):
+                 image_size: int | None = None, answer_vocab: Sequence[str] | None = None,
+                 causal_captioning: bool = False):
         super().__init__()
         self.task, self.vqa_mode, self.tokenizer = task, vqa_mode, tokenizer
+        self.causal_captioning = bool(causal_captioning)
         self.cfg = _validate(task, data, vqa_mode, image_size)
         self.image_size: int = self.cfg["image_size"]
         self._answer_vocab = list(answer_vocab) if answer_vocab is not None else None
@@ -241,20 +314,40 @@ class TaskDataModule(L.LightningDataModule):
         self._text_tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batch_skips: dict[str, int] = {s: 0 for s in SPLITS}
 
+    def configure_for_model(self, model: Any) -> None:
+        """Batch options the model asks for: ``causal_captioning`` (see the class docstring)."""
+        if getattr(model, "causal_captioning", False):
+            self.causal_captioning = True
+
     # -- data sets -----------------------------------------------------------------------------------------------
     def has_split(self, split: str) -> bool:
         return bool(self.cfg.get(_split_of(split)))
 
-    def dataset(self, split: str) -> Any:
-        """The data set of ``split`` (``train``, ``val``/``validate``, ``test``), read on first use."""
-        split = _split_of(split)
-        if split not in self._datasets:
-            if not self.cfg.get(split):
-                raise ConfigError(f"the data config has no {split!r} split", f"data.{split}")
-            self._datasets[split] = self._build(split)
-        return self._datasets[split]
+    def eval_names(self, split: str) -> list[str | None]:
+        """The named evaluation sets of ``split`` (languages, in config order), or ``[None]`` for a single one."""
+        value = self.cfg.get(_split_of(split))
+        return list(value) if isinstance(value, Mapping) else [None]
 
-    def _build(self, split: str) -> Any:
+    def dataset(self, split: str, name: str | None = None) -> Any:
+        """The data set of ``split`` (``train``, ``val``/``validate``, ``test``), read on first use; ``name``: one
+        of :meth:`eval_names` (default: the first)."""
+        split = _split_of(split)
+        if not self.cfg.get(split):
+            raise ConfigError(f"the data config has no {split!r} split", f"data.{split}")
+        files = self.cfg[split]
+        if isinstance(files, Mapping):
+            name = next(iter(files)) if name is None else name
+            if name not in files:
+                raise KeyError(f"data.{split} has no evaluation set {name!r}; it has {', '.join(files)}")
+            files = files[name]
+        elif name is not None:
+            raise KeyError(f"data.{split} is a single evaluation set; no {name!r}")
+        key = split if name is None else f"{split}/{name}"
+        if key not in self._datasets:
+            self._datasets[key] = self._build(split, files)
+        return self._datasets[key]
+
+    def _build(self, split: str, files: list[str]) -> Any:
         from zoo.data import datasets as D  # noqa: PLC0415
 
         c, train = self.cfg, split == "train"
@@ -269,9 +362,17 @@ class TaskDataModule(L.LightningDataModule):
             "retrieval": (D.RetrievalTrainDataset, D.RetrievalEvalDataset),
             "captioning": (D.CaptionTrainDataset, D.CaptionEvalDataset),
         }[self.task][0 if train else 1]
-        dataset = cls(c[split], **common)
+        few_shot = c.get("few_shot") if train else None
+        if few_shot:
+            extra = [f for _, lang_files in few_shot.values() for f in lang_files]
+            dataset = cls(list(files) + extra, **common)
+            dataset = _few_shot_subset(dataset, list(files), few_shot, int(c["seed"]))
+        else:
+            dataset = cls(files, **common)
         if c["cache_images"]:
             dataset.cache_images()
+        if train and c.get("translation"):
+            dataset = _WithTranslation(dataset, c["translation"])
         return dataset
 
     def image_transform(self, train: bool) -> Callable[[Any], torch.Tensor]:
@@ -290,7 +391,8 @@ class TaskDataModule(L.LightningDataModule):
             str(getattr(stage, "value", stage)), SPLITS)
         for split in wanted:
             if self.cfg.get(split):
-                self.dataset(split)
+                for name in self.eval_names(split) if split != "train" else [None]:
+                    self.dataset(split, name)
 
     # -- VQA answers ---------------------------------------------------------------------------------------------
     @property
@@ -326,22 +428,24 @@ class TaskDataModule(L.LightningDataModule):
         return self._answer_tokens
 
     # -- retrieval evaluation ------------------------------------------------------------------------------------
-    def eval_texts(self, stage: Any) -> list[str]:
-        return self.dataset(_eval_split(stage)).texts
+    def eval_texts(self, stage: Any, name: str | None = None) -> list[str]:
+        return self.dataset(_eval_split(stage), name).texts
 
-    def eval_text_tokens(self, stage: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(input_ids, attention_mask)`` of every caption of the retrieval evaluation set of ``stage``."""
+    def eval_text_tokens(self, stage: Any, name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` of every caption of the retrieval evaluation set of ``stage`` (``name``:
+        one of :meth:`eval_names`)."""
         split = _eval_split(stage)
-        if split not in self._text_tokens:
+        key = split if name is None else f"{split}/{name}"
+        if key not in self._text_tokens:
             from zoo.data.collate import tokenize_texts  # noqa: PLC0415
 
-            self._text_tokens[split] = tokenize_texts(self.tokenizer, self.dataset(split).texts,
-                                                      self.cfg["max_tokens"])
-        return self._text_tokens[split]
+            self._text_tokens[key] = tokenize_texts(self.tokenizer, self.dataset(split, name).texts,
+                                                    self.cfg["max_tokens"])
+        return self._text_tokens[key]
 
-    def eval_text_index(self, stage: Any) -> tuple[list[int], list[list[int]]]:
+    def eval_text_index(self, stage: Any, name: str | None = None) -> tuple[list[int], list[list[int]]]:
         """``(txt2img, img2txt)`` of the retrieval evaluation set of ``stage``."""
-        ds = self.dataset(_eval_split(stage))
+        ds = self.dataset(_eval_split(stage), name)
         return ds.txt2img, ds.img2txt
 
     # -- loaders -------------------------------------------------------------------------------------------------
@@ -358,7 +462,8 @@ class TaskDataModule(L.LightningDataModule):
             return C.RetrievalCollator(self.tokenizer, c["max_tokens"])
         if train:
             return C.CaptionTrainCollator(self.tokenizer, prompt=c["prompt"], max_tokens=c["max_tokens"],
-                                          max_masks=c["max_masks"], mask_prob=float(c["mask_prob"]))
+                                          max_masks=c["max_masks"], mask_prob=float(c["mask_prob"]),
+                                          causal=self.causal_captioning)
         return C.CaptionEvalCollator()
 
     def _world(self) -> tuple[int, int]:
@@ -396,9 +501,12 @@ class TaskDataModule(L.LightningDataModule):
         return self._eval_loader("test")
 
     def _eval_loader(self, split: str) -> DataLoader | list:
+        """One loader, or one per named evaluation set (languages) in :meth:`eval_names` order."""
         if not self.cfg.get(split):
             return []
-        return self._loader(self.dataset(split), split, self.cfg["eval_batch_size"], sampler=None, drop_last=False)
+        loaders = [self._loader(self.dataset(split, name), split, self.cfg["eval_batch_size"], sampler=None,
+                                drop_last=False) for name in self.eval_names(split)]
+        return loaders if isinstance(self.cfg[split], Mapping) else loaders[0]
 
     def _loader(self, ds: Any, split: str, batch_size: int, sampler: Any, drop_last: bool,
                 cls: type = DataLoader) -> DataLoader:
@@ -425,7 +533,8 @@ class TaskDataModule(L.LightningDataModule):
         from batches, and the reasons recorded in this process (those met in loader workers went to warnings)."""
         lines = []
         for split in SPLITS:
-            ds = self._datasets.get(split)
+            ds = self._datasets.get(split) or next(
+                (d for k, d in self._datasets.items() if k.startswith(f"{split}/")), None)
             malformed = getattr(ds, "num_malformed", 0) if ds is not None else 0
             dropped = self._batch_skips[split]
             if not malformed and not dropped:
@@ -442,3 +551,104 @@ class TaskDataModule(L.LightningDataModule):
 def _eval_split(stage: Any) -> str:
     split = _split_of(stage)
     return "test" if split == "test" else "val"
+
+
+class _DatasetView(torch.utils.data.Dataset):
+    """A view of an annotation data set (a subset, or items with extra keys) that forwards every other attribute
+    (``records``, ``skipped``, ``num_malformed``, ``cache_images``, ...) to it."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int] | None = None):
+        self.dataset = dataset
+        self.indices = list(indices) if indices is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.dataset)
+
+    def _index(self, i: int) -> int:
+        return self.indices[i] if self.indices is not None else i
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[self._index(i)]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("dataset", "indices"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def _few_shot_subset(dataset: Any, source_files: list[str], few_shot: Mapping[str, tuple[int, list[str]]],
+                     seed: int) -> _DatasetView:
+    """Every record of ``source_files`` + ``n`` records (drawn with ``seed``) of each language's files."""
+    import random  # noqa: PLC0415
+
+    by_file: dict[str, list[int]] = {}
+    for i, (file, _, _) in enumerate(dataset.records):
+        by_file.setdefault(file, []).append(i)
+    keep = [i for f in dict.fromkeys(source_files) for i in by_file.get(f, [])]
+    for lang, (n, files) in few_shot.items():
+        pool = [i for f in dict.fromkeys(files) for i in by_file.get(f, [])]
+        if n > len(pool):
+            raise ConfigError(f"{n} few-shot records asked for in {lang!r}, but {', '.join(files)} hold {len(pool)}",
+                              f"data.few_shot.{lang}")
+        keep += sorted(random.Random(f"{seed}:{lang}").sample(pool, n))
+    return _DatasetView(dataset, keep)
+
+
+class _WithTranslation(_DatasetView):
+    """Retrieval training items + ``caption_2``: the record's ``caption_{lang}`` (cleaned as the caption), ``lang``
+    drawn from torch's generator per item when several are given."""
+
+    def __init__(self, dataset: Any, languages: Sequence[str]):
+        super().__init__(dataset)
+        self.languages = list(languages)
+        from zoo.data.datasets import DataError  # noqa: PLC0415
+
+        for file, idx, rec in dataset.records:
+            for lang in self.languages:
+                if not isinstance(rec.get(f"caption_{lang}"), str):
+                    raise DataError(file, idx, f"data.translation: the record has no string 'caption_{lang}' "
+                                               "(a translation of its caption)")
+
+    def __getitem__(self, i: int) -> Any:
+        from zoo.data.datasets import pre_caption  # noqa: PLC0415
+
+        item = self.dataset[i]
+        if item is None:
+            return None
+        lang = self.languages[int(torch.randint(len(self.languages), ())) if len(self.languages) > 1 else 0]
+        rec = self.dataset.records[i][2]
+        text = rec[f"caption_{lang}"]
+        item = dict(item)
+        item["caption_2"] = pre_caption(text, self.dataset.max_words) if getattr(self.dataset, "clean", True) else text
+        return item
+
+
+def read_parallel(files: str | Sequence[str]) -> list[dict[str, str]]:
+    """Parallel-sentence records ``{text, text_2, ...}`` of JSON list files (the shapes ``parallel_{train,val}.json``),
+    for :class:`zoo.data.collate.ParallelTextCollator`; a record without two strings is an error naming the file."""
+    from zoo.data.datasets import DataError, read_annotations  # noqa: PLC0415
+
+    out = []
+    for file, idx, rec in read_annotations([files] if isinstance(files, str) else list(files)):
+        if not (isinstance(rec, Mapping) and isinstance(rec.get("text"), str) and isinstance(rec.get("text_2"), str)):
+            raise DataError(file, idx, "expected an object with strings 'text' and 'text_2' (a sentence and its "
+                                       "translation)")
+        out.append(dict(rec))
+    return out
+
+
+def resolve_shapes_tokenizer(model: Any, data_root: str | os.PathLike | None) -> None:
+    """``text.tokenizer: shapes`` → the ``tokenizer_xlmr`` folder of the shapes data under ``data_root`` (the data
+    section's resolved root; :func:`zoo.data.shapes.shapes_tokenizer`). Call before ``model.text.get_tokenizer()``."""
+    text = getattr(model, "text", None)
+    if getattr(text, "tokenizer", None) != "shapes":
+        return
+    from zoo.data.shapes import shapes_tokenizer  # noqa: PLC0415
+
+    if data_root is None:
+        raise ConfigError("text.tokenizer: shapes needs the shapes data (data.root: shapes or its folder)", "data.root")
+    text.tokenizer = str(shapes_tokenizer(data_root))
+    config = getattr(model, "zoo_config", None)
+    if isinstance(config, dict) and isinstance(config.get("model"), dict) \
+            and isinstance(config["model"].get("text"), dict):
+        config["model"]["text"]["tokenizer"] = text.tokenizer  # checkpoints name the real folder

@@ -5,6 +5,13 @@ The module is task-generic: the loss comes from the model's task method (``vqa_l
 ``retrieval_scores``, ``generate_captions``), scored with the metrics in :mod:`zoo.metrics`. A model family plugs in by
 offering those methods with the batch keys the collators in :mod:`zoo.data.collate` produce.
 
+Evaluation sets named in the data config (``data.test: {en: ..., de: ...}`` or ``data.languages``: the
+cross-lingual protocol) are separate loaders; each is scored on its own and logged as ``{split}/{name}/{metric}``
+(``last_metrics``: ``{"de/img_r1": ...}``). VQA with a model whose ``open_ended_vqa`` is true (eP-ALM, generating
+answers) calls ``vqa_predict(images, question_ids, question_mask, questions=batch["questions"])`` without building
+the answer list. ``setup`` hands the model to the data module (:meth:`zoo.train.data.TaskDataModule.
+configure_for_model`: e.g. ``causal_captioning`` models get captioning batches without masked-LM inputs).
+
 A loss that is NaN or infinite stops the run with :class:`NonFiniteLossError` naming the step; checkpoints already
 written stay the latest (the checkpoint callback writes atomically, see :mod:`zoo.train.run`).
 """
@@ -45,8 +52,13 @@ class TaskModule(L.LightningModule):
         self.model, self.task = model, task
         self.optim = dict(optim or {})
         self.evaluation = dict(evaluation or {})
-        self._outputs: list[dict] = []
+        self._outputs: dict[int, list[dict]] = {}
         self.skipped = 0
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        if dm is not None and hasattr(dm, "configure_for_model"):
+            dm.configure_for_model(self.model)
 
     # -- training ------------------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -98,10 +110,10 @@ class TaskModule(L.LightningModule):
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._outputs = []
+        self._outputs = {}
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._outputs.append(self._predict_batch(batch))
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._outputs.setdefault(dataloader_idx, []).append(self._predict_batch(batch))
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", prog_bar=("vqa_acc", "r_mean", "CIDEr"))
@@ -112,21 +124,34 @@ class TaskModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
 
-    def _log_metrics(self, split: str, prog_bar: tuple[str, ...] = ()) -> None:
-        metrics = self.compute_metrics(self._gathered_outputs())
-        for key, value in metrics.items():
-            # every process computed the same value from the gathered predictions: nothing left to reduce
-            self.log(f"{split}/{key}", float(value), prog_bar=key in prog_bar)
-        self.last_metrics = metrics
-        self._outputs = []
+    def _eval_names(self, split: str) -> list[str | None]:
+        dm = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        return dm.eval_names(split) if dm is not None and hasattr(dm, "eval_names") else [None]
 
-    def _gathered_outputs(self) -> list[dict]:
-        """This process's prediction outputs, or under distributed evaluation every process's, with the samples the
-        distributed sampler repeated (to give every process the same count) kept once, so metrics are computed over
-        the whole evaluation set exactly as in a single process."""
+    def _log_metrics(self, split: str, prog_bar: tuple[str, ...] = ()) -> None:
+        names = self._eval_names(split)
+        all_metrics: dict[str, float] = {}
+        for idx, name in enumerate(names):
+            metrics = self.compute_metrics(self._gathered_outputs(self._outputs.get(idx, [])), name=name)
+            for key, value in metrics.items():
+                # every process computed the same value from the gathered predictions: nothing left to reduce
+                if name is None:
+                    self.log(f"{split}/{key}", float(value), prog_bar=key in prog_bar)
+                    all_metrics[key] = metrics[key]
+                else:
+                    self.log(f"{split}/{name}/{key}", float(value))
+                    all_metrics[f"{name}/{key}"] = metrics[key]
+        self.last_metrics = all_metrics
+        self._outputs = {}
+
+    def _gathered_outputs(self, outputs: list[dict] | None = None) -> list[dict]:
+        """This process's prediction outputs (of one evaluation set), or under distributed evaluation every
+        process's, with the samples the distributed sampler repeated (to give every process the same count) kept
+        once, so metrics are computed over the whole evaluation set exactly as in a single process."""
         import torch.distributed as dist  # noqa: PLC0415
 
-        outputs = self._outputs
+        if outputs is None:
+            outputs = [o for idx in sorted(self._outputs) for o in self._outputs[idx]]
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return outputs
         everyone: list[Any] = [None] * dist.get_world_size()
@@ -147,7 +172,11 @@ class TaskModule(L.LightningModule):
         m, ev = self.model, self.evaluation
         if self.task == "vqa":
             dm = self.trainer.datamodule
-            if getattr(m, "generative_vqa", False):
+            if getattr(m, "open_ended_vqa", False):  # answers are generated: no answer list to rank
+                options = {"num_beams": ev["num_beams"]} if "num_beams" in ev else {}
+                out = m.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"],
+                                    questions=batch.get("questions"), **options)
+            elif getattr(m, "generative_vqa", False):
                 answer_ids, answer_mask = dm.answer_list_tokens
                 out = m.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"],
                                     answer_ids.to(self.device), answer_mask.to(self.device), k=ev.get("k_test"),
@@ -165,7 +194,8 @@ class TaskModule(L.LightningModule):
             return {"images": batch["images"].detach().cpu(), "index": batch["index"].detach().cpu()}
         return {}
 
-    def compute_metrics(self, outputs: list[dict]) -> dict[str, float]:
+    def compute_metrics(self, outputs: list[dict], name: str | None = None) -> dict[str, float]:
+        """Metrics of one evaluation set's outputs (``name``: the data module's named set, for retrieval's texts)."""
         if not outputs:
             return {}
         if self.task == "vqa":
@@ -189,8 +219,9 @@ class TaskModule(L.LightningModule):
             index = torch.cat([o["index"] for o in outputs])
             order = index.argsort()
             images = torch.cat([o["images"] for o in outputs])[order].to(self.device)
-            ids, mask = dm.eval_text_tokens(self.trainer.state.stage)
-            txt2img, img2txt = dm.eval_text_index(self.trainer.state.stage)
+            stage = self.trainer.state.stage
+            ids, mask = dm.eval_text_tokens(stage, name) if name is not None else dm.eval_text_tokens(stage)
+            txt2img, img2txt = dm.eval_text_index(stage, name) if name is not None else dm.eval_text_index(stage)
             present = index[order].tolist()
             if len(present) < len(img2txt):  # a partial evaluation (limit_*_batches): the images seen, their texts
                 texts, kept = [], []
