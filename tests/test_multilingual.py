@@ -360,3 +360,27 @@ def test_epalm_captioning_batches_need_no_mask_token(data, tmp_path):
     results = train(cfg)
     assert results["task"] == "captioning"
     assert "train/loss" in (tmp_path / "cap" / "logs" / "metrics.csv").read_text()
+
+
+def test_word_unigram_keeps_every_corpus_word_whole(tmp_path):
+    """model="words": each corpus word is one token (most frequent first when the budget is short), other words are
+    spelled with characters, never <unk>; the same corpus gives the same file."""
+    from transformers import AutoTokenizer
+
+    from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer
+
+    corpus = ["is there a red circle", "ist da ein roter kreis", "y a-t-il un cercle rouge", "is it red"] * 3
+    a = build_multilingual_tokenizer(corpus, tmp_path / "a", vocab_size=64, model="words")
+    b = build_multilingual_tokenizer(list(reversed(corpus)), tmp_path / "b", vocab_size=64, model="words")
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+    tok = AutoTokenizer.from_pretrained(a)
+    for sentence in corpus:
+        pieces = tok.convert_ids_to_tokens(tok(sentence, add_special_tokens=False)["input_ids"])
+        assert pieces == ["▁" + w for w in sentence.split()]
+    spelled = tok.convert_ids_to_tokens(tok("cat", add_special_tokens=False)["input_ids"])
+    assert spelled == ["▁", "c", "a", "t"] and tok.unk_token not in spelled
+    small = AutoTokenizer.from_pretrained(build_multilingual_tokenizer(corpus, tmp_path / "c", vocab_size=27,
+                                                                       model="words"))
+    kept = [p for p in small.get_vocab() if p.startswith("▁") and len(p) > 1]
+    assert set(kept) <= {"▁is", "▁red", "▁circle", "▁there", "▁a", "▁ist", "▁da", "▁ein", "▁roter", "▁kreis"} | \
+        {"▁y", "▁a-t-il", "▁un", "▁cercle", "▁rouge", "▁it"} and "▁is" in kept and "▁red" in kept

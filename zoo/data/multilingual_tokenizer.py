@@ -22,6 +22,7 @@ fast class (``PreTrainedTokenizerFast``) instead, with the same special tokens a
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,8 +36,10 @@ MASK_TOKEN = "<mask>"
 
 
 def _train(sentences: list[str], vocab_size: int, model: str):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
+    from tokenizers import Tokenizer, decoders, models, trainers  # noqa: PLC0415
 
+    if model == "words":
+        return _word_unigram(sentences, vocab_size)
     if model == "unigram":
         tok = Tokenizer(models.Unigram())
         trainer = trainers.UnigramTrainer(
@@ -46,14 +49,54 @@ def _train(sentences: list[str], vocab_size: int, model: str):
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
     else:
-        raise ValueError(f"model={model!r}: expected 'unigram' or 'bpe'")
+        raise ValueError(f"model={model!r}: expected 'unigram', 'words' or 'bpe'")
     # the pipeline transformers' XLMRobertaTokenizer (v5) rebuilds around the vocabulary: no normaliser here (XLM-R's
     # precompiled NFKC map needs the SentencePiece .model file), whitespace split, then Metaspace with a prefix "▁"
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
-    ])
+    tok.pre_tokenizer = _pre_tokenizer()
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     tok.train_from_iterator(sentences, trainer=trainer)
+    return tok
+
+
+def _pre_tokenizer():
+    from tokenizers import pre_tokenizers  # noqa: PLC0415
+
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
+    ])
+
+
+def _word_unigram(sentences: list[str], vocab_size: int):
+    """A Unigram model whose pieces are the corpus's words (``▁word``, most frequent first) and every character it
+    uses (words scored by log relative frequency, characters below every word): built, not trained, so each word the vocabulary holds is one token (the
+    Unigram trainer, on a corpus of a few hundred words in three languages, keeps few whole words) and one corpus
+    gives the same file every time. Words beyond the budget fall back to characters; nothing is ``<unk>``."""
+    from collections import Counter  # noqa: PLC0415
+
+    from tokenizers import Tokenizer, decoders, models  # noqa: PLC0415
+
+    pre = _pre_tokenizer()
+    words: Counter[str] = Counter()
+    chars: Counter[str] = Counter()
+    for sentence in sentences:
+        for piece, _ in pre.pre_tokenize_str(sentence):
+            words[piece] += 1
+            chars.update(piece)
+    budget = vocab_size - len(SPECIAL_TOKENS)
+    if len(chars) > budget:
+        raise ValueError(f"vocab_size={vocab_size}: the corpus uses {len(chars)} characters, more than the "
+                         f"{budget} pieces after the special tokens")
+    kept = sorted((w for w in words if len(w) > 1 and w not in chars), key=lambda w: (-words[w], w))
+    kept = kept[: budget - len(chars)]
+    total = sum(words[w] for w in kept) or 1
+    scored = [(w, round(math.log(words[w] / total), 4)) for w in kept]
+    # characters score below every word, so a word the vocabulary holds is never spelled out
+    floor = min((score for _, score in scored), default=0.0) - 2.0
+    vocab = [(t, 0.0) for t in SPECIAL_TOKENS] + scored
+    vocab += [(c, round(floor - i * 1e-3, 4)) for i, c in enumerate(sorted(chars, key=lambda c: (-chars[c], c)))]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=SPECIAL_TOKENS.index("<unk>"), byte_fallback=False))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     return tok
 
 
@@ -61,7 +104,7 @@ def build_multilingual_tokenizer(
     sentences: Iterable[str],
     out_dir: str | os.PathLike,
     vocab_size: int = 512,
-    model: Literal["unigram", "bpe"] = "unigram",
+    model: Literal["unigram", "words", "bpe"] = "unigram",
     model_max_length: int = 512,
 ) -> Path:
     """Train a tokenizer on ``sentences`` and save it as an XLM-R tokenizer folder; returns the folder.
@@ -72,7 +115,8 @@ def build_multilingual_tokenizer(
         vocab_size: size of the learnt vocabulary INCLUDING the four leading special tokens; ``<mask>`` comes on top,
             so ``len(tokenizer) <= vocab_size + 1`` (a tiny corpus may yield fewer pieces). A model's ``vocab_size``
             must be at least ``len(tokenizer)``.
-        model: ``"unigram"`` (SentencePiece Unigram, as XLM-R) or ``"bpe"``.
+        model: ``"unigram"`` (SentencePiece Unigram trained as XLM-R's), ``"words"`` (a Unigram vocabulary of the
+            corpus's whole words and characters, built directly: for small closed-vocabulary corpora) or ``"bpe"``.
         model_max_length: written to ``tokenizer_config.json`` (XLM-R: 512).
     """
     from tokenizers import AddedToken, processors  # noqa: PLC0415
@@ -104,9 +148,9 @@ def build_multilingual_tokenizer(
                "pad_token": "<pad>", "cls_token": "<s>", "mask_token": MASK_TOKEN}
     config = {
         # transformers' XLM-R tokenizer class is Unigram-only; a BPE model loads through the generic fast class
-        "tokenizer_class": "XLMRobertaTokenizer" if model == "unigram" else "PreTrainedTokenizerFast",
+        "tokenizer_class": "XLMRobertaTokenizer" if model != "bpe" else "PreTrainedTokenizerFast",
         "model_max_length": model_max_length,
-        "clean_up_tokenization_spaces": model == "unigram",  # as XLM-R; transformers refuses the clean-up for BPE
+        "clean_up_tokenization_spaces": model != "bpe",  # as XLM-R; transformers refuses the clean-up for BPE
         "added_tokens_decoder": {
             str(i): added(t) for i, t in enumerate(SPECIAL_TOKENS)
         } | {str(mask_id): added(MASK_TOKEN, lstrip=True)},

@@ -738,7 +738,7 @@ def _tokenizer_corpus(files: Mapping[str, Any]) -> list[str]:
 def build_shapes_tokenizer(root: str | os.PathLike, vocab_size: int = 511, files: Mapping[str, Any] | None = None,
                            out_dir: str | os.PathLike | None = None) -> Path:
     """The tiny XLM-R-format tokenizer of the shapes data (:func:`zoo.data.multilingual_tokenizer.
-    build_multilingual_tokenizer`, Unigram) trained on every caption, question, parallel sentence and answer in every
+    build_multilingual_tokenizer`, a Unigram vocabulary of whole words, ``model="words"``) from every caption, question, parallel sentence and answer in every
     language, written to ``{root}/tokenizer_xlmr`` (or ``out_dir``). ``vocab_size`` 511 fits ``cclm-tiny``'s 512 ids
     (``<mask>`` comes on top). ``files`` (name → records) saves re-reading the JSON files. Every character of the
     corpus is in the vocabulary, so none of the data's texts has an ``<unk>``."""
@@ -748,23 +748,8 @@ def build_shapes_tokenizer(root: str | os.PathLike, vocab_size: int = 511, files
     if files is None:
         files = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(root.glob("*.json"))
                  if p.name != MANIFEST}
-    out = build_multilingual_tokenizer(_tokenizer_corpus(files), out_dir or root / TOKENIZER_DIR,
-                                       vocab_size=vocab_size)
-    _canonical_unigram(out / "tokenizer.json")
-    return out
-
-
-def _canonical_unigram(path: Path) -> None:
-    """Make a trained Unigram ``tokenizer.json`` the same bytes on every run: the ``tokenizers`` trainer sums scores
-    in hash order (last-digit noise) and appends the required single characters in hash order. Scores are rounded to
-    2 decimals and the pieces after the 4 special tokens sorted by (score descending, piece); the piece set is the
-    trainer's. ``<unk>`` stays id 3 and ``<mask>`` the id after the last piece."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    vocab = data["model"]["vocab"]
-    head = vocab[:4]
-    rest = sorted(([piece, round(score, 2)] for piece, score in vocab[4:]), key=lambda x: (-x[1], x[0]))
-    data["model"]["vocab"] = head + rest
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return build_multilingual_tokenizer(_tokenizer_corpus(files), out_dir or root / TOKENIZER_DIR,
+                                        vocab_size=vocab_size, model="words")
 
 
 def shapes_tokenizer(root: str | os.PathLike | None = None) -> Path:
