@@ -388,8 +388,16 @@ def test_tiny_retrieval(tokenizer_dir, tokenizer):
     model = _tiny("split", tokenizer_dir, task="retrieval")
     assert model.mlm is None and model.bbox is None
     batch = _image_batch(tokenizer, torch.Generator().manual_seed(2))
-    losses = model.retrieval_losses(batch, generator=torch.Generator().manual_seed(0))
+    english = {k: v for k, v in batch.items() if not k.endswith("_2")}
+    losses = model.retrieval_losses(english, generator=torch.Generator().manual_seed(0))
     assert set(losses) == {"itc", "itm", "loss"}
+    # with translations (data option `translation`): both languages' ITC and the text-text term, as pre-training
+    torch.manual_seed(5)  # the same dropout draws for both calls
+    both = model.retrieval_losses(batch, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(5)
+    again = model.image_text_losses(batch, generator=torch.Generator().manual_seed(0))
+    assert set(both) == {"itc", "ttc", "itm", "loss"} and torch.allclose(both["loss"], again["loss"])
+    assert not torch.allclose(both["itc"], losses["itc"])
     model.eval()
     texts = tokenizer(ALL_SENTENCES[:5], padding=True, return_tensors="pt")
     i2t, t2i = model.retrieval_scores(batch["images"][:3], texts["input_ids"], texts["attention_mask"], k=2)

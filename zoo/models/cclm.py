@@ -233,6 +233,13 @@ class CCLM(X2VLM):
         losses["loss"] = sum(losses.values())
         return losses
 
+    def retrieval_losses(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> dict:
+        """Retrieval fine-tuning: ITC + ITM (X²-VLM's); a batch with translated captions (``input_ids_2``, data
+        option ``translation``) adds the second language's ITC and the text–text contrastive term, as pre-training."""
+        if "input_ids_2" in batch:
+            return self.image_text_losses(batch, generator)
+        return super().retrieval_losses(batch, generator)
+
     def parallel_text_losses(self, batch: Mapping[str, Tensor],
                              generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Parallel-sentence batch: ``input_ids`` / ``attention_mask`` (sentence 1), ``input_ids_2`` /
