@@ -78,3 +78,33 @@ def test_non_finite_loss_stops_with_the_step(model):
     module = TaskModule(Broken(), "vqa")
     with pytest.raises(NonFiniteLossError, match="training loss is nan at global step 0 .* batch 3"):
         module.training_step({"images": torch.zeros(2, 3, 4, 4)}, 3)
+
+
+def test_fused_adamw_is_chosen_on_cpu_and_updates_as_the_loop_does(model):
+    """optim.fused: auto → torch's fused AdamW (CPU floating-point parameters); the update equals the per-tensor
+    loop's; false turns it off; anything else is a config error naming the key."""
+    from types import SimpleNamespace
+
+    from zoo.spec import ConfigError
+    from zoo.train.module import TaskModule
+
+    def optimizer(**optim):
+        module = TaskModule(model, "retrieval", {"lr": 1e-3, **optim})
+        module.trainer = SimpleNamespace(estimated_stepping_batches=10)
+        return module.configure_optimizers()["optimizer"]
+
+    assert optimizer().defaults["fused"] is True
+    assert not optimizer(fused=False).defaults["fused"]
+    with pytest.raises(ConfigError, match="optim.fused"):
+        optimizer(fused="yes")
+    params = [torch.nn.Parameter(torch.randn(50, 8, generator=torch.Generator().manual_seed(i))) for i in range(3)]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = torch.optim.AdamW(params, lr=1e-2, fused=True)
+    loop = torch.optim.AdamW(copies, lr=1e-2, foreach=False)
+    for step in range(5):
+        for ps, opt in ((params, fused), (copies, loop)):
+            for i, p in enumerate(ps):
+                p.grad = torch.full_like(p, 0.1 * (step + 1)) + torch.arange(p.numel()).view_as(p) * 1e-3 * (i + 1)
+            opt.step()
+    for a, b in zip(params, copies):
+        assert torch.allclose(a, b, atol=1e-6)

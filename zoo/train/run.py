@@ -34,7 +34,7 @@ TASK_CONFIG_KEYS = {
     "model": {"name", "task", "pretrained", "overrides"},
     "data": None,  # validated by the data module
     "optim": {"lr", "weight_decay", "vision_lr", "text_lr", "fusion_lr", "new_params", "new_param_lr_mult", "warmup",
-              "betas", "eps"},
+              "betas", "eps", "fused"},
     "trainer": {"max_epochs", "max_steps", "precision", "accumulate_grad_batches", "gradient_clip_val", "strategy",
                 "devices", "accelerator", "num_nodes", "log_every_n_steps", "val_check_interval",
                 "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "limit_test_batches",
