@@ -212,3 +212,19 @@ def test_classifier_vqa_needs_one_class_per_answer(shapes, tmp_path):
         head(torch.zeros(2, 4), torch.zeros(2, 5))
     cfg["data"]["top_k_answers"] = 8  # the head's size: trains
     assert "vqa_acc" in train(cfg)["test"]
+
+
+def test_strategies_without_a_cpu_path_are_config_errors(shapes, tmp_path):
+    """Lightning's FSDP and DeepSpeed need CUDA (and DeepSpeed its package): a clear error naming trainer.strategy
+    before anything is built, instead of Lightning's traceback."""
+    import importlib.util
+
+    for strategy in ("fsdp", "deepspeed_stage_2"):
+        cfg = _config("vqa-shapes", shapes, tmp_path)
+        cfg["trainer"].update(strategy=strategy, devices=2)
+        with pytest.raises(ConfigError, match=r"trainer.strategy: .*CUDA devices only"):
+            train(cfg)
+    if importlib.util.find_spec("deepspeed") is None:
+        cfg["trainer"].update(strategy="deepspeed", accelerator="gpu")
+        with pytest.raises(ConfigError, match="needs the deepspeed package"):
+            train(cfg)

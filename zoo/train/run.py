@@ -149,6 +149,7 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
 
     cfg = load_task_config(config, overrides) if not isinstance(config, Mapping) else dict(config)
     task = cfg["task"]
+    _check_strategy({"accelerator": "cpu", **dict(cfg.get("trainer") or {})}, cfg.get("_file"))
     tcfg = dict(cfg.get("train") or {})
     run_dir = Path(tcfg.get("output_dir", "runs")) / str(tcfg.get("name", f"{cfg['model']['name']}-{task}"))
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -223,6 +224,26 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
         with atomic_write(run_dir / "results.json", "w") as fh:
             json.dump(results, fh, indent=2, default=float)
     return results
+
+
+def _check_strategy(trainer_cfg: Mapping[str, Any], file: str | None) -> None:
+    """Strategies Lightning cannot run on the chosen accelerator are config errors naming the key, not Lightning
+    tracebacks: FSDP and DeepSpeed need CUDA (ddp runs everywhere), and DeepSpeed needs its package."""
+    strategy = str(trainer_cfg.get("strategy") or "auto")
+    family = next((f for f in ("fsdp", "deepspeed") if strategy.startswith(f)), None)
+    if family is None:
+        return
+    accelerator = str(trainer_cfg.get("accelerator", "cpu"))
+    if accelerator not in ("gpu", "cuda", "auto"):
+        raise ConfigError(f"strategy {strategy!r} runs on CUDA devices only (Lightning's {family} has no CPU path); "
+                          f"set trainer.accelerator=gpu on a GPU machine, or use trainer.strategy=ddp on CPU",
+                          "trainer.strategy", file)
+    if family == "deepspeed":
+        import importlib.util  # noqa: PLC0415
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(f"strategy {strategy!r} needs the deepspeed package (pip install deepspeed)",
+                              "trainer.strategy", file)
 
 
 def model_from_checkpoint(source: str | os.PathLike):
