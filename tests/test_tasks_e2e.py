@@ -228,3 +228,32 @@ def test_strategies_without_a_cpu_path_are_config_errors(shapes, tmp_path):
         cfg["trainer"].update(strategy="deepspeed", accelerator="gpu")
         with pytest.raises(ConfigError, match="needs the deepspeed package"):
             train(cfg)
+
+
+def test_data_tokenizer_is_the_folders_or_built_from_the_data_texts(shapes, tmp_path):
+    """`text.tokenizer: data`: the shapes folder's word-level tokenizer, or — for data without one — a tokenizer
+    built from the data's questions and answers into the run folder; every question word is one token."""
+    import shutil
+
+    from zoo.train.data import resolve_data_tokenizer
+
+    import zoo
+
+    cfg = _config("vqa-shapes", shapes, tmp_path / "a")
+
+    def fresh():
+        return zoo.create_model("x2vlm-tiny", task="vqa", **cfg["model"]["overrides"])
+
+    model = fresh()
+    resolve_data_tokenizer(model, cfg["data"], tmp_path / "run")
+    assert model.text.tokenizer == str(shapes / "tokenizer_xlmr")
+    assert model.zoo_config["model"]["text"]["tokenizer"] == str(shapes / "tokenizer_xlmr")
+    bare = tmp_path / "bare"
+    shutil.copytree(shapes, bare, ignore=shutil.ignore_patterns("tokenizer_xlmr", "videos"))
+    model = fresh()
+    resolve_data_tokenizer(model, {**cfg["data"], "root": str(bare)}, tmp_path / "run")
+    assert model.text.tokenizer == str(tmp_path / "run" / "tokenizer_data")
+    tok = model.text.get_tokenizer()
+    question = json.loads((bare / "vqa_train.json").read_text())[0]["question"].rstrip("?")
+    assert len(tok(question, add_special_tokens=False)["input_ids"]) == len(question.split())
+    assert len(tok) <= model.text.embeddings.word_embeddings.num_embeddings

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from pathlib import Path
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -60,7 +61,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from zoo.spec import ConfigError
 
-__all__ = ["DATA_KEYS", "TASK_NAMES", "TaskDataModule", "read_parallel", "resolve_shapes_tokenizer"]
+__all__ = ["DATA_KEYS", "TASK_NAMES", "TaskDataModule", "read_parallel", "resolve_data_tokenizer"]
 
 TASK_NAMES = ("vqa", "retrieval", "captioning")
 SPLITS = ("train", "val", "test")
@@ -637,17 +638,53 @@ def read_parallel(files: str | Sequence[str]) -> list[dict[str, str]]:
     return out
 
 
-def resolve_shapes_tokenizer(model: Any, data_root: str | os.PathLike | None) -> None:
-    """``text.tokenizer: shapes`` → the ``tokenizer_xlmr`` folder of the shapes data under ``data_root`` (the data
-    section's resolved root; :func:`zoo.data.shapes.shapes_tokenizer`). Call before ``model.text.get_tokenizer()``."""
-    text = getattr(model, "text", None)
-    if getattr(text, "tokenizer", None) != "shapes":
-        return
-    from zoo.data.shapes import shapes_tokenizer  # noqa: PLC0415
+def _vocab_rows(text: Any) -> int:
+    """Rows of a text part's word embedding (split_bert, hf encoders)."""
+    for get in (lambda t: t.embeddings.word_embeddings, lambda t: t.model.get_input_embeddings()):
+        try:
+            return int(get(text).num_embeddings)
+        except AttributeError:
+            continue
+    raise ConfigError(f"text.tokenizer: data needs a text part with word embeddings, got {type(text).__name__}",
+                      "model.text.tokenizer")
 
-    if data_root is None:
-        raise ConfigError("text.tokenizer: shapes needs the shapes data (data.root: shapes or its folder)", "data.root")
-    text.tokenizer = str(shapes_tokenizer(data_root))
+
+def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | os.PathLike) -> None:
+    """``text.tokenizer: data`` (alias ``shapes``): the data's own word-level tokenizer, for models trained from
+    scratch on a small closed vocabulary. It is the data folder's ``tokenizer_xlmr/`` when there is one (the shapes
+    generator writes it, :func:`zoo.data.shapes.shapes_tokenizer`), else one built from the texts of the data
+    section's files (questions, captions, answers, the answer list; :func:`zoo.data.multilingual_tokenizer.
+    build_multilingual_tokenizer` with ``model="words"``) into ``out_dir/tokenizer_data``, sized to the text part's
+    ``vocab_size``. Call before ``model.text.get_tokenizer()``; the model config then names the folder."""
+    text = getattr(model, "text", None)
+    if getattr(text, "tokenizer", None) not in ("data", "shapes"):
+        return
+    from zoo.data.shapes import TOKENIZER_DIR, _tokenizer_corpus  # noqa: PLC0415
+
+    root = data.get("root")
+    folder = Path(root) / TOKENIZER_DIR if root else None
+    if folder is None or not (folder / "tokenizer.json").is_file():
+        import json  # noqa: PLC0415
+
+        from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer  # noqa: PLC0415
+
+        files: dict[str, Any] = {}
+        for key in ("train", "val", "test", "answer_list"):
+            value = data.get(key)
+            values = value.values() if isinstance(value, Mapping) else ([value] if isinstance(value, str) else value)
+            for i, name in enumerate(values or ()):
+                path = Path(name) if Path(name).is_absolute() or not root else Path(root) / name
+                try:
+                    files[f"{key}{i}:{path.name}"] = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as exc:
+                    raise ConfigError(f"cannot read {path} for the data tokenizer ({exc})", f"data.{key}") from None
+        corpus = _tokenizer_corpus(files)
+        if not corpus:
+            raise ConfigError("text.tokenizer: data needs texts in the data files (questions, captions, answers)",
+                              "data.train")
+        folder = build_multilingual_tokenizer(corpus, Path(out_dir) / "tokenizer_data",
+                                              vocab_size=_vocab_rows(text) - 1, model="words")  # <mask> on top
+    text.tokenizer = str(folder)
     config = getattr(model, "zoo_config", None)
     if isinstance(config, dict) and isinstance(config.get("model"), dict) \
             and isinstance(config["model"].get("text"), dict):

@@ -172,10 +172,10 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
         for part in (getattr(model, "vision", None), getattr(model, "text", None), getattr(model, "fusion", None)):
             if part is not None and hasattr(part, "set_grad_checkpointing"):
                 part.set_grad_checkpointing(True)
-    from zoo.train.data import resolve_shapes_tokenizer  # noqa: PLC0415
+    from zoo.train.data import resolve_data_tokenizer  # noqa: PLC0415
 
     data = resolve_data(cfg.get("data") or {})  # `root: shapes` → the generated folder (made on first use)
-    resolve_shapes_tokenizer(model, data.get("root"))  # `text.tokenizer: shapes` → that folder's tokenizer
+    resolve_data_tokenizer(model, data, run_dir)  # `text.tokenizer: data` → the data's word-level tokenizer
     tokenizer = model.text.get_tokenizer()
     dm = _datamodule(task, {**cfg, "data": data}, model, tokenizer)
     head = getattr(model, "vqa", None)
