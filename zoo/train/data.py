@@ -682,8 +682,19 @@ def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | o
         if not corpus:
             raise ConfigError("text.tokenizer: data needs texts in the data files (questions, captions, answers)",
                               "data.train")
-        folder = build_multilingual_tokenizer(corpus, Path(out_dir) / "tokenizer_data",
-                                              vocab_size=_vocab_rows(text) - 1, model="words")  # <mask> on top
+        folder = Path(out_dir) / "tokenizer_data"
+        if not (folder / "tokenizer.json").is_file():  # built once per run (deterministic), then renamed into place
+            import shutil  # noqa: PLC0415
+            import tempfile  # noqa: PLC0415
+
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tokenizer_data.", dir=folder.parent))
+            tmp.chmod(0o755)  # mkdtemp makes it private; it is an ordinary output folder
+            build_multilingual_tokenizer(corpus, tmp, vocab_size=_vocab_rows(text) - 1, model="words")  # +<mask>
+            try:
+                tmp.rename(folder)
+            except OSError:  # another process (a distributed rank) put the same tokenizer there first
+                shutil.rmtree(tmp, ignore_errors=True)
     text.tokenizer = str(folder)
     config = getattr(model, "zoo_config", None)
     if isinstance(config, dict) and isinstance(config.get("model"), dict) \
