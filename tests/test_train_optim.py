@@ -88,12 +88,13 @@ def test_fused_adamw_is_chosen_on_cpu_and_updates_as_the_loop_does(model):
     from zoo.spec import ConfigError
     from zoo.train.module import TaskModule
 
-    def optimizer(**optim):
+    def optimizer(precision="32-true", **optim):
         module = TaskModule(model, "retrieval", {"lr": 1e-3, **optim})
-        module.trainer = SimpleNamespace(estimated_stepping_batches=10)
+        module.trainer = SimpleNamespace(estimated_stepping_batches=10, precision=precision)
         return module.configure_optimizers()["optimizer"]
 
     assert optimizer().defaults["fused"] is True
+    assert not optimizer("bf16-mixed").defaults["fused"]  # Lightning's AMP plugin clips only unfused optimizers
     assert not optimizer(fused=False).defaults["fused"]
     with pytest.raises(ConfigError, match="optim.fused"):
         optimizer(fused="yes")

@@ -99,7 +99,7 @@ class TaskModule(L.LightningModule):
         for g in groups:
             g.pop("param_names")
         optimizer = torch.optim.AdamW(groups, betas=tuple(o.get("betas", (0.9, 0.98))), eps=float(o.get("eps", 1e-8)),
-                                      fused=_use_fused(groups, o.get("fused")))
+                                      fused=_use_fused(groups, o.get("fused"), self.trainer))
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = linear_warmup_decay(optimizer, total, warmup_steps_for(total, float(o.get("warmup", 0.1))))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -237,16 +237,20 @@ class TaskModule(L.LightningModule):
         return {}
 
 
-def _use_fused(groups: list[dict], setting: Any) -> bool | None:
+def _use_fused(groups: list[dict], setting: Any, trainer: Any = None) -> bool | None:
     """``optim.fused``: torch's fused AdamW kernel (one kernel over all tensors; the same update as the default
     per-tensor loop, about 6× faster on CPU for a model whose parameters are mostly embeddings). ``None`` (default):
-    on when every parameter is a floating-point tensor on the CPU or a CUDA device, which the kernel supports."""
+    on when every parameter is a floating-point tensor on the CPU or a CUDA device, which the kernel supports, and
+    the precision is not mixed (Lightning's mixed-precision plugin refuses gradient clipping with an optimizer that
+    unscales gradients itself, as the fused one does)."""
     if setting is not None:
         if not isinstance(setting, bool):
             from zoo.spec import ConfigError  # noqa: PLC0415
 
             raise ConfigError(f"expected true, false or null, got {setting!r}", "optim.fused")
         return setting or None
+    if "mixed" in str(getattr(trainer, "precision", "")):
+        return None
     params = [p for g in groups for p in g["params"]]
     ok = bool(params) and all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
     return True if ok else None
