@@ -118,6 +118,7 @@ class TaskModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", prog_bar=("vqa_acc", "r_mean", "CIDEr"))
+        self.validated_step = self.global_step  # `mmzoo train` validates the final weights if no epoch did
 
     on_test_epoch_start = on_validation_epoch_start
     test_step = validation_step

@@ -204,6 +204,9 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     trainer = L.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], **trainer_cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    if dm.has_split("val") and trainer_cfg.get("limit_val_batches", 1) != 0 \
+            and getattr(module, "validated_step", None) != trainer.global_step:
+        trainer.validate(module, datamodule=dm)  # the last epoch was not a validation epoch (check_val_every_n_epoch)
     results: dict[str, Any] = {"task": task, "model": mcfg["name"], "run_dir": str(run_dir),
                                "val": getattr(module, "last_metrics", {})}
     if dm.has_split("test"):
