@@ -452,3 +452,19 @@ def test_convert_official_checkpoint_end_to_end(tmp_path):
     batch.pop("image_codes")
     with torch.no_grad():
         assert torch.equal(model.pretrain_losses(batch)["loss"], again.pretrain_losses(batch)["loss"])
+
+
+def test_forward_is_the_prefix_lm_pass():
+    """model(images, ids, mask): encoder over [image ; text] and decoder logits over the same text — equal to the
+    pieces called one by one (what `mmzoo bench model davinci-base` times)."""
+    torch.manual_seed(0)
+    model = zoo.create_model("davinci-tiny").eval()
+    images = torch.randn(2, 3, 64, 64)
+    ids = torch.randint(1000, 2000, (2, 7))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        out = model(images, ids, mask)
+        states, smask = model.encode(images, ids, mask)
+        logits = model.decoder_logits(ids, mask, states, smask)
+    assert torch.equal(out["encoder_states"], states) and torch.equal(out["logits"], logits)
+    assert out["logits"].shape == (2, 7, model.text_decoder.vocab_size)

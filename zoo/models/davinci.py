@@ -460,6 +460,14 @@ class DaVinci(ZooModel):
         out = self.text(input_ids, attention_mask, image_tokens=image_tokens, relative_bias=relative_bias)
         return out.tokens, out.mask
 
+    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """One prefix-LM pass, the shape of every DaVinci objective: image + text → encoder (with the relative bias),
+        the decoder reads the same text with teacher forcing. ``{"encoder_states", "encoder_mask", "logits"}``
+        (logits over the joint text + code vocabulary; what ``mmzoo bench model`` times)."""
+        states, smask = self.encode(images, input_ids, attention_mask)
+        return {"encoder_states": states, "encoder_mask": smask,
+                "logits": self.decoder_logits(input_ids, attention_mask, states, smask)}
+
     def _empty_context(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """The official ``tokenizer([""] * B)``: ``[CLS]`` alone."""
         ids = torch.full((batch, 1), self.text_decoder.bos_token_id, dtype=torch.long, device=device)
