@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from zoo.spec import ConfigError
 
@@ -29,6 +30,8 @@ __all__ = [
     "atomic_write",
     "atomic_path",
     "WeightsError",
+    "rename_by_rules",
+    "raise_unknown_keys",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
 ]
@@ -46,6 +49,24 @@ class WeightsError(ConfigError):
 
     A ConfigError, so that a ``pretrained:`` path inside a model config is reported with its config path too.
     """
+
+
+def rename_by_rules(key: str, rules: Sequence[tuple[str, str]]) -> str | None:
+    """``key`` renamed by the first ``(regex, replacement)`` rule that matches it (``re.sub``); None when none does.
+    The official-checkpoint converters are tables of such rules."""
+    for pattern, replacement in rules:
+        if re.search(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return None
+
+
+def raise_unknown_keys(unknown: Sequence[str], family: str = "") -> None:
+    """A converter's official keys that no rule maps and no dropped pattern matches: a WeightsError listing them
+    (the first 20), so nothing of a checkpoint is silently ignored."""
+    if unknown:
+        shown = ", ".join(unknown[:20]) + (f", ... ({len(unknown) - 20} more)" if len(unknown) > 20 else "")
+        raise WeightsError(f"{len(unknown)} official {family + ' ' if family else ''}key(s) have no mapping and are "
+                           f"not in the dropped list: {shown}")
 
 
 def resolve_path(spec: str | os.PathLike) -> Path:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.heads.contrastive import gather_with_grad, itc_loss
-from zoo.hub import WeightsError
+from zoo.hub import WeightsError, raise_unknown_keys, rename_by_rules
 from zoo.models.base import ZooModel
 from zoo.models.x2vlm import X2VLM, sample_hard_negatives
 from zoo.modules.outputs import EncoderOutput
@@ -372,19 +372,14 @@ def convert_official_state_dict(
         if any(re.search(p, key) for p in dropped_patterns):
             dropped.append(key)
             continue
-        for pattern, repl in rules:
-            if re.search(pattern, key):
-                new = re.sub(pattern, repl, key)
-                if layout == "cclm":
-                    new = _SWIN_DOWNSAMPLE.sub(lambda m: f"vision.layers.{int(m.group(1)) + 1}.downsample.", new)
-                out[new] = value
-                break
-        else:
+        new = rename_by_rules(key, rules)
+        if new is None:
             unknown.append(key)
-    if unknown:
-        shown = ", ".join(unknown[:20]) + (f", ... ({len(unknown) - 20} more)" if len(unknown) > 20 else "")
-        raise WeightsError(f"{len(unknown)} official {layout} key(s) have no mapping and are not in the dropped list: "
-                           f"{shown}")
+            continue
+        if layout == "cclm":
+            new = _SWIN_DOWNSAMPLE.sub(lambda m: f"vision.layers.{int(m.group(1)) + 1}.downsample.", new)
+        out[new] = value
+    raise_unknown_keys(unknown, layout)
     return out, dropped
 
 

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.hub import WeightsError
+from zoo.hub import WeightsError, raise_unknown_keys, rename_by_rules
 from zoo.models.base import ZooModel
 from zoo.modules.layers import LayerStack, TransformerLayer, init_bert_weights
 from zoo.modules.outputs import EncoderOutput
@@ -820,16 +820,12 @@ def convert_official_state_dict(
             head = "nlvr_head." if out_features is not None and out_features.shape[0] == 2 else "ve_head."
             out[head + key[len("cls_head."):]] = value
             continue
-        for pattern, repl in _RULES:
-            if re.search(pattern, key):
-                out[re.sub(pattern, repl, key)] = value
-                break
-        else:
+        new = rename_by_rules(key, _RULES)
+        if new is None:
             unknown.append(key)
-    if unknown:
-        shown = ", ".join(unknown[:20]) + (f", ... ({len(unknown) - 20} more)" if len(unknown) > 20 else "")
-        raise WeightsError(f"{len(unknown)} official DaVinci key(s) have no mapping and are not in the dropped list: "
-                           f"{shown}")
+        else:
+            out[new] = value
+    raise_unknown_keys(unknown, "DaVinci")
     if vae:
         from zoo.modules.image_tokenizer import convert_taming_state_dict  # noqa: PLC0415
 

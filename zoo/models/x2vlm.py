@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.hub import WeightsError
+from zoo.hub import WeightsError, raise_unknown_keys, rename_by_rules
 from zoo.models.base import ZooModel
 from zoo.modules.outputs import EncoderOutput
 from zoo.registry import MODELS
@@ -383,20 +383,15 @@ def convert_official_state_dict(
     out: dict[str, Tensor] = {}
     dropped: list[str] = []
     unknown: list[str] = []
+    rules = [(p, r.replace("{vision}", vision_prefix).replace("mlm.cls.", f"{lm_head}.cls.")) for p, r in _RULES]
     for key, value in state_dict.items():
         if any(re.search(p, key) for p in OFFICIAL_DROPPED):
             dropped.append(key)
-            continue
-        for pattern, repl in _RULES:
-            if re.search(pattern, key):
-                repl = repl.replace("{vision}", vision_prefix).replace("mlm.cls.", f"{lm_head}.cls.")
-                out[re.sub(pattern, repl, key)] = value
-                break
+        elif (new := rename_by_rules(key, rules)) is not None:
+            out[new] = value
         else:
             unknown.append(key)
-    if unknown:
-        shown = ", ".join(unknown[:20]) + (f", ... ({len(unknown) - 20} more)" if len(unknown) > 20 else "")
-        raise WeightsError(f"{len(unknown)} official key(s) have no mapping and are not in the dropped list: {shown}")
+    raise_unknown_keys(unknown)
     return out, dropped
 
 
