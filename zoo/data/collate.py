@@ -58,6 +58,9 @@ __all__ = [
     "ParallelTextCollator",
     "RetrievalCollator",
     "VQACollator",
+    "batch_answers",
+    "batch_questions",
+    "decode_texts",
     "encode_answer_list",
     "tokenize_texts",
     "vqa_soft_scores",
@@ -82,6 +85,39 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None 
     enc = tokenizer(list(texts), padding="longest", truncation=max_tokens is not None, max_length=max_tokens,
                     return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
+
+
+def decode_texts(tokenizer: Any, ids: Tensor, mask: Tensor | None, pad_token_id: int) -> list[str]:
+    """Token ids (padding where ``mask`` is 0) back to stripped texts, special tokens dropped."""
+    if mask is not None:
+        ids = ids.masked_fill(mask == 0, pad_token_id)
+    return [t.strip() for t in tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
+
+
+def batch_questions(batch: Mapping[str, Any], decode: Any) -> list[str]:
+    """A VQA batch's questions: the raw ``questions`` when it carries them, else ``decode(question_ids, mask)``."""
+    if batch.get("questions") is not None:
+        return [str(q) for q in batch["questions"]]
+    return decode(batch["question_ids"], batch.get("question_mask"))
+
+
+def batch_answers(batch: Mapping[str, Any], decode: Any, what: str) -> tuple[list[list[str]], list[list[float]]]:
+    """The distinct answers of each question and their weights, from a generative VQA batch's ``answer_ids`` /
+    ``answer_mask`` (decoded by ``decode``), ``answers_per_question`` and ``weights`` (one answer of weight 1 per
+    question when those are absent). ``what`` names the caller in the error for a batch without answers."""
+    if batch.get("answer_ids") is None:
+        raise ValueError(f"{what} needs the answers: raw 'answers' or answer_ids / answer_mask / weights / "
+                         "answers_per_question (VQACollator mode 'generative')")
+    flat = decode(batch["answer_ids"], batch.get("answer_mask"))
+    k, w = batch.get("answers_per_question"), batch.get("weights")
+    counts = [1] * len(flat) if k is None else [int(c) for c in k]
+    wflat = [1.0] * len(flat) if w is None else [float(x) for x in w]
+    answers, weights, pos = [], [], 0
+    for c in counts:
+        answers.append(flat[pos:pos + c])
+        weights.append(wflat[pos:pos + c])
+        pos += c
+    return answers, weights
 
 
 def encode_answer_list(tokenizer: Any, answers: Sequence[str]) -> tuple[Tensor, Tensor]:

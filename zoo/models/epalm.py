@@ -48,6 +48,7 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from zoo.data.collate import batch_answers, batch_questions, decode_texts
 from zoo.models.base import ZooModel
 from zoo.modules.adapters.linear import LinearAdapter
 from zoo.modules.lm.causal_lm import Injection
@@ -246,10 +247,7 @@ class EPALM(ZooModel):
         return ids, mask, (lab if targets is not None else None)
 
     def _decode_batch(self, ids: Tensor, mask: Tensor | None = None) -> list[str]:
-        tok = self.lm.get_tokenizer()
-        if mask is not None:
-            ids = ids.masked_fill(mask == 0, self.lm.pad_token_id)
-        return [t.strip() for t in tok.batch_decode(ids.tolist(), skip_special_tokens=True)]
+        return decode_texts(self.lm.get_tokenizer(), ids, mask, self.lm.pad_token_id)
 
     def _vqa_prompt(self, question: str) -> str:
         return question + "?" + self.answer_token
@@ -290,9 +288,7 @@ class EPALM(ZooModel):
 
     # -- VQA -----------------------------------------------------------------------------------------------------
     def _questions(self, batch: Mapping[str, Any]) -> list[str]:
-        if batch.get("questions") is not None:
-            return [str(q) for q in batch["questions"]]
-        return self._decode_batch(batch["question_ids"], batch.get("question_mask"))
+        return batch_questions(batch, self._decode_batch)
 
     def vqa_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """VQA loss on ``images``, ``question_ids`` / ``question_mask`` (or raw ``questions``) and the answers:
@@ -304,19 +300,7 @@ class EPALM(ZooModel):
             per_q = [[a] for a in batch["answers"]]
             weights = [[1.0] for _ in per_q]
         else:
-            if batch.get("answer_ids") is None:
-                raise ValueError("eP-ALM vqa_loss needs the answers: batch keys answer_ids / answer_mask / weights / "
-                                 "answers_per_question (VQACollator mode 'generative') or raw 'answers'")
-            flat = self._decode_batch(batch["answer_ids"], batch.get("answer_mask"))
-            k = batch.get("answers_per_question")
-            counts = [1] * len(flat) if k is None else [int(c) for c in k]
-            w = batch.get("weights")
-            wflat = [1.0] * len(flat) if w is None else [float(x) for x in w]
-            per_q, weights, pos = [], [], 0
-            for c in counts:
-                per_q.append(flat[pos:pos + c])
-                weights.append(wflat[pos:pos + c])
-                pos += c
+            per_q, weights = batch_answers(batch, self._decode_batch, "eP-ALM vqa_loss")
         if len(per_q) != len(questions):
             raise ValueError(f"{len(questions)} questions but answers for {len(per_q)}")
         label_all = self.vqa_loss_on == "text"

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from zoo.data.instruction import (END_OF_CHUNK, IMAGE_TOKEN, PAD_TOKEN, chat_prompt, encode_instruction,
                                   instruction_prompt)
+from zoo.data.collate import batch_answers, batch_questions, decode_texts
 from zoo.models.base import ZooModel
 from zoo.modules.fusion.flamingo import GatedCrossAttentionBlock, PerceiverResampler
 from zoo.modules.lm.causal_lm import left_pad
@@ -281,9 +282,7 @@ class MultiModalGPT(ZooModel):
         return ids, mask
 
     def _decode_batch(self, ids: Tensor, mask: Tensor | None = None) -> list[str]:
-        if mask is not None:
-            ids = ids.masked_fill(mask == 0, self.lm.pad_token_id)
-        return [t.strip() for t in self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
+        return decode_texts(self.tokenizer, ids, mask, self.lm.pad_token_id)
 
     def _answer_text(self, ids: Sequence[int]) -> str:
         """Generated ids → text: up to the first eos / ``<|endofchunk|>``, special tokens dropped, and only what follows
@@ -321,9 +320,7 @@ class MultiModalGPT(ZooModel):
 
     # -- VQA -----------------------------------------------------------------------------------------------------
     def _questions(self, batch: Mapping[str, Any]) -> list[str]:
-        if batch.get("questions") is not None:
-            return [str(q) for q in batch["questions"]]
-        return self._decode_batch(batch["question_ids"], batch.get("question_mask"))
+        return batch_questions(batch, self._decode_batch)
 
     def _answers(self, batch: Mapping[str, Any], n: int) -> list[str]:
         """One answer per question: the raw ``answers`` (a string, or the most frequent of a list: official
@@ -338,19 +335,8 @@ class MultiModalGPT(ZooModel):
                     a = list(a)
                     out.append(max(a, key=a.count) if a else "")
             return out
-        if batch.get("answer_ids") is None:
-            raise ValueError("MultiModal-GPT vqa_loss needs the answers: raw 'answers' or answer_ids / answer_mask / "
-                             "weights / answers_per_question (VQACollator mode 'generative')")
-        flat = self._decode_batch(batch["answer_ids"], batch.get("answer_mask"))
-        k = batch.get("answers_per_question")
-        counts = [1] * len(flat) if k is None else [int(c) for c in k]
-        w = batch.get("weights")
-        wflat = [1.0] * len(flat) if w is None else [float(x) for x in w]
-        out, pos = [], 0
-        for c in counts:
-            ws = wflat[pos:pos + c]
-            out.append(flat[pos + max(range(c), key=ws.__getitem__)] if c else "")
-            pos += c
+        per_q, weights = batch_answers(batch, self._decode_batch, "MultiModal-GPT vqa_loss")
+        out = [a[max(range(len(a)), key=w.__getitem__)] if a else "" for a, w in zip(per_q, weights)]
         if len(out) != n:
             raise ValueError(f"{n} questions but answers for {len(out)}")
         return out
