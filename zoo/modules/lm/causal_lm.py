@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.modules.attention import register_transformers_attention
+from zoo.modules.text.hf import set_hf_grad_checkpointing
 from zoo.registry import LANGUAGE_MODELS
 from zoo.spec import ConfigError
 
@@ -539,16 +540,7 @@ class HFCausalLM(nn.Module):
         return type(pe)((torch.cat([cos0, cos], 1), torch.cat([sin0, sin], 1)))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        kwargs = {"use_reentrant": False}
-        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5 name
-            if enable:
-                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                self.model.activation_checkpointing_disable()
-        elif enable:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        else:
-            self.model.gradient_checkpointing_disable()
+        set_hf_grad_checkpointing(self.model, enable)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

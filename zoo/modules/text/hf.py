@@ -25,7 +25,7 @@ from zoo.modules.outputs import EncoderOutput
 from zoo.registry import TEXT_ENCODERS
 from zoo.spec import ConfigError
 
-__all__ = ["HFTextEncoder", "load_tokenizer", "select_layers"]
+__all__ = ["HFTextEncoder", "load_tokenizer", "select_layers", "set_hf_grad_checkpointing"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -65,6 +65,20 @@ def select_layers(layers: int | list[int] | None, available: int, owner: str = "
     if sorted(set(idx)) != idx:
         raise ConfigError(f"{owner}={idx}: indices must be strictly increasing (each layer kept once, in order)")
     return idx
+
+
+def set_hf_grad_checkpointing(model: Any, enable: bool = True) -> None:
+    """Gradient (activation) checkpointing of a transformers model, non-reentrant, under the name its version has."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+        if enable:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif enable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -132,16 +146,7 @@ class HFTextEncoder(nn.Module):
         return load_tokenizer(self.tokenizer, "text encoder 'hf'")
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        kwargs = {"use_reentrant": False}
-        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5 name
-            if enable:
-                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                self.model.activation_checkpointing_disable()
-        elif enable:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        else:
-            self.model.gradient_checkpointing_disable()
+        set_hf_grad_checkpointing(self.model, enable)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
