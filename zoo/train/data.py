@@ -649,7 +649,8 @@ def _vocab_rows(text: Any) -> int:
                       "model.text.tokenizer")
 
 
-def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | os.PathLike) -> None:
+def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | os.PathLike,
+                           task: str = "vqa") -> None:
     """``text.tokenizer: data`` (alias ``shapes``): the data's own word-level tokenizer, for models trained from
     scratch on a small closed vocabulary. It is the data folder's ``tokenizer_xlmr/`` when there is one (the shapes
     generator writes it, :func:`zoo.data.shapes.shapes_tokenizer`), else one built from the texts of the data
@@ -668,16 +669,17 @@ def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | o
 
         from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer  # noqa: PLC0415
 
+        cfg = _validate(task, data, "generative", 1)  # the data module's own path rules and file checks
+        paths = [cfg["answer_list"]] if cfg.get("answer_list") else []
+        for split in SPLITS:
+            value = cfg.get(split) or []
+            paths += [f for files in value.values() for f in files] if isinstance(value, Mapping) else value
         files: dict[str, Any] = {}
-        for key in ("train", "val", "test", "answer_list"):
-            value = data.get(key)
-            values = value.values() if isinstance(value, Mapping) else ([value] if isinstance(value, str) else value)
-            for i, name in enumerate(values or ()):
-                path = Path(name) if Path(name).is_absolute() or not root else Path(root) / name
-                try:
-                    files[f"{key}{i}:{path.name}"] = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, ValueError) as exc:
-                    raise ConfigError(f"cannot read {path} for the data tokenizer ({exc})", f"data.{key}") from None
+        for i, path in enumerate(paths):
+            try:
+                files[f"{i}:{Path(path).name}"] = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot read {path} for the data tokenizer ({exc})", "data") from None
         corpus = _tokenizer_corpus(files)
         if not corpus:
             raise ConfigError("text.tokenizer: data needs texts in the data files (questions, captions, answers)",

@@ -175,7 +175,7 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     from zoo.train.data import resolve_data_tokenizer  # noqa: PLC0415
 
     data = resolve_data(cfg.get("data") or {})  # `root: shapes` → the generated folder (made on first use)
-    resolve_data_tokenizer(model, data, run_dir)  # `text.tokenizer: data` → the data's word-level tokenizer
+    resolve_data_tokenizer(model, data, run_dir, task)  # `text.tokenizer: data` → the data's word-level tokenizer
     tokenizer = model.text.get_tokenizer()
     dm = _datamodule(task, {**cfg, "data": data}, model, tokenizer)
     head = getattr(model, "vqa", None)
