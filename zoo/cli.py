@@ -161,11 +161,38 @@ def _cmd_eval(args) -> int:
 def _cmd_predict(args) -> int:
     import json  # noqa: PLC0415
 
-    from zoo.predict import predict  # noqa: PLC0415
+    from zoo.predict import generate_images, predict  # noqa: PLC0415
 
+    sampling = {"--out": args.out, "--num-images": args.num_images, "--seed": args.seed, "--top-k": args.top_k,
+                "--top-p": args.top_p, "--temperature": args.temperature}
+    if args.generate_image is not None:  # text → image: no media, none of the image-reading modes
+        clash = [flag for flag, on in (("--image", args.image), ("--video", args.video),
+                                       ("--question", args.question is not None), ("--caption", args.caption),
+                                       ("--texts", args.texts), ("--answers", args.answers)) if on]
+        if clash:
+            print(f"mmzoo predict: error: --generate-image makes images from text and cannot be combined with "
+                  f"{', '.join(clash)}", file=sys.stderr)
+            return 2
+        try:
+            paths = generate_images(args.source, args.generate_image, out=args.out or "image.png",
+                                    num_images=1 if args.num_images is None else args.num_images,
+                                    seed=0 if args.seed is None else args.seed, top_k=args.top_k, top_p=args.top_p,
+                                    temperature=args.temperature)
+        except ValueError as exc:
+            print(f"mmzoo predict: error: {exc}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps({"text": args.generate_image, "images": [str(p) for p in paths]}, indent=2))
+        else:
+            print("\n".join(str(p) for p in paths))
+        return 0
+    unused = [flag for flag, value in sampling.items() if value is not None]
+    if unused:
+        print(f"mmzoo predict: error: {', '.join(unused)}: only used with --generate-image TEXT", file=sys.stderr)
+        return 2
     media = args.image or args.video
     if not media:
-        raise FileNotFoundError("mmzoo predict: give --image PATH (or --video PATH)")
+        raise FileNotFoundError("give --image PATH (or --video PATH), or --generate-image TEXT")
     try:
         out = predict(args.source, media, question=args.question, caption=args.caption, texts=args.texts,
                       answers=args.answers, top=args.top, num_frames=args.num_frames)
@@ -187,6 +214,19 @@ def _cmd_predict(args) -> int:
 def _cmd_export(args) -> int:
     from zoo.train.run import export_checkpoint  # noqa: PLC0415
 
+    if args.part is not None:
+        if args.trainable_only:
+            print("mmzoo export: error: --part writes the whole part; --trainable-only does not apply", file=sys.stderr)
+            return 2
+        from zoo.train.run import model_from_checkpoint  # noqa: PLC0415
+
+        try:
+            out = model_from_checkpoint(args.source).export_part(args.part, args.out_dir)
+        except ValueError as exc:
+            print(f"mmzoo export: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"exported part {args.part!r} of {args.source} -> {out} (set model.{args.part}.pretrained: {out})")
+        return 0
     out = export_checkpoint(args.source, args.out_dir, trainable_only=args.trainable_only)
     print(f"exported {args.source} -> {out} (load with zoo.from_pretrained)")
     return 0
@@ -268,7 +308,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--output", default=None, help="JSON file for the results (default: beside the source)")
     s.set_defaults(fn=_cmd_eval)
 
-    s = sub.add_parser("predict", help="answer a question, caption an image or rank texts with a trained model")
+    s = sub.add_parser("predict", help="answer a question, caption an image, rank texts or generate images from text")
     s.add_argument("source", help="export folder, run folder or .ckpt file")
     s.add_argument("--image", default=None, help="an image file")
     s.add_argument("--video", default=None, help="a video file (frames through the model's video path)")
@@ -280,12 +320,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=5, help="retrieval: how many ranked texts to show")
     s.add_argument("--num-frames", type=int, default=3, help="video: frames sampled")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
+    g = s.add_argument_group("text to image (a DaVinci model built or fine-tuned with task text_to_image)")
+    g.add_argument("--generate-image", default=None, metavar="TEXT",
+                   help="sample images for TEXT and write them as PNG (no --image needed)")
+    g.add_argument("--out", default=None, help="PNG file (default image.png; with --num-images N: <stem>_0.png ...)")
+    g.add_argument("--num-images", type=int, default=None, help="how many images to sample (default 1)")
+    g.add_argument("--seed", type=int, default=None, help="seed of the sampling generator (default 0)")
+    g.add_argument("--top-k", type=int, default=None,
+                   help="keep the K most likely codes (default: model config; 1 = greedy)")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default: model config)")
+    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: model config)")
     s.set_defaults(fn=_cmd_predict)
 
     s = sub.add_parser("export", help="turn a run folder or training checkpoint into a loadable export")
     s.add_argument("source", help="run folder or .ckpt file")
     s.add_argument("out_dir")
     s.add_argument("--trainable-only", action="store_true", help="write only the trainable tensors (adapters)")
+    s.add_argument("--part", default=None, metavar="NAME",
+                   help="write only this part (lm, vision) in the format its `pretrained` option loads: a "
+                        "transformers folder for a language model, a timm checkpoint for a timm encoder")
     s.set_defaults(fn=_cmd_export)
 
     s = sub.add_parser("convert", help="convert an official checkpoint into a loadable export")

@@ -29,6 +29,7 @@ __all__ = [
     "resolve_path",
     "atomic_write",
     "atomic_path",
+    "atomic_dir",
     "WeightsError",
     "rename_by_rules",
     "raise_unknown_keys",
@@ -101,6 +102,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill; on success it replaces ``path`` (a folder written before is moved
+    aside and removed only once the new one is in place), on failure it is removed and ``path`` is left as it was."""
+    import shutil  # noqa: PLC0415
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is not a folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.replace(path, old / path.name)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

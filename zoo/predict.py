@@ -10,6 +10,11 @@ prepares the media with the evaluation transform at the model's resolution (the 
   answer list there), else it is an error naming both; a classifier head answers from its own labels.
 - ``caption``: ``generate_captions`` (beam search with the model's decoding defaults).
 - ``texts``: ``retrieval_scores`` (ITC, then ITM re-ranking of every text) → texts ranked best first with scores.
+
+:func:`generate_images` goes the other way (``mmzoo predict SOURCE --generate-image TEXT``): a text-to-image model
+(DaVinci built or fine-tuned with task ``text_to_image``, which adds the VQGAN image tokenizer) samples image codes
+with ``generate_image`` (top-k / top-p / temperature, defaults from the model config) from a seeded
+``torch.Generator``, and the decoded images are written as PNG files.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["predict", "read_lines_or_json"]
+__all__ = ["generate_images", "image_paths", "predict", "read_lines_or_json", "to_uint8"]
 
 _VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -144,3 +149,83 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
             order = i2t[0].argsort(descending=True)[:top].tolist()
             out["ranking"] = [(texts[i], float(i2t[0, i])) for i in order]
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# text → image
+# ---------------------------------------------------------------------------------------------------------------------
+def to_uint8(images: Any) -> Any:
+    """Images ``(B, 3, H, W)`` in [0, 1] → ``(B, H, W, 3)`` uint8 arrays: ``round(clamp(x, 0, 1) · 255)``."""
+    import torch  # noqa: PLC0415
+
+    return (images.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_paths(out: str | os.PathLike, num_images: int) -> list[Path]:
+    """Where :func:`generate_images` writes: ``out`` itself for one image, else ``<stem>_0.png``, ``<stem>_1.png``, ...
+    beside it. ``out`` without a suffix gets ``.png``; another suffix is an error (the files are PNG)."""
+    path = Path(out)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    elif path.suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: images are written as PNG, give a .png file name")
+    if num_images == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(num_images)]
+
+
+def _write_png_atomic(array: Any, path: Path) -> None:
+    """Write one ``(H, W, 3)`` uint8 image as PNG, atomically (:func:`zoo.hub.atomic_path`)."""
+    import numpy as np  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    from zoo.hub import atomic_path  # noqa: PLC0415
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+
+
+def generate_images(source: str | os.PathLike, text: str, *, out: str | os.PathLike, num_images: int = 1,
+                    seed: int = 0, top_k: int | None = None, top_p: float | None = None,
+                    temperature: float | None = None, model: Any = None) -> list[Path]:
+    """Sample ``num_images`` images for ``text`` with a text-to-image model and write them as PNG files.
+
+    The images are drawn as one batch by ``model.generate_image`` from a ``torch.Generator`` seeded with ``seed`` (the
+    same seed and settings give the same files); ``top_k`` / ``top_p`` / ``temperature`` default to the model config's
+    ``image_top_k`` / ``image_top_p`` / ``image_temperature`` (``top_k=1`` is greedy decoding). Pixels are written as
+    :func:`to_uint8` converts them, to the paths :func:`image_paths` names, each atomically. ``model`` skips loading
+    ``source`` (an already built model). Returns the written paths.
+    """
+    import torch  # noqa: PLC0415
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("--generate-image: give a non-empty text")
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"--num-images {num_images}: expected a positive integer")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"--top-k {top_k}: expected 0 (off) or a positive integer")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"--top-p {top_p}: expected a value in (0, 1]")
+    if temperature is not None and not temperature > 0.0:
+        raise ValueError(f"--temperature {temperature}: expected a positive value")
+    paths = image_paths(out, num_images)
+    if model is None:
+        from zoo.train.run import model_from_checkpoint  # noqa: PLC0415
+
+        model = model_from_checkpoint(source)
+    if not callable(getattr(model, "generate_image", None)) or getattr(model, "image_tokenizer", None) is None:
+        raise ValueError(f"{source}: {type(model).__name__} cannot generate images (no image tokenizer): build or "
+                         "fine-tune a text-to-image model (DaVinci) with task text_to_image")
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - every text-to-image model has parameters
+        device = torch.device("cpu")
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    with torch.inference_mode():
+        images = model.generate_image([text] * num_images, top_k=top_k, top_p=top_p, temperature=temperature,
+                                      generator=generator)
+    arrays = to_uint8(images)
+    for array, path in zip(arrays, paths):
+        _write_png_atomic(array, path)
+    return paths

@@ -38,5 +38,19 @@ class ZooModel(nn.Module):
 
         return save_pretrained(self, directory, trainable_only=trainable_only, tokenizer=tokenizer)
 
+    def export_part(self, name: str, directory: str | os.PathLike) -> Path:
+        """Write the part ``name`` (``lm``, ``vision``, ...) on its own, in the format its own ``pretrained`` option
+        loads (a transformers folder for ``hf_causal_lm``, a timm checkpoint for ``timm``): a part trained here (e.g.
+        a language model pre-trained on text) becomes the frozen part of another model. Returns what to set
+        ``pretrained`` to."""
+        parts = {n: m for n, m in self.named_children()}
+        part = parts.get(name)
+        if part is None:
+            raise ValueError(f"the model ({type(self).__name__}) has no part {name!r}; its parts: {', '.join(parts)}")
+        if not hasattr(part, "export_pretrained"):
+            raise ValueError(f"part {name!r} ({type(part).__name__}) cannot be exported on its own (it has no "
+                             "export_pretrained); export the whole model instead")
+        return Path(part.export_pretrained(directory))
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         return count_parameters(self, trainable_only)

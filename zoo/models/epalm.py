@@ -100,6 +100,9 @@ class EPALM(ZooModel):
         max_answer_tokens, max_caption_tokens: new-token limits for VQA answers and captions.
         caption_prompt: text before the caption (official ``task_prompt``, none by default).
         video_pool: frames → tokens: ``mean`` of the per-frame CLS, or ``concat`` (one token per frame).
+        language_only: ignore the images (no visual tokens): the LM with its prompt alone, on this model's own text
+            format. With ``lm.freeze: false`` this is the language pre-training stage of a from-scratch LM
+            (``mmzoo export RUN OUT --part lm`` then writes it as a transformers folder for ``lm.pretrained``).
     """
 
     generative_vqa = True  # VQA batches carry answer ids (the training module's generative path)
@@ -127,6 +130,7 @@ class EPALM(ZooModel):
         max_caption_tokens: int = 30,
         caption_prompt: str | None = None,
         video_pool: Literal["mean", "concat"] = "mean",
+        language_only: bool = False,
     ):
         super().__init__()
         blocks = getattr(getattr(vision, "model", None), "blocks", None)
@@ -166,6 +170,7 @@ class EPALM(ZooModel):
         self.num_beams, self.max_answer_tokens, self.max_caption_tokens = num_beams, max_answer_tokens, \
             max_caption_tokens
         self.caption_prompt, self.video_pool = caption_prompt, video_pool
+        self.language_only = language_only
         self._collected: list[Tensor] | None = None
         for block in list(blocks)[-num_vision_layers:]:
             block.register_forward_hook(self._collect_cls)
@@ -213,7 +218,10 @@ class EPALM(ZooModel):
             out.append(conn(c))
         return out
 
-    def injection(self, images: Tensor) -> Injection:
+    def injection(self, images: Tensor | None) -> Injection | None:
+        """The visual tokens' injection into the LM; None without images or with ``language_only``."""
+        if images is None or self.language_only:
+            return None
         return Injection(self.visual_tokens(images), self.start_layer, self.end_layer)
 
     def prompt(self, batch: int) -> Tensor | None:
@@ -269,7 +277,7 @@ class EPALM(ZooModel):
                 labels: Tensor | None = None, reduction: str = "per_sample"):
         """The LM on ``input_ids`` with the prompt and (``images`` not None) the visual injection: an
         :class:`~zoo.modules.lm.causal_lm.LMOutput` with logits aligned to ``input_ids``."""
-        injection = self.injection(images) if images is not None else None
+        injection = self.injection(images)
         return self.lm(input_ids, attention_mask, prefix=self.prompt(input_ids.shape[0]), injection=injection,
                        labels=labels, reduction=reduction)
 
@@ -278,7 +286,7 @@ class EPALM(ZooModel):
         dev = images.device
         ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
         injection = self.injection(images)
-        if repeat is not None:  # several sequences per image
+        if repeat is not None and injection is not None:  # several sequences per image
             injection = Injection([t.repeat_interleave(repeat.to(dev), 0) for t in injection.tokens],
                                   injection.start, injection.end)
         out = self.lm(ids, mask, prefix=self.prompt(ids.shape[0]), injection=injection, labels=labels,

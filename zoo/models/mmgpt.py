@@ -95,6 +95,9 @@ class MultiModalGPT(ZooModel):
         max_length: token limit of a training sequence (official 512).
         num_beams, max_answer_tokens: VQA generation; caption_instruction, max_caption_tokens: captioning.
         chat_max_tokens: new-token limit of a chat answer.
+        language_only: the same prompts (``<image>`` included) without the media: no cross-attention input, the LM
+            alone. With ``unfrozen: [lm.model]`` and ``lora_r: 0`` this is the language pre-training stage of a
+            from-scratch LM (``mmzoo export RUN OUT --part lm`` writes it as a transformers folder).
     """
 
     generative_vqa = True  # VQA batches carry answer ids (the training module's generative path)
@@ -130,6 +133,7 @@ class MultiModalGPT(ZooModel):
         caption_instruction: str = "Describe the image briefly.",
         max_caption_tokens: int = 20,
         chat_max_tokens: int = 64,
+        language_only: bool = False,
     ):
         super().__init__()
         for name in ("width", "num_layers", "insert_blocks", "every_nth_layer", "add_special_tokens", "generate"):
@@ -178,6 +182,7 @@ class MultiModalGPT(ZooModel):
         self.max_length, self.num_beams, self.max_answer_tokens = max_length, num_beams, max_answer_tokens
         self.caption_instruction, self.max_caption_tokens = caption_instruction, max_caption_tokens
         self.chat_max_tokens = chat_max_tokens
+        self.language_only = language_only
 
     # -- parts the framework looks for ---------------------------------------------------------------------------
     @property
@@ -236,7 +241,7 @@ class MultiModalGPT(ZooModel):
         return self.perceiver(tokens)
 
     def _context(self, images: Tensor | None, input_ids: Tensor) -> dict[str, Any]:
-        if images is None:
+        if images is None or self.language_only:
             return {}
         return {"media": self.encode_media(images), "media_locations": input_ids == self.media_token_id,
                 "attend_previous": self.attend_previous}

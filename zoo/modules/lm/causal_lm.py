@@ -324,6 +324,23 @@ class HFCausalLM(nn.Module):
             self._tokenizer_cache = tok
         return self._tokenizer_cache
 
+    def export_pretrained(self, directory: str | Path) -> Path:
+        """Write the LM as a transformers folder (``config.json``, ``model.safetensors``, ``generation_config.json``
+        and the tokenizer with its added special tokens) that ``pretrained:`` (and transformers'
+        ``AutoModelForCausalLM.from_pretrained``) loads; inserted blocks are not part of it. Written atomically.
+        LoRA layers injected into the LM must be merged first (their keys are not transformers')."""
+        from zoo.hub import atomic_dir  # noqa: PLC0415
+
+        lora = [n for n, _ in self.model.named_parameters() if "lora_" in n]
+        if lora:
+            raise ValueError(f"the LM holds {len(lora)} LoRA tensors (e.g. {lora[0]}): merge them into the base "
+                             "weights before exporting it as a transformers folder")
+        with atomic_dir(directory) as tmp:
+            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            if self.tokenizer:
+                self.get_tokenizer().save_pretrained(str(tmp))
+        return Path(directory)
+
     # -- extension: inserted blocks ------------------------------------------------------------------------------
     def insert_blocks(self, blocks: Mapping[int, nn.Module]) -> None:
         """Run ``blocks[i]`` on the hidden states right before decoder layer ``i``: ``h = block(h, **context)``.

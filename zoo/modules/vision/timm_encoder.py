@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import timm
@@ -157,6 +158,15 @@ class TimmEncoder(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
+
+    def export_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the timm model's weights as ``directory/model.safetensors`` in timm's layout (what ``pretrained``
+        loads; no classifier: the encoder is built with ``num_classes=0``). Returns the file."""
+        from zoo.hub import _atomic_save_file, _unique_state_dict  # noqa: PLC0415
+
+        path = Path(directory) / "model.safetensors"
+        _atomic_save_file(_unique_state_dict(self.model), path, metadata={"format": "pt", "timm_model": self.model_name})
+        return path
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
         """Load a local timm-layout checkpoint: family filter, classifier dropped, then a strict, checked load."""

@@ -1,0 +1,160 @@
+"""The language pre-training stage of the frozen-LM families and part exports: ``language_only`` reads no image,
+``ZooModel.export_part`` writes a part in the format its own ``pretrained`` option loads (checked against
+transformers' and timm's own loaders), ``zoo.hub.atomic_dir`` replaces a folder only on success, and the data
+tokenizer works for a model whose text part is its LM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import zoo
+from zoo.data.collate import VQACollator
+from zoo.hub import atomic_dir
+
+
+def _images(b: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _vqa_batch(model, images: torch.Tensor) -> dict:
+    tok = model.text.get_tokenizer()
+    items = [{"image": images[i], "question": q, "question_id": i, "all_answers": [a], "answers": [a],
+              "weights": [1.0]} for i, (q, a) in enumerate([("what color is the square", "red"),
+                                                            ("how many circles are there", "two")])]
+    return VQACollator(tok, max_tokens=40, mode="generative")(items)
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("epalm-tiny", {"language_only": True, "lm": {"freeze": False}}),
+    ("mmgpt-tiny", {"language_only": True, "unfrozen": ["lm.model"], "lora_r": 0}),
+])
+def test_language_only_reads_no_image_and_trains_the_lm(name, overrides):
+    torch.manual_seed(0)
+    model = zoo.create_model(name, **overrides)
+    if name == "mmgpt-tiny":  # open the gates: with images given, the cross-attention would change the logits
+        for block in model.lm.inserted.values():
+            for p in block.parameters():
+                if p.dim() == 1 and p.numel() == 1:
+                    p.data.fill_(0.7)
+    a, b = _vqa_batch(model, _images(2, 1)), _vqa_batch(model, _images(2, 2))
+    torch.manual_seed(3)
+    loss_a = model.vqa_loss(a)["loss"]
+    torch.manual_seed(3)
+    loss_b = model.vqa_loss(b)["loss"]
+    assert torch.equal(loss_a, loss_b)  # different pixels, same loss: no image is read
+    model.language_only = False
+    torch.manual_seed(3)
+    assert not torch.allclose(model.vqa_loss(a)["loss"], loss_a)  # the visual path changes it when switched on
+    model.language_only = True
+    loss_a.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("lm.model.") for n in grads)
+    assert not any(n.startswith(("vision.", "connector.", "perceiver.", "lm.inserted.")) for n in grads)
+
+
+def test_lm_part_export_loads_in_transformers_and_as_pretrained(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = zoo.create_model("epalm-tiny", lm={"freeze": False})
+    with torch.no_grad():  # weights that differ from any fresh initialisation
+        for p in model.lm.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    out = model.export_part("lm", tmp_path / "lm")
+    assert out == tmp_path / "lm" and (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    ids = torch.tensor([[101, 2054, 3609, 2003, 1996, 2675, 102]])
+    ref = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ref(ids).logits, model.lm.model(ids).logits, rtol=1e-5, atol=1e-5)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.convert_tokens_to_ids("</a>") == model.lm.get_tokenizer().convert_tokens_to_ids("</a>") == 30522
+
+    torch.manual_seed(1)  # a different seed: every LM tensor must come from the folder
+    again = zoo.create_model("epalm-tiny", lm={"pretrained": str(out), "tokenizer": str(out)})
+    mine, theirs = model.lm.model.state_dict(), again.lm.model.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert not any(p.requires_grad for p in again.lm.parameters())  # frozen as the eP-ALM config says
+
+
+def test_lm_export_refuses_unmerged_lora(tmp_path):
+    model = zoo.create_model("mmgpt-tiny")
+    with pytest.raises(ValueError, match="LoRA"):
+        model.export_part("lm", tmp_path / "lm")
+    assert not (tmp_path / "lm").exists()
+
+
+def test_vision_part_export_loads_as_timm_pretrained(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    model = zoo.create_model("epalm-tiny")
+    path = model.export_part("vision", tmp_path / "vit")
+    assert path.name == "model.safetensors"
+    kw = {"patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4}
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, **kw)
+    ref.load_state_dict(__import__("safetensors.torch").torch.load_file(str(path)))  # timm's own layout, strict
+    torch.manual_seed(5)
+    again = zoo.create_model("epalm-tiny", vision={"pretrained": str(path)})
+    x = _images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(again.vision(x).tokens, model.vision(x).tokens)
+        torch.testing.assert_close(ref.forward_features(x), model.vision.model.forward_features(x))
+
+
+def test_export_part_errors_name_the_part(tmp_path):
+    model = zoo.create_model("epalm-tiny")
+    with pytest.raises(ValueError, match=r"no part 'visoin'.*vision.*lm"):
+        model.export_part("visoin", tmp_path / "x")
+    with pytest.raises(ValueError, match="connector.*cannot be exported on its own"):
+        model.export_part("connector", tmp_path / "x")
+
+
+def test_cli_export_part(tmp_path, capsys):
+    from zoo.cli import main
+
+    torch.manual_seed(0)
+    model = zoo.create_model("epalm-tiny", lm={"freeze": False})
+    src = model.save_pretrained(tmp_path / "export")
+    assert main(["export", str(src), str(tmp_path / "lm"), "--part", "lm"]) == 0
+    assert "model.lm.pretrained" in capsys.readouterr().out
+    assert json.loads((tmp_path / "lm" / "config.json").read_text())["model_type"] == "opt"
+    assert main(["export", str(src), str(tmp_path / "lm2"), "--part", "lm", "--trainable-only"]) == 2
+    assert main(["export", str(src), str(tmp_path / "x"), "--part", "nope"]) == 2
+    assert "no part 'nope'" in capsys.readouterr().err
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("two")
+            raise RuntimeError("interrupted")
+    assert (target / "a.txt").read_text() == "one"  # the earlier folder is untouched
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("three")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folders left
+
+
+def test_data_tokenizer_for_the_lm_part(tmp_path):
+    from zoo.train.data import resolve_data_tokenizer
+
+    rows = [{"question_id": i, "question": f"what colour is the {s}?", "answer": [c], "image": "x.png"}
+            for i, (s, c) in enumerate([("circle", "red"), ("square", "blue"), ("triangle", "green")])]
+    (tmp_path / "vqa.json").write_text(json.dumps(rows))
+    model = zoo.create_model("epalm-tiny", lm={"tokenizer": "data", "config": {
+        "vocab_size": 64, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}})
+    resolve_data_tokenizer(model, {"root": str(tmp_path), "train": ["vqa.json"]}, tmp_path / "run")
+    folder = str(tmp_path / "run" / "tokenizer_data")
+    assert model.lm.tokenizer == folder and model.zoo_config["model"]["lm"]["tokenizer"] == folder
+    tok = model.lm.get_tokenizer()  # </a> added on top of the words: within the 64 rows
+    assert len(tok) <= 64 and "</a>" in tok.get_vocab()
+    ids = tok("what colour is the triangle?</a>green", add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and tok.decode(ids).endswith("</a> green")
