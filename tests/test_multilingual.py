@@ -330,6 +330,53 @@ def test_cclm_tiny_retrieval_evaluates_each_language(data, tmp_path):
     assert "test/de/img_r1" in csv and "test/fr/r_mean" in csv and "test/en/txt_r5" in csv and "train/loss" in csv
 
 
+def test_parallel_sentence_batches_join_training(data, tmp_path):
+    """data.parallel: each training batch carries a parallel-sentence batch; the logged loss is the task loss plus
+    parallel_weight × the model's parallel_text_losses, recomputed here from the same batch and weights."""
+    from transformers import AutoTokenizer
+
+    import zoo
+    from zoo.spec import ConfigError
+    from zoo.train.data import TaskDataModule, read_parallel
+    from zoo.train.module import TaskModule
+
+    tok = AutoTokenizer.from_pretrained(str(data / TOKENIZER_DIR), local_files_only=True)
+    base = {"root": str(data), "train": "retrieval_train.json", "batch_size": 4, "randaugment": False,
+            "parallel": "parallel_train.json", "parallel_batch_size": 5, "parallel_weight": 0.5}
+    dm = TaskDataModule("retrieval", base, tok, image_size=64)
+    loader = dm.train_dataloader()
+    batches = [b for b, *_ in loader]  # (batch, index, loader index) when iterated outside a Trainer
+    assert len(batches) == len(dm.dataset("train")) // 4  # the task data sets the epoch, the sentences cycle
+    seen = [tuple(map(tuple, b["parallel"]["input_ids"].tolist())) for b in batches]
+    assert len(set(seen)) == len(seen)  # 15 × 5 = 75 sentences from 200: no batch repeats within the epoch
+    pairs = {(r["text"], r["text_2"]) for r in read_parallel(str(data / "parallel_train.json"))}
+    first = batches[0]
+    assert set(first) == {"task", "parallel"}
+    par = first["parallel"]
+    assert par["input_ids"].shape[0] == 5 and par["input_ids_2"].shape[0] == 5 and "input_ids_masked" in par
+    texts = tok.batch_decode(par["input_ids"], skip_special_tokens=True)
+    texts_2 = tok.batch_decode(par["input_ids_2"], skip_special_tokens=True)
+    norm = {(" ".join(a.split()), " ".join(b.split())) for a, b in pairs}
+    assert all((" ".join(a.split()), " ".join(b.split())) in norm for a, b in zip(texts, texts_2))
+
+    torch.manual_seed(0)
+    model = zoo.create_model("cclm-tiny", task="retrieval", text={"tokenizer": str(data / TOKENIZER_DIR)})
+    module = TaskModule(model, "retrieval")
+    module.trainer = type("T", (), {"datamodule": dm})()  # what training_step reads from the trainer
+    module.log = lambda *a, **k: None
+    model.eval()  # no dropout: the two computations below see the same network
+    rng = torch.get_rng_state()
+    loss = module.training_step(first, 0)
+    torch.set_rng_state(rng)
+    expected = model.retrieval_losses(first["task"])["loss"] + 0.5 * model.parallel_text_losses(par)["loss"]
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ConfigError, match="data.parallel"):  # a model without the objective
+        dm2 = TaskDataModule("retrieval", base, tok, image_size=64)
+        dm2.configure_for_model(torch.nn.Linear(1, 1))
+    with pytest.raises(ConfigError, match="data.parallel"):
+        TaskDataModule("retrieval", {**base, "parallel": "missing.json"}, tok, image_size=64)
+
+
 def test_epalm_open_ended_vqa_through_train(data, tmp_path):
     from zoo.train.run import train
 

@@ -78,6 +78,7 @@ DATA_KEYS: dict[str, str] = {
     "blank_images": _BOOL, "cache_images": _BOOL,
     "languages": "list of language codes", "few_shot": "mapping {language: number of records}",
     "translation": "language code or list of codes",
+    "parallel": "file or list of files", "parallel_weight": _FLOAT, "parallel_batch_size": _POS,
 }
 _CHOICES = {"video_backend": ("decord", "av"), "on_bad_sample": ("error", "skip"),
             "classifier_targets": ("vqa_score", "weights")}
@@ -216,6 +217,10 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
             raise ConfigError("few-shot records (in one language) have no translation field: use either "
                               "data.translation or data.few_shot", "data.translation")
         cfg["translation"] = [cfg["translation"]] if isinstance(cfg["translation"], str) else list(cfg["translation"])
+    if cfg.get("parallel") is not None:
+        if not cfg.get("train"):
+            raise ConfigError("parallel-sentence batches join the training batches: give data.train", "data.parallel")
+        cfg["parallel"] = resolve_files("parallel", cfg["parallel"])
     if cfg.get("answer_list") is not None:
         cfg["answer_list"] = resolve("answer_list", cfg["answer_list"])
     size = cfg.get("image_size", image_size)
@@ -259,6 +264,22 @@ class _TrainLoader(DataLoader):
         if "seed" in state and int(state["seed"]) != int(self.sampler.seed):
             warnings.warn(f"resuming with data.seed={self.sampler.seed}, but the checkpoint was trained with seed "
                           f"{state['seed']}: the remaining batches differ from the interrupted run's", stacklevel=2)
+
+
+class _CyclingLoader(DataLoader):
+    """An endless loader: pass after pass over its data, its distributed sampler drawing a new order each pass. Paired
+    with the task loader in a ``min_size`` ``CombinedLoader``, the task data sets the epoch's length."""
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __iter__(self):
+        passes = getattr(self, "_passes", -1)
+        while True:
+            passes += 1
+            self._passes = passes
+            self.sampler.set_epoch(passes)
+            yield from super().__iter__()
 
 
 class _BlankImage:
@@ -314,11 +335,16 @@ class TaskDataModule(L.LightningDataModule):
         self._answer_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
         self._text_tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batch_skips: dict[str, int] = {s: 0 for s in SPLITS}
+        self._parallel: list[dict[str, str]] | None = None
 
     def configure_for_model(self, model: Any) -> None:
-        """Batch options the model asks for: ``causal_captioning`` (see the class docstring)."""
+        """Batch options the model asks for: ``causal_captioning`` (see the class docstring); ``data.parallel``
+        needs a model with ``parallel_text_losses`` (CCLM)."""
         if getattr(model, "causal_captioning", False):
             self.causal_captioning = True
+        if self.cfg.get("parallel") and not hasattr(model, "parallel_text_losses"):
+            raise ConfigError(f"{type(model).__name__} has no parallel_text_losses(): parallel-sentence batches are "
+                              "for models with a cross-lingual text objective (CCLM)", "data.parallel")
 
     # -- data sets -----------------------------------------------------------------------------------------------
     def has_split(self, split: str) -> bool:
@@ -490,7 +516,37 @@ class TaskDataModule(L.LightningDataModule):
                               f"batch of {c['batch_size']} with drop_last: lower data.batch_size or set "
                               "data.drop_last: false", "data.batch_size")
         sampler = _EpochSampler(ds, world, rank, c["seed"], c["batch_size"], self._completed_batches)
-        return self._loader(ds, "train", c["batch_size"], sampler=sampler, drop_last=c["drop_last"], cls=_TrainLoader)
+        loader = self._loader(ds, "train", c["batch_size"], sampler=sampler, drop_last=c["drop_last"], cls=_TrainLoader)
+        if not c.get("parallel"):
+            return loader
+        return self._with_parallel(loader)
+
+    def _with_parallel(self, loader: DataLoader) -> Any:
+        """``data.parallel``: every training batch comes with a batch of parallel sentences (``{"task": ...,
+        "parallel": ...}``, Lightning's ``CombinedLoader``: the task data sets the epoch, the sentences cycle,
+        reshuffled each pass). The training module adds the model's ``parallel_text_losses``
+        times ``data.parallel_weight`` (official CCLM pre-training alternates the two kinds of batch; here both
+        enter every step)."""
+        from lightning.pytorch.utilities import CombinedLoader  # noqa: PLC0415
+
+        from zoo.data import collate as C  # noqa: PLC0415
+
+        c = self.cfg
+        if self._parallel is None:
+            self._parallel = read_parallel(c["parallel"])
+        world, rank = self._world()
+        size = int(c.get("parallel_batch_size") or c["batch_size"])
+        if -(-len(self._parallel) // world) < size:
+            raise ConfigError(f"{len(self._parallel)} parallel sentences: fewer than one batch of {size} per process",
+                              "data.parallel_batch_size")
+        sampler = DistributedSampler(self._parallel, num_replicas=world, rank=rank, shuffle=True, seed=c["seed"],
+                                     drop_last=True)
+        mlm = getattr(self.tokenizer, "mask_token_id", None) is not None
+        collate = C.ParallelTextCollator(self.tokenizer, c["max_tokens"], mlm=mlm)
+        parallel = _CyclingLoader(self._parallel, batch_size=size, sampler=sampler, collate_fn=collate,
+                                      drop_last=True, num_workers=c["num_workers"],
+                                      persistent_workers=c["num_workers"] > 0)
+        return CombinedLoader({"task": loader, "parallel": parallel}, mode="min_size")
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader("val")
@@ -692,13 +748,20 @@ def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | o
             folder.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".tokenizer_data.", dir=folder.parent))
             tmp.chmod(0o755)  # mkdtemp makes it private; it is an ordinary output folder
-            build_multilingual_tokenizer(corpus, tmp, vocab_size=_vocab_rows(text) - 1, model="words")  # +<mask>
+            # room for <mask> and the tokens the model adds itself (eP-ALM's </a>, MultiModal-GPT's <image>, ...)
+            extra = 1 + len(getattr(text, "special_tokens", None) or ())
+            build_multilingual_tokenizer(corpus, tmp, vocab_size=_vocab_rows(text) - extra, model="words")
             try:
                 tmp.rename(folder)
             except OSError:  # another process (a distributed rank) put the same tokenizer there first
                 shutil.rmtree(tmp, ignore_errors=True)
     text.tokenizer = str(folder)
+    if hasattr(text, "_tokenizer_cache"):
+        text._tokenizer_cache = None
+    # the part's key in the model config: `text`, or e.g. `lm` for the language-model families (model.text is the LM)
+    key = next((name for name, child in model.named_children() if child is text), "text") \
+        if hasattr(model, "named_children") else "text"
     config = getattr(model, "zoo_config", None)
     if isinstance(config, dict) and isinstance(config.get("model"), dict) \
-            and isinstance(config["model"].get("text"), dict):
-        config["model"]["text"]["tokenizer"] = text.tokenizer  # checkpoints name the real folder
+            and isinstance(config["model"].get(key), dict):
+        config["model"][key]["tokenizer"] = text.tokenizer  # checkpoints name the real folder

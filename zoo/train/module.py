@@ -65,8 +65,16 @@ class TaskModule(L.LightningModule):
         return getattr(self.model, _LOSS_METHOD[self.task])(batch)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        parallel = None
+        if "parallel" in batch and "task" in batch:  # data.parallel: a parallel-sentence batch with each task batch
+            batch, parallel = batch["task"], batch["parallel"]
         self.skipped += int(batch.get("num_skipped", 0) or 0)
         losses = self(batch)
+        if parallel is not None:
+            extra = self.model.parallel_text_losses(parallel)
+            weight = float(self.trainer.datamodule.cfg.get("parallel_weight", 1.0))
+            losses = {**losses, **{f"parallel_{k}": v for k, v in extra.items()},
+                      "loss": losses["loss"] + weight * extra["loss"]}
         loss = losses["loss"]
         if not torch.isfinite(loss.detach()).all():
             parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items()
