@@ -6,6 +6,7 @@ tokenizer works for a model whose text part is its LM."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +159,35 @@ def test_data_tokenizer_for_the_lm_part(tmp_path):
     assert len(tok) <= 64 and "</a>" in tok.get_vocab()
     ids = tok("what colour is the triangle?</a>green", add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in ids and tok.decode(ids).endswith("</a> green")
+
+
+@pytest.mark.parametrize("family", ["epalm", "mmgpt"])
+def test_two_stage_configs_train_then_freeze_the_lm(family, tmp_path):
+    """The shipped stage configs end to end on tiny data: stage 1 trains the LM language-only, `mmzoo export --part
+    lm` writes it, stage 2 loads it and keeps it frozen (every tensor of its export equal to the folder's; that only
+    the adapters train is tested tensor by tensor in test_epalm / test_mmgpt)."""
+    from safetensors.torch import load_file
+
+    from zoo.cli import main
+    from zoo.data.shapes import generate_shapes
+    from zoo.train.run import load_task_config, train
+
+    root = generate_shapes(tmp_path / "shapes", seed=0, num_train_images=12, num_val_images=4, num_test_images=4,
+                           image_size=48, num_videos=0)
+    common = [f"data.root={root}", f"train.output_dir={tmp_path / 'runs'}", "data.batch_size=8", "data.cache_images=false",
+              "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+              "trainer.limit_test_batches=1", "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false"]
+    stage1 = train(load_task_config(f"configs/tasks/lm-{family}-shapes.yaml", common))
+    lm_dir = tmp_path / "lm"
+    assert main(["export", stage1["run_dir"], str(lm_dir), "--part", "lm"]) == 0
+    stage1_lm = load_file(str(lm_dir / "model.safetensors"))
+    stage2 = train(load_task_config(f"configs/tasks/vqa-{family}-shapes.yaml", common + [
+        f"model.overrides.lm.pretrained={lm_dir}", f"model.overrides.lm.tokenizer={lm_dir}"]))
+    after = load_file(str(Path(stage2["export"]) / "model.safetensors"))
+
+    def name(key: str) -> str:  # peft keeps a LoRA-wrapped layer's own weight as base_layer.*
+        plain = f"lm.model.{key}"
+        return plain if plain in after else plain.replace(".weight", ".base_layer.weight")
+
+    assert all(name(k) in after for k in stage1_lm)  # every LM tensor (the tied LM head of OPT is stored once)
+    assert all(torch.equal(after[name(k)], stage1_lm[k]) for k in stage1_lm)  # loaded, then frozen
