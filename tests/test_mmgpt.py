@@ -392,3 +392,81 @@ def test_vqa_training_path_on_shapes(tmp_path):
     metrics = {**(results.get("val") or {}), **(results.get("test") or {})}
     assert any("vqa_acc" in k for k in metrics), metrics
     assert all(0.0 <= v <= 100.0 for k, v in metrics.items() if "vqa_acc" in k)
+
+
+def test_language_only_instruction_batches_join_training(tmp_path):
+    """data.language: Alpaca and Dolly records are read alike; each visual batch comes with a language-only batch in
+    the no-image template (### Input: when given), and the step's loss is vqa_loss + language_weight × the language
+    loss (recomputed here); the run logs both."""
+    import json
+
+    from zoo.data.datasets import DataError
+    from zoo.data.shapes import generate_shapes
+    from zoo.train.data import read_instructions
+    from zoo.train.run import load_task_config, train
+
+    alpaca = [{"instruction": f"name a colour number {i}", "input": "", "output": "red"} for i in range(5)]
+    dolly = [{"instruction": "translate to german", "context": "the red circle", "response": "der rote Kreis"}] * 5
+    (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))
+    (tmp_path / "dolly.json").write_text(json.dumps(dolly))
+    recs = read_instructions([str(tmp_path / "alpaca.json"), str(tmp_path / "dolly.json")])
+    assert recs[0] == {"instruction": "name a colour number 0", "input": "", "output": "red"}
+    assert recs[5] == {"instruction": "translate to german", "input": "the red circle", "output": "der rote Kreis"}
+    (tmp_path / "bad.json").write_text(json.dumps([{"instruction": "x"}]))
+    with pytest.raises(DataError, match="bad.json"):
+        read_instructions(str(tmp_path / "bad.json"))
+
+    model = _tiny()
+    batch = model.encode_language([recs[0], recs[5]])
+    tok = model.tokenizer
+    text = tok.decode(batch["input_ids"][1][batch["attention_mask"][1].bool()], skip_special_tokens=False)
+    flat = text.replace(" ", "")  # the WordPiece test tokenizer lowercases and splits punctuation
+    assert "###input:theredcircle###response:derrotekreis" in flat and "###image:" not in flat
+    assert IMAGE_TOKEN not in text
+    labelled = batch["labels"][1][batch["labels"][1] != -100].tolist()
+    assert labelled == tok("der rote Kreis", add_special_tokens=False)["input_ids"] + [model.lm.eos_token_id]
+    assert "###input:" not in tok.decode(batch["input_ids"][0], skip_special_tokens=True).replace(" ", "")
+
+    shapes = generate_shapes(tmp_path / "shapes", num_train_images=8, num_val_images=4, num_test_images=4,
+                             image_size=48, num_videos=0)
+    cfg = load_task_config("configs/tasks/vqa-shapes.yaml")
+    cfg["model"] = {"name": "mmgpt-tiny", "task": None, "pretrained": None, "overrides": {}}
+    cfg["data"].update(root=str(shapes), batch_size=8, eval_batch_size=8, language=[str(tmp_path / "dolly.json")],
+                       language_batch_size=4, language_weight=0.25)
+    cfg["optim"].update(new_params=[])
+    cfg["trainer"].update(max_epochs=1, enable_progress_bar=False, limit_train_batches=2, limit_val_batches=1,
+                          limit_test_batches=1, log_every_n_steps=1)
+    cfg["train"].update(output_dir=str(tmp_path / "runs"), name="mixed", export=False)
+    train(cfg)
+    header = (tmp_path / "runs" / "mixed" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/language_loss" in header and "train/loss" in header
+
+
+def test_language_side_batch_adds_weighted_loss(tmp_path):
+    import json
+
+    from zoo.data.shapes import generate_shapes
+    from zoo.train.data import TaskDataModule
+    from zoo.train.module import TaskModule
+
+    (tmp_path / "alpaca.json").write_text(json.dumps(
+        [{"instruction": f"count to {i}", "input": "", "output": " ".join(["one"] * (i + 1))} for i in range(6)]))
+    shapes = generate_shapes(tmp_path / "shapes", num_train_images=8, num_val_images=4, num_test_images=4,
+                             image_size=48, num_videos=0)
+    model = _tiny()
+    dm = TaskDataModule("vqa", {"root": str(shapes), "train": "vqa_train.json", "batch_size": 4, "randaugment": False,
+                                "language": str(tmp_path / "alpaca.json"), "language_batch_size": 3,
+                                "language_weight": 0.5}, model.tokenizer, image_size=32)
+    dm.configure_for_model(model)
+    batch, *_ = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"task", "language"} and batch["language"]["input_ids"].shape[0] == 3
+    module = TaskModule(model, "vqa")
+    module.trainer = type("T", (), {"datamodule": dm})()
+    module.log = lambda *a, **k: None
+    loss = module.training_step(batch, 0)
+    expected = model.vqa_loss(batch["task"])["loss"] + 0.5 * model.language_losses(batch["language"])["loss"]
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ConfigError, match="data.language"):
+        bad = TaskDataModule("vqa", {"root": str(shapes), "train": "vqa_train.json", "batch_size": 4,
+                                     "language": str(tmp_path / "alpaca.json")}, model.tokenizer, image_size=32)
+        bad.configure_for_model(zoo.create_model("epalm-tiny"))

@@ -91,16 +91,19 @@ def response_of(text: str) -> str:
 
 def encode_instruction(tokenizer: Any, turns: Sequence[tuple[str, str]], *, image: bool = True,
                        bos_id: int | None = None, eos_id: int | None = None, max_length: int = 512,
-                       ignore_instruction: bool = True) -> tuple[list[int], list[int]]:
+                       ignore_instruction: bool = True, input: str | None = None) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` for one example of ``turns`` = ``[(question, answer), ...]`` (one turn: VQA /
     instruction data; several: a dialogue). Each turn is ``[bos] prompt answer [eos]``, truncated to ``max_length``;
-    labels are -100 on ``[bos] prompt`` (``ignore_instruction``) and on ``<image>``."""
+    labels are -100 on ``[bos] prompt`` (``ignore_instruction``) and on ``<image>``. ``input``: the ``### Input:``
+    section of a one-turn example (Alpaca ``input``, Dolly ``context``)."""
+    if input and len(turns) != 1:
+        raise ValueError("encode_instruction: an input section belongs to one-turn examples")
     media_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     ids: list[int] = []
     labels: list[int] = []
     for i, (question, answer) in enumerate(turns):
-        prompt = instruction_prompt(question, image=image) if len(turns) == 1 else _turn_prompt(question, i == 0,
-                                                                                                   image)
+        prompt = instruction_prompt(question, image=image, input=input or None) if len(turns) == 1 else \
+            _turn_prompt(question, i == 0, image)
         head = ([bos_id] if bos_id is not None else []) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
         tail = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
         seq = (head + tail)[:max_length]

@@ -323,6 +323,24 @@ class MultiModalGPT(ZooModel):
             loss = loss + language_weight * lang.loss
         return {"loss": loss, **losses}
 
+    def encode_language(self, records: Sequence[Mapping[str, str]]) -> dict[str, Tensor]:
+        """Language-only instruction records ``{instruction, input, output}`` (:func:`zoo.train.data.
+        read_instructions`) → a batch for :meth:`language_losses`: the template without the image section, with
+        ``### Input:`` when there is one (official ``prompt_no_input_format`` / ``prompt_input_format``), labels on the
+        response and eos."""
+        tok = self.tokenizer
+        rows = [encode_instruction(tok, [(r["instruction"], r["output"])], image=False, input=r.get("input") or None,
+                                   bos_id=self.lm.bos_token_id, eos_id=self.lm.eos_token_id,
+                                   max_length=self.max_length) for r in records]
+        ids, mask, labels = _pad(rows, self.lm.pad_token_id)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def language_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The LM loss of a language-only batch (:meth:`encode_language`; no media): what ``data.language`` adds to
+        each training step."""
+        out = self(None, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        return {"loss": out.loss}
+
     # -- VQA -----------------------------------------------------------------------------------------------------
     def _questions(self, batch: Mapping[str, Any]) -> list[str]:
         return batch_questions(batch, self._decode_batch)

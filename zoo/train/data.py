@@ -61,7 +61,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from zoo.spec import ConfigError
 
-__all__ = ["DATA_KEYS", "TASK_NAMES", "TaskDataModule", "read_parallel", "resolve_data_tokenizer"]
+__all__ = ["DATA_KEYS", "SIDE_STREAMS", "TASK_NAMES", "TaskDataModule", "read_instructions", "read_parallel",
+           "resolve_data_tokenizer"]
 
 TASK_NAMES = ("vqa", "retrieval", "captioning")
 SPLITS = ("train", "val", "test")
@@ -79,6 +80,14 @@ DATA_KEYS: dict[str, str] = {
     "languages": "list of language codes", "few_shot": "mapping {language: number of records}",
     "translation": "language code or list of codes",
     "parallel": "file or list of files", "parallel_weight": _FLOAT, "parallel_batch_size": _POS,
+    "language": "file or list of files", "language_weight": _FLOAT, "language_batch_size": _POS,
+}
+
+# side streams of training batches: data key -> (the model's loss method for them, what their records are)
+SIDE_STREAMS: dict[str, tuple[str, str]] = {
+    "parallel": ("parallel_text_losses", "parallel sentences (models with a cross-lingual text objective: CCLM)"),
+    "language": ("language_losses", "language-only instruction data (models with a language-only loss: "
+                                    "MultiModal-GPT)"),
 }
 _CHOICES = {"video_backend": ("decord", "av"), "on_bad_sample": ("error", "skip"),
             "classifier_targets": ("vqa_score", "weights")}
@@ -217,10 +226,11 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
             raise ConfigError("few-shot records (in one language) have no translation field: use either "
                               "data.translation or data.few_shot", "data.translation")
         cfg["translation"] = [cfg["translation"]] if isinstance(cfg["translation"], str) else list(cfg["translation"])
-    if cfg.get("parallel") is not None:
-        if not cfg.get("train"):
-            raise ConfigError("parallel-sentence batches join the training batches: give data.train", "data.parallel")
-        cfg["parallel"] = resolve_files("parallel", cfg["parallel"])
+    for key in SIDE_STREAMS:
+        if cfg.get(key) is not None:
+            if not cfg.get("train"):
+                raise ConfigError(f"data.{key} batches join the training batches: give data.train", f"data.{key}")
+            cfg[key] = resolve_files(key, cfg[key])
     if cfg.get("answer_list") is not None:
         cfg["answer_list"] = resolve("answer_list", cfg["answer_list"])
     size = cfg.get("image_size", image_size)
@@ -335,16 +345,19 @@ class TaskDataModule(L.LightningDataModule):
         self._answer_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
         self._text_tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batch_skips: dict[str, int] = {s: 0 for s in SPLITS}
-        self._parallel: list[dict[str, str]] | None = None
+        self._side: dict[str, list[dict[str, Any]]] = {}
+        self._model: Any = None
 
     def configure_for_model(self, model: Any) -> None:
-        """Batch options the model asks for: ``causal_captioning`` (see the class docstring); ``data.parallel``
-        needs a model with ``parallel_text_losses`` (CCLM)."""
+        """Batch options the model asks for: ``causal_captioning`` (see the class docstring); a side stream
+        (``data.parallel``, ``data.language``) needs the model's loss for it (:data:`SIDE_STREAMS`)."""
         if getattr(model, "causal_captioning", False):
             self.causal_captioning = True
-        if self.cfg.get("parallel") and not hasattr(model, "parallel_text_losses"):
-            raise ConfigError(f"{type(model).__name__} has no parallel_text_losses(): parallel-sentence batches are "
-                              "for models with a cross-lingual text objective (CCLM)", "data.parallel")
+        self._model = model
+        for key, (method, what) in SIDE_STREAMS.items():
+            if self.cfg.get(key) and not hasattr(model, method):
+                raise ConfigError(f"{type(model).__name__} has no {method}(): data.{key} batches are {what}",
+                                  f"data.{key}")
 
     # -- data sets -----------------------------------------------------------------------------------------------
     def has_split(self, split: str) -> bool:
@@ -517,36 +530,45 @@ class TaskDataModule(L.LightningDataModule):
                               "data.drop_last: false", "data.batch_size")
         sampler = _EpochSampler(ds, world, rank, c["seed"], c["batch_size"], self._completed_batches)
         loader = self._loader(ds, "train", c["batch_size"], sampler=sampler, drop_last=c["drop_last"], cls=_TrainLoader)
-        if not c.get("parallel"):
+        streams = [key for key in SIDE_STREAMS if c.get(key)]
+        if not streams:
             return loader
-        return self._with_parallel(loader)
-
-    def _with_parallel(self, loader: DataLoader) -> Any:
-        """``data.parallel``: every training batch comes with a batch of parallel sentences (``{"task": ...,
-        "parallel": ...}``, Lightning's ``CombinedLoader``: the task data sets the epoch, the sentences cycle,
-        reshuffled each pass). The training module adds the model's ``parallel_text_losses``
-        times ``data.parallel_weight`` (official CCLM pre-training alternates the two kinds of batch; here both
-        enter every step)."""
         from lightning.pytorch.utilities import CombinedLoader  # noqa: PLC0415
 
+        return CombinedLoader({"task": loader, **{key: self._side_loader(key) for key in streams}}, mode="min_size")
+
+    def _side_loader(self, key: str) -> DataLoader:
+        """A side stream of training batches (:data:`SIDE_STREAMS`): every task batch comes with one batch of it
+        (``{"task": ..., key: ...}``, Lightning's ``CombinedLoader``: the task data sets the epoch, the side data
+        cycles, reshuffled each pass), and the training module adds the model's loss for it times
+        ``data.{key}_weight`` (default 1). ``data.parallel``: parallel sentences for CCLM's ``parallel_text_losses``
+        (the official pre-training alternates the two kinds of batch; here both enter every step).
+        ``data.language``: language-only instruction data for MultiModal-GPT's ``language_losses`` (the official
+        loop: one language batch per visual batch, losses summed); ``data.language_batch_size`` sets the ratio of
+        language-only to visual examples (default 1 : 1, as official)."""
         from zoo.data import collate as C  # noqa: PLC0415
 
         c = self.cfg
-        if self._parallel is None:
-            self._parallel = read_parallel(c["parallel"])
+        if key not in self._side:
+            self._side[key] = read_parallel(c[key]) if key == "parallel" else read_instructions(c[key])
+        records = self._side[key]
         world, rank = self._world()
-        size = int(c.get("parallel_batch_size") or c["batch_size"])
-        if -(-len(self._parallel) // world) < size:
-            raise ConfigError(f"{len(self._parallel)} parallel sentences: fewer than one batch of {size} per process",
-                              "data.parallel_batch_size")
-        sampler = DistributedSampler(self._parallel, num_replicas=world, rank=rank, shuffle=True, seed=c["seed"],
+        size = int(c.get(f"{key}_batch_size") or c["batch_size"])
+        if -(-len(records) // world) < size:
+            raise ConfigError(f"{len(records)} records in data.{key}: fewer than one batch of {size} per process",
+                              f"data.{key}_batch_size")
+        if key == "parallel":
+            mlm = getattr(self.tokenizer, "mask_token_id", None) is not None
+            collate: Callable = C.ParallelTextCollator(self.tokenizer, c["max_tokens"], mlm=mlm)
+        else:
+            if not hasattr(self._model, "encode_language"):
+                raise ConfigError(f"{type(self._model).__name__} has no encode_language(): it cannot read "
+                                  "data.language", "data.language")
+            collate = self._model.encode_language
+        sampler = DistributedSampler(records, num_replicas=world, rank=rank, shuffle=True, seed=c["seed"],
                                      drop_last=True)
-        mlm = getattr(self.tokenizer, "mask_token_id", None) is not None
-        collate = C.ParallelTextCollator(self.tokenizer, c["max_tokens"], mlm=mlm)
-        parallel = _CyclingLoader(self._parallel, batch_size=size, sampler=sampler, collate_fn=collate,
-                                      drop_last=True, num_workers=c["num_workers"],
-                                      persistent_workers=c["num_workers"] > 0)
-        return CombinedLoader({"task": loader, "parallel": parallel}, mode="min_size")
+        return _CyclingLoader(records, batch_size=size, sampler=sampler, collate_fn=collate, drop_last=True,
+                              num_workers=c["num_workers"], persistent_workers=c["num_workers"] > 0)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader("val")
@@ -678,6 +700,24 @@ class _WithTranslation(_DatasetView):
         item = dict(item)
         item["caption_2"] = pre_caption(text, self.dataset.max_words) if getattr(self.dataset, "clean", True) else text
         return item
+
+
+def read_instructions(files: str | Sequence[str]) -> list[dict[str, str]]:
+    """Language-only instruction records of JSON list files in the Alpaca (``instruction``, ``input``, ``output``) or
+    Dolly (``instruction``, ``context``, ``response``) layout → ``{instruction, input, output}``; a record without an
+    instruction and an answer string is an error naming the file and record."""
+    from zoo.data.datasets import DataError, read_annotations  # noqa: PLC0415
+
+    out = []
+    for file, idx, rec in read_annotations([files] if isinstance(files, str) else list(files)):
+        answer = rec.get("output", rec.get("response")) if isinstance(rec, Mapping) else None
+        extra = rec.get("input", rec.get("context")) if isinstance(rec, Mapping) else None
+        if not (isinstance(rec, Mapping) and isinstance(rec.get("instruction"), str) and isinstance(answer, str)
+                and (extra is None or isinstance(extra, str))):
+            raise DataError(file, idx, "expected an object with strings 'instruction' and 'output' (Alpaca) or "
+                                       "'response' (Dolly), and optionally 'input' / 'context'")
+        out.append({"instruction": rec["instruction"], "input": extra or "", "output": answer})
+    return out
 
 
 def read_parallel(files: str | Sequence[str]) -> list[dict[str, str]]:

@@ -65,16 +65,21 @@ class TaskModule(L.LightningModule):
         return getattr(self.model, _LOSS_METHOD[self.task])(batch)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        parallel = None
-        if "parallel" in batch and "task" in batch:  # data.parallel: a parallel-sentence batch with each task batch
-            batch, parallel = batch["task"], batch["parallel"]
+        side = {}
+        if "task" in batch:  # side streams (data.parallel, data.language): one of their batches with each task batch
+            side = {k: v for k, v in batch.items() if k != "task"}
+            batch = batch["task"]
         self.skipped += int(batch.get("num_skipped", 0) or 0)
         losses = self(batch)
-        if parallel is not None:
-            extra = self.model.parallel_text_losses(parallel)
-            weight = float(self.trainer.datamodule.cfg.get("parallel_weight", 1.0))
-            losses = {**losses, **{f"parallel_{k}": v for k, v in extra.items()},
-                      "loss": losses["loss"] + weight * extra["loss"]}
+        if side:
+            from zoo.train.data import SIDE_STREAMS  # noqa: PLC0415
+
+            cfg = self.trainer.datamodule.cfg
+            for key, side_batch in side.items():
+                extra = getattr(self.model, SIDE_STREAMS[key][0])(side_batch)
+                weight = 1.0 if cfg.get(f"{key}_weight") is None else float(cfg[f"{key}_weight"])
+                losses = {**losses, **{f"{key}_{k}": v for k, v in extra.items()},
+                          "loss": losses["loss"] + weight * extra["loss"]}
         loss = losses["loss"]
         if not torch.isfinite(loss.detach()).all():
             parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items()
