@@ -191,3 +191,24 @@ def test_two_stage_configs_train_then_freeze_the_lm(family, tmp_path):
 
     assert all(name(k) in after for k in stage1_lm)  # every LM tensor (the tied LM head of OPT is stored once)
     assert all(torch.equal(after[name(k)], stage1_lm[k]) for k in stage1_lm)  # loaded, then frozen
+
+
+def test_export_reattaches_the_lm_tokenizer(tmp_path):
+    """An export of a language-model family carries its tokenizer; from_pretrained points `lm.tokenizer` at it, so
+    the export works after the tokenizer it was trained with is gone."""
+    import shutil
+
+    from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer
+
+    words = ["what colour is the circle?", "red", "blue", "where is the square?", "left", "right"]
+    folder = build_multilingual_tokenizer(words * 3, tmp_path / "tok", vocab_size=40, model="words")
+    lm = {"tokenizer": str(folder), "config": {"vocab_size": 64, "pad_token_id": 1, "bos_token_id": 0,
+                                               "eos_token_id": 2}}
+    torch.manual_seed(0)
+    model = zoo.create_model("epalm-tiny", lm=lm)
+    ids = model.lm.get_tokenizer()("where is the square?</a>left", add_special_tokens=False)["input_ids"]
+    export = model.save_pretrained(tmp_path / "export")
+    shutil.rmtree(folder)
+    again = zoo.from_pretrained(export)
+    assert again.lm.tokenizer == str(export / "tokenizer")
+    assert again.lm.get_tokenizer()("where is the square?</a>left", add_special_tokens=False)["input_ids"] == ids

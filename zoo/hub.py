@@ -350,10 +350,12 @@ def from_pretrained(path: str | os.PathLike, *, map_location: str = "cpu", **ove
 
 
 def _with_tokenizer(config: dict, folder: str) -> dict:
-    """Point the text encoder of a model config at an exported tokenizer folder."""
-    text = config.get("model", {}).get("text")
-    if isinstance(text, dict) and "tokenizer" in text:
-        config = {**config, "model": {**config["model"], "text": {**text, "tokenizer": folder}}}
+    """Point the part whose tokenizer the export holds at the exported folder: the text encoder, or for the
+    language-model families (whose ``model.text`` is the LM) the ``lm`` part."""
+    for key in ("text", "lm"):
+        part = config.get("model", {}).get(key)
+        if isinstance(part, dict) and "tokenizer" in part:
+            return {**config, "model": {**config["model"], key: {**part, "tokenizer": folder}}}
     return config
 
 
