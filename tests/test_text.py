@@ -277,9 +277,50 @@ def test_split_bert_xlmr_embeddings_match_transformers(tmp_path):
         got = enc(ids, mask).tokens
     assert _max_diff(got, expected, mask) < 1e-5
     assert "embeddings.position_ids" in enc.state_dict()
-    with pytest.raises(ConfigError, match="model_type"):
-        SplitBert(num_layers=2, fusion_start=2, type_vocab_size=1, layer_norm_eps=1e-5, pretrained=str(tmp_path),
-                  **TINY)
+    bert_dir = tmp_path / "bert"
+    transformers.BertModel(transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                   num_attention_heads=4, intermediate_size=64,
+                                                   max_position_embeddings=40)).save_pretrained(bert_dir)
+    with pytest.raises(ConfigError, match="model_type"):  # a BERT folder has no XLM-R position offset
+        SplitBert(num_layers=2, fusion_start=2, embeddings="xlm-roberta", pretrained=str(bert_dir), **TINY)
+
+
+def test_split_bert_reads_xlmr_as_the_official_cclm(tmp_path):
+    """The official CCLM builds its text encoder from xlm-roberta-large's config.json as a BertConfig (positions
+    0..L-1) and keeps the odd layers: split_bert with `embeddings: bert`, `pad_token_id: 1` and `layer_map` reads an
+    XLM-R folder the same way, checked against transformers' BertModel given those layers."""
+    xcfg = transformers.XLMRobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                         intermediate_size=64, max_position_embeddings=40, type_vocab_size=1,
+                                         layer_norm_eps=1e-5)
+    torch.manual_seed(0)
+    xlmr = transformers.XLMRobertaForMaskedLM(xcfg)
+    xlmr.save_pretrained(tmp_path)
+    bcfg = transformers.BertConfig(**{k: getattr(xcfg, k) for k in (
+        "vocab_size", "hidden_size", "num_attention_heads", "intermediate_size", "max_position_embeddings",
+        "type_vocab_size", "layer_norm_eps", "pad_token_id")}, num_hidden_layers=2)
+    ref = transformers.BertModel(bcfg, add_pooling_layer=False).eval()
+    source = {k[len("roberta."):]: v for k, v in xlmr.state_dict().items() if k.startswith("roberta.")}
+    odd = {1: 0, 3: 1}  # source layer -> our layer
+    renamed = {}
+    for k, v in source.items():
+        if k.startswith("encoder.layer."):
+            i = int(k.split(".")[2])
+            if i in odd:
+                renamed[k.replace(f"encoder.layer.{i}.", f"encoder.layer.{odd[i]}.", 1)] = v
+        else:
+            renamed[k] = v
+    missing, unexpected = ref.load_state_dict(renamed, strict=False)
+    assert not unexpected and all("position_ids" in k for k in missing)
+    enc = SplitBert(num_layers=2, fusion_start=2, embeddings="bert", pad_token_id=1, type_vocab_size=1,
+                    layer_norm_eps=1e-5, layer_map=[1, 3], pretrained=str(tmp_path), **TINY).eval()
+    assert enc.load_report["initialised"] == []
+    ids = torch.randint(3, 100, (2, 9))
+    ids[1, 6:] = 1
+    mask = (ids != 1).long()
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = enc(ids, mask).tokens
+    assert _max_diff(got, expected, mask) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -376,7 +376,9 @@ def load_bert_layers(
         if src_key in src:
             new[key] = src[src_key]
             used.add(src_key)
-        elif ".crossattention." in f".{key}" or key.endswith("position_ids"):
+        elif key.endswith("position_ids"):  # a derived index buffer (0..L-1), not a weight; newer files omit it
+            continue
+        elif ".crossattention." in f".{key}":
             initialised.append(key)
         else:
             missing.append(key if src_key == key else f"{key} (from {prefix}{src_key})")

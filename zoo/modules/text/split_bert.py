@@ -302,8 +302,10 @@ def _check_config(hf_config: dict[str, Any], sizes: dict[str, Any], kind: str, p
     if act != "gelu":
         wrong.append(f"hidden_act={act!r} (these layers use exact GELU)")
     model_type = hf_config.get("model_type")
-    expected_kind = "xlm-roberta" if model_type in _XLMR_TYPES else "bert"
-    if model_type is not None and expected_kind != kind:
-        wrong.append(f"model_type={model_type!r} (configured embeddings={kind!r}; use {expected_kind!r})")
+    # an XLM-R folder read with BERT-style embeddings (positions 0..L-1) is what the official CCLM does: it builds its
+    # text encoder from xlm-roberta-large's config.json as a BertConfig (cclm-base.yaml: embeddings: bert); a BERT
+    # folder has no offset position table for xlm-roberta embeddings
+    if model_type is not None and kind == "xlm-roberta" and model_type not in _XLMR_TYPES:
+        wrong.append(f"model_type={model_type!r} (configured embeddings={kind!r}; use 'bert')")
     if wrong:
         raise ConfigError(f"pretrained={path!r}: its config.json has " + "; ".join(wrong))
