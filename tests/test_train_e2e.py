@@ -53,6 +53,16 @@ def test_train_evaluate_export_reload(shapes, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["metrics"]["vqa_acc"] == pytest.approx(metrics["vqa_acc"])
 
 
+def test_a_checkpoint_every_epoch_when_validation_is_sparser(shapes, tmp_path):
+    cfg = _config(shapes, tmp_path, max_epochs=2, check_val_every_n_epoch=2, limit_train_batches=1, limit_val_batches=1,
+                  limit_test_batches=1)
+    cfg["train"]["export"] = False
+    train(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "epoch000.ckpt").is_file() and (ckpts / "epoch001.ckpt").is_file()
+    assert torch.load(ckpts / "epoch000.ckpt", weights_only=True)["epoch"] == 0
+
+
 def test_resume_continues_step_and_schedule(shapes, tmp_path):
     first = _config(shapes, tmp_path)
     train(first)

@@ -193,8 +193,11 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
 
     trainer_cfg = {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 5,
                    "num_sanity_val_steps": 0, **dict(cfg.get("trainer") or {})}
+    # one checkpoint per epoch, written when the training epoch ends: Lightning would otherwise save only after
+    # validations, so with `check_val_every_n_epoch: N` an interrupted run lost up to N epochs
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}",
-                                 auto_insert_metric_name=False, save_last=True, save_top_k=-1, every_n_epochs=1)]
+                                 auto_insert_metric_name=False, save_last=True, save_top_k=-1, every_n_epochs=1,
+                                 save_on_train_epoch_end=True)]
     if tcfg.get("save_every_n_steps"):
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}",
                                          auto_insert_metric_name=False, save_last=True, save_top_k=1,
