@@ -16,9 +16,10 @@ Follows the official code (open-mmlab/Multimodal-GPT @9c73e47, ``mmgpt/datasets/
 - chat (``app.py`` ``PromptGenerator``, history buffer -1: the whole history): ``PREAMBLE`` (without its trailing
   blank line) ``+ "\\n\\n### Image:\\n<image>" + "\\n\\n### Instruction:\\n" + q1 + "\\n\\n### Response:\\n" + a1 +
   ... + "\\n\\n### Response:\\n"``;
-- mixing: the official loop takes one language-only batch after every visual batch (the loss is their sum); here
-  :class:`MixedInstructionDataset` draws each example from the language-only data with probability
-  ``language_ratio`` (0.5 is the official 1 : 1), seeded.
+- mixing: the official loop takes one language-only batch after every visual batch (the loss is their sum). ``mmzoo
+  train`` does that with ``data.language`` (a side stream of the training data module, see
+  :mod:`zoo.train.data`); for a loop of one's own, :class:`MixedInstructionDataset` draws each example from the
+  language-only data with probability ``language_ratio`` (0.5 is the official 1 : 1), seeded.
 """
 
 from __future__ import annotations
