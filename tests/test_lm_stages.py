@@ -212,3 +212,24 @@ def test_export_reattaches_the_lm_tokenizer(tmp_path):
     again = zoo.from_pretrained(export)
     assert again.lm.tokenizer == str(export / "tokenizer")
     assert again.lm.get_tokenizer()("where is the square?</a>left", add_special_tokens=False)["input_ids"] == ids
+
+
+def test_data_tokenizer_learns_the_models_template_words(tmp_path):
+    """MultiModal-GPT writes an instruction template around the data: a data tokenizer built for it has the
+    template's words (one token each) even where the data folder ships its own tokenizer without them."""
+    from zoo.data.instruction import encode_instruction
+    from zoo.data.shapes import TOKENIZER_DIR, generate_shapes
+    from zoo.train.data import resolve_data_tokenizer
+
+    root = generate_shapes(tmp_path / "shapes", seed=0, num_train_images=8, num_val_images=4, num_test_images=4,
+                           image_size=48, num_videos=0)
+    assert (root / TOKENIZER_DIR / "tokenizer.json").is_file()
+    model = zoo.create_model("mmgpt-tiny", lm={"tokenizer": "data", "config": {
+        "vocab_size": 512, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}}, vocab_size=512)
+    resolve_data_tokenizer(model, {"root": str(root), "train": ["vqa_train.json"]}, tmp_path / "run")
+    assert model.lm.tokenizer == str(tmp_path / "run" / "tokenizer_data")
+    tok = model.lm.get_tokenizer()
+    for template in model.tokenizer_texts():  # one token per word of every template
+        assert len(tok(template, add_special_tokens=False)["input_ids"]) == len(template.split())
+    ids, _ = encode_instruction(tok, [("how many circles are there?", "two")], bos_id=0, eos_id=2)
+    assert len(ids) < 40 and tok.unk_token_id not in ids

@@ -323,6 +323,14 @@ class MultiModalGPT(ZooModel):
             loss = loss + language_weight * lang.loss
         return {"loss": loss, **losses}
 
+    def tokenizer_texts(self) -> list[str]:
+        """The text this model writes around the data (the instruction templates, the caption instruction): a
+        tokenizer built from the data for it (``lm.tokenizer: data``) also gets these words."""
+        from zoo.data.instruction import chat_prompt  # noqa: PLC0415
+
+        return [instruction_prompt("", image=True), instruction_prompt("", image=False, input="x"),
+                chat_prompt([("", "x"), ("", None)]), instruction_prompt(self.caption_instruction)]
+
     def encode_language(self, records: Sequence[Mapping[str, str]]) -> dict[str, Tensor]:
         """Language-only instruction records ``{instruction, input, output}`` (:func:`zoo.train.data.
         read_instructions`) → a batch for :meth:`language_losses`: the template without the image section, with

@@ -752,7 +752,9 @@ def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | o
     generator writes it, :func:`zoo.data.shapes.shapes_tokenizer`), else one built from the texts of the data
     section's files (questions, captions, answers, the answer list; :func:`zoo.data.multilingual_tokenizer.
     build_multilingual_tokenizer` with ``model="words"``) into ``out_dir/tokenizer_data``, sized to the text part's
-    ``vocab_size``. Call before ``model.text.get_tokenizer()``; the model config then names the folder."""
+    ``vocab_size``. A model with ``tokenizer_texts()`` (text it writes around the data, e.g. a prompt template) always
+    gets one built from the data's texts and those. Call before ``model.text.get_tokenizer()``; the model config then
+    names the folder."""
     text = getattr(model, "text", None)
     if getattr(text, "tokenizer", None) not in ("data", "shapes"):
         return
@@ -760,7 +762,10 @@ def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | o
 
     root = data.get("root")
     folder = Path(root) / TOKENIZER_DIR if root else None
-    if folder is None or not (folder / "tokenizer.json").is_file():
+    # texts the model writes around the data (MultiModal-GPT's instruction template): their words join the vocabulary,
+    # else a word-level tokenizer spells them letter by letter (the template alone was 120 tokens)
+    model_texts = list(model.tokenizer_texts()) if hasattr(model, "tokenizer_texts") else []
+    if folder is None or not (folder / "tokenizer.json").is_file() or model_texts:
         import json  # noqa: PLC0415
 
         from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer  # noqa: PLC0415
@@ -790,7 +795,8 @@ def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | o
             tmp.chmod(0o755)  # mkdtemp makes it private; it is an ordinary output folder
             # room for <mask> and the tokens the model adds itself (eP-ALM's </a>, MultiModal-GPT's <image>, ...)
             extra = 1 + len(getattr(text, "special_tokens", None) or ())
-            build_multilingual_tokenizer(corpus, tmp, vocab_size=_vocab_rows(text) - extra, model="words")
+            build_multilingual_tokenizer(corpus + model_texts, tmp, vocab_size=_vocab_rows(text) - extra,
+                                         model="words")
             try:
                 tmp.rename(folder)
             except OSError:  # another process (a distributed rank) put the same tokenizer there first
