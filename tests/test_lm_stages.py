@@ -81,11 +81,37 @@ def test_lm_part_export_loads_in_transformers_and_as_pretrained(tmp_path):
     assert not any(p.requires_grad for p in again.lm.parameters())  # frozen as the eP-ALM config says
 
 
-def test_lm_export_refuses_unmerged_lora(tmp_path):
-    model = zoo.create_model("mmgpt-tiny")
-    with pytest.raises(ValueError, match="LoRA"):
-        model.export_part("lm", tmp_path / "lm")
-    assert not (tmp_path / "lm").exists()
+def test_lm_export_merges_lora_into_a_copy(tmp_path):
+    """MultiModal-GPT's LM carries LoRA layers: the exported transformers folder holds the merged weights (its logits
+    equal the LoRA model's LM on the same text) and the model keeps its LoRA layers."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = zoo.create_model("mmgpt-tiny").eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    out = model.export_part("lm", tmp_path / "lm")
+    ref = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
+    ids = torch.tensor([[101, 2054, 3609, 2003, 1996, 2675, 102]])
+    with torch.no_grad():
+        # gates at 0: the inserted blocks pass the text through, so the model without media is its LoRA-tuned LM
+        expected = model(None, ids).logits
+        torch.testing.assert_close(ref(ids).logits, expected, rtol=1e-4, atol=1e-4)
+    # each merged weight is W + (alpha / r) · B A (LoRA's formula), and differs from W
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "model.safetensors"))
+    own = dict(model.lm.model.named_parameters())
+    layer = "model.layers.0.self_attn.q_proj"
+    w = own[f"{layer}.base_layer.weight"]
+    a, b = own[f"{layer}.lora_A.default.weight"], own[f"{layer}.lora_B.default.weight"]
+    scale = 4 / 4  # mmgpt-tiny: lora_alpha 4, r 4
+    torch.testing.assert_close(saved[f"{layer}.weight"], w + scale * b @ a)
+    assert not torch.allclose(saved[f"{layer}.weight"], w)
+    assert any("lora_" in n for n, _ in model.named_parameters())  # the model itself is unchanged
 
 
 def test_vision_part_export_loads_as_timm_pretrained(tmp_path):
@@ -174,8 +200,8 @@ def test_two_stage_configs_train_then_freeze_the_lm(family, tmp_path):
 
     root = generate_shapes(tmp_path / "shapes", seed=0, num_train_images=12, num_val_images=4, num_test_images=4,
                            image_size=48, num_videos=0)
-    common = [f"data.root={root}", f"train.output_dir={tmp_path / 'runs'}", "data.batch_size=8", "data.cache_images=false",
-              "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+    common = [f"data.root={root}", f"train.output_dir={tmp_path / 'runs'}", "data.batch_size=8",
+              "data.cache_images=false", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
               "trainer.limit_test_batches=1", "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false"]
     stage1 = train(load_task_config(f"configs/tasks/lm-{family}-shapes.yaml", common))
     lm_dir = tmp_path / "lm"

@@ -50,6 +50,7 @@ from zoo.data.instruction import (END_OF_CHUNK, IMAGE_TOKEN, PAD_TOKEN, chat_pro
                                   instruction_prompt)
 from zoo.data.collate import batch_answers, batch_questions, decode_texts
 from zoo.models.base import ZooModel
+from zoo.modules.adapters.lora import merge_lora
 from zoo.modules.fusion.flamingo import GatedCrossAttentionBlock, PerceiverResampler
 from zoo.modules.lm.causal_lm import left_pad
 from zoo.registry import MODELS
@@ -58,20 +59,6 @@ from zoo.spec import ConfigError, Part
 __all__ = ["MultiModalGPT", "OFFICIAL_LORA_TARGETS", "convert_official_state_dict", "merge_lora"]
 
 OFFICIAL_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "to_q", "to_kv", "to_out", "ff.1", "ff.3"]
-
-
-def merge_lora(module: nn.Module) -> int:
-    """Merge every peft LoRA layer under ``module`` into its base layer (peft's ``merge``) and put the base layer back
-    in its place (what ``merge_and_unload`` does); returns how many were merged."""
-    from peft.tuners.lora import LoraLayer  # noqa: PLC0415
-
-    targets = [(name, m) for name, m in module.named_modules() if isinstance(m, LoraLayer)]
-    for name, layer in targets:
-        layer.merge()
-        parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child, layer.get_base_layer())
-    return len(targets)
 
 
 @MODELS.register("mmgpt")

@@ -327,16 +327,20 @@ class HFCausalLM(nn.Module):
     def export_pretrained(self, directory: str | Path) -> Path:
         """Write the LM as a transformers folder (``config.json``, ``model.safetensors``, ``generation_config.json``
         and the tokenizer with its added special tokens) that ``pretrained:`` (and transformers'
-        ``AutoModelForCausalLM.from_pretrained``) loads; inserted blocks are not part of it. Written atomically.
-        LoRA layers injected into the LM must be merged first (their keys are not transformers')."""
-        from zoo.hub import atomic_dir  # noqa: PLC0415
+        ``AutoModelForCausalLM.from_pretrained``) loads; inserted blocks are not part of it. LoRA layers injected
+        into the LM (MultiModal-GPT) are merged into the weights of a copy: this part is left as it is. Written
+        atomically."""
+        import copy  # noqa: PLC0415
 
-        lora = [n for n, _ in self.model.named_parameters() if "lora_" in n]
-        if lora:
-            raise ValueError(f"the LM holds {len(lora)} LoRA tensors (e.g. {lora[0]}): merge them into the base "
-                             "weights before exporting it as a transformers folder")
+        from zoo.hub import atomic_dir  # noqa: PLC0415
+        from zoo.modules.adapters.lora import has_lora, merge_lora  # noqa: PLC0415
+
+        model = self.model
+        if has_lora(model):
+            model = copy.deepcopy(model)
+            merge_lora(model)
         with atomic_dir(directory) as tmp:
-            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            model.save_pretrained(str(tmp), safe_serialization=True)
             if self.tokenizer:
                 self.get_tokenizer().save_pretrained(str(tmp))
         return Path(directory)
