@@ -70,6 +70,25 @@ def raise_unknown_keys(unknown: Sequence[str], family: str = "") -> None:
                            f"not in the dropped list: {shown}")
 
 
+def convert_keys(state_dict: Mapping[str, Any], rename: Callable[[str, Any], tuple[str, Any] | None],
+                 dropped: Sequence[str] = (), family: str = "") -> tuple[dict[str, Any], list[str]]:
+    """The loop of every official-checkpoint converter: keys matching a ``dropped`` regex are set aside (returned),
+    every other key goes through ``rename(key, value)`` → ``(new key, new value)``, or None when it has no mapping;
+    keys without one raise :func:`raise_unknown_keys`. Returns ``(converted, dropped keys)``."""
+    out: dict[str, Any] = {}
+    dropped_keys: list[str] = []
+    unknown: list[str] = []
+    for key, value in state_dict.items():
+        if any(re.search(p, key) for p in dropped):
+            dropped_keys.append(key)
+        elif (mapped := rename(key, value)) is not None:
+            out[mapped[0]] = mapped[1]
+        else:
+            unknown.append(key)
+    raise_unknown_keys(unknown, family)
+    return out, dropped_keys
+
+
 def resolve_path(spec: str | os.PathLike) -> Path:
     """A local path from ``~``/``$VARS`` paths or ``pkg:MODULE[/SUB/PATH]`` (a folder inside an installed package)."""
     text = os.path.expandvars(os.path.expanduser(str(spec)))

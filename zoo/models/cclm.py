@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.heads.contrastive import gather_with_grad, itc_loss
-from zoo.hub import WeightsError, raise_unknown_keys, rename_by_rules
+from zoo.hub import WeightsError, convert_keys, rename_by_rules
 from zoo.models.base import ZooModel
 from zoo.models.x2vlm import X2VLM, sample_hard_negatives
 from zoo.modules.outputs import EncoderOutput
@@ -363,24 +363,15 @@ def convert_official_state_dict(
     if layout == "cclm" and any(k.startswith("ta_head.") for k in state_dict):
         raise WeightsError("this is the original CCLM NLVR/MaRVL model (fusion layers duplicated per image, ta_head); "
                            "it has no counterpart here (MaRVL uses X²-VLM's nlvr head)")
-    dropped_patterns = OFFICIAL_DROPPED[layout]
     rules = _RULES[layout] + _SHARED_RULES
-    out: dict[str, Tensor] = {}
-    dropped: list[str] = []
-    unknown: list[str] = []
-    for key, value in state_dict.items():
-        if any(re.search(p, key) for p in dropped_patterns):
-            dropped.append(key)
-            continue
+
+    def rename(key: str, value: Tensor) -> tuple[str, Tensor] | None:
         new = rename_by_rules(key, rules)
-        if new is None:
-            unknown.append(key)
-            continue
-        if layout == "cclm":
+        if new is not None and layout == "cclm":
             new = _SWIN_DOWNSAMPLE.sub(lambda m: f"vision.layers.{int(m.group(1)) + 1}.downsample.", new)
-        out[new] = value
-    raise_unknown_keys(unknown, layout)
-    return out, dropped
+        return None if new is None else (new, value)
+
+    return convert_keys(state_dict, rename, OFFICIAL_DROPPED[layout], layout)
 
 
 def describe_official_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:

@@ -61,7 +61,6 @@ Keys: ``vision.trunk.*`` / ``vision.{cls_token,pos_embed}``, ``vision_proj.*``, 
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.hub import WeightsError, raise_unknown_keys, rename_by_rules
+from zoo.hub import WeightsError, convert_keys, rename_by_rules
 from zoo.models.base import ZooModel
 from zoo.modules.layers import LayerStack, TransformerLayer, init_bert_weights
 from zoo.modules.outputs import EncoderOutput
@@ -804,28 +803,19 @@ def convert_official_state_dict(
     state = dict(state_dict)
     if state and all(k.startswith("davinci.") or k.startswith("cls_head.") for k in state):
         state = {(k[len("davinci."):] if k.startswith("davinci.") else k): v for k, v in state.items()}
-    out: dict[str, Tensor] = {}
-    dropped: list[str] = []
-    unknown: list[str] = []
-    vae: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if any(re.search(p, key) for p in OFFICIAL_DROPPED):
-            dropped.append(key)
-            continue
-        if key.startswith("d_vae.model."):
-            vae[key[len("d_vae.model."):]] = value
-            continue
+    out_features = state.get("cls_head.2.weight")
+    head = "nlvr_head." if out_features is not None and out_features.shape[0] == 2 else "ve_head."
+
+    def rename(key: str, value: Tensor) -> tuple[str, Tensor] | None:
+        if key.startswith("d_vae.model."):  # kept as is here, converted by the taming converter below
+            return key, value
         if key.startswith("cls_head."):
-            out_features = state.get("cls_head.2.weight")
-            head = "nlvr_head." if out_features is not None and out_features.shape[0] == 2 else "ve_head."
-            out[head + key[len("cls_head."):]] = value
-            continue
+            return head + key[len("cls_head."):], value
         new = rename_by_rules(key, _RULES)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    raise_unknown_keys(unknown, "DaVinci")
+        return None if new is None else (new, value)
+
+    out, dropped = convert_keys(state, rename, OFFICIAL_DROPPED, "DaVinci")
+    vae = {k[len("d_vae.model."):]: out.pop(k) for k in [k for k in out if k.startswith("d_vae.model.")]}
     if vae:
         from zoo.modules.image_tokenizer import convert_taming_state_dict  # noqa: PLC0415
 

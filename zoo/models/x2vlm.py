@@ -23,14 +23,13 @@ The checkpoint converter from the official layout is at the bottom of this file 
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.hub import WeightsError, raise_unknown_keys, rename_by_rules
+from zoo.hub import WeightsError, convert_keys, rename_by_rules
 from zoo.models.base import ZooModel
 from zoo.modules.outputs import EncoderOutput
 from zoo.registry import MODELS
@@ -380,19 +379,13 @@ def convert_official_state_dict(
     """
     video = "absolute_frame_pos_embed" in state_dict
     vision_prefix = "vision.image_encoder." if video else "vision."
-    out: dict[str, Tensor] = {}
-    dropped: list[str] = []
-    unknown: list[str] = []
     rules = [(p, r.replace("{vision}", vision_prefix).replace("mlm.cls.", f"{lm_head}.cls.")) for p, r in _RULES]
-    for key, value in state_dict.items():
-        if any(re.search(p, key) for p in OFFICIAL_DROPPED):
-            dropped.append(key)
-        elif (new := rename_by_rules(key, rules)) is not None:
-            out[new] = value
-        else:
-            unknown.append(key)
-    raise_unknown_keys(unknown)
-    return out, dropped
+
+    def rename(key: str, value: Tensor) -> tuple[str, Tensor] | None:
+        new = rename_by_rules(key, rules)
+        return None if new is None else (new, value)
+
+    return convert_keys(state_dict, rename, OFFICIAL_DROPPED)
 
 
 def describe_official_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:

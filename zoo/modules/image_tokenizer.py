@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from zoo.hub import WeightsError, load_state_dict, load_weights
+from zoo.hub import WeightsError, convert_keys, load_state_dict, load_weights
 from zoo.modules.outputs import EncoderOutput
 from zoo.registry import VISION_ENCODERS
 from zoo.spec import ConfigError
@@ -242,24 +242,16 @@ def convert_taming_state_dict(
         if not found:
             raise WeightsError("not a taming VQGAN state dict: no encoder.down.N.* keys")
         levels = max(found) + 1
-    out: dict[str, Tensor] = {}
-    dropped: list[str] = []
-    unknown: list[str] = []
-    for key, value in state.items():
-        if any(re.search(p, key) for p in TAMING_DROPPED):
-            dropped.append(key)
-            continue
+
+    def rename(key: str, value: Tensor) -> tuple[str, Tensor] | None:
         new = _rename(key, levels)
         if new is None:
-            unknown.append(key)
-            continue
-        if ".attentions." in new and new.endswith(".weight") and value.dim() == 4:
+            return None
+        if ".attentions." in new and new.endswith(".weight") and value.dim() == 4:  # 1×1 conv → linear
             value = value.reshape(value.shape[0], value.shape[1])
-        out[new] = value
-    if unknown:
-        shown = ", ".join(unknown[:12]) + (f", ... ({len(unknown) - 12} more)" if len(unknown) > 12 else "")
-        raise WeightsError(f"{len(unknown)} taming VQGAN key(s) have no diffusers counterpart: {shown}")
-    return out, dropped
+        return new, value
+
+    return convert_keys(state, rename, TAMING_DROPPED, "taming VQGAN")
 
 
 def taming_shapes_to_diffusers(shapes: Sequence[tuple[str, Sequence[int]]], levels: int) -> dict[str, tuple[int, ...]]:
