@@ -24,3 +24,19 @@ def load_reference(name: str) -> dict:
 def reference_shapes(name: str, prefix: str = "") -> dict[str, tuple[int, ...]]:
     """``{key without prefix: shape}`` for the state-dict entries of a reference layout that start with ``prefix``."""
     return {k[len(prefix):]: tuple(s) for k, s in load_reference(name)["state_dict"] if k.startswith(prefix)}
+
+
+def fit_steps(loss_fn, params, steps: int, lr: float, optimizer=None) -> list[float]:
+    """Take ``steps`` optimiser steps on ``loss_fn()`` (a scalar tensor) over ``params``; returns the loss before each
+    step (AdamW unless ``optimizer`` names another torch optimiser class)."""
+    import torch
+
+    opt = (optimizer or torch.optim.AdamW)(list(params), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses

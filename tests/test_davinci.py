@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from conftest import load_reference
+from conftest import fit_steps, load_reference
 from zoo.hub import WeightsError
 from zoo.models.base import count_parameters
 from zoo.models.davinci import (
@@ -193,14 +193,8 @@ def test_each_loss_decreases_on_a_fixed_batch(objective):
             "image_lm": ["images", "caption_ids", "caption_mask", "image_codes", "prefix_rows"],
             "text_lm": ["text_prefix_ids", "text_prefix_mask", "text_target_ids", "text_target_mask"]}[objective]
     batch = {k: full[k] for k in keys}
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
-    values = []
-    for _ in range(10):
-        loss = model.pretrain_losses(batch)[objective]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        values.append(float(loss.detach()))
+    values = fit_steps(lambda: model.pretrain_losses(batch)[objective],
+                       [p for p in model.parameters() if p.requires_grad], steps=10, lr=2e-3, optimizer=torch.optim.Adam)
     assert values[-1] < 0.75 * values[0] and values[-1] == min(values), values
 
 

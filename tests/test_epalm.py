@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import zoo
+from conftest import fit_steps
 from zoo.data.collate import VQACollator, encode_answer_list, tokenize_texts
 from zoo.models.base import count_parameters
 from zoo.models.epalm import EPALM, convert_official_state_dict
@@ -191,14 +192,8 @@ def test_vqa_loss_decreases_and_labels_only_answers():
     labelled = labels[labels != -100].tolist()
     assert labelled == tok("red", add_special_tokens=False)["input_ids"] + [model.lm.eos_token_id]
     assert ids[0, 0] == model.lm.bos_token_id and tok.convert_tokens_to_ids("</a>") in ids[0].tolist()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(10):
-        loss = model.vqa_loss(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = fit_steps(lambda: model.vqa_loss(batch)["loss"], [p for p in model.parameters() if p.requires_grad],
+                       steps=10, lr=1e-2)
     assert losses[-1] < 0.8 * losses[0], losses
 
 

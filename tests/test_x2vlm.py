@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import load_reference
+from conftest import fit_steps, load_reference
 from zoo.hub import WeightsError
 from zoo.models.base import count_parameters
 from zoo.models.x2vlm import convert_official_state_dict, describe_official_checkpoint, sample_hard_negatives
@@ -265,15 +265,8 @@ def test_tiny_generative_vqa_trains_and_ranks_the_answer_list():
     model = zoo.create_model("x2vlm-tiny", task="vqa")
     assert model.itc is None and model.generative_vqa
     batch = _vqa_batch(torch.Generator().manual_seed(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    first = None
-    for _ in range(10):
-        loss = model.vqa_loss(batch)["loss"]
-        first = first if first is not None else float(loss.detach())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert float(loss.detach()) < first
+    losses = fit_steps(lambda: model.vqa_loss(batch)["loss"], model.parameters(), steps=10, lr=1e-3)
+    assert losses[-1] < losses[0]
     model.eval()
     # answer list: the two answers of question 1 and a distractor; after fitting, q0 -> its own answer
     out = model.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"], batch["answer_ids"],
@@ -288,14 +281,7 @@ def test_tiny_vqa_classifier_and_nlvr():
     model = zoo.create_model("x2vlm-tiny", task="vqa_cls")
     batch = _vqa_batch(g)
     batch["targets"] = torch.tensor([3, 5])
-    losses = []
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for _ in range(6):
-        loss = model.vqa_loss(batch)["loss"]
-        losses.append(float(loss.detach()))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    losses = fit_steps(lambda: model.vqa_loss(batch)["loss"], model.parameters(), steps=6, lr=1e-3)
     assert losses[-1] < losses[0]
     pred = model.eval().vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"])
     assert pred["index"].tolist() == [3, 5]
@@ -374,14 +360,7 @@ def test_tiny_captioning_trains_and_generates():
     examples = [caption_inputs_from_text(tok, c, max_tokens=16, max_masks=6, rng=random.Random(i))
                 for i, c in enumerate(["a red circle", "two blue squares"])]
     batch = {"images": images, **collate_caption_inputs(examples)}
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(8):
-        loss = model.caption_loss(batch)["loss"]
-        losses.append(float(loss.detach()))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    losses = fit_steps(lambda: model.caption_loss(batch)["loss"], model.parameters(), steps=8, lr=2e-3)
     assert losses[-1] < losses[0]
     captions = model.eval().generate_captions(images, num_beams=2, max_length=6, min_length=1)
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
