@@ -313,8 +313,6 @@ class MultiModalGPT(ZooModel):
     def tokenizer_texts(self) -> list[str]:
         """The text this model writes around the data (the instruction templates, the caption instruction): a
         tokenizer built from the data for it (``lm.tokenizer: data``) also gets these words."""
-        from zoo.data.instruction import chat_prompt  # noqa: PLC0415
-
         return [instruction_prompt("", image=True), instruction_prompt("", image=False, input="x"),
                 chat_prompt([("", "x"), ("", None)]), instruction_prompt(self.caption_instruction)]
 
