@@ -632,8 +632,8 @@ def test_datamodule_config_errors(root, tok):
         TaskDataModule("vqa", {**base, "on_bad_sample": "ignore"}, tok, image_size=SIZE)
     with pytest.raises(ConfigError, match=r"data\.image_size: not set"):
         TaskDataModule("vqa", base, tok)
-    with pytest.raises(ConfigError, match="task 'nlvr'"):
-        TaskDataModule("nlvr", base, tok, image_size=SIZE)
+    with pytest.raises(ConfigError, match="task 'snli'"):
+        TaskDataModule("snli", base, tok, image_size=SIZE)
     with pytest.raises(ConfigError, match=r"data\.answer_list: generative VQA evaluation"):
         TaskDataModule("vqa", {"root": str(root), "val": "vqa_val.json"}, tok, image_size=SIZE)
 

@@ -57,6 +57,7 @@ __all__ = [
     "EmptyBatchError",
     "ParallelTextCollator",
     "RetrievalCollator",
+    "SentenceLabelCollator",
     "VQACollator",
     "batch_answers",
     "batch_questions",
@@ -220,6 +221,42 @@ class RetrievalCollator:
                     self.tokenizer, [x["caption_2"] for x in items], self.max_tokens)
         else:
             batch["index"] = torch.tensor([int(x["index"]) for x in items], dtype=torch.long)
+        return batch
+
+
+class SentenceLabelCollator:
+    """Visual entailment and NLVR items (:class:`zoo.data.datasets.VEDataset` / ``NLVRDataset``) →
+    ``images`` (VE) or ``images_a, images_b`` (NLVR), ``input_ids, attention_mask`` of the sentences (as questions:
+    padded to the longest, cut to ``max_tokens``), ``labels`` (long class indices), ``sentences``, ``index`` and
+    ``num_skipped``. ``class_names``: the model's class order, which maps VE label names to indices (DaVinci's official
+    order is contradiction, neutral, entailment; CCLM's XVNLI contradiction, entailment, neutral); NLVR items carry
+    their index (1 = true) already."""
+
+    def __init__(self, tokenizer: Any, max_tokens: int | None = 40, class_names: Sequence[str] | None = None):
+        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+        self.class_index = {name: i for i, name in enumerate(class_names or ())}
+
+    def _label(self, label: Any) -> int:
+        if isinstance(label, str):
+            if label not in self.class_index:
+                raise ValueError(f"label {label!r} is not one of the model's classes "
+                                 f"({', '.join(self.class_index) or 'none given'})")
+            return self.class_index[label]
+        return int(label)
+
+    def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+        items, skipped = _drop_none(items)
+        batch: dict[str, Any] = {"num_skipped": skipped}
+        if "image_a" in items[0]:
+            batch["images_a"] = torch.stack([x["image_a"] for x in items])
+            batch["images_b"] = torch.stack([x["image_b"] for x in items])
+        else:
+            batch["images"] = _stack_images(items)
+        batch["input_ids"], batch["attention_mask"] = tokenize_texts(
+            self.tokenizer, [x["sentence"] for x in items], self.max_tokens)
+        batch["labels"] = torch.tensor([self._label(x["label"]) for x in items], dtype=torch.long)
+        batch["sentences"] = [x["sentence"] for x in items]
+        batch["index"] = torch.tensor([int(x["index"]) for x in items], dtype=torch.long)
         return batch
 
 

@@ -64,8 +64,11 @@ __all__ = [
     "CaptionEvalDataset",
     "CaptionTrainDataset",
     "DataError",
+    "NLVRDataset",
     "RetrievalEvalDataset",
     "RetrievalTrainDataset",
+    "VEDataset",
+    "VE_LABELS",
     "VQADataset",
     "answer_vocabulary",
     "answer_weights",
@@ -502,6 +505,122 @@ class VQADataset(_AnnotationDataset):
         image = self._visual(file, idx, rec, [rec["question"], *all_answers])
         return {"image": image, "question": pre_question(rec["question"], self.max_words), "answers": answers,
                 "weights": weights, "question_id": rec.get("question_id", i), "all_answers": all_answers}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# visual entailment and two-image reasoning (sentence + label)
+# ---------------------------------------------------------------------------------------------------------------------
+VE_LABELS = ("contradiction", "neutral", "entailment")  # the label names a VE record may hold
+_VE_KEYS = (("image", "sentence", "label"), ("Flikr30kID", "sentence2", "gold_label"))  # SNLI-VE / XVNLI layouts
+_NLVR_LABELS = {True: 1, "True": 1, "true": 1, False: 0, "False": 0, "false": 0}
+
+
+@DATASETS.register("ve")
+class VEDataset(_AnnotationDataset):
+    __doc__ = ("""Visual entailment records → ``{image, sentence, label, index}`` (``label`` a name of
+    :data:`VE_LABELS`; the class index is the model's business: DaVinci and CCLM order the classes differently).
+
+    Layouts: SNLI-VE as ALBEF / DaVinci read it (``dataset/ve_dataset.py``): ``{image, sentence, label}``, where an
+    ``image`` without a file extension is a Flickr30k id and ``.jpg`` is appended, as the official reader does; XVNLI as
+    CCLM reads it (``xvnli_dataset.py``, one record a line): ``{Flikr30kID, sentence2, gold_label}``. A label outside
+    the three (SNLI's ``"-"``: no annotator majority) makes the record malformed; the official XVNLI reader drops
+    those silently, here ``on_bad_sample="skip"`` drops and counts them. The hypothesis goes through
+    :func:`pre_caption` with ``max_words`` (official 30; CCLM's XVNLI uses 80).
+    """ + _COMMON_DOC)
+
+    def __init__(
+        self,
+        ann_files: str | list[str],
+        media_root: str | None = None,
+        image_size: int = 384,
+        train: bool = True,
+        video: bool | None = False,
+        num_frames: int = 3,
+        video_backend: Literal["decord", "av"] = "decord",
+        on_bad_sample: Literal["error", "skip"] = "error",
+        hflip: bool = False,
+        randaugment: bool = True,
+        transform: Any = None,
+        max_words: int = 30,
+    ):
+        self.max_words = max_words
+        super().__init__(ann_files, media_root, image_size, train, False, num_frames, video_backend, on_bad_sample,
+                         hflip, randaugment, transform)
+
+    @staticmethod
+    def _keys(rec: Mapping) -> tuple[str, str, str]:
+        return _VE_KEYS[1] if "Flikr30kID" in rec and "image" not in rec else _VE_KEYS[0]
+
+    def _check_record(self, rec: Mapping) -> str | None:
+        image, sentence, label = self._keys(rec)
+        problem = _check_str(rec, image) or _check_str(rec, sentence) or _check_str(rec, label)
+        if problem is None and rec[label] not in VE_LABELS:
+            problem = f"{label!r} is {rec[label]!r}; expected one of {', '.join(VE_LABELS)}"
+        if problem is None:
+            try:
+                pre_caption(rec[sentence], self.max_words)
+            except ValueError as exc:
+                problem = str(exc)
+        return problem
+
+    def media_path(self, rec: Mapping) -> str:
+        rel = rec[self._keys(rec)[0]]
+        rel = rel if os.path.splitext(rel)[1] else f"{rel}.jpg"  # official SNLI-VE / XVNLI: a Flickr30k id
+        return os.path.join(self.media_root, rel) if self.media_root else rel
+
+    def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
+        _, sentence, label = self._keys(rec)
+        return {"image": self._visual(file, idx, rec, [rec[sentence]]),
+                "sentence": pre_caption(rec[sentence], self.max_words), "label": rec[label], "index": i}
+
+
+@DATASETS.register("nlvr")
+class NLVRDataset(_AnnotationDataset):
+    __doc__ = ("""NLVR2 / MaRVL records ``{images: [left, right], sentence, label}`` (X²-VLM / CCLM
+    ``dataset/nlvr_dataset.py``; ``label`` ``true`` / ``false`` or the strings ``"True"`` / ``"False"``) → items
+    ``{image_a, image_b, sentence, label, index}`` with ``label`` 1 for true. The sentence goes through
+    :func:`pre_caption` with ``max_words`` (official 30). The careful flip (``hflip``) never applies: the sentences
+    talk about the left and right image.
+    """ + _COMMON_DOC)
+
+    def __init__(
+        self,
+        ann_files: str | list[str],
+        media_root: str | None = None,
+        image_size: int = 384,
+        train: bool = True,
+        video: bool | None = False,
+        num_frames: int = 3,
+        video_backend: Literal["decord", "av"] = "decord",
+        on_bad_sample: Literal["error", "skip"] = "error",
+        hflip: bool = False,
+        randaugment: bool = True,
+        transform: Any = None,
+        max_words: int = 30,
+    ):
+        self.max_words = max_words
+        super().__init__(ann_files, media_root, image_size, train, False, num_frames, video_backend, on_bad_sample,
+                         False, randaugment, transform)
+
+    def _check_record(self, rec: Mapping) -> str | None:
+        problem = _check_str_list(rec, "images", allow_empty=False) or _check_str(rec, "sentence")
+        if problem is None and len(rec["images"]) != 2:
+            problem = f"'images' must name two images, got {len(rec['images'])}"
+        label = rec.get("label")
+        if problem is None and not (isinstance(label, (bool, str)) and label in _NLVR_LABELS):
+            problem = ("missing key 'label'" if "label" not in rec else
+                       f"'label' is {_type_name(label)}; expected true / false or \"True\" / \"False\"")
+        if problem is None:
+            try:
+                pre_caption(rec["sentence"], self.max_words)
+            except ValueError as exc:
+                problem = str(exc)
+        return problem
+
+    def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
+        a, b = (self._visual(file, idx, {"image": path}, [rec["sentence"]]) for path in rec["images"])
+        return {"image_a": a, "image_b": b, "sentence": pre_caption(rec["sentence"], self.max_words),
+                "label": _NLVR_LABELS[rec["label"]], "index": i}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

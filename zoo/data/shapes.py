@@ -18,6 +18,12 @@ Files under the root (all paths inside the JSON are relative to the root):
   ``annotations: [{image_id, id, caption}]``) for the captioning evaluator; the ids are the image ids, which are also
   the file names' stems;
 - ``scenes.json``: the drawn objects of every image (shape, colour, size, position, COCO ``[x, y, w, h]`` box);
+- reasoning (:mod:`zoo.data.shapes_reasoning`): ``ve_{train,val,test}.json`` (SNLI-VE layout of ALBEF / DaVinci
+  ``dataset/ve_dataset.py``: ``[{image, sentence, label: entailment | neutral | contradiction, pair_id}]``, three
+  hypotheses per image, one per label) and ``nlvr_{train,val,test}.json`` (NLVR2 layout of X²-VLM / CCLM
+  ``dataset/nlvr_dataset.py``: ``[{images: [left, right], sentence, label: "True" | "False", identifier}]``, each
+  image the left one of a pair with another image of its split, one true and one false statement per pair); a folder
+  whose manifest does not list them is regenerated (its other files stay byte-identical);
 - ``videos/{train,val,test}/NNNNN.mp4`` (``video_frames`` frames, 8 fps, mpeg4, or h264 when mpeg4 is missing; the
   side is ``image_size`` rounded down to a multiple of 32, within 64-128, as decord mis-decodes e.g. 48 px widths);
   ``video_retrieval_train.json`` ``[{video, caption, video_id}]``, ``video_retrieval_{val,test}.json``
@@ -29,7 +35,8 @@ Files under the root (all paths inside the JSON are relative to the root):
   ``vqa_{train,val,test}.{lang}.json`` (same question ids and answers), ``retrieval_train_multilingual.json``
   (``{image, caption, caption_de, caption_fr, image_id}``), ``parallel_{train,val}.json`` (distinct
   ``{text, text_2, lang: "en", lang_2}`` sentence pairs) and ``tokenizer_xlmr/`` (an XLM-R-format tokenizer of every
-  text, :func:`build_shapes_tokenizer`; ``cclm-tiny`` reads it); the manifest lists ``languages`` (a folder written
+  caption, question and answer, :func:`build_shapes_tokenizer`; ``cclm-tiny`` reads it); the manifest lists
+  ``languages`` (a folder written
   without them is regenerated);
 - ``manifest.json``: version, parameters and the entry count of every file; written last.
 
@@ -37,10 +44,12 @@ Determinism: every image, video and question draws from its own ``random.Random`
 seed, the split and the index (no global RNG), so one seed gives byte-identical files, and adding images to one split
 leaves the scenes of the others unchanged (only their global ids, and so file names, shift); in the evaluation splits a
 scene that repeats an earlier one's objects and cells is redrawn from the same generator, so every evaluation image is
-a distinct scene. Captions name every object, with its position or size (see :func:`retrieval_ceiling`). VQA answers
-are balanced per question type (attributes are drawn uniformly and yes/no questions are half yes), so a question-only
-baseline stays near chance; each question has exactly 10 answers, mostly the true one with 0-2 deterministic "annotator"
-alternatives (synonyms or near misses).
+a distinct scene. The VE hypotheses and NLVR pairs draw from generators of their own (seeded with "ve" / "nlvr", the
+split and the index), never from an image's, so the images and the other annotation files are the same with or without
+them (only the tokenizer, which knows their words, and the manifest differ). Captions name every object, with its
+position or size (see :func:`retrieval_ceiling`). VQA answers are balanced per question type (attributes are drawn
+uniformly and yes/no questions are half yes), so a question-only baseline stays near chance; each question has exactly
+10 answers, mostly the true one with 0-2 deterministic "annotator" alternatives (synonyms or near misses).
 
 Caching: the dataset is generated into a temporary sibling folder and renamed into place under a lock file, so
 concurrent first uses never see or produce a half-written folder; a folder whose ``manifest.json`` is missing or holds
@@ -137,12 +146,15 @@ _DIRECTION_ALTERNATIVES = {"right": ("to right", "left to right"), "left": ("to 
 _SPLITS = ("train", "val", "test")
 _IMAGE_FILES = tuple(f"{kind}_{split}.json" for kind in ("vqa", "retrieval", "caption") for split in _SPLITS)
 _VIDEO_FILES = tuple(f"video_{kind}_{split}.json" for kind in ("retrieval", "qa") for split in _SPLITS)
+_REASONING_FILES = tuple(f"{kind}_{split}.json" for kind in ("ve", "nlvr") for split in _SPLITS)
 _OTHER_FILES = ("answer_list.json", "video_answer_list.json", "caption_val_gt.json", "caption_test_gt.json",
                 "scenes.json")
+# every file written whatever the parameters: a complete folder's manifest lists them all
+_ALWAYS_WRITTEN = _IMAGE_FILES + _REASONING_FILES + _VIDEO_FILES + _OTHER_FILES
 TOKENIZER_DIR = "tokenizer_xlmr"
-_KNOWN_NAMES = frozenset(_IMAGE_FILES + _VIDEO_FILES + _OTHER_FILES + (MANIFEST, "images", "videos", TOKENIZER_DIR,
-                                                                      "retrieval_train_multilingual.json",
-                                                                      "parallel_train.json", "parallel_val.json"))
+_KNOWN_NAMES = frozenset(_ALWAYS_WRITTEN + (MANIFEST, "images", "videos", TOKENIZER_DIR,
+                                            "retrieval_train_multilingual.json", "parallel_train.json",
+                                            "parallel_val.json"))
 _TRANSLATED_NAME = re.compile(r"^(retrieval|vqa)_(train|val|test)\.[a-z]{2}\.json$")
 
 
@@ -711,9 +723,12 @@ def _check_languages(languages: Any) -> tuple[str, ...]:
     return tuple(languages)
 
 
+_REASONING_PREFIXES = ("ve_", "nlvr_")  # files whose words the shapes tokenizer leaves out (build_shapes_tokenizer)
+
+
 def _tokenizer_corpus(files: Mapping[str, Any]) -> list[str]:
-    """Every caption, question, parallel sentence and answer of the image files, raw and as the readers clean them
-    (lower case, no punctuation), distinct, in file order."""
+    """Every caption, question, parallel sentence, answer and reasoning sentence (VE hypothesis, NLVR statement) of
+    the image files, raw and as the readers clean them (lower case, no punctuation), distinct, in file order."""
     from zoo.data.datasets import pre_caption  # noqa: PLC0415
 
     texts: list[str] = []
@@ -725,7 +740,7 @@ def _tokenizer_corpus(files: Mapping[str, Any]) -> list[str]:
                 texts.append(e)
                 continue
             for key, value in e.items():
-                if key in ("question", "text", "text_2") or key == "caption" or key.startswith("caption_"):
+                if key in ("question", "text", "text_2", "sentence") or key == "caption" or key.startswith("caption_"):
                     texts.extend([value] if isinstance(value, str) else value)
                 elif key == "answer":
                     texts.extend(value)
@@ -738,16 +753,20 @@ def _tokenizer_corpus(files: Mapping[str, Any]) -> list[str]:
 def build_shapes_tokenizer(root: str | os.PathLike, vocab_size: int = 511, files: Mapping[str, Any] | None = None,
                            out_dir: str | os.PathLike | None = None) -> Path:
     """The tiny XLM-R-format tokenizer of the shapes data (:func:`zoo.data.multilingual_tokenizer.
-    build_multilingual_tokenizer`, a Unigram vocabulary of whole words, ``model="words"``) from every caption, question, parallel sentence and answer in every
-    language, written to ``{root}/tokenizer_xlmr`` (or ``out_dir``). ``vocab_size`` 511 fits ``cclm-tiny``'s 512 ids
-    (``<mask>`` comes on top). ``files`` (name → records) saves re-reading the JSON files. Every character of the
-    corpus is in the vocabulary, so none of the data's texts has an ``<unk>``."""
+    build_multilingual_tokenizer`, a Unigram vocabulary of whole words, ``model="words"``) from every caption,
+    question, parallel sentence and answer in every language, written to ``{root}/tokenizer_xlmr`` (or ``out_dir``).
+    The VE and NLVR sentences (``ve_*`` / ``nlvr_*``) are left out: the vocabulary, and so the token ids every earlier
+    run on this data trained with, stay what they were before those files existed; a task on them gets a tokenizer
+    built from its own files (:func:`zoo.train.data.resolve_data_tokenizer`). ``vocab_size`` 511 fits ``cclm-tiny``'s
+    512 ids (``<mask>`` comes on top). ``files`` (name → records) saves re-reading the JSON files. Every character of
+    the corpus is in the vocabulary, so none of the data's texts has an ``<unk>``."""
     from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer  # noqa: PLC0415
 
     root = Path(root)
     if files is None:
         files = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(root.glob("*.json"))
                  if p.name != MANIFEST}
+    files = {name: obj for name, obj in files.items() if not name.startswith(_REASONING_PREFIXES)}
     return build_multilingual_tokenizer(_tokenizer_corpus(files), out_dir or root / TOKENIZER_DIR,
                                         vocab_size=vocab_size, model="words")
 
@@ -816,6 +835,8 @@ def _parallel_records(pairs: list[tuple[str, str, str]]) -> list[dict[str, str]]
 
 
 def _generate_into(folder: Path, params: dict[str, int], languages: tuple[str, ...] = LANGUAGES) -> dict[str, Any]:
+    from zoo.data.shapes_reasoning import ve_hypotheses  # noqa: PLC0415 (it imports this module)
+
     seed, size = params["seed"], params["image_size"]
     counts = {"train": params["num_train_images"], "val": params["num_val_images"], "test": params["num_test_images"]}
     files: dict[str, Any] = {}
@@ -827,6 +848,8 @@ def _generate_into(folder: Path, params: dict[str, int], languages: tuple[str, .
         extra: dict[str, list] = {name: [] for name in _language_files(split, languages)}
         pairs: list[tuple[str, str, str]] = []
         seen: set[tuple] = set()
+        ve: list[dict[str, Any]] = []
+        drawn: list[tuple[str, list[_Object]]] = []  # (image, objects) of the split, for the NLVR pairs
         for index in range(counts[split]):
             rng = _rng(seed, "image", split, index)
             objects = _random_scene(rng)
@@ -869,8 +892,14 @@ def _generate_into(folder: Path, params: dict[str, int], languages: tuple[str, .
                     pairs += [(entry["question"], _render_question(spec, lang), lang)]
             for lang in languages:
                 pairs += [(c, t, lang) for c, t in zip(captions, translated[lang])]
+            # the reasoning files draw from their own generators: the files above do not change with them
+            ve += [{"image": rel, "sentence": h.sentence, "label": h.label, "pair_id": image_id * 10 + j}
+                   for j, h in enumerate(ve_hypotheses(objects, _rng(seed, "ve", split, index)))]
+            drawn.append((rel, objects))
             image_id += 1
         files[f"vqa_{split}.json"] = vqa
+        files[f"ve_{split}.json"] = ve
+        files[f"nlvr_{split}.json"] = _nlvr_records(split, drawn, seed)
         multilingual.update(extra)
         if languages and split != "test":
             multilingual[f"parallel_{split}.json"] = _parallel_records(pairs)
@@ -933,6 +962,25 @@ def _generate_into(folder: Path, params: dict[str, int], languages: tuple[str, .
     return manifest
 
 
+def _nlvr_records(split: str, drawn: list[tuple[str, list[_Object]]], seed: int) -> list[dict[str, Any]]:
+    """Each image of the split is the left image of one pair; the right one is another image of the split drawn at
+    random (the image itself in a one-image split); two statements per pair, one true and one false."""
+    from zoo.data.shapes_reasoning import nlvr_statements  # noqa: PLC0415 (it imports this module)
+
+    records = []
+    for index, (left, left_objects) in enumerate(drawn):
+        rng = _rng(seed, "nlvr", split, index)
+        other = index
+        if len(drawn) > 1:
+            other = rng.randrange(len(drawn) - 1)
+            other += other >= index  # any image but the left one
+        right, right_objects = drawn[other]
+        for s in nlvr_statements(left_objects, right_objects, rng):
+            records.append({"images": [left, right], "sentence": s.sentence, "label": s.label,
+                            "identifier": f"shapes-{split}-{len(records)}"})
+    return records
+
+
 def _count(obj: Any) -> int:
     return len(obj["annotations"]) if isinstance(obj, dict) else len(obj)
 
@@ -955,7 +1003,11 @@ def _is_complete(root: Path, params: dict[str, int], languages: tuple[str, ...] 
         return False
     if languages and not (root / TOKENIZER_DIR / "tokenizer.json").is_file():
         return False
-    return all((root / name).is_file() for name in manifest.get("files", {}))
+    # a folder written before a kind of file existed (ve_* / nlvr_*, say) is regenerated: its other files are the same
+    listed = manifest.get("files", {})
+    if not isinstance(listed, dict) or not set(_ALWAYS_WRITTEN) <= set(listed):
+        return False
+    return all((root / name).is_file() for name in listed)
 
 
 def _check_replaceable(root: Path) -> None:

@@ -58,7 +58,11 @@ __all__ = [
     "describe_official_checkpoint",
     "detect_official_layout",
     "OFFICIAL_DROPPED",
+    "XVNLI_LABELS",
 ]
+
+# the class order of the official XVNLI data (CCLM ``dataset/xvnli_dataset.py``, ``label_mapper``)
+XVNLI_LABELS = ("contradiction", "entailment", "neutral")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -286,6 +290,16 @@ class CCLM(X2VLM):
         """Cross-entropy on ``labels`` (0/1/2) for ``images``, ``input_ids``, ``attention_mask``."""
         logits = self.xvnli_logits(batch["images"], batch["input_ids"], batch["attention_mask"])
         return {"loss": F.cross_entropy(logits, batch["labels"].long()), "logits": logits}
+
+    # the ``ve`` task of ``mmzoo train`` (XVNLI is SNLI-VE with translated hypotheses): the same head and loss
+    ve_logits = xvnli_logits
+    ve_loss = xvnli_loss
+
+    @property
+    def ve_labels(self) -> tuple[str, ...]:
+        """The class names in the head's order: its ``labels``, else the official ``xvnli_dataset`` order."""
+        labels = getattr(self.xvnli, "labels", None)
+        return tuple(labels) if labels else XVNLI_LABELS
 
     @torch.no_grad()
     def xvnli_predict(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Any]:

@@ -332,6 +332,9 @@ class DaVinci(ZooModel):
         image_top_k, image_top_p, image_temperature: text-to-image sampling (official 4000, 0.9, 1.0).
     """
 
+    # the class order of the official SNLI-VE data (DaVinci ``dataset/ve_dataset.py``, ``labels``)
+    ve_labels = ("contradiction", "neutral", "entailment")
+
     def __init__(
         self,
         vision: Part["vision_encoder"],

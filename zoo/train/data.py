@@ -1,6 +1,7 @@
 """The Lightning DataModule of fine-tuning: a task's data sets, collators and loaders from the ``data:`` config section.
 
-``TaskDataModule(task, data, tokenizer)`` with ``task`` one of ``vqa``, ``retrieval``, ``captioning`` builds the
+``TaskDataModule(task, data, tokenizer)`` with ``task`` one of ``vqa``, ``retrieval``, ``captioning``, ``ve`` (visual
+entailment: SNLI-VE, XVNLI), ``nlvr`` (two images and a sentence: NLVR2, MaRVL) builds the
 readers of :mod:`zoo.data.datasets` and the collators of :mod:`zoo.data.collate` for the batches the model's task
 methods read. The ``data`` mapping is validated before anything is read: unknown keys, wrong types and missing
 files raise :class:`zoo.spec.ConfigError` naming the key (``data.train[1]``) and the file.
@@ -32,7 +33,8 @@ file itself for a language without such a file, allowed only for the first langu
 e.g. ``retrieval_train_multilingual.json`` of the shapes data).
 
 Models: :meth:`TaskDataModule.configure_for_model` reads ``causal_captioning`` (captioning training batches without
-masked-LM inputs, for causal LMs); the training module calls it in ``setup``.
+masked-LM inputs, for causal LMs) and ``ve_labels`` (the model's order of the visual-entailment classes, which maps the
+records' label names to class indices); the training module calls it in ``setup``.
 
 Data order: the training sampler is a ``DistributedSampler`` (one replica outside distributed runs) whose permutation
 depends only on ``seed`` and the epoch (Lightning calls ``set_epoch``), so two runs with one seed see the same order,
@@ -64,7 +66,7 @@ from zoo.spec import ConfigError
 __all__ = ["DATA_KEYS", "SIDE_STREAMS", "TASK_NAMES", "TaskDataModule", "read_instructions", "read_parallel",
            "resolve_data_tokenizer"]
 
-TASK_NAMES = ("vqa", "retrieval", "captioning")
+TASK_NAMES = ("vqa", "retrieval", "captioning", "ve", "nlvr")
 SPLITS = ("train", "val", "test")
 
 # key -> (description, checker)
@@ -322,7 +324,7 @@ class TaskDataModule(L.LightningDataModule):
     """Data of one fine-tuning task (see the module docstring for the ``data`` keys).
 
     Args:
-        task: ``"vqa"``, ``"retrieval"`` or ``"captioning"``.
+        task: ``"vqa"``, ``"retrieval"``, ``"captioning"``, ``"ve"`` or ``"nlvr"``.
         data: the ``data:`` section of a task config.
         tokenizer: the model's tokenizer (``model.text.get_tokenizer()``).
         vqa_mode: ``"generative"`` (answer decoder) or ``"classifier"`` (answer vocabulary).
@@ -347,12 +349,28 @@ class TaskDataModule(L.LightningDataModule):
         self._batch_skips: dict[str, int] = {s: 0 for s in SPLITS}
         self._side: dict[str, list[dict[str, Any]]] = {}
         self._model: Any = None
+        self._class_names: list[str] | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes in the model's order: VE label names (the model's ``ve_labels``, read by
+        :meth:`configure_for_model`; without a model the official SNLI-VE order of ALBEF and DaVinci, contradiction,
+        neutral, entailment), or for NLVR false, true."""
+        if self.task == "nlvr":
+            return ["false", "true"]
+        if self._class_names is None:
+            from zoo.data.datasets import VE_LABELS  # noqa: PLC0415
+
+            return list(VE_LABELS)
+        return self._class_names
 
     def configure_for_model(self, model: Any) -> None:
         """Batch options the model asks for: ``causal_captioning`` (see the class docstring); a side stream
         (``data.parallel``, ``data.language``) needs the model's loss for it (:data:`SIDE_STREAMS`)."""
         if getattr(model, "causal_captioning", False):
             self.causal_captioning = True
+        if self.task == "ve" and getattr(model, "ve_labels", None):
+            self._class_names = list(model.ve_labels)
         self._model = model
         for key, (method, what) in SIDE_STREAMS.items():
             if self.cfg.get(key) and not hasattr(model, method):
@@ -401,6 +419,8 @@ class TaskDataModule(L.LightningDataModule):
             "vqa": (D.VQADataset, D.VQADataset),
             "retrieval": (D.RetrievalTrainDataset, D.RetrievalEvalDataset),
             "captioning": (D.CaptionTrainDataset, D.CaptionEvalDataset),
+            "ve": (D.VEDataset, D.VEDataset),
+            "nlvr": (D.NLVRDataset, D.NLVRDataset),
         }[self.task][0 if train else 1]
         few_shot = c.get("few_shot") if train else None
         if few_shot:
@@ -500,6 +520,8 @@ class TaskDataModule(L.LightningDataModule):
                 classifier_targets=c["classifier_targets"])
         if self.task == "retrieval":
             return C.RetrievalCollator(self.tokenizer, c["max_tokens"])
+        if self.task in ("ve", "nlvr"):
+            return C.SentenceLabelCollator(self.tokenizer, c["max_tokens"], class_names=self.class_names)
         if train:
             return C.CaptionTrainCollator(self.tokenizer, prompt=c["prompt"], max_tokens=c["max_tokens"],
                                           max_masks=c["max_masks"], mask_prob=float(c["mask_prob"]),
@@ -745,12 +767,46 @@ def _vocab_rows(text: Any) -> int:
                       "model.text.tokenizer")
 
 
+def _data_texts(task: str, data: Mapping[str, Any]) -> list[str]:
+    """Every text of the data section's files (:func:`zoo.data.shapes._tokenizer_corpus`: questions, captions,
+    sentences, answers, the answer list; raw and cleaned)."""
+    from zoo.data.datasets import DataError, _load_json  # noqa: PLC0415
+    from zoo.data.shapes import _tokenizer_corpus  # noqa: PLC0415
+
+    cfg = _validate(task, data, "generative", 1)  # the data module's own path rules and file checks
+    paths = [cfg["answer_list"]] if cfg.get("answer_list") else []
+    for split in SPLITS:
+        value = cfg.get(split) or []
+        paths += [f for files in value.values() for f in files] if isinstance(value, Mapping) else value
+    files: dict[str, Any] = {}
+    for i, path in enumerate(paths):
+        try:
+            files[f"{i}:{Path(path).name}"] = _load_json(path)
+        except DataError as exc:
+            raise ConfigError(f"cannot read {path} for the data tokenizer ({exc.problem})", "data") from None
+    return _tokenizer_corpus(files)
+
+
+def _knows_every_word(folder: Path, texts: Sequence[str]) -> bool:
+    """Whether the word-level tokenizer in ``folder`` has a token for every word of the cleaned ``texts`` (a word it
+    does not know is spelled letter by letter)."""
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    from zoo.data.datasets import pre_caption  # noqa: PLC0415
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    words = sorted({w for t in texts for w in pre_caption(t, 10_000).split()})
+    return all(len(ids) == 1 for ids in (e.ids for e in tok.encode_batch(words, add_special_tokens=False)))
+
+
 def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | os.PathLike,
                            task: str = "vqa") -> None:
     """``text.tokenizer: data`` (alias ``shapes``): the data's own word-level tokenizer, for models trained from
     scratch on a small closed vocabulary. It is the data folder's ``tokenizer_xlmr/`` when there is one (the shapes
-    generator writes it, :func:`zoo.data.shapes.shapes_tokenizer`), else one built from the texts of the data
-    section's files (questions, captions, answers, the answer list; :func:`zoo.data.multilingual_tokenizer.
+    generator writes it, :func:`zoo.data.shapes.shapes_tokenizer`) and it has a token for every word of the data's
+    texts (the shapes tokenizer knows the words of the captions and questions, not those of the visual-entailment and
+    NLVR sentences), else one built from the texts of the data section's files (questions, captions, sentences,
+    answers, the answer list; :func:`zoo.data.multilingual_tokenizer.
     build_multilingual_tokenizer` with ``model="words"``) into ``out_dir/tokenizer_data``, sized to the text part's
     ``vocab_size``. A model with ``tokenizer_texts()`` (text it writes around the data, e.g. a prompt template) always
     gets one built from the data's texts and those. Call before ``model.text.get_tokenizer()``; the model config then
@@ -758,30 +814,18 @@ def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | o
     text = getattr(model, "text", None)
     if getattr(text, "tokenizer", None) not in ("data", "shapes"):
         return
-    from zoo.data.shapes import TOKENIZER_DIR, _tokenizer_corpus  # noqa: PLC0415
+    from zoo.data.shapes import TOKENIZER_DIR  # noqa: PLC0415
 
     root = data.get("root")
     folder = Path(root) / TOKENIZER_DIR if root else None
     # texts the model writes around the data (MultiModal-GPT's instruction template): their words join the vocabulary,
     # else a word-level tokenizer spells them letter by letter (the template alone was 120 tokens)
     model_texts = list(model.tokenizer_texts()) if hasattr(model, "tokenizer_texts") else []
-    if folder is None or not (folder / "tokenizer.json").is_file() or model_texts:
-        import json  # noqa: PLC0415
-
+    corpus = _data_texts(task, data)
+    if folder is None or not (folder / "tokenizer.json").is_file() or model_texts \
+            or not _knows_every_word(folder, corpus):
         from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer  # noqa: PLC0415
 
-        cfg = _validate(task, data, "generative", 1)  # the data module's own path rules and file checks
-        paths = [cfg["answer_list"]] if cfg.get("answer_list") else []
-        for split in SPLITS:
-            value = cfg.get(split) or []
-            paths += [f for files in value.values() for f in files] if isinstance(value, Mapping) else value
-        files: dict[str, Any] = {}
-        for i, path in enumerate(paths):
-            try:
-                files[f"{i}:{Path(path).name}"] = json.loads(Path(path).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot read {path} for the data tokenizer ({exc})", "data") from None
-        corpus = _tokenizer_corpus(files)
         if not corpus:
             raise ConfigError("text.tokenizer: data needs texts in the data files (questions, captions, answers)",
                               "data.train")

@@ -1,8 +1,10 @@
-"""The LightningModule that fine-tunes and evaluates any registered model on VQA, retrieval or captioning.
+"""The LightningModule that fine-tunes and evaluates any registered model on VQA, retrieval, captioning, visual
+entailment (``ve``) or two-image reasoning (``nlvr``).
 
 The module is task-generic: the loss comes from the model's task method (``vqa_loss``, ``retrieval_losses``,
-``caption_loss``, ``pretrain_losses``) and evaluation from its prediction methods (``vqa_predict``,
-``retrieval_scores``, ``generate_captions``), scored with the metrics in :mod:`zoo.metrics`. A model family plugs in by
+``caption_loss``, ``ve_loss``, ``nlvr_loss``, ``pretrain_losses``) and evaluation from its prediction methods
+(``vqa_predict``, ``retrieval_scores``, ``generate_captions``, ``ve_logits``, ``nlvr_logits``), scored with the metrics
+in :mod:`zoo.metrics` (``ve`` / ``nlvr``: accuracy in percent, and per class). A model family plugs in by
 offering those methods with the batch keys the collators in :mod:`zoo.data.collate` produce.
 
 Evaluation sets named in the data config (``data.test: {en: ..., de: ...}`` or ``data.languages``: the
@@ -27,15 +29,16 @@ from zoo.train.optim import linear_warmup_decay, param_groups, warmup_steps_for
 
 __all__ = ["TaskModule", "NonFiniteLossError", "TASKS"]
 
-TASKS = ("vqa", "retrieval", "captioning", "pretrain")
+TASKS = ("vqa", "retrieval", "captioning", "ve", "nlvr", "pretrain")
 
 
 class NonFiniteLossError(FloatingPointError):
     """A NaN or infinite training loss (the message names the step)."""
 
 
-_LOSS_METHOD = {"vqa": "vqa_loss", "retrieval": "retrieval_losses", "captioning": "caption_loss",
-                "pretrain": "pretrain_losses"}
+_LOSS_METHOD = {"vqa": "vqa_loss", "retrieval": "retrieval_losses", "captioning": "caption_loss", "ve": "ve_loss",
+                "nlvr": "nlvr_loss", "pretrain": "pretrain_losses"}
+_ID_KEY = {"vqa": "question_id", "captioning": "image_id", "retrieval": "index", "ve": "index", "nlvr": "index"}
 
 
 class TaskModule(L.LightningModule):
@@ -130,7 +133,7 @@ class TaskModule(L.LightningModule):
         self._outputs.setdefault(dataloader_idx, []).append(self._predict_batch(batch))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", prog_bar=("vqa_acc", "r_mean", "CIDEr"))
+        self._log_metrics("val", prog_bar=("vqa_acc", "r_mean", "CIDEr", "acc"))
         self.validated_step = self.global_step  # `mmzoo train` validates the final weights if no epoch did
 
     on_test_epoch_start = on_validation_epoch_start
@@ -171,7 +174,7 @@ class TaskModule(L.LightningModule):
             return outputs
         everyone: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, [_to_cpu(o) for o in outputs])
-        key = {"vqa": "question_id", "captioning": "image_id", "retrieval": "index"}.get(self.task)
+        key = _ID_KEY.get(self.task)
         merged, seen = [], set()
         for rank_outputs in everyone:
             for o in rank_outputs:
@@ -207,7 +210,14 @@ class TaskModule(L.LightningModule):
             return {"image_id": list(batch["image_id"]), "prediction": captions, "references": list(batch["captions"])}
         if self.task == "retrieval":
             return {"images": batch["images"].detach().cpu(), "index": batch["index"].detach().cpu()}
-        return {}
+        if self.task == "ve":
+            logits = m.ve_logits(batch["images"], batch["input_ids"], batch["attention_mask"])
+        elif self.task == "nlvr":
+            logits = m.nlvr_logits(batch["images_a"], batch["images_b"], batch["input_ids"], batch["attention_mask"])
+        else:
+            return {}
+        return {"index": batch["index"].detach().cpu(), "prediction": logits.argmax(-1).cpu(),
+                "label": batch["labels"].detach().cpu()}
 
     def compute_metrics(self, outputs: list[dict], name: str | None = None) -> dict[str, float]:
         """Metrics of one evaluation set's outputs (``name``: the data module's named set, for retrieval's texts)."""
@@ -248,6 +258,12 @@ class TaskModule(L.LightningModule):
             i2t, t2i = self.model.retrieval_scores(images, ids.to(self.device), mask.to(self.device),
                                                    k=int(self.evaluation.get("k_test", 128)))
             return retrieval_recall(i2t.cpu(), t2i.cpu(), txt2img, img2txt)
+        if self.task in ("ve", "nlvr"):
+            from zoo.metrics.classification import accuracy_by_class  # noqa: PLC0415
+
+            predictions = torch.cat([o["prediction"] for o in outputs])
+            labels = torch.cat([o["label"] for o in outputs])
+            return accuracy_by_class(predictions, labels, self.trainer.datamodule.class_names)
         return {}
 
 

@@ -2,7 +2,7 @@
 
 A task config (``configs/tasks/*.yaml``) has five sections::
 
-    task: vqa | retrieval | captioning
+    task: vqa | retrieval | captioning | ve | nlvr
     model:   {name: x2vlm-tiny, task: vqa, pretrained: null, overrides: {}}
     data:    {root: shapes | FOLDER, train: [...], val: ..., test: ..., answer_list: ..., batch_size: ..., ...}
     optim:   {lr, weight_decay, vision_lr, text_lr, fusion_lr, new_params, new_param_lr_mult, warmup, betas, eps}
@@ -105,7 +105,8 @@ def _plot_curves(metrics_csv: Path, out_png: Path) -> None:
         axes[0].plot(*zip(*points), label=key.split("/", 1)[1])
     axes[0].set_title("training losses")
     axes[0].set_xlabel("step")
-    axes[0].legend(fontsize=7)
+    if train:
+        axes[0].legend(fontsize=7)
     for key, points in sorted(val.items()):
         axes[1].plot(*zip(*points), marker="o", label=key)
     axes[1].set_title("evaluation metrics")
