@@ -168,7 +168,9 @@ def _cmd_predict(args) -> int:
     if args.generate_image is not None:  # text → image: no media, none of the image-reading modes
         clash = [flag for flag, on in (("--image", args.image), ("--video", args.video),
                                        ("--question", args.question is not None), ("--caption", args.caption),
-                                       ("--texts", args.texts), ("--answers", args.answers)) if on]
+                                       ("--texts", args.texts), ("--answers", args.answers),
+                                       ("--hypothesis", args.hypothesis is not None),
+                                       ("--statement", args.statement is not None), ("--image2", args.image2)) if on]
         if clash:
             print(f"mmzoo predict: error: --generate-image makes images from text and cannot be combined with "
                   f"{', '.join(clash)}", file=sys.stderr)
@@ -195,7 +197,8 @@ def _cmd_predict(args) -> int:
         raise FileNotFoundError("give --image PATH (or --video PATH), or --generate-image TEXT")
     try:
         out = predict(args.source, media, question=args.question, caption=args.caption, texts=args.texts,
-                      answers=args.answers, top=args.top, num_frames=args.num_frames)
+                      answers=args.answers, top=args.top, num_frames=args.num_frames, hypothesis=args.hypothesis,
+                      statement=args.statement, media2=args.image2)
     except ValueError as exc:
         print(f"mmzoo predict: error: {exc}", file=sys.stderr)
         return 2
@@ -205,6 +208,10 @@ def _cmd_predict(args) -> int:
         print(f"{out['answer']}    (probability {out['prob']:.3f})")
     elif "caption" in out:
         print(out["caption"])
+    elif "hypothesis" in out:
+        print(f"{out['label']}    (" + ", ".join(f"{k} {v:.3f}" for k, v in out["probs"].items()) + ")")
+    elif "statement" in out:
+        print(f"{str(out['label']).lower()}    (probability of true {out['prob']:.3f})")
     else:
         print(_table([[f"{i + 1}", f"{score:.3f}", text] for i, (text, score) in enumerate(out["ranking"])],
                      ["rank", "score", "text"]))
@@ -308,7 +315,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--output", default=None, help="JSON file for the results (default: beside the source)")
     s.set_defaults(fn=_cmd_eval)
 
-    s = sub.add_parser("predict", help="answer a question, caption an image, rank texts or generate images from text")
+    s = sub.add_parser("predict", help="answer a question, caption an image, rank texts, judge a hypothesis "
+                                         "or a statement, or generate images from text")
     s.add_argument("source", help="export folder, run folder or .ckpt file")
     s.add_argument("--image", default=None, help="an image file")
     s.add_argument("--video", default=None, help="a video file (frames through the model's video path)")
@@ -317,6 +325,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--texts", default=None, help="retrieval: a text file (one candidate per line) or a JSON list")
     s.add_argument("--answers", default=None,
                    help="VQA answer list to rank (default: the one the model was fine-tuned with)")
+    s.add_argument("--hypothesis", default=None,
+                   help="visual entailment: is TEXT entailed by, neutral to or contradicted by the image")
+    s.add_argument("--statement", default=None, help="NLVR: is TEXT true of the two images (--image, --image2)")
+    s.add_argument("--image2", default=None, help="NLVR: the right image")
     s.add_argument("--top", type=int, default=5, help="retrieval: how many ranked texts to show")
     s.add_argument("--num-frames", type=int, default=3, help="video: frames sampled")
     s.add_argument("--json", action="store_true", help="print the result as JSON")

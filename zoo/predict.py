@@ -83,19 +83,28 @@ def _pixels(model: Any, media: str, num_frames: int):
 def predict(source: str | os.PathLike, media: str, *, question: str | None = None, caption: bool = False,
             texts: Sequence[str] | str | os.PathLike | None = None,
             answers: Sequence[str] | str | os.PathLike | None = None, top: int = 5, num_frames: int = 3,
+            hypothesis: str | None = None, statement: str | None = None, media2: str | None = None,
             model: Any = None) -> dict[str, Any]:
-    """Run one prediction (exactly one of ``question``, ``caption``, ``texts``) on ``media`` (an image or video file).
+    """Run one prediction (exactly one of ``question``, ``caption``, ``texts``, ``hypothesis``, ``statement``) on
+    ``media`` (an image or video file; ``statement`` also reads ``media2``, the right image).
 
-    Returns ``{"answer", "prob"}`` (VQA), ``{"caption"}`` or ``{"ranking": [(text, score), ...]}`` (best first,
-    ``top`` entries) plus ``"media"``. ``model`` skips loading ``source`` (an already built model).
+    Returns ``{"answer", "prob"}`` (VQA), ``{"caption"}``, ``{"ranking": [(text, score), ...]}`` (best first, ``top``
+    entries), ``{"label", "probs": {class: probability}}`` (visual entailment: is the hypothesis entailed by, neutral
+    to or contradicted by the image) or ``{"label": true | false, "prob"}`` (NLVR: is the statement about the left
+    and right image true; ``prob`` of true), plus ``"media"``. ``model`` skips loading ``source`` (an already built
+    model).
     """
     import torch  # noqa: PLC0415
 
     wanted = [name for name, on in (("question", question is not None), ("caption", caption),
-                                    ("texts", texts is not None)) if on]
+                                    ("texts", texts is not None), ("hypothesis", hypothesis is not None),
+                                    ("statement", statement is not None)) if on]
     if len(wanted) != 1:
-        raise ValueError("give exactly one of --question, --caption, --texts"
+        raise ValueError("give exactly one of --question, --caption, --texts, --hypothesis, --statement"
                          + (f" (got {', '.join(wanted)})" if wanted else ""))
+    if (statement is None) != (media2 is None):
+        raise ValueError("--statement (NLVR) needs two images: --image LEFT --image2 RIGHT; --image2 is read only "
+                         "with --statement")
     if model is None:
         from zoo.train.run import model_from_checkpoint  # noqa: PLC0415
 
@@ -135,6 +144,25 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
             if not hasattr(model, "generate_captions") or getattr(model, "caption", False) is None:
                 raise ValueError(f"{source}: the model has no captioning head (task captioning)")
             out["caption"] = model.generate_captions(pixels)[0]
+        elif hypothesis is not None or statement is not None:
+            from zoo.data.collate import tokenize_texts  # noqa: PLC0415
+            from zoo.data.datasets import pre_caption  # noqa: PLC0415
+
+            sentence = hypothesis if hypothesis is not None else statement
+            ids, mask = tokenize_texts(tokenizer, [pre_caption(sentence, 80)])
+            if hypothesis is not None:
+                if not _has_head(model, "ve_head", "xvnli"):
+                    raise ValueError(f"{source}: the model has no visual-entailment head (task ve, or xvnli for CCLM)")
+                probs = model.ve_logits(pixels, ids, mask).float().softmax(-1)[0]
+                names = list(model.ve_labels)
+                out.update(hypothesis=hypothesis, label=names[int(probs.argmax())],
+                           probs={name: float(p) for name, p in zip(names, probs)})
+            else:
+                if not _has_head(model, "nlvr_head", "nlvr"):
+                    raise ValueError(f"{source}: the model has no NLVR head (task nlvr)")
+                right = _pixels(model, str(media2), num_frames)
+                p_true = float(model.nlvr_logits(pixels, right, ids, mask).float().softmax(-1)[0, 1])
+                out.update(statement=statement, media2=str(media2), label=p_true > 0.5, prob=p_true)
         else:
             if isinstance(texts, (str, os.PathLike)):
                 texts = read_lines_or_json(texts, "texts")
@@ -149,6 +177,11 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
             order = i2t[0].argsort(descending=True)[:top].tolist()
             out["ranking"] = [(texts[i], float(i2t[0, i])) for i in order]
     return out
+
+
+def _has_head(model: Any, *names: str) -> bool:
+    """Whether the model holds one of the head attributes ``names`` (families name them differently) and it is built."""
+    return any(getattr(model, name, None) is not None for name in names)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
