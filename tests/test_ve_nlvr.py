@@ -146,6 +146,8 @@ def _task_config(data, tmp_path, task, model, model_task, overrides):
         "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", f"train.name={model}",
         f"model.name={model}", f"model.task={model_task}"])
     cfg["model"]["overrides"] = dict(overrides)
+    for key in ("pretrained", "pretrained_strict"):  # the configs start from the shapes runs' exports; here: random
+        cfg["model"].pop(key, None)
     return cfg
 
 
@@ -243,3 +245,48 @@ def test_nlvr_trains_and_mmzoo_eval_reproduces_it(data, tmp_path, capsys, model,
     assert "no visual-entailment head" in capsys.readouterr().err
     assert main(["predict", str(export), "--image", str(left), "--statement", "the left image is red"]) == 2
     assert "--image2 RIGHT" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# starting from a model trained for another task
+# ---------------------------------------------------------------------------------------------------------------------
+def test_pretrained_strict_false_loads_the_shared_parts_whole(tmp_path):
+    from zoo.hub import WeightsError
+
+    vqa = zoo.create_model("x2vlm-tiny", task="vqa")
+    vqa.save_pretrained(tmp_path / "vqa")
+    with pytest.raises(WeightsError, match="missing 6 key"):  # strict by default: the NLVR head is not in the file
+        zoo.create_model("x2vlm-tiny", task="nlvr", pretrained=tmp_path / "vqa")
+    nlvr = zoo.create_model("x2vlm-tiny", task="nlvr", pretrained=tmp_path / "vqa", pretrained_strict=False)
+    assert nlvr.load_report == {"new": ["nlvr"], "left_out": ["vqa"]}
+    source = vqa.state_dict()
+    shared = [k for k in nlvr.state_dict() if k.split(".")[0] in ("vision", "text")]
+    assert shared and all(torch.equal(nlvr.state_dict()[k], source[k]) for k in shared)
+    fresh = zoo.create_model("x2vlm-tiny", task="nlvr")  # the new head keeps the seeded initialisation's shapes
+    assert all(nlvr.state_dict()[k].shape == v.shape for k, v in fresh.state_dict().items() if k.startswith("nlvr."))
+    # a part the file holds only in part is an error, not a silent half-load
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "vqa" / "model.safetensors")
+    dropped = next(k for k in state if k.startswith("text.") and k.endswith("query.weight"))
+    del state[dropped]
+    save_file(state, tmp_path / "partial.safetensors")
+    with pytest.raises(WeightsError, match=dropped.replace(".", r"\.")):
+        zoo.create_model("x2vlm-tiny", task="nlvr", pretrained=tmp_path / "partial.safetensors",
+                         pretrained_strict=False)
+    with pytest.raises(zoo.spec.ConfigError, match="pretrained_strict: expected true or false"):
+        zoo.create_model("x2vlm-tiny", task="nlvr", pretrained=tmp_path / "vqa", pretrained_strict="no")
+    # the whole export of the new model stands alone (no base weights named in its config)
+    nlvr.save_pretrained(tmp_path / "nlvr")
+    config = json.loads((tmp_path / "nlvr" / "config.json").read_text())
+    assert "pretrained" not in config and "pretrained_strict" not in config
+    again = zoo.from_pretrained(tmp_path / "nlvr")
+    assert all(torch.equal(v, nlvr.state_dict()[k]) for k, v in again.state_dict().items())
+    # a trainable-only export names its base weights and how they were loaded; the rebuild loads them alike
+    for p in nlvr.text.parameters():
+        p.requires_grad_(False)
+    nlvr.save_pretrained(tmp_path / "light", trainable_only=True)
+    config = json.loads((tmp_path / "light" / "config.json").read_text())
+    assert config["pretrained"] == str(tmp_path / "vqa") and config["pretrained_strict"] is False
+    light = zoo.from_pretrained(tmp_path / "light")
+    assert all(torch.equal(v, nlvr.state_dict()[k]) for k, v in light.state_dict().items())

@@ -40,6 +40,7 @@ MODEL_FILE_KEYS = {
     "tokenizer": (str, dict, type(None)),
     "preprocess": (dict,),
     "pretrained": (str, type(None)),
+    "pretrained_strict": (bool,),
     "task": (str, type(None)),
     "imports": (list,),
     "weights": (str,),

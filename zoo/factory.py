@@ -87,6 +87,7 @@ def create_model(
     *,
     overrides: Iterable[str] = (),
     device: Any = None,
+    pretrained_strict: bool | None = None,
     **model_overrides: Any,
 ):
     """Build a registered model.
@@ -96,6 +97,11 @@ def create_model(
         task: a task variant declared in the model file (``"vqa"``, ``"retrieval"``, ...); None = the base model.
         pretrained: a local weights file or an export folder loaded strictly after building (default: the model
             file's ``pretrained:``); recorded in the model's config.
+        pretrained_strict: False loads ``pretrained`` part by part, for weights of the same model built for another
+            task (fine-tuning a VQA or pre-training model on NLVR, say): each top-level part the file holds must load
+            whole, parts the file lacks keep their initialisation (the new task head), and the file's parts the
+            model lacks (the old task's head) are left out; ``model.load_report`` lists both. Default: the config's
+            ``pretrained_strict``, else True (every tensor loaded, nothing left over).
         overrides: ``key.sub=value`` strings relative to the model file (as on the command line).
         device: build directly on this device (``"meta"`` builds without memory).
         **model_overrides: changes to the model tree, ``create_model(name, **{"vision.depth": 2})`` or
@@ -110,13 +116,23 @@ def create_model(
     else:
         model = build(cfg["model"], "model", "model", cfg.get("_file"), validated=True)
     pretrained = pretrained if pretrained is not None else cfg.get("pretrained")
+    strict = pretrained_strict if pretrained_strict is not None else cfg.get("pretrained_strict", True)
+    if not isinstance(strict, bool):
+        from zoo.spec import ConfigError  # noqa: PLC0415
+
+        raise ConfigError(f"expected true or false, got {strict!r}", "pretrained_strict", cfg.get("_file"))
     if pretrained is not None:
         cfg["pretrained"] = str(pretrained)
+        if not strict:
+            cfg["pretrained_strict"] = False  # a rebuild from the config (trainable-only export) loads it alike
     _finish(model, cfg)
     if pretrained is not None:
-        from zoo.hub import load_weights  # noqa: PLC0415
+        from zoo.hub import load_weights, load_weights_by_part  # noqa: PLC0415
 
-        load_weights(model, pretrained)
+        if strict:
+            load_weights(model, pretrained)
+        else:
+            model.load_report = load_weights_by_part(model, pretrained)
     return model
 
 

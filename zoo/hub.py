@@ -24,6 +24,7 @@ from zoo.spec import ConfigError
 __all__ = [
     "save_pretrained",
     "from_pretrained",
+    "load_weights_by_part",
     "load_state_dict",
     "load_weights",
     "resolve_path",
@@ -200,6 +201,7 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
     else:  # all weights are in the export: the base weights the model was built from are not needed again
         config.pop("weights", None)
         config.pop("pretrained", None)
+        config.pop("pretrained_strict", None)
     _atomic_save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt", "mmzoo": "1"})
     text = getattr(model, "text", None)
     if tokenizer is None and text is not None and getattr(text, "tokenizer", None) and hasattr(text, "get_tokenizer"):
@@ -314,6 +316,26 @@ def load_weights(
             parts.append(f"unexpected {len(result.unexpected_keys)} key(s): {_list(result.unexpected_keys)}")
         raise WeightsError(f"{where} does not fit {type(model).__name__}: " + "; ".join(parts))
     return result
+
+
+def load_weights_by_part(model, source: str | os.PathLike | Mapping, *, what: str | None = None) -> dict[str, list]:
+    """Load the top-level parts of ``model`` that ``source`` holds, each whole (a part the file holds only some
+    tensors of raises :class:`WeightsError`, as does a shape mismatch); the model's parts the file lacks keep their
+    initialisation and the file's parts the model lacks are left out. Returns ``{"new": [...], "left_out": [...]}``
+    (part names): what fine-tuning a model built for one task from weights of another (the official loaders'
+    ``strict=False``, minus its silence about a part that loads only half) reports."""
+    where = what or ("state dict" if isinstance(source, Mapping) else str(source))
+    state = dict(source) if isinstance(source, Mapping) else load_state_dict(source)
+    own = model.state_dict()
+    model_parts = {k.split(".", 1)[0] for k in own}
+    file_parts = {k.split(".", 1)[0] for k in state}
+    shared = model_parts & file_parts
+    if not shared:
+        raise WeightsError(f"{where} holds none of the parts of {type(model).__name__} "
+                           f"(file: {', '.join(sorted(file_parts)) or 'nothing'}; model: {', '.join(sorted(model_parts))})")
+    kept = {k: v for k, v in state.items() if k.split(".", 1)[0] in shared}
+    load_weights(model, kept, what=where, optional=lambda k: k.split(".", 1)[0] not in shared)
+    return {"new": sorted(model_parts - file_parts), "left_out": sorted(file_parts - model_parts)}
 
 
 def _storage_key(tensor) -> tuple:

@@ -3,7 +3,7 @@
 A task config (``configs/tasks/*.yaml``) has five sections::
 
     task: vqa | retrieval | captioning | ve | nlvr
-    model:   {name: x2vlm-tiny, task: vqa, pretrained: null, overrides: {}}
+    model:   {name: x2vlm-tiny, task: vqa, pretrained: null, pretrained_strict: true, overrides: {}}
     data:    {root: shapes | FOLDER, train: [...], val: ..., test: ..., answer_list: ..., batch_size: ..., ...}
     optim:   {lr, weight_decay, vision_lr, text_lr, fusion_lr, new_params, new_param_lr_mult, warmup, betas, eps}
     trainer: {max_epochs, precision, accumulate_grad_batches, gradient_clip_val, strategy, devices, accelerator, ...}
@@ -31,7 +31,7 @@ __all__ = ["train", "load_task_config", "AtomicCheckpointIO", "TASK_CONFIG_KEYS"
 
 TASK_CONFIG_KEYS = {
     "task": None,
-    "model": {"name", "task", "pretrained", "overrides"},
+    "model": {"name", "task", "pretrained", "pretrained_strict", "overrides"},
     "data": None,  # validated by the data module
     "optim": {"lr", "weight_decay", "vision_lr", "text_lr", "fusion_lr", "new_params", "new_param_lr_mult", "warmup",
               "betas", "eps", "fused"},
@@ -166,7 +166,11 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
 
     mcfg = cfg["model"]
     model = zoo.create_model(mcfg["name"], task=mcfg.get("task"), pretrained=mcfg.get("pretrained"),
-                             **dict(mcfg.get("overrides") or {}))
+                             pretrained_strict=mcfg.get("pretrained_strict"), **dict(mcfg.get("overrides") or {}))
+    report = getattr(model, "load_report", None)
+    if report:
+        print(f"initialised from {mcfg['pretrained']} part by part: new {', '.join(report['new']) or 'none'}; "
+              f"left out of the file {', '.join(report['left_out']) or 'none'}")
     if tcfg.get("freeze"):
         apply_freeze(model, list(tcfg["freeze"]))
     if tcfg.get("grad_checkpointing"):
