@@ -399,3 +399,36 @@ def test_config_errors():
         GenerativeVQAHead(**{**TINY, "pad_token_id": V})
     with pytest.raises(ConfigError, match="k_test"):
         GenerativeVQAHead(**{**TINY, "k_test": 0})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MLM head initialised from a transformers masked-LM checkpoint (X²-VLM: bert-base; CCLM: xlm-roberta-large)
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
+def test_mlm_head_loads_the_lm_head_of_a_transformers_checkpoint(tmp_path, family):
+    import transformers
+
+    from zoo.heads.mlm import MLMHead
+    from zoo.hub import WeightsError
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+    if family == "bert":
+        ref = transformers.BertForMaskedLM(transformers.BertConfig(**common)).eval()
+        ref_head, eps = ref.cls, 1e-12
+    else:
+        ref = transformers.XLMRobertaForMaskedLM(transformers.XLMRobertaConfig(**common, layer_norm_eps=1e-5)).eval()
+        ref_head, eps = ref.lm_head, 1e-5
+    with torch.no_grad():  # non-trivial values everywhere (the output bias starts at zero)
+        for p in ref_head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ref.save_pretrained(tmp_path / family)  # the decoder matrix is tied to the word embeddings: stored once
+    head = MLMHead(hidden_size=32, vocab_size=97, layer_norm_eps=eps, pretrained=str(tmp_path / family)).eval()
+    states = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        assert torch.allclose(head.logits(states), ref_head(states), atol=1e-5)
+    with pytest.raises(WeightsError, match="shape mismatch"):
+        MLMHead(hidden_size=32, vocab_size=96, layer_norm_eps=eps, pretrained=str(tmp_path / family))
+    transformers.BertModel(transformers.BertConfig(**common)).save_pretrained(tmp_path / "no-head")
+    with pytest.raises(WeightsError, match="no masked-LM head"):
+        MLMHead(hidden_size=32, vocab_size=97, pretrained=str(tmp_path / "no-head"))

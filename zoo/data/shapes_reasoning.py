@@ -67,8 +67,8 @@ _PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES)
 
 
 class Statement(NamedTuple):
-    """A generated sentence, its label (a :data:`zoo.data.datasets.VE_LABELS` name, or "True" / "False") and its template name
-    (:data:`VE_TEMPLATES` or "quality"; :data:`NLVR_TEMPLATES`)."""
+    """A generated sentence, its label (a :data:`zoo.data.datasets.VE_LABELS` name, or "True" / "False") and its
+    template name (:data:`VE_TEMPLATES` or "quality"; :data:`NLVR_TEMPLATES`)."""
 
     sentence: str
     label: str

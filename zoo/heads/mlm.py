@@ -29,6 +29,10 @@ def gather_positions(states: Tensor, positions: Tensor) -> Tensor:
     return torch.gather(states, 1, positions.long().unsqueeze(-1).expand(-1, -1, states.shape[-1]))
 
 
+_HEAD_KEYS = ("transform.dense.weight", "transform.dense.bias", "transform.LayerNorm.weight",
+              "transform.LayerNorm.bias", "bias", "decoder.weight")
+
+
 @HEADS.register("mlm")
 class MLMHead(nn.Module):
     """BERT LM prediction head; ``forward`` returns logits and, with labels, the MLM cross-entropy.
@@ -40,6 +44,9 @@ class MLMHead(nn.Module):
         hidden_act: activation of the transform (transformers' ``ACT2FN`` name; BERT ``"gelu"``, exact erf GELU).
         initializer_range: std of BERT's normal initialisation (official 0.02 at width 768; a toy width keeps
             the official activation scale with ``0.02·√(768 / width)``, e.g. 0.07 at 64).
+        pretrained: a transformers masked-LM checkpoint (file or folder) whose LM head initialises this one, as the
+            official models start theirs: BERT's ``cls.predictions.*`` (X²-VLM from bert-base) or XLM-R's
+            ``lm_head.*`` (CCLM from xlm-roberta-large; see :meth:`load_pretrained`).
     """
 
     def __init__(
@@ -49,6 +56,7 @@ class MLMHead(nn.Module):
         layer_norm_eps: float = 1e-12,
         hidden_act: str = "gelu",
         initializer_range: float = 0.02,
+        pretrained: str | None = None,
     ):
         super().__init__()
         from transformers import BertConfig  # noqa: PLC0415
@@ -68,6 +76,44 @@ class MLMHead(nn.Module):
         init_bert_weights(self.cls, initializer_range)
         pred = self.cls.predictions
         pred.decoder.bias = pred.bias  # one output bias, as the official head (both keys in the state dict)
+        if pretrained is not None:
+            self.load_pretrained(pretrained)
+
+    def load_pretrained(self, path: str) -> None:
+        """Copy the LM head of a transformers masked-LM checkpoint into this head.
+
+        BERT (``BertForMaskedLM`` / ``BertForPreTraining``): ``cls.predictions.{transform.dense, transform.LayerNorm,
+        bias, decoder}``; XLM-R / RoBERTa (``XLMRobertaForMaskedLM``): ``lm_head.{dense, layer_norm, bias, decoder}``
+        (dense → GELU → LayerNorm → decoder, the same computation). A decoder matrix the file leaves out (stored
+        once, tied to the word embeddings) is read from the word embeddings. Missing tensors or other shapes raise
+        :class:`zoo.hub.WeightsError` naming them.
+        """
+        from zoo.hub import WeightsError, load_state_dict  # noqa: PLC0415
+
+        state = load_state_dict(path)
+        found = {k.split("cls.predictions.", 1)[1]: v for k, v in state.items() if "cls.predictions." in k}
+        names = {key: key for key in _HEAD_KEYS}  # BERT's own names
+        if not found:  # XLM-R / RoBERTa
+            found = {k.split("lm_head.", 1)[1]: v for k, v in state.items() if "lm_head." in k}
+            names = dict(zip(_HEAD_KEYS, ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "bias",
+                                          "decoder.weight")))
+        if not found:
+            raise WeightsError(f"{path}: no masked-LM head (expected BERT cls.predictions.* or XLM-R lm_head.* keys)")
+        if "decoder.weight" not in found:
+            tied = [v for k, v in state.items() if k.endswith("embeddings.word_embeddings.weight")]
+            if len(tied) == 1:
+                found["decoder.weight"] = tied[0]
+        own = dict(self.cls.predictions.named_parameters(remove_duplicate=False))
+        missing = [f"{theirs} (for {mine})" for mine, theirs in names.items() if theirs not in found]
+        if missing:
+            raise WeightsError(f"{path}: the masked-LM head lacks {', '.join(missing)}")
+        wrong = [f"{theirs}: file {tuple(found[theirs].shape)} vs head {tuple(own[mine].shape)}"
+                 for mine, theirs in names.items() if tuple(found[theirs].shape) != tuple(own[mine].shape)]
+        if wrong:
+            raise WeightsError(f"{path}: masked-LM head shape mismatch: {'; '.join(wrong)}")
+        with torch.no_grad():
+            for mine, theirs in names.items():
+                own[mine].copy_(found[theirs])
 
     def tie_to(self, embedding: nn.Embedding) -> None:
         """Share the decoder matrix with ``embedding`` (the text word embeddings): the same Parameter object."""
