@@ -40,3 +40,12 @@ def fit_steps(loss_fn, params, steps: int, lr: float, optimizer=None) -> list[fl
         opt.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def check_record_keys(entries, keys: dict[str, type], name: str) -> None:
+    """``entries`` is a non-empty list of records with exactly ``keys``, each value of its type (no bool for int)."""
+    assert isinstance(entries, list) and entries, f"{name}: expected a non-empty JSON list"
+    for e in entries:
+        assert set(e) == set(keys), f"{name}: keys {sorted(e)} != {sorted(keys)}"
+        for k, t in keys.items():
+            assert isinstance(e[k], t) and not isinstance(e[k], bool), f"{name}: {k}={e[k]!r} is not {t.__name__}"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import check_record_keys
 from PIL import Image
 
 from zoo.data.shapes import default_shapes_root, describe_shapes, generate_shapes, mmzoo_home
@@ -184,14 +185,6 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path, tiny
 # ------------------------------------------------------------------------------------------------------- formats
 
 
-def _check_keys(entries, keys: dict[str, type], name: str) -> None:
-    assert isinstance(entries, list) and entries, f"{name}: expected a non-empty JSON list"
-    for e in entries:
-        assert set(e) == set(keys), f"{name}: keys {sorted(e)} != {sorted(keys)}"
-        for k, t in keys.items():
-            assert isinstance(e[k], t) and not isinstance(e[k], bool), f"{name}: {k}={e[k]!r} is not {t.__name__}"
-
-
 def test_files_have_the_official_formats(tiny):
     answer_list = _load(tiny, "answer_list.json")
     video_answer_list = _load(tiny, "video_answer_list.json")
@@ -200,7 +193,7 @@ def test_files_have_the_official_formats(tiny):
     question_ids = []
     for split in SPLITS:
         vqa = _load(tiny, f"vqa_{split}.json")
-        _check_keys(vqa, {"question_id": int, "question": str, "answer": list, "image": str, "dataset": str},
+        check_record_keys(vqa, {"question_id": int, "question": str, "answer": list, "image": str, "dataset": str},
                     f"vqa_{split}")
         for e in vqa:
             assert e["dataset"] == "shapes" and len(e["answer"]) == 10 and all(isinstance(a, str) for a in e["answer"])
@@ -209,7 +202,7 @@ def test_files_have_the_official_formats(tiny):
             assert e["image"] == f"images/{split}/{Path(e['image']).name}"
         question_ids += [e["question_id"] for e in vqa]
         video_qa = _load(tiny, f"video_qa_{split}.json")
-        _check_keys(video_qa, {"question_id": int, "question": str, "answer": list, "video": str, "dataset": str},
+        check_record_keys(video_qa, {"question_id": int, "question": str, "answer": list, "video": str, "dataset": str},
                     f"video_qa_{split}")
         for e in video_qa:
             assert len(e["answer"]) == 10 and _majority(e["answer"]) in video_answer_list
@@ -217,7 +210,7 @@ def test_files_have_the_official_formats(tiny):
             for name, key, index in (("retrieval_train", "image", "image_id"), ("caption_train", "image", "image_id"),
                                      ("video_retrieval_train", "video", "video_id")):
                 entries = _load(tiny, f"{name}.json")
-                _check_keys(entries, {key: str, "caption": str, index: int}, name)
+                check_record_keys(entries, {key: str, "caption": str, index: int}, name)
                 per_item = Counter(e[key] for e in entries)
                 assert min(per_item.values()) >= 4  # several captions per image / video
                 assert len({e[index] for e in entries}) == len(per_item)  # one id per image / video
@@ -225,7 +218,7 @@ def test_files_have_the_official_formats(tiny):
             for name, key in ((f"retrieval_{split}", "image"), (f"caption_{split}", "image"),
                               (f"video_retrieval_{split}", "video")):
                 entries = _load(tiny, f"{name}.json")
-                _check_keys(entries, {key: str, "caption": list}, name)
+                check_record_keys(entries, {key: str, "caption": list}, name)
                 assert all(len(e["caption"]) >= 4 and all(isinstance(c, str) for c in e["caption"]) for e in entries)
     assert len(question_ids) == len(set(question_ids))
     assert _load(tiny, "retrieval_train.json") == _load(tiny, "caption_train.json")

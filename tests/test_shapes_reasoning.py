@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import check_record_keys
 
 from zoo.data.shapes import TOKENIZER_DIR, generate_shapes
 
@@ -128,14 +129,6 @@ def nlvr_label(sentence: str, left: list[dict], right: list[dict]) -> tuple[str,
     return kind, str(bool(truth))
 
 
-def _check_keys(records: list, keys: dict[str, type], name: str) -> None:
-    assert isinstance(records, list) and records, f"{name}: expected a non-empty JSON list"
-    for r in records:
-        assert set(r) == set(keys), f"{name}: keys {sorted(r)} != {sorted(keys)}"
-        for k, t in keys.items():
-            assert isinstance(r[k], t) and not isinstance(r[k], bool), f"{name}: {k}={r[k]!r}"
-
-
 # ------------------------------------------------------------------------------------------------ labels vs scenes
 
 
@@ -145,7 +138,7 @@ def test_ve_labels_match_the_scenes_and_are_balanced_per_image(data):
     pair_ids = []
     for split in SPLITS:
         records = _load(data, f"ve_{split}.json")
-        _check_keys(records, VE_KEYS, f"ve_{split}")
+        check_record_keys(records, VE_KEYS, f"ve_{split}")
         assert manifest["files"][f"ve_{split}.json"] == len(records) == 3 * SIZES[f"num_{split}_images"]
         per_image = defaultdict(list)
         for r in records:
@@ -171,7 +164,7 @@ def test_nlvr_labels_match_the_scenes_and_each_pair_has_one_true_and_one_false(d
     identifiers = []
     for split in SPLITS:
         records = _load(data, f"nlvr_{split}.json")
-        _check_keys(records, NLVR_KEYS, f"nlvr_{split}")
+        check_record_keys(records, NLVR_KEYS, f"nlvr_{split}")
         n_images = SIZES[f"num_{split}_images"]
         assert manifest["files"][f"nlvr_{split}.json"] == len(records) == 2 * n_images
         pairs = defaultdict(list)
