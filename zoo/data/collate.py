@@ -199,10 +199,22 @@ class VQACollator:
 class RetrievalCollator:
     """Retrieval items → training ``images, input_ids, attention_mask, image_ids, captions`` (items with ``caption``;
     with ``input_ids_2, attention_mask_2`` when the items carry a translation ``caption_2``) or evaluation
-    ``images, index`` (items of ``retrieval_eval``); both with ``num_skipped``."""
+    ``images, index`` (items of ``retrieval_eval``); both with ``num_skipped``.
 
-    def __init__(self, tokenizer: Any, max_tokens: int | None = 40):
+    ``mlm`` (pre-training: ``{"mask_prob": 0.5, "max_masks": 12}``, the official pre-training values, or other
+    :class:`zoo.data.masking.WholeWordMasker` settings) adds the MLM inputs of the captions: ``input_ids_masked,
+    masked_pos, masked_ids, masked_weight`` (special tokens never chosen; drawn from a ``random.Random`` seeded from
+    torch's generator)."""
+
+    def __init__(self, tokenizer: Any, max_tokens: int | None = 40, mlm: Mapping[str, Any] | None = None):
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
+        self.masker = None
+        if mlm is not None:
+            from zoo.data.masking import WholeWordMasker  # noqa: PLC0415
+
+            if getattr(tokenizer, "mask_token_id", None) is None:
+                raise ValueError("RetrievalCollator: the tokenizer has no mask token; the MLM inputs need one")
+            self.masker = WholeWordMasker.from_tokenizer(tokenizer, protect_special=True, **dict(mlm))
 
     def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
         items, skipped = _drop_none(items)
@@ -219,6 +231,9 @@ class RetrievalCollator:
                                      "with translations needs one for every caption")
                 batch["input_ids_2"], batch["attention_mask_2"] = tokenize_texts(
                     self.tokenizer, [x["caption_2"] for x in items], self.max_tokens)
+            if self.masker is not None:
+                rng = random.Random(int(torch.randint(2**62, ())))
+                batch.update(self.masker(batch["input_ids"], batch["attention_mask"], rng=rng))
         else:
             batch["index"] = torch.tensor([int(x["index"]) for x in items], dtype=torch.long)
         return batch

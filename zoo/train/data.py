@@ -1,7 +1,9 @@
 """The Lightning DataModule of fine-tuning: a task's data sets, collators and loaders from the ``data:`` config section.
 
 ``TaskDataModule(task, data, tokenizer)`` with ``task`` one of ``vqa``, ``retrieval``, ``captioning``, ``ve`` (visual
-entailment: SNLI-VE, XVNLI), ``nlvr`` (two images and a sentence: NLVR2, MaRVL) builds the
+entailment: SNLI-VE, XVNLI), ``nlvr`` (two images and a sentence: NLVR2, MaRVL) or ``pretrain`` (image–caption
+pairs in the retrieval layout with MLM inputs, the X²-VLM / CCLM pre-training objectives; evaluated by zero-shot
+retrieval on retrieval evaluation files) builds the
 readers of :mod:`zoo.data.datasets` and the collators of :mod:`zoo.data.collate` for the batches the model's task
 methods read. The ``data`` mapping is validated before anything is read: unknown keys, wrong types and missing
 files raise :class:`zoo.spec.ConfigError` naming the key (``data.train[1]``) and the file.
@@ -13,7 +15,8 @@ Data keys (defaults in brackets): ``root`` (media folder; annotation paths are r
 [``batch_size``], ``num_workers`` [0], ``video`` [detected from the records], ``num_frames`` [3], ``video_backend``
 [decord], ``on_bad_sample`` [error], ``seed`` [0]; and ``hflip`` [false], ``randaugment`` [true], ``max_words``
 [official per reader], ``drop_last`` [true, as the official training loaders], ``prompt`` ["a picture of "],
-``max_masks`` [18], ``mask_prob`` [0.6] (captioning), ``top_k_answers`` [all] and ``classifier_targets``
+``max_masks`` [18; pre-training 12], ``mask_prob`` [0.6; pre-training 0.5] (captioning and pre-training MLM),
+``top_k_answers`` [all] and ``classifier_targets``
 [vqa_score] (VQA classifier); ``crop_scale`` [[0.5, 1.0], the official fine-tuning ``RandomResizedCrop`` scale;
 ``[1.0, 1.0]`` keeps the whole image, which synthetic scenes whose answers depend on every object need] and
 ``blank_images`` [false: true replaces every image or video frame by a constant grey one, in training and evaluation
@@ -66,7 +69,7 @@ from zoo.spec import ConfigError
 __all__ = ["DATA_KEYS", "SIDE_STREAMS", "TASK_NAMES", "TaskDataModule", "read_instructions", "read_parallel",
            "resolve_data_tokenizer"]
 
-TASK_NAMES = ("vqa", "retrieval", "captioning", "ve", "nlvr")
+TASK_NAMES = ("vqa", "retrieval", "captioning", "ve", "nlvr", "pretrain")
 SPLITS = ("train", "val", "test")
 
 # key -> (description, checker)
@@ -99,6 +102,8 @@ _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 
                              "mask_prob": 0.6, "classifier_targets": "vqa_score",
                              "crop_scale": [0.5, 1.0], "blank_images": False,
                              "cache_images": False}
+# defaults of one task over _DEFAULTS: pre-training masks as the official pre-training configs (X²-VLM, CCLM)
+_TASK_DEFAULTS: dict[str, dict[str, Any]] = {"pretrain": {"mask_prob": 0.5, "max_masks": 12}}
 
 
 def _is_int(v: Any) -> bool:
@@ -144,7 +149,8 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
             close = difflib.get_close_matches(str(key), DATA_KEYS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown key{hint} Known keys: {', '.join(DATA_KEYS)}", f"data.{key}")
-    cfg = {**_DEFAULTS, **{k: v for k, v in data.items() if v is not None or k == "video"}}
+    cfg = {**_DEFAULTS, **_TASK_DEFAULTS.get(task, {}),
+           **{k: v for k, v in data.items() if v is not None or k == "video"}}
     for key, value in cfg.items():
         kind = DATA_KEYS[key]
         bad = (
@@ -221,8 +227,9 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
         cfg["few_shot"] = {lang: (int(n), _language_files(cfg["train"], lang, False, "data.few_shot"))
                            for lang, n in cfg["few_shot"].items()}
     if cfg.get("translation") is not None:
-        if task != "retrieval":
-            raise ConfigError(f"translations (caption_2) are read for retrieval training only, not task {task!r}",
+        if task not in ("retrieval", "pretrain"):
+            raise ConfigError(f"translations (caption_2) are read for retrieval and pre-training only, not task "
+                              f"{task!r}",
                               "data.translation")
         if cfg.get("few_shot"):
             raise ConfigError("few-shot records (in one language) have no translation field: use either "
@@ -421,6 +428,7 @@ class TaskDataModule(L.LightningDataModule):
             "captioning": (D.CaptionTrainDataset, D.CaptionEvalDataset),
             "ve": (D.VEDataset, D.VEDataset),
             "nlvr": (D.NLVRDataset, D.NLVRDataset),
+            "pretrain": (D.RetrievalTrainDataset, D.RetrievalEvalDataset),  # evaluated by zero-shot retrieval
         }[self.task][0 if train else 1]
         few_shot = c.get("few_shot") if train else None
         if few_shot:
@@ -518,8 +526,11 @@ class TaskDataModule(L.LightningDataModule):
                 self.tokenizer, c["max_tokens"], mode=self.vqa_mode, answers=train,
                 answer_vocab=self.answer_vocab if self.vqa_mode == "classifier" and train else None,
                 classifier_targets=c["classifier_targets"])
-        if self.task == "retrieval":
+        if self.task == "retrieval" or (self.task == "pretrain" and not train):
             return C.RetrievalCollator(self.tokenizer, c["max_tokens"])
+        if self.task == "pretrain":
+            return C.RetrievalCollator(self.tokenizer, c["max_tokens"], mlm={"mask_prob": float(c["mask_prob"]),
+                                                                            "max_masks": c["max_masks"]})
         if self.task in ("ve", "nlvr"):
             return C.SentenceLabelCollator(self.tokenizer, c["max_tokens"], class_names=self.class_names)
         if train:

@@ -1,11 +1,12 @@
 """The LightningModule that fine-tunes and evaluates any registered model on VQA, retrieval, captioning, visual
-entailment (``ve``) or two-image reasoning (``nlvr``).
+entailment (``ve``) or two-image reasoning (``nlvr``), or pre-trains it (``pretrain``).
 
 The module is task-generic: the loss comes from the model's task method (``vqa_loss``, ``retrieval_losses``,
 ``caption_loss``, ``ve_loss``, ``nlvr_loss``, ``pretrain_losses``) and evaluation from its prediction methods
 (``vqa_predict``, ``retrieval_scores``, ``generate_captions``, ``ve_logits``, ``nlvr_logits``), scored with the metrics
-in :mod:`zoo.metrics` (``ve`` / ``nlvr``: accuracy in percent, and per class). A model family plugs in by
-offering those methods with the batch keys the collators in :mod:`zoo.data.collate` produce.
+in :mod:`zoo.metrics` (``ve`` / ``nlvr``: accuracy in percent, and per class; ``pretrain``: zero-shot retrieval).
+A model family plugs in by offering those methods with the batch keys the collators in :mod:`zoo.data.collate`
+produce.
 
 Evaluation sets named in the data config (``data.test: {en: ..., de: ...}`` or ``data.languages``: the
 cross-lingual protocol) are separate loaders; each is scored on its own and logged as ``{split}/{name}/{metric}``
@@ -38,7 +39,9 @@ class NonFiniteLossError(FloatingPointError):
 
 _LOSS_METHOD = {"vqa": "vqa_loss", "retrieval": "retrieval_losses", "captioning": "caption_loss", "ve": "ve_loss",
                 "nlvr": "nlvr_loss", "pretrain": "pretrain_losses"}
-_ID_KEY = {"vqa": "question_id", "captioning": "image_id", "retrieval": "index", "ve": "index", "nlvr": "index"}
+_ID_KEY = {"vqa": "question_id", "captioning": "image_id", "retrieval": "index", "ve": "index", "nlvr": "index",
+           "pretrain": "index"}
+_RETRIEVAL_EVAL = ("retrieval", "pretrain")  # pre-training is evaluated by zero-shot retrieval
 
 
 class TaskModule(L.LightningModule):
@@ -208,7 +211,7 @@ class TaskModule(L.LightningModule):
             decoding = {k: ev[k] for k in ("num_beams", "max_length", "min_length") if k in ev}
             captions = m.generate_captions(batch["images"], **decoding)
             return {"image_id": list(batch["image_id"]), "prediction": captions, "references": list(batch["captions"])}
-        if self.task == "retrieval":
+        if self.task in _RETRIEVAL_EVAL:
             return {"images": batch["images"].detach().cpu(), "index": batch["index"].detach().cpu()}
         if self.task == "ve":
             logits = m.ve_logits(batch["images"], batch["input_ids"], batch["attention_mask"])
@@ -237,7 +240,7 @@ class TaskModule(L.LightningModule):
                     gts[i] = [tokenize_caption(r) for r in refs]
                     res[i] = [tokenize_caption(pred)]
             return caption_scores(gts, res)
-        if self.task == "retrieval":
+        if self.task in _RETRIEVAL_EVAL:
             from zoo.metrics.retrieval import retrieval_recall  # noqa: PLC0415
 
             dm = self.trainer.datamodule

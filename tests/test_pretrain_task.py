@@ -1,0 +1,98 @@
+"""Pre-training through `mmzoo train` (task `pretrain`): image–caption batches with MLM inputs, the X²-VLM / CCLM
+objectives summed, zero-shot retrieval as the evaluation, and the export as a fine-tuning starting point."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from zoo.data.collate import RetrievalCollator
+from zoo.data.shapes import generate_shapes
+from zoo.train.data import TaskDataModule
+from zoo.train.module import TaskModule
+from zoo.train.run import load_task_config, train
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return generate_shapes(tmp_path_factory.mktemp("data") / "shapes", num_train_images=24, num_val_images=6,
+                           num_test_images=6, image_size=64, num_videos=0)
+
+
+def _tiny(**extra):
+    return zoo.create_model("x2vlm-tiny", **{"vision.patch_size": 8, "text.tokenizer": "data", "text.vocab_size": 512,
+                                             "text.pad_token_id": 1, "mlm.vocab_size": 512, "bbox": None,
+                                             "text.hidden_dropout": 0.0, "text.attention_dropout": 0.0, **extra})
+
+
+def test_pretrain_batches_carry_the_official_mlm_inputs(shapes):
+    from zoo.train.data import resolve_data_tokenizer
+
+    model = _tiny()
+    data = {"root": str(shapes), "train": ["retrieval_train.json"], "val": "retrieval_val.json", "batch_size": 8}
+    resolve_data_tokenizer(model, data, shapes, "pretrain")
+    tok = model.text.get_tokenizer()
+    dm = TaskDataModule("pretrain", data, tok, image_size=64)
+    assert (dm.cfg["mask_prob"], dm.cfg["max_masks"]) == (0.5, 12)  # the official pre-training values
+    torch.manual_seed(0)
+    batch = dm.collator("train")([dm.dataset("train")[i] for i in range(8)])
+    ids, masked, pos, gold = batch["input_ids"], batch["input_ids_masked"], batch["masked_pos"], batch["masked_ids"]
+    lengths = batch["attention_mask"].sum(1)
+    for b in range(8):
+        real = gold[b] != -100
+        n = int(real.sum())
+        # n = min(12, max(1, round(0.5 * length))) with [CLS] and [SEP] counted, as the official generator
+        assert n == min(12, max(1, round(0.5 * int(lengths[b]))))
+        p = pos[b][real]
+        assert torch.equal(gold[b][real], ids[b][p])  # the targets are the original tokens at the masked places
+        assert not any(int(ids[b][i]) in tok.all_special_ids for i in p)  # specials never chosen
+        changed = masked[b] != ids[b]
+        assert set(torch.nonzero(changed).flatten().tolist()) <= set(p.tolist())  # nothing else is touched
+    mask_share = (masked.gather(1, pos)[gold != -100] == tok.mask_token_id).float().mean()
+    assert 0.6 < float(mask_share) < 0.95  # 80% [MASK] (over ~100 positions)
+    # the evaluation batches are retrieval's
+    assert set(dm.collator("val")([dm.dataset("val")[0]])) == {"images", "index", "num_skipped"}
+    with pytest.raises(ValueError, match="no mask token"):
+        RetrievalCollator(type("NoMask", (), {"mask_token_id": None})(), mlm={"mask_prob": 0.5})
+
+
+def test_pretrain_step_sums_itc_itm_and_mlm(shapes):
+    from zoo.train.data import resolve_data_tokenizer
+
+    model = _tiny()
+    data = {"root": str(shapes), "train": ["retrieval_train.json"], "batch_size": 8}
+    resolve_data_tokenizer(model, data, shapes, "pretrain")
+    dm = TaskDataModule("pretrain", data, model.text.get_tokenizer(), image_size=64)
+    batch = dm.collator("train")([dm.dataset("train")[i] for i in range(8)])
+    module = TaskModule(model, "pretrain")
+    torch.manual_seed(1)
+    losses = module(batch)
+    assert set(losses) == {"itc", "itm", "mlm", "loss"}
+    assert torch.allclose(losses["loss"], losses["itc"] + losses["itm"] + losses["mlm"])
+    # the MLM loss is the cross-entropy of the MLM head's logits at the masked places, recomputed here
+    image = model.encode_image(batch["images"])
+    fused = model.text(batch["input_ids_masked"], batch["attention_mask"], mode="full", vision_tokens=image.tokens,
+                       vision_mask=image.mask).tokens
+    logits = model.mlm.logits(fused, batch["masked_pos"])
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["masked_ids"].flatten(), ignore_index=-100)
+    assert torch.allclose(losses["mlm"], expected, atol=1e-5)
+
+
+def test_pretrain_config_runs_and_its_export_starts_a_fine_tuning(shapes, tmp_path):
+    cfg = load_task_config("configs/tasks/pretrain-shapes.yaml", [
+        f"data.root={shapes}", "data.batch_size=8", "data.eval_batch_size=8", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", "train.name=pt", "evaluation.k_test=4"])
+    results = train(cfg)
+    assert {"r_mean", "txt_r1", "img_r1"} <= set(results["test"])
+    losses = (tmp_path / "pt" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/mlm" in losses and "train/itc" in losses and "train/itm" in losses
+    nlvr = load_task_config("configs/tasks/nlvr-shapes.yaml", [
+        f"data.root={shapes}", "data.batch_size=8", "data.eval_batch_size=8", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", "train.name=nlvr",
+        f"model.pretrained={tmp_path / 'pt' / 'export'}",
+        f"model.overrides.text.tokenizer={tmp_path / 'pt' / 'export' / 'tokenizer'}"])
+    model = zoo.create_model("x2vlm-tiny", task="nlvr", pretrained=nlvr["model"]["pretrained"],
+                             pretrained_strict=False, **nlvr["model"]["overrides"])
+    assert model.load_report == {"new": ["nlvr"], "left_out": ["itc", "itm", "mlm"]}
+    assert "acc" in train(nlvr)["test"]
