@@ -1,18 +1,21 @@
-"""The shapes dataset's reasoning splits: SNLI-VE-style ``ve_{split}.json`` and NLVR2-style ``nlvr_{split}.json``.
+"""The shapes dataset's reasoning splits: SNLI-VE-style ``ve_{split}.json`` and NLVR2-style ``nlvr_{split}.json``, and
+their German / French translations ``ve_{split}.{lang}.json`` / ``nlvr_{split}.{lang}.json``.
 
 Every label is re-derived by this file's own reader: regular expressions written out here parse each sentence, and the
 truth is computed from the objects in ``scenes.json`` (which tests/test_shapes.py checks against the pixels), never
-from the generator's tables or functions.
+from the generator's tables or functions. Each translated sentence is compared with this file's own German / French
+wording of the English sentence's parse (word tables, declension and templates written out here), and a few hand-built
+specs with exact sentences written out by hand.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from types import SimpleNamespace
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import check_record_keys
@@ -57,6 +60,19 @@ VE_KEYS = {"image": str, "sentence": str, "label": str, "pair_id": int}
 NLVR_KEYS = {"images": list, "sentence": str, "label": str, "identifier": str}
 SIZES = {"num_train_images": 400, "num_val_images": 80, "num_test_images": 80, "image_size": 48, "num_videos": 0}
 TINY = {"num_train_images": 10, "num_val_images": 1, "num_test_images": 3, "image_size": 48, "num_videos": 0}
+LANGS = ("de", "fr")
+ENGLISH = tuple(f"{kind}_{split}.json" for kind in ("ve", "nlvr") for split in SPLITS)
+TRANSLATED = tuple(f"{kind}_{split}.{lang}.json" for kind in ("ve", "nlvr") for split in SPLITS for lang in LANGS)
+# sha256 of the English files of generate_shapes(seed=5, **TINY) computed with the generator before the translations
+# of the reasoning files existed (commit 1cb1eec): the English files must stay byte-identical
+BEFORE = {
+    "nlvr_test.json": "1c59e2aa0858407b1c84e8e0a9390b35e05d720fcf3b7c1e1ae09135fd682df2",
+    "nlvr_train.json": "9eb2b4658e7f1c15088058a45ecd881bb3c08ecd0e5a30fe4b06cb796d4bac6c",
+    "nlvr_val.json": "a7c241a3f6200b78a287268d5489432d576014442af6d62ad12ae4d86133922e",
+    "ve_test.json": "d5fefbe8ce6ebc8281efd0daef4ec76b8327c15e26c9c2a350def32324407aea",
+    "ve_train.json": "e7ba1f4b719850f110680d4a352921c2129b4513914e4aacb333348b8561a226",
+    "ve_val.json": "653ab3148b353fec46c4d3da082530e16578e9ceb8ec8ced18faa4d23bdaae7c",
+}
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +258,260 @@ def test_text_alone_cannot_tell_the_labels(data):
         assert 0.3 <= true[k] / uses[k] <= 0.7, (k, true[k], uses[k])
 
 
+# --------------------------------------------------------------------------------------------------- translations
+
+# this file's own German / French wording (tables, declension and templates written out here, not the generator's)
+DE_COLOUR = {"red": "rot", "green": "grün", "blue": "blau", "yellow": "gelb", "purple": "violett",
+             "orange": "orangefarben"}  # "orange" takes no endings: its declinable synonym
+DE_SHAPE = {"circle": ("Kreis", "m"), "square": ("Quadrat", "n"), "triangle": ("Dreieck", "n")}
+DE_SIZE = {"small": "klein", "large": "groß"}
+DE_PHRASE = {"in the top left corner": "in der oberen linken Ecke", "at the top": "oben",
+             "in the top right corner": "in der oberen rechten Ecke", "on the left": "links",
+             "in the center": "in der Mitte", "on the right": "rechts",
+             "in the bottom left corner": "in der unteren linken Ecke", "at the bottom": "unten",
+             "in the bottom right corner": "in der unteren rechten Ecke"}
+DE_NUMBER = {1: "eine", 2: "zwei", 3: "drei", 4: "vier", 5: "fünf", 6: "sechs"}  # agreeing with "Form" (feminine)
+DE_QUALITY_BEFORE = {"wooden": "hölzern", "heavy": "schwer", "soft": "weich"}  # declined, before the colour
+DE_QUALITY_AFTER = {"plastic": "aus Plastik", "metal": "aus Metall", "paper": "aus Papier"}  # after the noun
+# (article, adjective ending) by (article, case, gender): mixed declension after "ein", weak after "der"
+DE_ARTICLE = {("ein", "nom", "m"): ("ein", "er"), ("ein", "nom", "n"): ("ein", "es"),
+              ("ein", "acc", "m"): ("einen", "en"), ("ein", "acc", "n"): ("ein", "es"),
+              ("der", "nom", "m"): ("der", "e"), ("der", "nom", "n"): ("das", "e")}
+FR_COLOUR = {"red": "rouge", "green": "vert", "blue": "bleu", "yellow": "jaune", "purple": "violet",
+             "orange": "orange"}
+FR_SHAPE = {"circle": "cercle", "square": "carré", "triangle": "triangle"}  # all masculine
+FR_SIZE = {"small": "petit", "large": "grand"}
+FR_PHRASE = {"in the top left corner": "dans le coin supérieur gauche", "at the top": "en haut",
+             "in the top right corner": "dans le coin supérieur droit", "on the left": "à gauche",
+             "in the center": "au centre", "on the right": "à droite",
+             "in the bottom left corner": "dans le coin inférieur gauche", "at the bottom": "en bas",
+             "in the bottom right corner": "dans le coin inférieur droit"}
+FR_NUMBER = {1: "une", 2: "deux", 3: "trois", 4: "quatre", 5: "cinq", 6: "six"}  # agreeing with "forme" (feminine)
+FR_QUALITY = {"wooden": "en bois", "heavy": "lourd", "plastic": "en plastique", "metal": "en métal",
+              "paper": "en papier", "soft": "mou"}  # masculine, after the colour
+# English template words no translation may keep (French shares "image", "total" and "a" with English)
+STOP = {"there", "both", "image", "left", "right", "wooden", "heavy", "contains", "total", "shapes", "the", "is",
+        "a", "neither", "only", "fewer", "more", "same", "contain", "has", "than"}
+STOP_WORDS = {"de": STOP, "fr": STOP - {"image", "total", "a"}}
+
+
+def de_np(article: str, case: str, adjectives: list[str], shape: str, after: str = "") -> str:
+    noun, gender = DE_SHAPE[shape]
+    art, ending = DE_ARTICLE[article, case, gender]
+    return " ".join([art, *(a + ending for a in adjectives), noun, *([after] if after else [])])
+
+
+def _count_words(n: str, numbers: dict[int, str], singular: str, plural: str) -> str:
+    """``n`` (an English count word or a digit) things: a digit stays a digit, a word is translated."""
+    k = NUMBER[n]
+    return f"{n if n.isdigit() else numbers[k]} {singular if k == 1 else plural}"
+
+
+def german(kind: str, g: dict[str, str]) -> str:
+    """This file's German for an English sentence parsed as ``(kind, groups)``."""
+    c = [DE_COLOUR[g["colour"]]] if g.get("colour") else []
+    if kind == "quality":
+        q = g["quality"]
+        if q in DE_QUALITY_BEFORE:
+            return f"es gibt {de_np('ein', 'acc', [DE_QUALITY_BEFORE[q], *c], g['shape'])}"
+        return f"es gibt {de_np('ein', 'acc', c, g['shape'], DE_QUALITY_AFTER[q])}"
+    if kind == "exists":
+        return f"es gibt {de_np('ein', 'acc', c, g['shape'])}"
+    if kind == "count":
+        return f"es gibt {_count_words(g['n'], DE_NUMBER, 'Form', 'Formen')}"
+    if kind in ("size", "position"):
+        rest = DE_SIZE[g["size"]] if kind == "size" else DE_PHRASE[g["phrase"]]
+        return f"{de_np('der', 'nom', c, g['shape'])} ist {rest}"
+    if kind == "full":
+        return f"{de_np('ein', 'nom', [DE_SIZE[g['size']], *c], g['shape'])} ist {DE_PHRASE[g['phrase']]}"
+    if kind in ("left_size", "right_size"):
+        side = "linke" if kind == "left_size" else "rechte"
+        return f"das {side} Bild enthält {de_np('ein', 'acc', [DE_SIZE[g['size']]], g['shape'])}"
+    fixed = {"more": "das linke Bild hat mehr Formen als das rechte Bild",
+             "fewer": "das linke Bild hat weniger Formen als das rechte Bild",
+             "same": "die beiden Bilder haben gleich viele Formen"}
+    if kind in fixed:
+        return fixed[kind]
+    if kind == "total":
+        return f"insgesamt gibt es {_count_words(g['n'], DE_NUMBER, 'Form', 'Formen')}"
+    start = {"both": "beide Bilder enthalten", "only_left": "nur das linke Bild enthält",
+             "only_right": "nur das rechte Bild enthält", "neither": "keines der Bilder enthält"}[kind]
+    return f"{start} {de_np('ein', 'acc', c, g['shape'])}"
+
+
+def french(kind: str, g: dict[str, str]) -> str:
+    """This file's French for an English sentence parsed as ``(kind, groups)``."""
+    noun = f"{FR_SHAPE[g['shape']]} {FR_COLOUR[g['colour']]}" if g.get("colour") else ""
+    if kind == "quality":
+        return f"il y a un {noun} {FR_QUALITY[g['quality']]}"
+    if kind == "exists":
+        return f"il y a un {noun}"
+    if kind in ("size", "position"):
+        return f"le {noun} est {FR_SIZE[g['size']] if kind == 'size' else FR_PHRASE[g['phrase']]}"
+    if kind == "count":
+        return f"il y a {_count_words(g['n'], FR_NUMBER, 'forme', 'formes')}"
+    if kind == "full":
+        return f"un {FR_SIZE[g['size']]} {noun} est {FR_PHRASE[g['phrase']]}"
+    if kind in ("left_size", "right_size"):
+        side = "gauche" if kind == "left_size" else "droite"
+        return f"l'image de {side} contient un {FR_SIZE[g['size']]} {FR_SHAPE[g['shape']]}"
+    fixed = {"more": "l'image de gauche a plus de formes que l'image de droite",
+             "fewer": "l'image de gauche a moins de formes que l'image de droite",
+             "same": "les deux images ont le même nombre de formes"}
+    if kind in fixed:
+        return fixed[kind]
+    if kind == "total":
+        return f"il y a {_count_words(g['n'], FR_NUMBER, 'forme', 'formes')} au total"
+    return {"both": f"les deux images contiennent un {noun}",
+            "only_left": f"seule l'image de gauche contient un {noun}",
+            "only_right": f"seule l'image de droite contient un {noun}",
+            "neither": f"aucune des deux images ne contient de {noun}"}[kind]
+
+
+TRANSLATE = {"de": german, "fr": french}
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_translations_have_the_english_records_with_the_sentence_translated(data, lang):
+    manifest = _load(data, "manifest.json")
+    seen = Counter()
+    for kind, keys, patterns in (("ve", VE_KEYS, VE_PATTERNS), ("nlvr", NLVR_KEYS, NLVR_PATTERNS)):
+        for split in SPLITS:
+            english = _load(data, f"{kind}_{split}.json")
+            name = f"{kind}_{split}.{lang}.json"
+            translated = _load(data, name)
+            check_record_keys(translated, keys, name)
+            assert manifest["files"][name] == len(translated) == len(english)
+            for en, tr in zip(english, translated):
+                # the same record (keys in the same order, same labels, images, ids), only the sentence translated
+                assert list(tr) == list(en)
+                assert {k: v for k, v in tr.items() if k != "sentence"} == {k: v for k, v in en.items()
+                                                                           if k != "sentence"}
+                assert tr["sentence"] != en["sentence"]
+                leftover = STOP_WORDS[lang] & set(re.findall(r"\w+", tr["sentence"].lower()))
+                assert not leftover, (tr["sentence"], leftover)
+                template, groups = _parse(en["sentence"], patterns)
+                assert tr["sentence"] == TRANSLATE[lang](template, groups), (en["sentence"], tr["sentence"])
+                seen[kind, template] += 1
+    # every template (and every quality) was checked in this language
+    assert {("ve", k) for k in VE_PATTERNS} | {("nlvr", k) for k in NLVR_PATTERNS} <= set(seen), seen
+
+
+# exact sentences written out by hand, one or more per template and language
+EXPECTED = [
+    (("exists", {"colour": "red", "shape": "circle"}),
+     "there is a red circle", "es gibt einen roten Kreis", "il y a un cercle rouge"),
+    (("exists", {"colour": "blue", "shape": "square"}),
+     "there is a blue square", "es gibt ein blaues Quadrat", "il y a un carré bleu"),
+    (("exists", {"colour": "orange", "shape": "triangle"}),
+     "there is a orange triangle", "es gibt ein orangefarbenes Dreieck", "il y a un triangle orange"),
+    (("quality", {"quality": "wooden", "colour": "red", "shape": "circle"}),
+     "there is a wooden red circle", "es gibt einen hölzernen roten Kreis", "il y a un cercle rouge en bois"),
+    (("quality", {"quality": "heavy", "colour": "green", "shape": "triangle"}),
+     "there is a heavy green triangle", "es gibt ein schweres grünes Dreieck", "il y a un triangle vert lourd"),
+    (("quality", {"quality": "plastic", "colour": "yellow", "shape": "circle"}),
+     "there is a plastic yellow circle", "es gibt einen gelben Kreis aus Plastik",
+     "il y a un cercle jaune en plastique"),
+    (("quality", {"quality": "metal", "colour": "purple", "shape": "square"}),
+     "there is a metal purple square", "es gibt ein violettes Quadrat aus Metall", "il y a un carré violet en métal"),
+    (("quality", {"quality": "paper", "colour": "blue", "shape": "triangle"}),
+     "there is a paper blue triangle", "es gibt ein blaues Dreieck aus Papier", "il y a un triangle bleu en papier"),
+    (("quality", {"quality": "soft", "colour": "red", "shape": "circle"}),
+     "there is a soft red circle", "es gibt einen weichen roten Kreis", "il y a un cercle rouge mou"),
+    (("size", {"colour": "red", "shape": "circle", "size": "large"}),
+     "the red circle is large", "der rote Kreis ist groß", "le cercle rouge est grand"),
+    (("size", {"colour": "green", "shape": "square", "size": "small"}),
+     "the green square is small", "das grüne Quadrat ist klein", "le carré vert est petit"),
+    (("position", {"colour": "blue", "shape": "triangle", "cell": 0}),
+     "the blue triangle is in the top left corner", "das blaue Dreieck ist in der oberen linken Ecke",
+     "le triangle bleu est dans le coin supérieur gauche"),
+    (("position", {"colour": "yellow", "shape": "circle", "cell": 5}),
+     "the yellow circle is on the right", "der gelbe Kreis ist rechts", "le cercle jaune est à droite"),
+    (("count", {"n": 1}), "there is one shape", "es gibt eine Form", "il y a une forme"),
+    (("count", {"n": 3}), "there are three shapes", "es gibt drei Formen", "il y a trois formes"),
+    (("count", {"n": 5, "digits": True}), "there are 5 shapes", "es gibt 5 Formen", "il y a 5 formes"),
+    (("full", {"size": "large", "colour": "red", "shape": "circle", "cell": 7}),
+     "a large red circle is at the bottom", "ein großer roter Kreis ist unten", "un grand cercle rouge est en bas"),
+    (("full", {"size": "small", "colour": "purple", "shape": "triangle", "cell": 4}),
+     "a small purple triangle is in the center", "ein kleines violettes Dreieck ist in der Mitte",
+     "un petit triangle violet est au centre"),
+    (("both", {"colour": "green", "shape": "triangle"}),
+     "both images contain a green triangle", "beide Bilder enthalten ein grünes Dreieck",
+     "les deux images contiennent un triangle vert"),
+    (("only_left", {"colour": "red", "shape": "circle"}),
+     "only the left image contains a red circle", "nur das linke Bild enthält einen roten Kreis",
+     "seule l'image de gauche contient un cercle rouge"),
+    (("only_right", {"colour": "blue", "shape": "square"}),
+     "only the right image contains a blue square", "nur das rechte Bild enthält ein blaues Quadrat",
+     "seule l'image de droite contient un carré bleu"),
+    (("neither", {"colour": "yellow", "shape": "circle"}),
+     "neither image contains a yellow circle", "keines der Bilder enthält einen gelben Kreis",
+     "aucune des deux images ne contient de cercle jaune"),
+    (("more", {}), "the left image has more shapes than the right image",
+     "das linke Bild hat mehr Formen als das rechte Bild",
+     "l'image de gauche a plus de formes que l'image de droite"),
+    (("fewer", {}), "the left image has fewer shapes than the right image",
+     "das linke Bild hat weniger Formen als das rechte Bild",
+     "l'image de gauche a moins de formes que l'image de droite"),
+    (("same", {}), "the two images have the same number of shapes", "die beiden Bilder haben gleich viele Formen",
+     "les deux images ont le même nombre de formes"),
+    (("total", {"n": 4}), "there are four shapes in total", "insgesamt gibt es vier Formen",
+     "il y a quatre formes au total"),
+    (("total", {"n": 6, "digits": True}), "there are 6 shapes in total", "insgesamt gibt es 6 Formen",
+     "il y a 6 formes au total"),
+    (("total", {"n": 2}), "there are two shapes in total", "insgesamt gibt es zwei Formen",
+     "il y a deux formes au total"),
+    (("left_size", {"size": "large", "shape": "circle"}),
+     "the left image contains a large circle", "das linke Bild enthält einen großen Kreis",
+     "l'image de gauche contient un grand cercle"),
+    (("right_size", {"size": "small", "shape": "triangle"}),
+     "the right image contains a small triangle", "das rechte Bild enthält ein kleines Dreieck",
+     "l'image de droite contient un petit triangle"),
+]
+
+
+@pytest.mark.parametrize("spec, en, de, fr", EXPECTED, ids=[f"{e[0][0]}-{i}" for i, e in enumerate(EXPECTED)])
+def test_render_hand_built_specs(spec, en, de, fr):
+    from zoo.data.shapes_reasoning import Spec, render
+
+    s = Spec(spec[0], **spec[1])
+    assert (render(s, "en"), render(s, "de"), render(s, "fr")) == (en, de, fr)
+    assert render(s) == en
+
+
+def test_render_every_count_in_words_and_digits():
+    from zoo.data.shapes_reasoning import Spec, render
+
+    de_words = ("eine Form", "zwei Formen", "drei Formen", "vier Formen", "fünf Formen", "sechs Formen")
+    fr_words = ("une forme", "deux formes", "trois formes", "quatre formes", "cinq formes", "six formes")
+    for n in range(1, 7):
+        for digits in (False, True):
+            de = f"{n} Form{'en' if n > 1 else ''}" if digits else de_words[n - 1]
+            fr = f"{n} forme{'s' if n > 1 else ''}" if digits else fr_words[n - 1]
+            count, total = Spec("count", n=n, digits=digits), Spec("total", n=n, digits=digits)
+            assert render(count, "de") == f"es gibt {de}" and render(total, "de") == f"insgesamt gibt es {de}"
+            assert render(count, "fr") == f"il y a {fr}" and render(total, "fr") == f"il y a {fr} au total"
+            if n > 1:  # the English strings the generator writes (NLVR totals 2..6 in both forms)
+                word = str(n) if digits else ("two", "three", "four", "five", "six")[n - 2]
+                assert render(count) == f"there are {word} shapes"
+                assert render(total) == f"there are {word} shapes in total"
+
+
+def test_render_refuses_bad_specs():
+    from zoo.data.shapes_reasoning import Spec, render
+
+    with pytest.raises(ValueError, match="language 'es'"):
+        render(Spec("exists", colour="red", shape="circle"), "es")
+    with pytest.raises(ValueError, match="unknown template 'nope'"):
+        render(Spec("nope"), "de")
+    with pytest.raises(ValueError, match="'exists' needs colour"):
+        render(Spec("exists", shape="circle"), "fr")
+    with pytest.raises(ValueError, match="needs n"):
+        render(Spec("total", n=7), "de")
+    with pytest.raises(ValueError, match="needs quality"):
+        render(Spec("quality", colour="red", shape="circle", quality="shiny"))
+
+
 # ------------------------------------------------------------------------------------------------------ tokenizer
 
 
@@ -262,6 +532,7 @@ def test_shapes_tokenizer_leaves_the_reasoning_words_to_the_data_tokenizer(data,
     from zoo.train.data import resolve_data_tokenizer
 
     files = {p.name: json.loads(p.read_text()) for p in sorted(data.glob("*.json")) if p.name != "manifest.json"}
+    assert set(ENGLISH + TRANSLATED) <= set(files)  # the translations are left out as well (same "ve_" / "nlvr_")
     without = {n: v for n, v in files.items() if not n.startswith(("ve_", "nlvr_"))}
     a = build_shapes_tokenizer(data, files=without, out_dir=tmp_path / "without")
     assert (a / "tokenizer.json").read_bytes() == (data / TOKENIZER_DIR / "tokenizer.json").read_bytes()
@@ -301,9 +572,17 @@ def _digests(root: Path, prefixes: tuple[str, ...] = ("ve_", "nlvr_")) -> dict[s
 
 def test_same_seed_gives_identical_files_and_translations_do_not_change_them(tmp_path):
     a = _digests(generate_shapes(tmp_path / "a", seed=5, **TINY))
-    assert len(a) == 6
+    assert sorted(a) == sorted(ENGLISH + TRANSLATED)
+    assert {name: a[name] for name in ENGLISH} == BEFORE  # the English files of the generator before the translations
     assert _digests(generate_shapes(tmp_path / "b", seed=5, **TINY)) == a
-    assert _digests(generate_shapes(tmp_path / "en", seed=5, languages=(), **TINY)) == a
+    # without translations: no translated file, the same English bytes
+    english_only = generate_shapes(tmp_path / "en", seed=5, languages=(), **TINY)
+    assert _digests(english_only) == BEFORE
+    assert not list(english_only.glob("*.de.json")) and not list(english_only.glob("*.fr.json"))
+    assert not any(k.endswith((".de.json", ".fr.json")) for k in _load(english_only, "manifest.json")["files"])
+    # one language: the same bytes as that language's files with both
+    assert _digests(generate_shapes(tmp_path / "fr", seed=5, languages=("fr",), **TINY)) == \
+        {k: v for k, v in a.items() if not k.endswith(".de.json")}
     other = _digests(generate_shapes(tmp_path / "c", seed=6, **TINY))
     assert other["ve_train.json"] != a["ve_train.json"] and other["nlvr_train.json"] != a["nlvr_train.json"]
 
@@ -336,6 +615,31 @@ def test_folder_without_reasoning_files_is_regenerated(tmp_path):
     (root / "manifest.json").write_text(json.dumps(manifest))
     generate_shapes(root, seed=0, **TINY)
     assert (root / "manifest.json").read_bytes() == reference["manifest.json"]
+
+
+def test_folder_without_the_reasoning_translations_is_regenerated(tmp_path):
+    root = generate_shapes(tmp_path / "t", seed=0, **TINY)
+    reference = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert set(TRANSLATED) <= set(_load(root, "manifest.json")["files"]) and set(TRANSLATED) <= set(reference)
+    # a folder written before the VE / NLVR translations existed: same languages, no ve_*.{lang} / nlvr_*.{lang}
+    manifest = _load(root, "manifest.json")
+    for name in TRANSLATED:
+        del manifest["files"][name]
+        (root / name).unlink()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert generate_shapes(root, seed=0, **TINY) == root
+    assert {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()} == reference
+    # one translation missing from the manifest only: regenerated (the folder holds nothing the generator does not
+    # write, so it may be replaced)
+    manifest = _load(root, "manifest.json")
+    del manifest["files"]["nlvr_val.fr.json"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    generate_shapes(root, seed=0, **TINY)
+    assert (root / "manifest.json").read_bytes() == reference["manifest.json"]
+    # a complete folder is left alone (nothing rewritten)
+    stamp = (root / "ve_train.de.json").stat().st_mtime_ns
+    generate_shapes(root, seed=0, **TINY)
+    assert (root / "ve_train.de.json").stat().st_mtime_ns == stamp
 
 
 def test_generators_refuse_empty_scenes():

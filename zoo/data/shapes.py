@@ -22,8 +22,9 @@ Files under the root (all paths inside the JSON are relative to the root):
   ``dataset/ve_dataset.py``: ``[{image, sentence, label: entailment | neutral | contradiction, pair_id}]``, three
   hypotheses per image, one per label) and ``nlvr_{train,val,test}.json`` (NLVR2 layout of X²-VLM / CCLM
   ``dataset/nlvr_dataset.py``: ``[{images: [left, right], sentence, label: "True" | "False", identifier}]``, each
-  image the left one of a pair with another image of its split, one true and one false statement per pair); a folder
-  whose manifest does not list them is regenerated (its other files stay byte-identical);
+  image the left one of a pair with another image of its split, one true and one false statement per pair); their
+  translations are listed below; a folder whose manifest does not list them is regenerated (its other files stay
+  byte-identical);
 - ``videos/{train,val,test}/NNNNN.mp4`` (``video_frames`` frames, 8 fps, mpeg4, or h264 when mpeg4 is missing; the
   side is ``image_size`` rounded down to a multiple of 32, within 64-128, as decord mis-decodes e.g. 48 px widths);
   ``video_retrieval_train.json`` ``[{video, caption, video_id}]``, ``video_retrieval_{val,test}.json``
@@ -32,12 +33,16 @@ Files under the root (all paths inside the JSON are relative to the root):
 - translations (``languages``, default German and French; templated: each chosen English caption / question template
   is rendered in every language from the same objects, drawing nothing more from the rng, so the English files are
   byte-identical with or without them; answers stay English, as in xGQA): ``retrieval_{train,val,test}.{lang}.json``,
-  ``vqa_{train,val,test}.{lang}.json`` (same question ids and answers), ``retrieval_train_multilingual.json``
+  ``vqa_{train,val,test}.{lang}.json`` (same question ids and answers), ``ve_{train,val,test}.{lang}.json`` and
+  ``nlvr_{train,val,test}.{lang}.json`` (the English records in the same order with the same labels, images,
+  ``pair_id`` / ``identifier``, only ``sentence`` translated, rendered from the same
+  :class:`zoo.data.shapes_reasoning.Spec`: the XVNLI / MaRVL-style zero-shot cross-lingual evaluation, train on
+  English and test every language), ``retrieval_train_multilingual.json``
   (``{image, caption, caption_de, caption_fr, image_id}``), ``parallel_{train,val}.json`` (distinct
-  ``{text, text_2, lang: "en", lang_2}`` sentence pairs) and ``tokenizer_xlmr/`` (an XLM-R-format tokenizer of every
-  caption, question and answer, :func:`build_shapes_tokenizer`; ``cclm-tiny`` reads it); the manifest lists
-  ``languages`` (a folder written
-  without them is regenerated);
+  ``{text, text_2, lang: "en", lang_2}`` pairs of the captions and questions) and ``tokenizer_xlmr/`` (an XLM-R-format
+  tokenizer of every caption, question and answer, :func:`build_shapes_tokenizer`, which leaves out every ``ve_*`` /
+  ``nlvr_*`` file, translated or not; ``cclm-tiny`` reads it); the manifest lists ``languages`` (a folder written
+  without them, or whose manifest lacks one of the translated files, is regenerated);
 - ``manifest.json``: version, parameters and the entry count of every file; written last.
 
 Determinism: every image, video and question draws from its own ``random.Random`` seeded with a string made of the
@@ -46,10 +51,10 @@ leaves the scenes of the others unchanged (only their global ids, and so file na
 scene that repeats an earlier one's objects and cells is redrawn from the same generator, so every evaluation image is
 a distinct scene. The VE hypotheses and NLVR pairs draw from generators of their own (seeded with "ve" / "nlvr", the
 split and the index), never from an image's, so the images and the other annotation files are the same with or without
-them (only the tokenizer, which knows their words, and the manifest differ). Captions name every object, with its
-position or size (see :func:`retrieval_ceiling`). VQA answers are balanced per question type (attributes are drawn
-uniformly and yes/no questions are half yes), so a question-only baseline stays near chance; each question has exactly
-10 answers, mostly the true one with 0-2 deterministic "annotator" alternatives (synonyms or near misses).
+them (only the manifest differs); their translations draw nothing. Captions name every object, with its position or
+size (see :func:`retrieval_ceiling`). VQA answers are balanced per question type (attributes are drawn uniformly and
+yes/no questions are half yes), so a question-only baseline stays near chance; each question has exactly 10 answers,
+mostly the true one with 0-2 deterministic "annotator" alternatives (synonyms or near misses).
 
 Caching: the dataset is generated into a temporary sibling folder and renamed into place under a lock file, so
 concurrent first uses never see or produce a half-written folder; a folder whose ``manifest.json`` is missing or holds
@@ -155,7 +160,7 @@ TOKENIZER_DIR = "tokenizer_xlmr"
 _KNOWN_NAMES = frozenset(_ALWAYS_WRITTEN + (MANIFEST, "images", "videos", TOKENIZER_DIR,
                                             "retrieval_train_multilingual.json", "parallel_train.json",
                                             "parallel_val.json"))
-_TRANSLATED_NAME = re.compile(r"^(retrieval|vqa)_(train|val|test)\.[a-z]{2}\.json$")
+_TRANSLATED_NAME = re.compile(r"^(retrieval|vqa|ve|nlvr)_(train|val|test)\.[a-z]{2}\.json$")
 
 
 # ----------------------------------------------------------------------------------------------------------- paths
@@ -341,7 +346,7 @@ class _German(_English):
     genders = {"circle": "m", "square": "n", "triangle": "n"}
     phrases = ("in der oberen linken Ecke", "oben", "in der oberen rechten Ecke", "links", "in der Mitte", "rechts",
                "in der unteren linken Ecke", "unten", "in der unteren rechten Ecke")
-    numbers = {1: "eine", 2: "zwei", 3: "drei"}
+    numbers = {1: "eine", 2: "zwei", 3: "drei", 4: "vier", 5: "fünf", 6: "sechs"}
     # (article, adjective ending) by (article kind, case, gender)
     _ENDINGS = {("indef", "nom", "m"): ("ein", "er"), ("indef", "nom", "n"): ("ein", "es"),
                 ("indef", "acc", "m"): ("einen", "en"), ("indef", "acc", "n"): ("ein", "es"),
@@ -418,7 +423,7 @@ class _French(_English):
     sizes = {"small": "petit", "large": "grand"}
     phrases = ("dans le coin supérieur gauche", "en haut", "dans le coin supérieur droit", "à gauche", "au centre",
                "à droite", "dans le coin inférieur gauche", "en bas", "dans le coin inférieur droit")
-    numbers = {1: "une", 2: "deux", 3: "trois"}
+    numbers = {1: "une", 2: "deux", 3: "trois", 4: "quatre", 5: "cinq", 6: "six"}
 
     def full(self, o: _Object, case: str = "nom") -> str:
         return f"un {self.sizes[o.size]} {self.shapes[o.shape]} {self.colours[o.colour]}"
@@ -818,8 +823,20 @@ def _dump(path: Path, obj: Any) -> None:
 
 
 def _language_files(split: str, languages: tuple[str, ...]) -> list[str]:
-    names = [f"{kind}_{split}.{lang}.json" for kind in ("retrieval", "vqa") for lang in languages]
+    """The translated files of a split (``parallel_{split}.json`` aside)."""
+    names = [f"{kind}_{split}.{lang}.json" for kind in ("retrieval", "vqa", "ve", "nlvr") for lang in languages]
     return names + (["retrieval_train_multilingual.json"] if split == "train" and languages else [])
+
+
+def _written_files(languages: tuple[str, ...]) -> set[str]:
+    """Every JSON file the generator writes with ``languages`` (the manifest aside): a complete folder's manifest
+    lists them all."""
+    names = set(_ALWAYS_WRITTEN)
+    for split in _SPLITS:
+        names.update(_language_files(split, languages))
+    if languages:
+        names.update(f"parallel_{split}.json" for split in ("train", "val"))
+    return names
 
 
 def _parallel_records(pairs: list[tuple[str, str, str]]) -> list[dict[str, str]]:
@@ -835,7 +852,7 @@ def _parallel_records(pairs: list[tuple[str, str, str]]) -> list[dict[str, str]]
 
 
 def _generate_into(folder: Path, params: dict[str, int], languages: tuple[str, ...] = LANGUAGES) -> dict[str, Any]:
-    from zoo.data.shapes_reasoning import ve_hypotheses  # noqa: PLC0415 (it imports this module)
+    from zoo.data.shapes_reasoning import render, ve_hypotheses  # noqa: PLC0415 (it imports this module)
 
     seed, size = params["seed"], params["image_size"]
     counts = {"train": params["num_train_images"], "val": params["num_val_images"], "test": params["num_test_images"]}
@@ -892,14 +909,21 @@ def _generate_into(folder: Path, params: dict[str, int], languages: tuple[str, .
                     pairs += [(entry["question"], _render_question(spec, lang), lang)]
             for lang in languages:
                 pairs += [(c, t, lang) for c, t in zip(captions, translated[lang])]
-            # the reasoning files draw from their own generators: the files above do not change with them
-            ve += [{"image": rel, "sentence": h.sentence, "label": h.label, "pair_id": image_id * 10 + j}
-                   for j, h in enumerate(ve_hypotheses(objects, _rng(seed, "ve", split, index)))]
+            # the reasoning files draw from their own generators: the files above do not change with them; their
+            # translations render the same specs (same records, labels and ids), drawing nothing more
+            for j, h in enumerate(ve_hypotheses(objects, _rng(seed, "ve", split, index))):
+                entry = {"image": rel, "sentence": h.sentence, "label": h.label, "pair_id": image_id * 10 + j}
+                ve.append(entry)
+                for lang in languages:
+                    extra[f"ve_{split}.{lang}.json"].append({**entry, "sentence": render(h.spec, lang)})
             drawn.append((rel, objects))
             image_id += 1
         files[f"vqa_{split}.json"] = vqa
         files[f"ve_{split}.json"] = ve
-        files[f"nlvr_{split}.json"] = _nlvr_records(split, drawn, seed)
+        nlvr = _nlvr_records(split, drawn, seed)
+        files[f"nlvr_{split}.json"] = [entry for entry, _ in nlvr]
+        for lang in languages:
+            extra[f"nlvr_{split}.{lang}.json"] = [{**entry, "sentence": render(spec, lang)} for entry, spec in nlvr]
         multilingual.update(extra)
         if languages and split != "test":
             multilingual[f"parallel_{split}.json"] = _parallel_records(pairs)
@@ -962,9 +986,10 @@ def _generate_into(folder: Path, params: dict[str, int], languages: tuple[str, .
     return manifest
 
 
-def _nlvr_records(split: str, drawn: list[tuple[str, list[_Object]]], seed: int) -> list[dict[str, Any]]:
+def _nlvr_records(split: str, drawn: list[tuple[str, list[_Object]]], seed: int) -> list[tuple[dict[str, Any], Any]]:
     """Each image of the split is the left image of one pair; the right one is another image of the split drawn at
-    random (the image itself in a one-image split); two statements per pair, one true and one false."""
+    random (the image itself in a one-image split); two statements per pair, one true and one false:
+    ``[(record, spec)]`` (the :class:`zoo.data.shapes_reasoning.Spec` renders the sentence in another language)."""
     from zoo.data.shapes_reasoning import nlvr_statements  # noqa: PLC0415 (it imports this module)
 
     records = []
@@ -976,8 +1001,8 @@ def _nlvr_records(split: str, drawn: list[tuple[str, list[_Object]]], seed: int)
             other += other >= index  # any image but the left one
         right, right_objects = drawn[other]
         for s in nlvr_statements(left_objects, right_objects, rng):
-            records.append({"images": [left, right], "sentence": s.sentence, "label": s.label,
-                            "identifier": f"shapes-{split}-{len(records)}"})
+            records.append(({"images": [left, right], "sentence": s.sentence, "label": s.label,
+                             "identifier": f"shapes-{split}-{len(records)}"}, s.spec))
     return records
 
 
@@ -1003,9 +1028,10 @@ def _is_complete(root: Path, params: dict[str, int], languages: tuple[str, ...] 
         return False
     if languages and not (root / TOKENIZER_DIR / "tokenizer.json").is_file():
         return False
-    # a folder written before a kind of file existed (ve_* / nlvr_*, say) is regenerated: its other files are the same
+    # a folder written before a kind of file existed (ve_* / nlvr_*, or their translations, say) is regenerated: its
+    # other files are the same
     listed = manifest.get("files", {})
-    if not isinstance(listed, dict) or not set(_ALWAYS_WRITTEN) <= set(listed):
+    if not isinstance(listed, dict) or not _written_files(languages) <= set(listed):
         return False
     return all((root / name).is_file() for name in listed)
 
