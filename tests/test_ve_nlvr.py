@@ -151,13 +151,13 @@ def _task_config(data, tmp_path, task, model, model_task, overrides):
     return cfg
 
 
-def _independent_accuracy(export, data, task, class_names):
+def _independent_accuracy(export, data, task, class_names, file=None):
     """Test accuracy, overall and per label, recomputed outside the training module: the export's logits, argmax, the
     record's label looked up in the family's class order by hand. (Per label: a barely trained model may answer one
     class everywhere, which scores a third overall whatever the class order; which label gets 100 depends on it.)"""
     model = zoo.from_pretrained(export).eval()
     tok = model.text.get_tokenizer()
-    records = json.loads((data / f"{task}_test.json").read_text())
+    records = json.loads((data / (file or f"{task}_test.json")).read_text())
     from zoo.data.transforms import build_image_transform
 
     transform = build_image_transform(model.zoo_config.get("default_resolution", 64), False)
@@ -290,3 +290,33 @@ def test_pretrained_strict_false_loads_the_shared_parts_whole(tmp_path):
     assert config["pretrained"] == str(tmp_path / "vqa") and config["pretrained_strict"] is False
     light = zoo.from_pretrained(tmp_path / "light")
     assert all(torch.equal(v, nlvr.state_dict()[k]) for k, v in light.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the zero-shot cross-lingual protocol (XVNLI, MaRVL) on the shapes translations
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from zoo.data.shapes import generate_shapes
+
+    return generate_shapes(tmp_path_factory.mktemp("data") / "shapes", num_train_images=16, num_val_images=4,
+                           num_test_images=4, image_size=64, num_videos=0)
+
+
+@pytest.mark.parametrize("task, config, class_names", [
+    ("ve", "ve-cclm-multilingual-shapes", ("contradiction", "entailment", "neutral")),
+    ("nlvr", "nlvr-cclm-multilingual-shapes", None),
+])
+def test_cross_lingual_configs_score_each_language(shapes, tmp_path, task, config, class_names):
+    cfg = load_task_config(f"configs/tasks/{config}.yaml", [
+        f"data.root={shapes}", "data.batch_size=8", "data.eval_batch_size=8", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", "train.name=run"])
+    for key in ("pretrained", "pretrained_strict"):  # random weights here: no retrieval run to start from
+        cfg["model"].pop(key)
+    cfg["model"]["overrides"]["text.tokenizer"] = "shapes"
+    results = train(cfg)
+    for lang in ("en", "de", "fr"):
+        file = f"{task}_test.json" if lang == "en" else f"{task}_test.{lang}.json"
+        expected = _independent_accuracy(tmp_path / "run" / "export", shapes, task, class_names, file)
+        got = {k.split("/", 1)[1]: v for k, v in results["test"].items() if k.startswith(f"{lang}/")}
+        assert got == pytest.approx(expected), lang
