@@ -1,4 +1,5 @@
-"""Readers of the official X²-VLM fine-tuning annotations: VQA, image/video–text retrieval, captioning.
+"""Readers of the official fine-tuning annotations: VQA, image/video–text retrieval, captioning (X²-VLM), visual
+entailment (SNLI-VE, XVNLI) and two-image reasoning (NLVR2, MaRVL).
 
 Formats and rules (zengyan-97/X2-VLM ``dataset/vqa_dataset.py``, ``retrieval_dataset.py``, ``captioning_dataset.py``,
 ``dataset/utils.py``); every file is a JSON list of records (``.jsonl``: one record a line), media paths are relative
@@ -16,6 +17,9 @@ to ``media_root`` (an absolute path in a record is used as it is):
   evaluation ``{image, caption: [...]}`` yields the raw reference captions and an ``image_id``: the record's
   ``image_id`` when every record has one, else the number ending the file name (official:
   ``COCO_val2014_000000391895.jpg`` → 391895) when those are unique, else the record's position.
+- Visual entailment (:class:`VEDataset`) ``{image, sentence, label}`` (ALBEF / DaVinci ``ve_dataset.py``) or XVNLI's
+  ``{Flikr30kID, sentence2, gold_label}`` (CCLM); NLVR (:class:`NLVRDataset`) ``{images: [left, right], sentence,
+  label}`` (X²-VLM / CCLM ``nlvr_dataset.py``).
 
 The official MLM captioning trainer tokenises the *raw* caption; ``caption_train`` applies :func:`pre_caption` by
 default (lower case, no punctuation, as the official non-MLM captioning and retrieval readers) — pass ``clean=False``
@@ -525,7 +529,8 @@ class VEDataset(_AnnotationDataset):
     CCLM reads it (``xvnli_dataset.py``, one record a line): ``{Flikr30kID, sentence2, gold_label}``. A label outside
     the three (SNLI's ``"-"``: no annotator majority) makes the record malformed; the official XVNLI reader drops
     those silently, here ``on_bad_sample="skip"`` drops and counts them. The hypothesis goes through
-    :func:`pre_caption` with ``max_words`` (official 30; CCLM's XVNLI uses 80).
+    :func:`pre_caption` with ``max_words`` (official 30; CCLM's XVNLI uses 80). Images only: ``video`` is accepted
+    with the common signature and ignored.
     """ + _COMMON_DOC)
 
     def __init__(
@@ -580,7 +585,7 @@ class NLVRDataset(_AnnotationDataset):
     ``dataset/nlvr_dataset.py``; ``label`` ``true`` / ``false`` or the strings ``"True"`` / ``"False"``) → items
     ``{image_a, image_b, sentence, label, index}`` with ``label`` 1 for true. The sentence goes through
     :func:`pre_caption` with ``max_words`` (official 30). The careful flip (``hflip``) never applies: the sentences
-    talk about the left and right image.
+    talk about the left and right image. Images only: ``video`` is accepted with the common signature and ignored.
     """ + _COMMON_DOC)
 
     def __init__(
