@@ -52,5 +52,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "retrieval_eval": "zoo.data.datasets",
         "caption_train": "zoo.data.datasets",
         "caption_eval": "zoo.data.datasets",
+        "ve": "zoo.data.datasets",
+        "nlvr": "zoo.data.datasets",
     },
 }
