@@ -96,3 +96,19 @@ def test_pretrain_config_runs_and_its_export_starts_a_fine_tuning(shapes, tmp_pa
                              pretrained_strict=False, **nlvr["model"]["overrides"])
     assert model.load_report == {"new": ["nlvr"], "left_out": ["itc", "itm", "mlm"]}
     assert "acc" in train(nlvr)["test"]
+
+
+def test_cclm_pretrain_batches_with_translations(shapes):
+    """CCLM's image–caption pre-training: translations in the batch add the second-language ITC and TTC."""
+    from zoo.data.shapes import shapes_tokenizer
+
+    model = zoo.create_model("cclm-tiny", **{"text.tokenizer": str(shapes_tokenizer(shapes)),
+                                             "text.hidden_dropout": 0.0, "text.attention_dropout": 0.0})
+    data = {"root": str(shapes), "train": ["retrieval_train_multilingual.json"], "translation": "de",
+            "batch_size": 8}
+    dm = TaskDataModule("pretrain", data, model.text.get_tokenizer(), image_size=64)
+    batch = dm.collator("train")([dm.dataset("train")[i] for i in range(8)])
+    assert {"input_ids_2", "input_ids_masked", "masked_pos", "masked_ids"} <= set(batch)
+    losses = TaskModule(model, "pretrain")(batch)
+    assert {"itc", "ttc", "itm", "mlm"} <= set(losses)
+    assert torch.allclose(losses["loss"], sum(v for k, v in losses.items() if k != "loss"))
