@@ -49,3 +49,9 @@ def check_record_keys(entries, keys: dict[str, type], name: str) -> None:
         assert set(e) == set(keys), f"{name}: keys {sorted(e)} != {sorted(keys)}"
         for k, t in keys.items():
             assert isinstance(e[k], t) and not isinstance(e[k], bool), f"{name}: {k}={e[k]!r} is not {t.__name__}"
+
+
+def load_json(root, name: str):
+    """The JSON file ``root / name`` (UTF-8)."""
+    with open(Path(root) / name, encoding="utf-8") as fh:
+        return json.load(fh)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import check_record_keys
+from conftest import check_record_keys, load_json
 from PIL import Image
 
 from zoo.data.shapes import default_shapes_root, describe_shapes, generate_shapes, mmzoo_home
@@ -42,11 +42,6 @@ PHRASES = "|".join(sorted(CELL_OF_PHRASE, key=len, reverse=True))
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return generate_shapes(tmp_path_factory.mktemp("shapes") / "tiny", seed=0, **TINY)
-
-
-def _load(root: Path, name: str):
-    with open(root / name, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -186,13 +181,13 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path, tiny
 
 
 def test_files_have_the_official_formats(tiny):
-    answer_list = _load(tiny, "answer_list.json")
-    video_answer_list = _load(tiny, "video_answer_list.json")
+    answer_list = load_json(tiny, "answer_list.json")
+    video_answer_list = load_json(tiny, "video_answer_list.json")
     for lst in (answer_list, video_answer_list):
         assert all(isinstance(a, str) and a for a in lst) and len(set(lst)) == len(lst)
     question_ids = []
     for split in SPLITS:
-        vqa = _load(tiny, f"vqa_{split}.json")
+        vqa = load_json(tiny, f"vqa_{split}.json")
         check_record_keys(vqa, {"question_id": int, "question": str, "answer": list, "image": str, "dataset": str},
                     f"vqa_{split}")
         for e in vqa:
@@ -201,7 +196,7 @@ def test_files_have_the_official_formats(tiny):
             assert _majority(e["answer"]) in answer_list
             assert e["image"] == f"images/{split}/{Path(e['image']).name}"
         question_ids += [e["question_id"] for e in vqa]
-        video_qa = _load(tiny, f"video_qa_{split}.json")
+        video_qa = load_json(tiny, f"video_qa_{split}.json")
         check_record_keys(video_qa, {"question_id": int, "question": str, "answer": list, "video": str, "dataset": str},
                     f"video_qa_{split}")
         for e in video_qa:
@@ -209,7 +204,7 @@ def test_files_have_the_official_formats(tiny):
         if split == "train":
             for name, key, index in (("retrieval_train", "image", "image_id"), ("caption_train", "image", "image_id"),
                                      ("video_retrieval_train", "video", "video_id")):
-                entries = _load(tiny, f"{name}.json")
+                entries = load_json(tiny, f"{name}.json")
                 check_record_keys(entries, {key: str, "caption": str, index: int}, name)
                 per_item = Counter(e[key] for e in entries)
                 assert min(per_item.values()) >= 4  # several captions per image / video
@@ -217,19 +212,19 @@ def test_files_have_the_official_formats(tiny):
         else:
             for name, key in ((f"retrieval_{split}", "image"), (f"caption_{split}", "image"),
                               (f"video_retrieval_{split}", "video")):
-                entries = _load(tiny, f"{name}.json")
+                entries = load_json(tiny, f"{name}.json")
                 check_record_keys(entries, {key: str, "caption": list}, name)
                 assert all(len(e["caption"]) >= 4 and all(isinstance(c, str) for c in e["caption"]) for e in entries)
     assert len(question_ids) == len(set(question_ids))
-    assert _load(tiny, "retrieval_train.json") == _load(tiny, "caption_train.json")
-    images = {e["image"] for s in SPLITS for e in _load(tiny, f"vqa_{s}.json")}
+    assert load_json(tiny, "retrieval_train.json") == load_json(tiny, "caption_train.json")
+    images = {e["image"] for s in SPLITS for e in load_json(tiny, f"vqa_{s}.json")}
     assert len(images) == 20
 
 
 def test_caption_ground_truth_loads_in_pycocotools(tiny):
     coco_module = pytest.importorskip("pycocotools.coco")
     for split in ("val", "test"):
-        entries = _load(tiny, f"caption_{split}.json")
+        entries = load_json(tiny, f"caption_{split}.json")
         coco = coco_module.COCO(str(tiny / f"caption_{split}_gt.json"))
         # the official eval derives the image id from the file name; here the stem is the id
         ids = [int(Path(e["image"]).stem) for e in entries]
@@ -242,12 +237,12 @@ def test_caption_ground_truth_loads_in_pycocotools(tiny):
 
 def test_describe_counts_match_the_files(tiny):
     info = describe_shapes(tiny)
-    manifest = _load(tiny, "manifest.json")
+    manifest = load_json(tiny, "manifest.json")
     assert info["files"] == manifest["files"]
     assert info["images"] == {"train": 12, "val": 4, "test": 4} == manifest["images"]
     assert sum(info["videos"].values()) == 6
     assert info["params"] == {"seed": 0, **TINY}
-    assert info["files"]["vqa_train.json"] == len(_load(tiny, "vqa_train.json"))
+    assert info["files"]["vqa_train.json"] == len(load_json(tiny, "vqa_train.json"))
     with pytest.raises(FileNotFoundError, match="no such shapes dataset"):
         describe_shapes(tiny / "missing")
 
@@ -255,7 +250,7 @@ def test_describe_counts_match_the_files(tiny):
 def test_every_referenced_file_opens(tiny):
     referenced = set()
     for path in tiny.glob("*.json"):
-        data = _load(tiny, path.name)
+        data = load_json(tiny, path.name)
         if isinstance(data, list):
             referenced |= {e.get("image") or e.get("video") for e in data if isinstance(e, dict)}
     referenced.discard(None)
@@ -280,10 +275,10 @@ def test_every_referenced_file_opens(tiny):
 
 
 def test_vqa_answers_match_the_pixels(tiny):
-    scenes = {s["image"]: s for s in _load(tiny, "scenes.json")}
+    scenes = {s["image"]: s for s in load_json(tiny, "scenes.json")}
     kinds = Counter()
     for split in SPLITS:
-        for e in _load(tiny, f"vqa_{split}.json"):
+        for e in load_json(tiny, f"vqa_{split}.json"):
             objs = _image_objects(tiny, e["image"])
             assert _majority(e["answer"]) == _truth(e["question"], objs), (e, objs)
             kinds[_question_type(e["question"])] += 1
@@ -313,11 +308,11 @@ def _check_caption(caption: str, objs: list[dict]) -> None:
 
 def test_captions_match_the_pixels(tiny):
     checked = 0
-    for e in _load(tiny, "retrieval_train.json"):
+    for e in load_json(tiny, "retrieval_train.json"):
         _check_caption(e["caption"], _image_objects(tiny, e["image"]))
         checked += 1
     for split in ("val", "test"):
-        for e in _load(tiny, f"caption_{split}.json"):
+        for e in load_json(tiny, f"caption_{split}.json"):
             objs = _image_objects(tiny, e["image"])
             assert len(set(e["caption"])) == len(e["caption"])
             for caption in e["caption"]:
@@ -347,7 +342,7 @@ def test_video_annotations_match_the_pixels(tiny):
     truth = {rel.relative_to(tiny).as_posix(): _video_truth(rel) for rel in sorted(tiny.glob("videos/*/*.mp4"))}
     directions = Counter()
     for split in SPLITS:
-        for e in _load(tiny, f"video_qa_{split}.json"):
+        for e in load_json(tiny, f"video_qa_{split}.json"):
             moving, direction, still = truth[e["video"]]
             q, answer = e["question"], _majority(e["answer"])
             if m := re.fullmatch(r"which direction does the (\w+) move\?", q):
@@ -366,8 +361,8 @@ def test_video_annotations_match_the_pixels(tiny):
             else:
                 raise AssertionError(f"unparsed video question {q!r}")
     assert sum(directions.values()) == 6
-    entries = _load(tiny, "video_retrieval_train.json") + [
-        {"video": e["video"], "caption": c} for s in ("val", "test") for e in _load(tiny, f"video_retrieval_{s}.json")
+    entries = load_json(tiny, "video_retrieval_train.json") + [
+        {"video": e["video"], "caption": c} for s in ("val", "test") for e in load_json(tiny, f"video_retrieval_{s}.json")
         for c in e["caption"]]
     for e in entries:
         moving, direction, still = truth[e["video"]]
@@ -386,8 +381,8 @@ def test_video_annotations_match_the_pixels(tiny):
 def test_question_only_baseline_is_near_chance(tmp_path):
     root = generate_shapes(tmp_path / "b", seed=3, num_train_images=240, num_val_images=60, num_test_images=60,
                            image_size=48, num_videos=0)
-    train = _load(root, "vqa_train.json")
-    held_out = _load(root, "vqa_val.json") + _load(root, "vqa_test.json")
+    train = load_json(root, "vqa_train.json")
+    held_out = load_json(root, "vqa_val.json") + load_json(root, "vqa_test.json")
     per_type = defaultdict(Counter)
     per_text = defaultdict(Counter)
     for e in train:
@@ -403,7 +398,7 @@ def test_question_only_baseline_is_near_chance(tmp_path):
         text_hits.append(guess == answer)
     rate = {kind: float(np.mean(v)) for kind, v in hits.items()}
     overall = float(np.mean([h for v in hits.values() for h in v]))
-    scenes = [s for s in _load(root, "scenes.json") if s["split"] in ("val", "test")]
+    scenes = [s for s in load_json(root, "scenes.json") if s["split"] in ("val", "test")]
     # four questions of distinct types per image, plus where each of its objects is
     assert len(held_out) == sum(4 + len(s["objects"]) for s in scenes)
     assert set(rate) == {"colour", "shape", "position", "size", "count", "yesno"}
@@ -439,7 +434,7 @@ def test_incomplete_or_other_folders_are_regenerated(tmp_path):
     (root / "images" / "train" / "00000.png").unlink()
     generate_shapes(root, **TINY)
     assert _hashes(root) == reference
-    manifest = _load(root, "manifest.json")  # a manifest with other parameters
+    manifest = load_json(root, "manifest.json")  # a manifest with other parameters
     manifest["params"]["seed"] = 7
     (root / "manifest.json").write_text(json.dumps(manifest))
     generate_shapes(root, **TINY)

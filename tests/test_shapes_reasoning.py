@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import check_record_keys
+from conftest import check_record_keys, load_json
 
 from zoo.data.shapes import TOKENIZER_DIR, generate_shapes
 
@@ -80,16 +80,11 @@ def data(tmp_path_factory) -> Path:
     return generate_shapes(tmp_path_factory.mktemp("reasoning") / "shapes", seed=0, **SIZES)
 
 
-def _load(root: Path, name: str):
-    with open(root / name, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
 def _scenes(root: Path) -> dict[str, list[dict]]:
     """image -> objects as ``{colour, shape, size, cell}`` (the cell from the position name, via this file's table)."""
     return {s["image"]: [{"colour": o["colour"], "shape": o["shape"], "size": o["size"],
                           "cell": CELL_OF_POSITION[o["position"]]} for o in s["objects"]]
-            for s in _load(root, "scenes.json")}
+            for s in load_json(root, "scenes.json")}
 
 
 def _parse(sentence: str, patterns: dict[str, str]) -> tuple[str, dict[str, str]]:
@@ -150,10 +145,10 @@ def nlvr_label(sentence: str, left: list[dict], right: list[dict]) -> tuple[str,
 
 def test_ve_labels_match_the_scenes_and_are_balanced_per_image(data):
     scenes = _scenes(data)
-    manifest = _load(data, "manifest.json")
+    manifest = load_json(data, "manifest.json")
     pair_ids = []
     for split in SPLITS:
-        records = _load(data, f"ve_{split}.json")
+        records = load_json(data, f"ve_{split}.json")
         check_record_keys(records, VE_KEYS, f"ve_{split}")
         assert manifest["files"][f"ve_{split}.json"] == len(records) == 3 * SIZES[f"num_{split}_images"]
         per_image = defaultdict(list)
@@ -176,10 +171,10 @@ def test_ve_labels_match_the_scenes_and_are_balanced_per_image(data):
 
 def test_nlvr_labels_match_the_scenes_and_each_pair_has_one_true_and_one_false(data):
     scenes = _scenes(data)
-    manifest = _load(data, "manifest.json")
+    manifest = load_json(data, "manifest.json")
     identifiers = []
     for split in SPLITS:
-        records = _load(data, f"nlvr_{split}.json")
+        records = load_json(data, f"nlvr_{split}.json")
         check_record_keys(records, NLVR_KEYS, f"nlvr_{split}")
         n_images = SIZES[f"num_{split}_images"]
         assert manifest["files"][f"nlvr_{split}.json"] == len(records) == 2 * n_images
@@ -206,7 +201,7 @@ def test_every_template_appears(data):
     scenes = _scenes(data)
     ve = Counter()
     for split in SPLITS:
-        for r in _load(data, f"ve_{split}.json"):
+        for r in load_json(data, f"ve_{split}.json"):
             kind, label = ve_label(r["sentence"], scenes[r["image"]])
             ve[kind, label] += 1
             if kind == "count":
@@ -221,7 +216,7 @@ def test_every_template_appears(data):
     assert 0.4 < ve["quality", "contradiction"] / contradictions < 0.6
     nlvr, total_forms = Counter(), set()
     for split in SPLITS:
-        for r in _load(data, f"nlvr_{split}.json"):
+        for r in load_json(data, f"nlvr_{split}.json"):
             kind, label = nlvr_label(r["sentence"], scenes[r["images"][0]], scenes[r["images"][1]])
             nlvr[kind, label] += 1
             if kind == "total":
@@ -232,7 +227,7 @@ def test_every_template_appears(data):
 
 def test_text_alone_cannot_tell_the_labels(data):
     # VE: the best text-only rule that knows the sentence kind (with a quality word or without) gets 2/3
-    records = _load(data, "ve_train.json")
+    records = load_json(data, "ve_train.json")
     by_kind = defaultdict(Counter)
     for r in records:
         by_kind[any(q in r["sentence"].split() for q in QUALITIES)][r["label"]] += 1
@@ -248,7 +243,7 @@ def test_text_alone_cannot_tell_the_labels(data):
     # NLVR: every frequent template is true between 30 and 70 % of the time
     uses, true = Counter(), Counter()
     for split in SPLITS:
-        for r in _load(data, f"nlvr_{split}.json"):
+        for r in load_json(data, f"nlvr_{split}.json"):
             kind, _ = _parse(r["sentence"], NLVR_PATTERNS)
             uses[kind] += 1
             true[kind] += r["label"] == "True"
@@ -373,13 +368,13 @@ TRANSLATE = {"de": german, "fr": french}
 
 @pytest.mark.parametrize("lang", LANGS)
 def test_translations_have_the_english_records_with_the_sentence_translated(data, lang):
-    manifest = _load(data, "manifest.json")
+    manifest = load_json(data, "manifest.json")
     seen = Counter()
     for kind, keys, patterns in (("ve", VE_KEYS, VE_PATTERNS), ("nlvr", NLVR_KEYS, NLVR_PATTERNS)):
         for split in SPLITS:
-            english = _load(data, f"{kind}_{split}.json")
+            english = load_json(data, f"{kind}_{split}.json")
             name = f"{kind}_{split}.{lang}.json"
-            translated = _load(data, name)
+            translated = load_json(data, name)
             check_record_keys(translated, keys, name)
             assert manifest["files"][name] == len(translated) == len(english)
             for en, tr in zip(english, translated):
@@ -539,7 +534,7 @@ def test_shapes_tokenizer_leaves_the_reasoning_words_to_the_data_tokenizer(data,
     assert (build_shapes_tokenizer(data, out_dir=tmp_path / "again") / "tokenizer.json").read_bytes() == \
         (a / "tokenizer.json").read_bytes()
     sentences = [r["sentence"] for s in SPLITS for name in (f"ve_{s}.json", f"nlvr_{s}.json")
-                 for r in _load(data, name)]
+                 for r in load_json(data, name)]
     words = sorted({w for t in sentences for w in t.split()})
     assert {"wooden", "neither", "fewer", "total", "six", "6"} <= set(words)
     shapes_tok = AutoTokenizer.from_pretrained(str(data / TOKENIZER_DIR), local_files_only=True)
@@ -552,7 +547,7 @@ def test_shapes_tokenizer_leaves_the_reasoning_words_to_the_data_tokenizer(data,
         assert text.tokenizer == str(tmp_path / task / "tokenizer_data")
         tok = AutoTokenizer.from_pretrained(text.tokenizer, local_files_only=True)
         assert len(tok) <= 512
-        used = sorted({w for r in _load(data, f"{name}_train.json") for w in r["sentence"].split()})
+        used = sorted({w for r in load_json(data, f"{name}_train.json") for w in r["sentence"].split()})
         for w in used:
             assert tok.tokenize(w) == [f"▁{w}"], (w, tok.tokenize(w))
     # data whose words the shapes tokenizer knows keeps it
@@ -579,7 +574,7 @@ def test_same_seed_gives_identical_files_and_translations_do_not_change_them(tmp
     english_only = generate_shapes(tmp_path / "en", seed=5, languages=(), **TINY)
     assert _digests(english_only) == BEFORE
     assert not list(english_only.glob("*.de.json")) and not list(english_only.glob("*.fr.json"))
-    assert not any(k.endswith((".de.json", ".fr.json")) for k in _load(english_only, "manifest.json")["files"])
+    assert not any(k.endswith((".de.json", ".fr.json")) for k in load_json(english_only, "manifest.json")["files"])
     # one language: the same bytes as that language's files with both
     assert _digests(generate_shapes(tmp_path / "fr", seed=5, languages=("fr",), **TINY)) == \
         {k: v for k, v in a.items() if not k.endswith(".de.json")}
@@ -590,7 +585,7 @@ def test_same_seed_gives_identical_files_and_translations_do_not_change_them(tmp
 def test_one_image_split_pairs_the_image_with_itself(tmp_path):
     root = generate_shapes(tmp_path / "one", seed=1, **TINY)
     scenes = _scenes(root)
-    records = _load(root, "nlvr_val.json")
+    records = load_json(root, "nlvr_val.json")
     assert len(records) == 2 and all(r["images"][0] == r["images"][1] for r in records)
     assert sorted(r["label"] for r in records) == ["False", "True"]
     for r in records:
@@ -601,7 +596,7 @@ def test_folder_without_reasoning_files_is_regenerated(tmp_path):
     root = generate_shapes(tmp_path / "d", seed=0, **TINY)
     reference = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     # a folder written by the generator before the reasoning files existed: no ve_* / nlvr_* in it or its manifest
-    manifest = _load(root, "manifest.json")
+    manifest = load_json(root, "manifest.json")
     for name in list(manifest["files"]):
         if name.startswith(("ve_", "nlvr_")):
             del manifest["files"][name]
@@ -610,7 +605,7 @@ def test_folder_without_reasoning_files_is_regenerated(tmp_path):
     assert generate_shapes(root, seed=0, **TINY) == root
     assert {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()} == reference
     # the files there but the manifest silent about them: regenerated as well (the manifest is rewritten)
-    manifest = _load(root, "manifest.json")
+    manifest = load_json(root, "manifest.json")
     manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("nlvr_")}
     (root / "manifest.json").write_text(json.dumps(manifest))
     generate_shapes(root, seed=0, **TINY)
@@ -620,9 +615,9 @@ def test_folder_without_reasoning_files_is_regenerated(tmp_path):
 def test_folder_without_the_reasoning_translations_is_regenerated(tmp_path):
     root = generate_shapes(tmp_path / "t", seed=0, **TINY)
     reference = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    assert set(TRANSLATED) <= set(_load(root, "manifest.json")["files"]) and set(TRANSLATED) <= set(reference)
+    assert set(TRANSLATED) <= set(load_json(root, "manifest.json")["files"]) and set(TRANSLATED) <= set(reference)
     # a folder written before the VE / NLVR translations existed: same languages, no ve_*.{lang} / nlvr_*.{lang}
-    manifest = _load(root, "manifest.json")
+    manifest = load_json(root, "manifest.json")
     for name in TRANSLATED:
         del manifest["files"][name]
         (root / name).unlink()
@@ -631,7 +626,7 @@ def test_folder_without_the_reasoning_translations_is_regenerated(tmp_path):
     assert {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()} == reference
     # one translation missing from the manifest only: regenerated (the folder holds nothing the generator does not
     # write, so it may be replaced)
-    manifest = _load(root, "manifest.json")
+    manifest = load_json(root, "manifest.json")
     del manifest["files"]["nlvr_val.fr.json"]
     (root / "manifest.json").write_text(json.dumps(manifest))
     generate_shapes(root, seed=0, **TINY)
