@@ -112,3 +112,49 @@ def test_cclm_pretrain_batches_with_translations(shapes):
     losses = TaskModule(model, "pretrain")(batch)
     assert {"itc", "ttc", "itm", "mlm"} <= set(losses)
     assert torch.allclose(losses["loss"], sum(v for k, v in losses.items() if k != "loss"))
+
+
+DAVINCI = {"text.tokenizer": "data", "text.vocab_size": 512, "text.pad_token_id": 1, "decoder.vocab_size": 1536,
+           "decoder.pad_token_id": 1, "decoder.bos_token_id": 0, "decoder.eos_token_id": 2}
+
+
+def test_davinci_pretrains_through_the_command_with_its_own_batches(shapes, tmp_path):
+    """DaVinci builds its own pre-training inputs (caption splits; with an image tokenizer, the images for the codes
+    of image modelling), and the prefix-LM and image-modelling losses train; a DaVinci has no zero-shot retrieval, so
+    evaluation splits are refused by name."""
+    from zoo.spec import ConfigError
+
+    from zoo.catalog import load_model_config
+
+    image_tokenizer = load_model_config("davinci-tiny")["tasks"]["text_to_image"]["image_tokenizer"]
+    overrides = [f"data.root={shapes}", "data.batch_size=8", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                 f"train.output_dir={tmp_path}", "train.name=dv", "model.name=davinci-tiny", "data.val=null",
+                 "data.test=null"]
+    cfg = load_task_config("configs/tasks/pretrain-shapes.yaml", overrides)
+    cfg["model"]["overrides"] = {**DAVINCI, "image_tokenizer": image_tokenizer}
+    train(cfg)
+    header = (tmp_path / "dv" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/prefix_lm" in header and "train/image_lm" in header and "train/mlm" not in header
+    # the batch: caption splits whose prefix and target make the caption, and the images back in [0, 1]
+    model = zoo.create_model("davinci-tiny", **DAVINCI, image_tokenizer=image_tokenizer)
+    from zoo.train.data import resolve_data_tokenizer
+
+    data = {"root": str(shapes), "train": ["retrieval_train.json"], "batch_size": 4}
+    resolve_data_tokenizer(model, data, tmp_path, "pretrain")
+    tok = model.text.get_tokenizer()
+    dm = TaskDataModule("pretrain", data, tok, image_size=64)
+    dm.configure_for_model(model)
+    batch = dm.collator("train")([dm.dataset("train")[i] for i in range(4)])
+    for b in range(4):
+        prefix = tok.decode(batch["prefix_ids"][b][batch["prefix_mask"][b].bool()], skip_special_tokens=True)
+        target = tok.decode(batch["target_ids"][b][batch["target_mask"][b].bool()], skip_special_tokens=True)
+        assert " ".join(w for w in (prefix, target) if w) == batch["captions"][b]
+    from zoo.data.transforms import CLIP_MEAN, CLIP_STD
+
+    pixels = batch["images"] * torch.tensor(CLIP_STD).view(1, 3, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    assert torch.allclose(batch["code_images"], pixels.clamp(0, 1), atol=1e-6)
+    assert float(batch["code_images"].min()) >= 0 and float(batch["code_images"].max()) <= 1
+    cfg = load_task_config("configs/tasks/pretrain-shapes.yaml", overrides[:-2] + ["train.name=dv2"])
+    cfg["model"]["overrides"] = dict(DAVINCI)
+    with pytest.raises(ConfigError, match=r"data\.val: pre-training is evaluated by zero-shot retrieval, and DaVinci"):
+        train(cfg)

@@ -55,6 +55,7 @@ __all__ = [
     "CaptionEvalCollator",
     "CaptionTrainCollator",
     "EmptyBatchError",
+    "ModelInputsCollator",
     "ParallelTextCollator",
     "RetrievalCollator",
     "SentenceLabelCollator",
@@ -236,6 +237,22 @@ class RetrievalCollator:
                 batch.update(self.masker(batch["input_ids"], batch["attention_mask"], rng=rng))
         else:
             batch["index"] = torch.tensor([int(x["index"]) for x in items], dtype=torch.long)
+        return batch
+
+
+class ModelInputsCollator:
+    """A collator whose batches the model completes: ``base(items)``, then ``inputs(tokenizer, captions, images,
+    rng=..., max_tokens=...)`` (a model's ``pretrain_inputs``, e.g. DaVinci's caption splits and code images) adds its
+    keys; ``rng`` is a ``random.Random`` seeded from torch's generator, as the masking collators."""
+
+    def __init__(self, base: Any, inputs: Any, tokenizer: Any, max_tokens: int | None = 30):
+        self.base, self.inputs, self.tokenizer, self.max_tokens = base, inputs, tokenizer, max_tokens
+
+    def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+        batch = self.base(items)
+        rng = random.Random(int(torch.randint(2**62, ())))
+        batch.update(self.inputs(self.tokenizer, batch["captions"], batch["images"], rng=rng,
+                                 max_tokens=self.max_tokens))
         return batch
 
 

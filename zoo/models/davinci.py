@@ -80,6 +80,7 @@ __all__ = [
     "DaVinciEncoder",
     "relative_position_index",
     "official_tokenize",
+    "pretrain_batch_inputs",
     "pretrain_text_inputs",
     "convert_official_state_dict",
     "convert_official_checkpoint",
@@ -149,6 +150,22 @@ def pretrain_text_inputs(
         pre, gen = zip(*(_split_at_random_word(t, rng, text_max_words) for t in texts))
         out["text_prefix_ids"], out["text_prefix_mask"] = official_tokenize(tokenizer, pre, text_max_tokens)
         out["text_target_ids"], out["text_target_mask"] = official_tokenize(tokenizer, gen, text_max_tokens)
+    return out
+
+
+def pretrain_batch_inputs(tokenizer: Any, captions: Sequence[str], images: Tensor, *, rng: random.Random,
+                          max_tokens: int = 30, codes: bool = False) -> dict[str, Tensor]:
+    """What ``mmzoo train``'s pre-training batches add for DaVinci (:attr:`DaVinci.pretrain_inputs`): the caption
+    splits of :func:`pretrain_text_inputs` and, with ``codes`` (a model with an image tokenizer), ``code_images``: the
+    batch's images back in [0, 1] (the data transform's CLIP normalisation undone), which the image tokenizer turns
+    into the codes image modelling predicts."""
+    from zoo.data.transforms import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
+
+    out = pretrain_text_inputs(tokenizer, captions, rng=rng, max_tokens=max_tokens)
+    if codes:
+        mean = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = images.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+        out["code_images"] = (images * std + mean).clamp(0.0, 1.0)
     return out
 
 
@@ -541,6 +558,15 @@ class DaVinci(ZooModel):
                 return self.image_tokenizer.encode_codes(pixels[:, :, prefix_rows * rows_px:, :])
         raise KeyError("image modelling needs 'image_codes' (B, rows, cols) or 'code_images' (pixels in [0, 1] for "
                        "the image tokenizer)")
+
+    @property
+    def pretrain_inputs(self) -> Any:
+        """The pre-training task's batch builder (``mmzoo train`` with ``task: pretrain``): caption splits for the
+        prefix LM, and images for the codes of image modelling when the model has an image tokenizer
+        (:func:`pretrain_batch_inputs`; a picklable function, as data-loader workers need)."""
+        import functools  # noqa: PLC0415
+
+        return functools.partial(pretrain_batch_inputs, codes=self.image_tokenizer is not None)
 
     def pretrain_losses(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """The official pre-training step on whatever the batch holds:

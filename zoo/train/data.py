@@ -528,6 +528,10 @@ class TaskDataModule(L.LightningDataModule):
                 classifier_targets=c["classifier_targets"])
         if self.task == "retrieval" or (self.task == "pretrain" and not train):
             return C.RetrievalCollator(self.tokenizer, c["max_tokens"])
+        if self.task == "pretrain" and getattr(self._model, "pretrain_inputs", None) is not None:
+            # the model builds its own pre-training inputs (DaVinci: caption splits, images for the codes)
+            return C.ModelInputsCollator(C.RetrievalCollator(self.tokenizer, c["max_tokens"]),
+                                         self._model.pretrain_inputs, self.tokenizer, c["max_tokens"])
         if self.task == "pretrain":
             return C.RetrievalCollator(self.tokenizer, c["max_tokens"], mlm={"mask_prob": float(c["mask_prob"]),
                                                                             "max_masks": c["max_masks"]})

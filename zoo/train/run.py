@@ -134,8 +134,15 @@ def _datamodule(task: str, cfg: Mapping[str, Any], model, tokenizer):
     from zoo.train.data import TaskDataModule  # noqa: PLC0415
 
     vqa_mode = "generative" if getattr(model, "generative_vqa", True) else "classifier"
-    return TaskDataModule(task, resolve_data(cfg.get("data") or {}), tokenizer, vqa_mode=vqa_mode,
-                          image_size=input_resolution(model))
+    dm = TaskDataModule(task, resolve_data(cfg.get("data") or {}), tokenizer, vqa_mode=vqa_mode,
+                        image_size=input_resolution(model))
+    if task == "pretrain" and not hasattr(model, "retrieval_scores"):
+        split = next((s for s in ("val", "test") if dm.has_split(s)), None)
+        if split is not None:
+            raise ConfigError(f"pre-training is evaluated by zero-shot retrieval, and {type(model).__name__} has no "
+                              f"retrieval_scores(): leave data.val and data.test out", f"data.{split}",
+                              cfg.get("_file"))
+    return dm
 
 
 def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), resume: bool = False) -> dict[str, Any]:
