@@ -320,3 +320,18 @@ def test_cross_lingual_configs_score_each_language(shapes, tmp_path, task, confi
         expected = _independent_accuracy(tmp_path / "run" / "export", shapes, task, class_names, file)
         got = {k.split("/", 1)[1]: v for k, v in results["test"].items() if k.startswith(f"{lang}/")}
         assert got == pytest.approx(expected), lang
+
+
+def test_a_model_that_cannot_do_the_task_is_a_config_error(data, tmp_path, capsys):
+    common = [f"data.root={data}", "data.val=ve_test.json", "data.test=ve_test.json", f"train.output_dir={tmp_path}"]
+    # X²-VLM has no visual-entailment head at all
+    assert main(["train", "configs/tasks/nlvr-shapes.yaml", "task=ve", "data.train=[ve_train.json]",
+                 "model.pretrained=null", *common]) == 2
+    err = capsys.readouterr().err
+    assert "nlvr-shapes.yaml: task: x2vlm-tiny (X2VLM) has no ve_loss(): it cannot be trained on task 've'" in err
+    # DaVinci has one, but not when built for VQA
+    assert main(["train", "configs/tasks/ve-davinci-shapes.yaml", "model.task=vqa", "model.pretrained=null",
+                 "data.train=[ve_train.json]", *common]) == 2
+    err = capsys.readouterr().err
+    assert "model.task: davinci-tiny built for task 'vqa' has no ve head" in err
+    assert not (tmp_path / "ve-davinci-shapes" / "checkpoints").exists()  # stopped before anything ran

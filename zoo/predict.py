@@ -147,18 +147,19 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
         elif hypothesis is not None or statement is not None:
             from zoo.data.collate import tokenize_texts  # noqa: PLC0415
             from zoo.data.datasets import pre_caption  # noqa: PLC0415
+            from zoo.train.module import has_task_head  # noqa: PLC0415
 
             sentence = hypothesis if hypothesis is not None else statement
             ids, mask = tokenize_texts(tokenizer, [pre_caption(sentence, 80)])
             if hypothesis is not None:
-                if not _has_head(model, "ve_head", "xvnli"):
+                if not has_task_head(model, "ve"):
                     raise ValueError(f"{source}: the model has no visual-entailment head (task ve, or xvnli for CCLM)")
                 probs = model.ve_logits(pixels, ids, mask).float().softmax(-1)[0]
                 names = list(model.ve_labels)
                 out.update(hypothesis=hypothesis, label=names[int(probs.argmax())],
                            probs={name: float(p) for name, p in zip(names, probs)})
             else:
-                if not _has_head(model, "nlvr_head", "nlvr"):
+                if not has_task_head(model, "nlvr"):
                     raise ValueError(f"{source}: the model has no NLVR head (task nlvr)")
                 right = _pixels(model, str(media2), num_frames)
                 p_true = float(model.nlvr_logits(pixels, right, ids, mask).float().softmax(-1)[0, 1])
@@ -177,11 +178,6 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
             order = i2t[0].argsort(descending=True)[:top].tolist()
             out["ranking"] = [(texts[i], float(i2t[0, i])) for i in order]
     return out
-
-
-def _has_head(model: Any, *names: str) -> bool:
-    """Whether the model holds one of the head attributes ``names`` (families name them differently) and it is built."""
-    return any(getattr(model, name, None) is not None for name in names)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import torch
 
 from zoo.train.optim import linear_warmup_decay, param_groups, warmup_steps_for
 
-__all__ = ["TaskModule", "NonFiniteLossError", "TASKS"]
+__all__ = ["TaskModule", "NonFiniteLossError", "TASKS", "TASK_HEADS", "has_task_head"]
 
 TASKS = ("vqa", "retrieval", "captioning", "ve", "nlvr", "pretrain")
 
@@ -39,6 +39,16 @@ class NonFiniteLossError(FloatingPointError):
 
 _LOSS_METHOD = {"vqa": "vqa_loss", "retrieval": "retrieval_losses", "captioning": "caption_loss", "ve": "ve_loss",
                 "nlvr": "nlvr_loss", "pretrain": "pretrain_losses"}
+# the head attributes a task needs (the families name them differently); a model built for another task lacks them
+TASK_HEADS: dict[str, tuple[str, ...]] = {"ve": ("ve_head", "xvnli"), "nlvr": ("nlvr_head", "nlvr")}
+
+
+def has_task_head(model: torch.nn.Module, task: str) -> bool:
+    """Whether ``model`` holds a built head for ``task`` (always true for tasks not in :data:`TASK_HEADS`)."""
+    names = TASK_HEADS.get(task)
+    return names is None or any(getattr(model, name, None) is not None for name in names)
+
+
 _ID_KEY = {"vqa": "question_id", "captioning": "image_id", "retrieval": "index", "ve": "index", "nlvr": "index",
            "pretrain": "index"}
 _RETRIEVAL_EVAL = ("retrieval", "pretrain")  # pre-training is evaluated by zero-shot retrieval

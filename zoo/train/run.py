@@ -128,6 +128,21 @@ def resolve_data(data: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _check_model_for_task(model, task: str, mcfg: Mapping[str, Any], file: str | None) -> None:
+    """A model that cannot be trained on ``task`` is a config error before anything runs: no loss method for it
+    (another family), or a family that has one but was built for another task (no head)."""
+    from zoo.train.module import _LOSS_METHOD, TASK_HEADS, has_task_head  # noqa: PLC0415
+
+    name = mcfg.get("name")
+    if not hasattr(model, _LOSS_METHOD[task]):
+        raise ConfigError(f"{name} ({type(model).__name__}) has no {_LOSS_METHOD[task]}(): it cannot be trained on "
+                          f"task {task!r}", "task", file)
+    if not has_task_head(model, task):
+        raise ConfigError(f"{name} built for task {mcfg.get('task')!r} has no {task} head (one of "
+                          f"{', '.join(TASK_HEADS[task])}): set model.task to the variant that builds it (see "
+                          f"`mmzoo info {name}`)", "model.task", file)
+
+
 def _datamodule(task: str, cfg: Mapping[str, Any], model, tokenizer):
     """The data module for ``model``: the config's data section at the model's resolution and VQA head kind."""
     from zoo.models.base import input_resolution  # noqa: PLC0415
@@ -174,6 +189,7 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     mcfg = cfg["model"]
     model = zoo.create_model(mcfg["name"], task=mcfg.get("task"), pretrained=mcfg.get("pretrained"),
                              pretrained_strict=mcfg.get("pretrained_strict"), **dict(mcfg.get("overrides") or {}))
+    _check_model_for_task(model, task, mcfg, cfg.get("_file"))
     report = getattr(model, "load_report", None)
     if report:
         print(f"initialised from {mcfg['pretrained']} part by part: new {', '.join(report['new']) or 'none'}; "
