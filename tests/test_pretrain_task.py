@@ -122,13 +122,13 @@ def test_davinci_pretrains_through_the_command_with_its_own_batches(shapes, tmp_
     """DaVinci builds its own pre-training inputs (caption splits; with an image tokenizer, the images for the codes
     of image modelling), and the prefix-LM and image-modelling losses train; a DaVinci has no zero-shot retrieval, so
     evaluation splits are refused by name."""
+    from zoo.catalog import load_model_config
     from zoo.spec import ConfigError
 
-    from zoo.catalog import load_model_config
-
     image_tokenizer = load_model_config("davinci-tiny")["tasks"]["text_to_image"]["image_tokenizer"]
-    overrides = [f"data.root={shapes}", "data.batch_size=8", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-                 f"train.output_dir={tmp_path}", "train.name=dv", "model.name=davinci-tiny", "data.val=null",
+    overrides = [f"data.root={shapes}", "data.batch_size=8", "trainer.max_epochs=1",
+                 "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", "train.name=dv",
+                 "model.name=davinci-tiny", "data.val=null",
                  "data.test=null"]
     cfg = load_task_config("configs/tasks/pretrain-shapes.yaml", overrides)
     cfg["model"]["overrides"] = {**DAVINCI, "image_tokenizer": image_tokenizer}

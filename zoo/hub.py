@@ -331,8 +331,8 @@ def load_weights_by_part(model, source: str | os.PathLike | Mapping, *, what: st
     file_parts = {k.split(".", 1)[0] for k in state}
     shared = model_parts & file_parts
     if not shared:
-        raise WeightsError(f"{where} holds none of the parts of {type(model).__name__} "
-                           f"(file: {', '.join(sorted(file_parts)) or 'nothing'}; model: {', '.join(sorted(model_parts))})")
+        raise WeightsError(f"{where} holds none of the parts of {type(model).__name__} (file: "
+                           f"{', '.join(sorted(file_parts)) or 'nothing'}; model: {', '.join(sorted(model_parts))})")
     kept = {k: v for k, v in state.items() if k.split(".", 1)[0] in shared}
     load_weights(model, kept, what=where, optional=lambda k: k.split(".", 1)[0] not in shared)
     return {"new": sorted(model_parts - file_parts), "left_out": sorted(file_parts - model_parts)}

@@ -55,7 +55,7 @@ import random
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from zoo.data.shapes import _POSITION_PHRASES, _LANGS, COLOURS, SHAPES, SIZES, _Object
+from zoo.data.shapes import _LANGS, _POSITION_PHRASES, COLOURS, SHAPES, SIZES, _Object
 
 __all__ = [
     "NLVR_TEMPLATES",

@@ -55,9 +55,9 @@ from __future__ import annotations
 
 import difflib
 import os
-from pathlib import Path
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
