@@ -86,7 +86,7 @@ def test_pretrain_config_runs_and_its_export_starts_a_fine_tuning(shapes, tmp_pa
     results = train(cfg)
     assert {"r_mean", "txt_r1", "img_r1"} <= set(results["test"])
     losses = (tmp_path / "pt" / "logs" / "metrics.csv").read_text().splitlines()[0]
-    assert "train/mlm" in losses and "train/itc" in losses and "train/itm" in losses
+    assert all(f"train/{k}" in losses for k in ("mlm", "itc", "itm", "bbox_l1", "bbox_giou"))
     nlvr = load_task_config("configs/tasks/nlvr-shapes.yaml", [
         f"data.root={shapes}", "data.batch_size=8", "data.eval_batch_size=8", "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", "train.name=nlvr",
@@ -94,7 +94,7 @@ def test_pretrain_config_runs_and_its_export_starts_a_fine_tuning(shapes, tmp_pa
         f"model.overrides.text.tokenizer={tmp_path / 'pt' / 'export' / 'tokenizer'}"])
     model = zoo.create_model("x2vlm-tiny", task="nlvr", pretrained=nlvr["model"]["pretrained"],
                              pretrained_strict=False, **nlvr["model"]["overrides"])
-    assert model.load_report == {"new": ["nlvr"], "left_out": ["itc", "itm", "mlm"]}
+    assert model.load_report == {"new": ["nlvr"], "left_out": ["bbox", "itc", "itm", "mlm"]}
     assert "acc" in train(nlvr)["test"]
 
 
@@ -158,3 +158,54 @@ def test_davinci_pretrains_through_the_command_with_its_own_batches(shapes, tmp_
     cfg["model"]["overrides"] = dict(DAVINCI)
     with pytest.raises(ConfigError, match=r"data\.val: pre-training is evaluated by zero-shot retrieval, and DaVinci"):
         train(cfg)
+
+
+def test_region_phrases_bring_their_boxes_to_the_box_head(shapes, tmp_path):
+    """grounding_*.json: one phrase per object with its pixel box; the reader normalises it to (cx, cy, w, h), the
+    collator marks whole-image captions as is_image, and the pre-training step adds the box losses."""
+    import json
+
+    from zoo.data.datasets import DataError, RetrievalTrainDataset
+    from zoo.heads.box import box_losses
+    from zoo.spec import ConfigError
+    from zoo.train.data import resolve_data_tokenizer
+
+    scenes = {s["image"]: s for s in json.loads((shapes / "scenes.json").read_text())}
+    records = json.loads((shapes / "grounding_train.json").read_text())
+    assert sum(len(s["objects"]) for s in scenes.values() if s["split"] == "train") == len(records)
+    for r in records:  # the box is the scene's box of the object the phrase names
+        obj = next(o for o in scenes[r["image"]]["objects"] if r["caption"] == f"the {o['size']} {o['colour']} "
+                                                                                f"{o['shape']}")
+        assert r["bbox"] == obj["bbox"] and r["image_w"] == r["image_h"] == 64
+    model = _tiny(bbox={"type": "bbox", "width": 64})
+    data = {"root": str(shapes), "train": ["retrieval_train.json", "grounding_train.json"], "batch_size": 8,
+            "crop_scale": [1.0, 1.0], "randaugment": False}
+    resolve_data_tokenizer(model, data, tmp_path, "pretrain")
+    dm = TaskDataModule("pretrain", data, model.text.get_tokenizer(), image_size=64)
+    ds = dm.dataset("train")
+    first_region = next(i for i in range(len(ds)) if "bbox" in ds[i])
+    x, y, w, h = records[0]["bbox"]
+    assert ds[first_region]["bbox"] == pytest.approx([(x + w / 2) / 64, (y + h / 2) / 64, w / 64, h / 64])
+    region_items = [ds[i] for i in range(first_region, len(ds))]
+    second = next(it for it in region_items if it["image_id"] != region_items[0]["image_id"])
+    items = [ds[0], ds[5], region_items[0], second]  # captions of images 0 and 1, phrases of two images
+    batch = dm.collator("train")(items)
+    assert batch["is_image"].tolist() == [1, 1, 0, 0]
+    assert batch["target_bbox"][0].tolist() == [0.5, 0.5, 1.0, 1.0]
+    torch.manual_seed(0)
+    losses = TaskModule(model, "pretrain")(batch)
+    assert {"itc", "itm", "mlm", "bbox_l1", "bbox_giou"} <= set(losses)
+    # the box losses count the two region phrases only: recomputed from the head's own boxes
+    image = model.encode_image(batch["images"])
+    text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    cls = model.fuse(text.tokens, batch["attention_mask"], image.tokens, image.mask).tokens[:, 0]
+    l1, giou = box_losses(model.bbox(cls)[2:], batch["target_bbox"][2:])
+    assert torch.allclose(losses["bbox_l1"], l1, atol=1e-6) and torch.allclose(losses["bbox_giou"], giou, atol=1e-6)
+    # crops and flips would move the boxes: refused by name
+    with pytest.raises(ConfigError, match=r"data\.crop_scale: the training data has region boxes"):
+        TaskDataModule("pretrain", {**data, "crop_scale": [0.5, 1.0]}, model.text.get_tokenizer(),
+                       image_size=64).dataset("train")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{**records[0], "bbox": [60, 60, 10, 10]}]))
+    with pytest.raises(DataError, match=r"bad\.json.*record 0.*not a box inside the 64×64 image"):
+        RetrievalTrainDataset(str(bad), media_root=str(shapes), max_words=30)

@@ -197,6 +197,9 @@ class VQACollator:
         return batch
 
 
+_WHOLE_IMAGE = (0.5, 0.5, 1.0, 1.0)  # the (cx, cy, w, h) target of a caption about the whole image
+
+
 class RetrievalCollator:
     """Retrieval items → training ``images, input_ids, attention_mask, image_ids, captions`` (items with ``caption``;
     with ``input_ids_2, attention_mask_2`` when the items carry a translation ``caption_2``) or evaluation
@@ -205,7 +208,8 @@ class RetrievalCollator:
     ``mlm`` (pre-training: ``{"mask_prob": 0.5, "max_masks": 12}``, the official pre-training values, or other
     :class:`zoo.data.masking.WholeWordMasker` settings) adds the MLM inputs of the captions: ``input_ids_masked,
     masked_pos, masked_ids, masked_weight`` (special tokens never chosen; drawn from a ``random.Random`` seeded from
-    torch's generator)."""
+    torch's generator). A batch holding region phrases (items with ``bbox``) adds ``target_bbox`` (B, 4) and
+    ``is_image`` (1 for whole-image captions, which the box losses leave out, as the official ``is_image``)."""
 
     def __init__(self, tokenizer: Any, max_tokens: int | None = 40, mlm: Mapping[str, Any] | None = None):
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
@@ -235,6 +239,9 @@ class RetrievalCollator:
             if self.masker is not None:
                 rng = random.Random(int(torch.randint(2**62, ())))
                 batch.update(self.masker(batch["input_ids"], batch["attention_mask"], rng=rng))
+            if any("bbox" in x for x in items):  # region phrases: their boxes; whole-image captions are left out
+                batch["target_bbox"] = torch.tensor([x.get("bbox", _WHOLE_IMAGE) for x in items], dtype=torch.float32)
+                batch["is_image"] = torch.tensor([0 if "bbox" in x else 1 for x in items], dtype=torch.long)
         else:
             batch["index"] = torch.tensor([int(x["index"]) for x in items], dtype=torch.long)
         return batch

@@ -240,6 +240,23 @@ def read_annotations(ann_files: str | os.PathLike | Sequence[str | os.PathLike])
     return out
 
 
+def _check_box(rec: Mapping) -> str | None:
+    """A region record's ``bbox`` ``[x, y, w, h]`` in pixels inside an ``image_w`` × ``image_h`` image."""
+    for key in ("image_w", "image_h"):
+        value = rec.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            return (f"a record with a 'bbox' needs {key!r} (the image size the box is in), a positive number; got "
+                    f"{_type_name(value) if key in rec else 'nothing'}")
+    box = rec["bbox"]
+    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                            for v in box)):
+        return f"'bbox' must be [x, y, w, h] (four numbers), got {_type_name(box)}"
+    x, y, w, h = box
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > rec["image_w"] or y + h > rec["image_h"]:
+        return f"'bbox' {box} is not a box inside the {rec['image_w']}×{rec['image_h']} image"
+    return None
+
+
 def _type_name(value: Any) -> str:
     return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
 
@@ -641,6 +658,8 @@ class _PairDataset(_AnnotationDataset):
 
     def _check_record(self, rec: Mapping) -> str | None:
         problem = self._check_media(rec) or _check_str(rec, "caption") or _check_id(rec, self._id_key(rec))
+        if problem is None and "bbox" in rec:
+            problem = _check_box(rec)
         if problem is None and self.clean:
             try:
                 pre_caption(rec["caption"], self.max_words)
@@ -660,12 +679,19 @@ class _PairDataset(_AnnotationDataset):
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
         image = self._visual(file, idx, rec, [rec["caption"]])
         caption = pre_caption(rec["caption"], self.max_words) if self.clean else rec["caption"]
-        return {"image": image, "caption": caption, "image_id": self.img_ids[rec[self._id_key(rec)]]}
+        item = {"image": image, "caption": caption, "image_id": self.img_ids[rec[self._id_key(rec)]]}
+        if "bbox" in rec:  # a region phrase: its box, normalised (cx, cy, w, h) as the box head predicts
+            x, y, w, h = (float(v) for v in rec["bbox"])
+            iw, ih = float(rec["image_w"]), float(rec["image_h"])
+            item["bbox"] = [(x + w / 2) / iw, (y + h / 2) / ih, w / iw, h / ih]
+        return item
 
 
 _PAIR_DOC = """
     Items ``{image, caption, image_id}``: ``caption`` through :func:`pre_caption` (``max_words``) unless
     ``clean=False``; ``image_id`` the dense index of the record's ``image_id`` (``video_id``) in first-seen order.
+    A region record (X²-VLM's region data: a phrase with ``bbox`` ``[x, y, w, h]`` in pixels of an ``image_w`` ×
+    ``image_h`` image) adds ``bbox``, normalised ``(cx, cy, w, h)``: the box head's target.
 """
 
 

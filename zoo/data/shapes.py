@@ -18,6 +18,9 @@ Files under the root (all paths inside the JSON are relative to the root):
   ``annotations: [{image_id, id, caption}]``) for the captioning evaluator; the ids are the image ids, which are also
   the file names' stems;
 - ``scenes.json``: the drawn objects of every image (shape, colour, size, position, COCO ``[x, y, w, h]`` box);
+- ``grounding_{train,val,test}.json``: one referring phrase per object with its box, ``[{image, image_w, image_h,
+  caption: "the small red circle", bbox: [x, y, w, h], image_id}]`` (X²-VLM's region data, one record per object),
+  for the box objective of pre-training;
 - reasoning (:mod:`zoo.data.shapes_reasoning`): ``ve_{train,val,test}.json`` (SNLI-VE layout of ALBEF / DaVinci
   ``dataset/ve_dataset.py``: ``[{image, sentence, label: entailment | neutral | contradiction, pair_id}]``, three
   hypotheses per image, one per label) and ``nlvr_{train,val,test}.json`` (NLVR2 layout of X²-VLM / CCLM
@@ -151,7 +154,7 @@ _DIRECTION_ALTERNATIVES = {"right": ("to right", "left to right"), "left": ("to 
 _SPLITS = ("train", "val", "test")
 _IMAGE_FILES = tuple(f"{kind}_{split}.json" for kind in ("vqa", "retrieval", "caption") for split in _SPLITS)
 _VIDEO_FILES = tuple(f"video_{kind}_{split}.json" for kind in ("retrieval", "qa") for split in _SPLITS)
-_REASONING_FILES = tuple(f"{kind}_{split}.json" for kind in ("ve", "nlvr") for split in _SPLITS)
+_REASONING_FILES = tuple(f"{kind}_{split}.json" for kind in ("ve", "nlvr", "grounding") for split in _SPLITS)
 _OTHER_FILES = ("answer_list.json", "video_answer_list.json", "caption_val_gt.json", "caption_test_gt.json",
                 "scenes.json")
 # every file written whatever the parameters: a complete folder's manifest lists them all
@@ -728,7 +731,8 @@ def _check_languages(languages: Any) -> tuple[str, ...]:
     return tuple(languages)
 
 
-_REASONING_PREFIXES = ("ve_", "nlvr_")  # files whose words the shapes tokenizer leaves out (build_shapes_tokenizer)
+# files whose texts the shapes tokenizer leaves out (build_shapes_tokenizer): its vocabulary predates them
+_REASONING_PREFIXES = ("ve_", "nlvr_", "grounding_")
 
 
 def _tokenizer_corpus(files: Mapping[str, Any]) -> list[str]:
@@ -939,6 +943,8 @@ def _generate_into(folder: Path, params: dict[str, int], languages: tuple[str, .
     files["answer_list.json"] = _answer_list([*COLOURS, *SHAPES, *SIZES, "1", "2", "3", "yes", "no", *POSITIONS],
                                              _ALTERNATIVES)
     files["scenes.json"] = scenes
+    for split in _SPLITS:
+        files[f"grounding_{split}.json"] = _grounding_records(scenes, split, size)
 
     video_counts = _video_split_sizes(params["num_videos"])
     # a multiple of 32: decord mis-decodes some other widths (48 px, for one)
@@ -1004,6 +1010,17 @@ def _nlvr_records(split: str, drawn: list[tuple[str, list[_Object]]], seed: int)
             records.append(({"images": [left, right], "sentence": s.sentence, "label": s.label,
                              "identifier": f"shapes-{split}-{len(records)}"}, s.spec))
     return records
+
+
+def _grounding_records(scenes: list[dict], split: str, size: int) -> list[dict]:
+    """One referring phrase per drawn object with its box, in the layout of X²-VLM's region data (``image``,
+    ``image_w``, ``image_h``, a phrase and its ``[x, y, w, h]`` pixel box; here flat, one record per object, with the
+    scene's ``image_id``). The phrase names size, colour and shape ("the small red circle"), which (colour, shape)
+    pairs being unique in a scene, points at exactly one object. Drawn from the scenes only (no random draws)."""
+    return [{"image": scene["image"], "image_w": size, "image_h": size,
+             "caption": f"the {o['size']} {o['colour']} {o['shape']}", "bbox": list(o["bbox"]),
+             "image_id": scene["image_id"]}
+            for scene in scenes if scene["split"] == split for o in scene["objects"]]
 
 
 def _count(obj: Any) -> int:

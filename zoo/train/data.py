@@ -437,6 +437,10 @@ class TaskDataModule(L.LightningDataModule):
             dataset = _few_shot_subset(dataset, list(files), few_shot, int(c["seed"]))
         else:
             dataset = cls(files, **common)
+        records = getattr(dataset, "records", None) or []
+        if train and any("bbox" in rec for _, _, rec in records) and (c["hflip"] or c["crop_scale"] != [1.0, 1.0]):
+            raise ConfigError("the training data has region boxes (bbox), which crops and flips would move: set "
+                              "data.crop_scale: [1.0, 1.0] and data.hflip: false", "data.crop_scale")
         if c["cache_images"]:
             dataset.cache_images()
         if train and c.get("translation"):
