@@ -28,7 +28,7 @@ import torch
 
 from zoo.train.optim import linear_warmup_decay, param_groups, warmup_steps_for
 
-__all__ = ["TaskModule", "NonFiniteLossError", "TASKS", "TASK_HEADS", "has_task_head"]
+__all__ = ["TaskModule", "NonFiniteLossError", "TASKS", "TASK_HEADS", "has_task_head", "task_problem"]
 
 TASKS = ("vqa", "retrieval", "captioning", "ve", "nlvr", "pretrain")
 
@@ -49,6 +49,18 @@ def has_task_head(model: torch.nn.Module, task: str) -> bool:
     return names is None or any(getattr(model, name, None) is not None for name in names)
 
 
+def task_problem(model: torch.nn.Module, task: str) -> tuple[str, str] | None:
+    """Why ``model`` cannot be trained on ``task``, as ``(key to change, what is missing)``: ``"task"`` when the family
+    has no loss method for it, ``"model.task"`` when it has one but was built for another task (no head); None when
+    it can."""
+    method = _LOSS_METHOD[task]
+    if not hasattr(model, method):
+        return "task", f"has no {method}(): it cannot be trained on task {task!r}"
+    if not has_task_head(model, task):
+        return "model.task", f"has no {task} head (one of {', '.join(TASK_HEADS[task])})"
+    return None
+
+
 _ID_KEY = {"vqa": "question_id", "captioning": "image_id", "retrieval": "index", "ve": "index", "nlvr": "index",
            "pretrain": "index"}
 _RETRIEVAL_EVAL = ("retrieval", "pretrain")  # pre-training is evaluated by zero-shot retrieval
@@ -62,9 +74,9 @@ class TaskModule(L.LightningModule):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"task {task!r}: expected one of {', '.join(TASKS)}")
-        method = _LOSS_METHOD[task]
-        if not hasattr(model, method):
-            raise TypeError(f"{type(model).__name__} has no {method}(); it cannot be trained on task {task!r}")
+        problem = task_problem(model, task)
+        if problem is not None:
+            raise TypeError(f"{type(model).__name__} {problem[1]}")
         self.model, self.task = model, task
         self.optim = dict(optim or {})
         self.evaluation = dict(evaluation or {})

@@ -129,18 +129,19 @@ def resolve_data(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_model_for_task(model, task: str, mcfg: Mapping[str, Any], file: str | None) -> None:
-    """A model that cannot be trained on ``task`` is a config error before anything runs: no loss method for it
-    (another family), or a family that has one but was built for another task (no head)."""
-    from zoo.train.module import _LOSS_METHOD, TASK_HEADS, has_task_head  # noqa: PLC0415
+    """A model that cannot be trained on ``task`` (:func:`zoo.train.module.task_problem`) is a config error naming
+    the key to change, before anything runs."""
+    from zoo.train.module import task_problem  # noqa: PLC0415
 
+    problem = task_problem(model, task)
+    if problem is None:
+        return
+    key, missing = problem
     name = mcfg.get("name")
-    if not hasattr(model, _LOSS_METHOD[task]):
-        raise ConfigError(f"{name} ({type(model).__name__}) has no {_LOSS_METHOD[task]}(): it cannot be trained on "
-                          f"task {task!r}", "task", file)
-    if not has_task_head(model, task):
-        raise ConfigError(f"{name} built for task {mcfg.get('task')!r} has no {task} head (one of "
-                          f"{', '.join(TASK_HEADS[task])}): set model.task to the variant that builds it (see "
-                          f"`mmzoo info {name}`)", "model.task", file)
+    if key == "task":
+        raise ConfigError(f"{name} ({type(model).__name__}) {missing}", key, file)
+    raise ConfigError(f"{name} built for task {mcfg.get('task')!r} {missing}: set model.task to the variant that builds "
+                      f"it (see `mmzoo info {name}`)", key, file)
 
 
 def _datamodule(task: str, cfg: Mapping[str, Any], model, tokenizer):
