@@ -240,6 +240,15 @@ def read_annotations(ann_files: str | os.PathLike | Sequence[str | os.PathLike])
     return out
 
 
+def _clean_problem(text: str, max_words: int) -> str | None:
+    """Why :func:`pre_caption` cannot clean ``text`` (e.g. nothing left after the clean-up), or None."""
+    try:
+        pre_caption(text, max_words)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _check_box(rec: Mapping) -> str | None:
     """A region record's ``bbox`` ``[x, y, w, h]`` in pixels inside an ``image_w`` × ``image_h`` image."""
     for key in ("image_w", "image_h"):
@@ -578,12 +587,7 @@ class VEDataset(_AnnotationDataset):
         problem = _check_str(rec, image) or _check_str(rec, sentence) or _check_str(rec, label)
         if problem is None and rec[label] not in VE_LABELS:
             problem = f"{label!r} is {rec[label]!r}; expected one of {', '.join(VE_LABELS)}"
-        if problem is None:
-            try:
-                pre_caption(rec[sentence], self.max_words)
-            except ValueError as exc:
-                problem = str(exc)
-        return problem
+        return problem or _clean_problem(rec[sentence], self.max_words)
 
     def media_path(self, rec: Mapping) -> str:
         rel = rec[self._keys(rec)[0]]
@@ -632,12 +636,7 @@ class NLVRDataset(_AnnotationDataset):
         if problem is None and not (isinstance(label, (bool, str)) and label in _NLVR_LABELS):
             problem = ("missing key 'label'" if "label" not in rec else
                        f"'label' is {_type_name(label)}; expected true / false or \"True\" / \"False\"")
-        if problem is None:
-            try:
-                pre_caption(rec["sentence"], self.max_words)
-            except ValueError as exc:
-                problem = str(exc)
-        return problem
+        return problem or _clean_problem(rec["sentence"], self.max_words)
 
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
         a, b = (self._visual(file, idx, {"image": path}, [rec["sentence"]]) for path in rec["images"])
@@ -661,10 +660,7 @@ class _PairDataset(_AnnotationDataset):
         if problem is None and "bbox" in rec:
             problem = _check_box(rec)
         if problem is None and self.clean:
-            try:
-                pre_caption(rec["caption"], self.max_words)
-            except ValueError as exc:
-                problem = str(exc)
+            problem = _clean_problem(rec["caption"], self.max_words)
         return problem
 
     def _after_load(self) -> None:
@@ -780,10 +776,9 @@ class RetrievalEvalDataset(_AnnotationDataset):
         problem = self._check_media(rec) or _check_str_list(rec, "caption", allow_empty=True)
         if problem is None:
             for j, cap in enumerate(rec["caption"]):
-                try:
-                    pre_caption(cap, self.max_words)
-                except ValueError as exc:
-                    return f"caption[{j}]: {exc}"
+                cap_problem = _clean_problem(cap, self.max_words)
+                if cap_problem:
+                    return f"caption[{j}]: {cap_problem}"
         return problem
 
     def _after_load(self) -> None:
