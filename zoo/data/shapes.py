@@ -44,8 +44,8 @@ Files under the root (all paths inside the JSON are relative to the root):
   (``{image, caption, caption_de, caption_fr, image_id}``), ``parallel_{train,val}.json`` (distinct
   ``{text, text_2, lang: "en", lang_2}`` pairs of the captions and questions) and ``tokenizer_xlmr/`` (an XLM-R-format
   tokenizer of every caption, question and answer, :func:`build_shapes_tokenizer`, which leaves out every ``ve_*`` /
-  ``nlvr_*`` file, translated or not; ``cclm-tiny`` reads it); the manifest lists ``languages`` (a folder written
-  without them, or whose manifest lacks one of the translated files, is regenerated);
+  ``nlvr_*`` / ``grounding_*`` file, translated or not; ``cclm-tiny`` reads it); the manifest lists ``languages``
+  (a folder written without them, or whose manifest lacks one of the translated files, is regenerated);
 - ``manifest.json``: version, parameters and the entry count of every file; written last.
 
 Determinism: every image, video and question draws from its own ``random.Random`` seeded with a string made of the
@@ -764,11 +764,12 @@ def build_shapes_tokenizer(root: str | os.PathLike, vocab_size: int = 511, files
     """The tiny XLM-R-format tokenizer of the shapes data (:func:`zoo.data.multilingual_tokenizer.
     build_multilingual_tokenizer`, a Unigram vocabulary of whole words, ``model="words"``) from every caption,
     question, parallel sentence and answer in every language, written to ``{root}/tokenizer_xlmr`` (or ``out_dir``).
-    The VE and NLVR sentences (``ve_*`` / ``nlvr_*``) are left out: the vocabulary, and so the token ids every earlier
-    run on this data trained with, stay what they were before those files existed; a task on them gets a tokenizer
-    built from its own files (:func:`zoo.train.data.resolve_data_tokenizer`). ``vocab_size`` 511 fits ``cclm-tiny``'s
-    512 ids (``<mask>`` comes on top). ``files`` (name → records) saves re-reading the JSON files. Every character of
-    the corpus is in the vocabulary, so none of the data's texts has an ``<unk>``."""
+    The VE and NLVR sentences and the region phrases (``ve_*`` / ``nlvr_*`` / ``grounding_*``) are left out: the
+    vocabulary, and so the token ids every earlier run on this data trained with, stay what they were before those
+    files existed; a task whose texts hold words it lacks gets a tokenizer built from its own files
+    (:func:`zoo.train.data.resolve_data_tokenizer`). ``vocab_size`` 511 fits ``cclm-tiny``'s 512 ids (``<mask>``
+    comes on top). ``files`` (name → records) saves re-reading the JSON files. Every character of the corpus is in
+    the vocabulary, so none of the data's texts has an ``<unk>``."""
     from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer  # noqa: PLC0415
 
     root = Path(root)

@@ -331,7 +331,7 @@ class TaskDataModule(L.LightningDataModule):
     """Data of one fine-tuning task (see the module docstring for the ``data`` keys).
 
     Args:
-        task: ``"vqa"``, ``"retrieval"``, ``"captioning"``, ``"ve"`` or ``"nlvr"``.
+        task: ``"vqa"``, ``"retrieval"``, ``"captioning"``, ``"ve"``, ``"nlvr"`` or ``"pretrain"``.
         data: the ``data:`` section of a task config.
         tokenizer: the model's tokenizer (``model.text.get_tokenizer()``).
         vqa_mode: ``"generative"`` (answer decoder) or ``"classifier"`` (answer vocabulary).
@@ -437,8 +437,8 @@ class TaskDataModule(L.LightningDataModule):
             dataset = _few_shot_subset(dataset, list(files), few_shot, int(c["seed"]))
         else:
             dataset = cls(files, **common)
-        records = getattr(dataset, "records", None) or []
-        if train and any("bbox" in rec for _, _, rec in records) and (c["hflip"] or c["crop_scale"] != [1.0, 1.0]):
+        if train and (c["hflip"] or c["crop_scale"] != [1.0, 1.0]) \
+                and any("bbox" in rec for _, _, rec in dataset.records):
             raise ConfigError("the training data has region boxes (bbox), which crops and flips would move: set "
                               "data.crop_scale: [1.0, 1.0] and data.hflip: false", "data.crop_scale")
         if c["cache_images"]:
