@@ -60,7 +60,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from zoo.data.transforms import build_image_transform, transform_frames
+from zoo.data.transforms import build_image_transform, to_rgb, transform_frames
 from zoo.registry import DATASETS
 from zoo.spec import ConfigError
 
@@ -69,6 +69,7 @@ __all__ = [
     "CaptionTrainDataset",
     "DataError",
     "NLVRDataset",
+    "SKIP_REASONS",
     "RetrievalEvalDataset",
     "RetrievalTrainDataset",
     "VEDataset",
@@ -78,6 +79,7 @@ __all__ = [
     "answer_weights",
     "pre_caption",
     "pre_question",
+    "problem_kind",
     "read_annotations",
 ]
 
@@ -107,6 +109,43 @@ class DataError(ValueError):
 
     def __reduce__(self):  # picklable across processes with its parts
         return (DataError, (self.file, self.index, self.problem) if self.file is not None else (self.problem,))
+
+
+#: the kinds of bad sample that ``on_bad_sample="skip"`` counts (:func:`problem_kind`)
+SKIP_REASONS = ("not an object", "missing key", "wrong type", "empty text", "invalid text", "bad value",
+                "missing media", "unreadable media")
+
+
+class _Problem(str):
+    """The problem of a record or media file (the text of a :class:`DataError`) and its kind, one of
+    :data:`SKIP_REASONS`, by which skipped samples are counted."""
+
+    kind: str
+
+    def __new__(cls, text: str, kind: str) -> _Problem:
+        obj = super().__new__(cls, text)
+        obj.kind = kind
+        return obj
+
+    def __reduce__(self):  # picklable (data sets travel to DataLoader workers with their ``skipped`` lists)
+        return (_Problem, (str(self), self.kind))
+
+
+def problem_kind(problem: str) -> str:
+    """The kind (:data:`SKIP_REASONS`) of a problem a record check or the media check found; ``"bad value"`` for a
+    problem without one."""
+    return getattr(problem, "kind", "bad value")
+
+
+def _text_problem(key: str, value: str) -> _Problem | None:
+    """A string that cannot be written as UTF-8: a lone surrogate (JSON ``"\\ud800"`` without its pair), which the
+    tokenizers reject."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return _Problem(f"{key!r} is not valid Unicode text: a lone surrogate {value[exc.start]!r} at character "
+                        f"{exc.start} (a \\ud800-style escape in the JSON without its pair)", "invalid text")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -175,8 +214,14 @@ def answer_vocabulary(answer_list_file: str | os.PathLike | None = None,
             answers = [a for a, _ in sorted(data.items(), key=lambda kv: kv[1])]
         elif isinstance(data, list):
             for i, a in enumerate(data):
+                if isinstance(a, Mapping):
+                    raise DataError(path, i, "expected an answer string, got an object (data.answer_list is a JSON "
+                                             "list of answers or an {answer: index} mapping, not a file of records)")
                 if not isinstance(a, str):
-                    raise DataError(path, i, f"expected an answer string, got {type(a).__name__} {a!r}")
+                    raise DataError(path, i, f"expected an answer string, got {_type_name(a)}")
+                problem = _text_problem("answer", a)
+                if problem:
+                    raise DataError(path, i, problem)
             answers = list(data)
         else:
             raise DataError(path, None, f"expected a JSON list of answers, got {type(data).__name__}")
@@ -245,7 +290,7 @@ def _clean_problem(text: str, max_words: int) -> str | None:
     try:
         pre_caption(text, max_words)
     except ValueError as exc:
-        return str(exc)
+        return _Problem(str(exc), "empty text")
     return None
 
 
@@ -254,12 +299,13 @@ def _check_box(rec: Mapping) -> str | None:
     for key in ("image_w", "image_h"):
         value = rec.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            return (f"a record with a 'bbox' needs {key!r} (the image size the box is in), a positive number; got "
-                    f"{_type_name(value) if key in rec else 'nothing'}")
+            return _Problem(f"a record with a 'bbox' needs {key!r} (the image size the box is in), a positive "
+                            f"number; got {_type_name(value) if key in rec else 'nothing'}",
+                            "missing key" if key not in rec else "bad value")
     box = rec["bbox"]
     if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                             for v in box)):
-        return f"'bbox' must be [x, y, w, h] (four numbers), got {_type_name(box)}"
+        return _Problem(f"'bbox' must be [x, y, w, h] (four numbers), got {_type_name(box)}", "wrong type")
     x, y, w, h = box
     if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > rec["image_w"] or y + h > rec["image_h"]:
         return f"'bbox' {box} is not a box inside the {rec['image_w']}×{rec['image_h']} image"
@@ -270,39 +316,46 @@ def _type_name(value: Any) -> str:
     return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
 
 
+def _missing(key: str) -> _Problem:
+    return _Problem(f"missing key {key!r}", "missing key")
+
+
 def _check_str(rec: Mapping, key: str) -> str | None:
     if key not in rec:
-        return f"missing key {key!r}"
+        return _missing(key)
     if not isinstance(rec[key], str):
-        return f"{key!r} must be a string, got {_type_name(rec[key])}"
+        return _Problem(f"{key!r} must be a string, got {_type_name(rec[key])}", "wrong type")
     if not rec[key].strip():
-        return f"{key!r} is empty"
-    return None
+        return _Problem(f"{key!r} is empty", "empty text")
+    return _text_problem(key, rec[key])
 
 
 def _check_id(rec: Mapping, key: str) -> str | None:
     if key not in rec:
-        return f"missing key {key!r}"
+        return _missing(key)
     value = rec[key]
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return f"{key!r} must be an int or a string, got {_type_name(value)}"
+        return _Problem(f"{key!r} must be an int or a string, got {_type_name(value)}", "wrong type")
     return None
 
 
 def _check_str_list(rec: Mapping, key: str, allow_empty: bool, allow_str: bool = False) -> str | None:
     if key not in rec:
-        return f"missing key {key!r}"
+        return _missing(key)
     value = rec[key]
     if allow_str and isinstance(value, str):
-        return None if value.strip() else f"{key!r} is empty"
+        return _text_problem(key, value) if value.strip() else _Problem(f"{key!r} is empty", "empty text")
     if not isinstance(value, list):
         kind = "a string or a list of strings" if allow_str else "a list of strings"
-        return f"{key!r} must be {kind}, got {_type_name(value)}"
+        return _Problem(f"{key!r} must be {kind}, got {_type_name(value)}", "wrong type")
     if not value and not allow_empty:
-        return f"{key!r} is an empty list"
+        return _Problem(f"{key!r} is an empty list", "empty text")
     for j, item in enumerate(value):
         if not isinstance(item, str):
-            return f"{key}[{j}] must be a string, got {_type_name(item)}"
+            return _Problem(f"{key}[{j}] must be a string, got {_type_name(item)}", "wrong type")
+        problem = _text_problem(f"{key}[{j}]", item)
+        if problem:
+            return problem
     return None
 
 
@@ -349,7 +402,7 @@ class _AnnotationDataset(Dataset):
         self.records: list[tuple[str, int, dict]] = []
         for file, idx, rec in raw:
             reason = self._check_record(rec) if isinstance(rec, Mapping) else \
-                f"expected a JSON object, got {_type_name(rec)}"
+                _Problem(f"expected a JSON object, got {_type_name(rec)}", "not an object")
             if reason is None:
                 self.records.append((file, idx, rec))
             elif on_bad_sample == "skip":
@@ -357,6 +410,7 @@ class _AnnotationDataset(Dataset):
             else:
                 raise DataError(file, idx, reason)
         self.num_malformed = len(self.skipped)
+        self.num_bad_media = 0  # records left out by check_media (on_bad_sample="skip")
         self._after_load()
         self.transform = transform if transform is not None else build_image_transform(
             image_size, self.train, randaugment=randaugment)
@@ -371,6 +425,87 @@ class _AnnotationDataset(Dataset):
         cached.
         """
         self._image_cache = {} if enable else None
+
+    # -- the data check ------------------------------------------------------------------------------------------
+    def media_files(self, rec: Mapping) -> list[str]:
+        """The media files a (checked) record names, as they are opened."""
+        return [self.media_path(rec)]
+
+    def check_media(self, progress: bool | None = None, desc: str | None = None,
+                    seen: dict[str, str | None] | None = None) -> int:
+        """Open every media file the records name before any is read for a batch: an image's header and chunks
+        (``Image.open`` + ``verify()``, no decoding), a video's container (its video stream, or decord's frame
+        count). A missing or unreadable file raises :class:`DataError` naming the annotation file, the record and the
+        media file (the first such record in file order); with ``on_bad_sample="skip"`` the records naming one are
+        left out (also from retrieval evaluation: the text index is rebuilt before anything used it), recorded in
+        ``skipped`` and counted in ``num_bad_media``.
+
+        ``progress``: a tqdm bar on stderr (None: when more than 2,000 distinct files are opened); ``seen``: results
+        by path shared between data sets (a file named by several records or splits is opened once). Returns the
+        number of distinct media files this call opened."""
+        seen = {} if seen is None else seen
+        todo = list(dict.fromkeys(p for _, _, rec in self.records for p in self.media_files(rec) if p not in seen))
+        probe = self._probe_video if self.video else _probe_image
+        if todo:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+            from tqdm.auto import tqdm  # noqa: PLC0415
+
+            show = len(todo) > 2000 if progress is None else bool(progress)
+            with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
+                    tqdm(total=len(todo), desc=desc or "checking media", unit="file", disable=not show,
+                         leave=False) as bar:
+                for path, problem in zip(todo, pool.map(probe, todo)):
+                    seen[path] = problem
+                    bar.update(1)
+        bad: dict[int, str] = {}
+        for pos, (file, idx, rec) in enumerate(self.records):
+            problem = next((seen[p] for p in self.media_files(rec) if seen.get(p)), None)
+            if problem is None:
+                continue
+            if self.on_bad_sample == "error":
+                raise DataError(file, idx, problem)
+            bad[pos] = problem
+        if bad:
+            self._leave_out(bad, malformed=False)
+        return len(todo)
+
+    def _leave_out(self, bad: Mapping[int, str], malformed: bool) -> None:
+        """Drop the records at positions ``bad`` (→ their problem) before anything used the data set: recorded in
+        ``skipped`` (before any skip met when reading items) and counted in ``num_malformed`` or ``num_bad_media``;
+        the per-record indexes (``_after_load``) are rebuilt."""
+        at = self.num_malformed + self.num_bad_media
+        for pos in sorted(bad):
+            file, idx, _ = self.records[pos]
+            self.skipped.insert(at, (file, idx, bad[pos]))
+            at += 1
+        self.records = [r for pos, r in enumerate(self.records) if pos not in bad]
+        if malformed:
+            self.num_malformed += len(bad)
+        else:
+            self.num_bad_media += len(bad)
+        self._after_load()
+
+    def _probe_video(self, path: str) -> str | None:
+        from zoo.data.video import VideoReadError, _av_open, _check_file, _decord_reader  # noqa: PLC0415
+
+        try:
+            _check_file(path)
+        except VideoReadError as exc:
+            return _Problem(f"cannot read video: {exc}", "missing media")
+        try:
+            if self.video_backend == "decord":
+                if len(_decord_reader(path)) == 0:
+                    raise VideoReadError(f"{path}: the video has no frames")
+            else:
+                with _av_open(path) as container:
+                    if not container.streams.video:
+                        raise VideoReadError(f"{path}: the file holds no video stream")
+        except VideoReadError as exc:
+            return _Problem(f"cannot read video: {exc}", "unreadable media")
+        except Exception as exc:  # noqa: BLE001 - container libraries raise their own errors
+            return _Problem(f"cannot read video: {path}: {exc}", "unreadable media")
+        return None
 
     # -- to override ---------------------------------------------------------------------------------------------
     def _check_record(self, rec: Mapping) -> str | None:
@@ -393,7 +528,7 @@ class _AnnotationDataset(Dataset):
 
     def _check_media(self, rec: Mapping) -> str | None:
         key = self._media_field(rec)
-        return _check_str(rec, key) if key in rec else f"missing key {self.media_key!r}"
+        return _check_str(rec, key) if key in rec else _missing(self.media_key)
 
     def media_path(self, rec: Mapping) -> str:
         rel = rec[self._media_field(rec)]
@@ -452,11 +587,13 @@ class _AnnotationDataset(Dataset):
 
     @staticmethod
     def _read_image(file: str, idx: int, path: str) -> Image.Image:
+        """The image at ``path`` as 8-bit RGB (:func:`zoo.data.transforms.to_rgb`: 16-bit and float images scaled,
+        transparency over white)."""
         if not os.path.isfile(path):
             raise DataError(file, idx, f"image file not found: {path}")
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")
+                return to_rgb(im)
         except Exception as exc:  # noqa: BLE001 - PIL raises several error types for corrupt files
             raise DataError(file, idx, f"cannot read image {path}: {exc}") from None
 
@@ -516,16 +653,18 @@ class VQADataset(_AnnotationDataset):
         problem = _check_str(rec, "question") or self._check_media(rec)
         if problem:
             return problem
+        if not pre_question(rec["question"], self.max_words).strip():  # what the model would read: nothing
+            return _Problem(f"'question' is empty after clean-up (raw: {rec['question']!r})", "empty text")
         if "answer" in rec:
             problem = _check_str_list(rec, "answer", allow_empty=False, allow_str=True)
             if problem:
                 return problem
         elif self.train:
-            return "missing key 'answer' (training records need answers)"
+            return _Problem("missing key 'answer' (training records need answers)", "missing key")
         if "question_id" in rec or not self.train:
             problem = _check_id(rec, "question_id")
         if problem is None and "dataset" in rec and not isinstance(rec["dataset"], str):
-            problem = f"'dataset' must be a string, got {_type_name(rec['dataset'])}"
+            problem = _Problem(f"'dataset' must be a string, got {_type_name(rec['dataset'])}", "wrong type")
         return problem
 
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
@@ -586,7 +725,7 @@ class VEDataset(_AnnotationDataset):
         image, sentence, label = self._keys(rec)
         problem = _check_str(rec, image) or _check_str(rec, sentence) or _check_str(rec, label)
         if problem is None and rec[label] not in VE_LABELS:
-            problem = f"{label!r} is {rec[label]!r}; expected one of {', '.join(VE_LABELS)}"
+            problem = _Problem(f"{label!r} is {rec[label]!r}; expected one of {', '.join(VE_LABELS)}", "bad value")
         return problem or _clean_problem(rec[sentence], self.max_words)
 
     def media_path(self, rec: Mapping) -> str:
@@ -631,12 +770,16 @@ class NLVRDataset(_AnnotationDataset):
     def _check_record(self, rec: Mapping) -> str | None:
         problem = _check_str_list(rec, "images", allow_empty=False) or _check_str(rec, "sentence")
         if problem is None and len(rec["images"]) != 2:
-            problem = f"'images' must name two images, got {len(rec['images'])}"
+            problem = _Problem(f"'images' must name two images, got {len(rec['images'])}", "bad value")
         label = rec.get("label")
         if problem is None and not (isinstance(label, (bool, str)) and label in _NLVR_LABELS):
-            problem = ("missing key 'label'" if "label" not in rec else
-                       f"'label' is {_type_name(label)}; expected true / false or \"True\" / \"False\"")
+            problem = (_missing("label") if "label" not in rec else
+                       _Problem(f"'label' is {_type_name(label)}; expected true / false or \"True\" / \"False\"",
+                                "bad value"))
         return problem or _clean_problem(rec["sentence"], self.max_words)
+
+    def media_files(self, rec: Mapping) -> list[str]:
+        return [self.media_path({"image": path}) for path in rec["images"]]
 
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
         a, b = (self._visual(file, idx, {"image": path}, [rec["sentence"]]) for path in rec["images"])
@@ -778,7 +921,7 @@ class RetrievalEvalDataset(_AnnotationDataset):
             for j, cap in enumerate(rec["caption"]):
                 cap_problem = _clean_problem(cap, self.max_words)
                 if cap_problem:
-                    return f"caption[{j}]: {cap_problem}"
+                    return _Problem(f"caption[{j}]: {cap_problem}", problem_kind(cap_problem))
         return problem
 
     def _after_load(self) -> None:
@@ -844,6 +987,19 @@ class CaptionEvalDataset(_AnnotationDataset):
         caps = rec.get("caption", [])
         caps = [caps] if isinstance(caps, str) else list(caps)
         return {"image": self._visual(file, idx, rec, caps), "image_id": self.image_ids[i], "captions": caps}
+
+
+def _probe_image(path: str) -> str | None:
+    """Why the image at ``path`` cannot be read (missing, not an image, truncated or corrupt chunks), or None; reads
+    the header and (``verify()``) the file's structure without decoding the pixels."""
+    if not os.path.isfile(path):
+        return _Problem(f"image file not found: {path}", "missing media")
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as exc:  # noqa: BLE001 - PIL raises several error types for corrupt files
+        return _Problem(f"cannot read image {path}: {exc}", "unreadable media")
+    return None
 
 
 def _id_from_file_name(path: str) -> int | None:

@@ -50,6 +50,7 @@ __all__ = [
     "TRAIN_CROP_SCALE",
     "RandomAugment",
     "build_image_transform",
+    "to_rgb",
     "transform_frames",
 ]
 
@@ -61,6 +62,45 @@ OFFICIAL_AUGMENTATIONS = ("Identity", "AutoContrast", "Equalize", "Brightness", 
 _MAX_LEVEL = 10
 _TRANSLATE_CONST = 10  # pixels at the maximum level
 _FILL = (128, 128, 128)
+
+
+_WHITE = (255, 255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image → an 8-bit RGB image with the same content, the one conversion every image read goes through.
+
+    PIL's own ``convert("RGB")`` clips wide modes to 0..255 (a 16-bit grey PNG becomes all white, a float image all
+    black or white) and drops alpha (transparent pixels show whatever colour they store). Here:
+
+    - ``I;16`` / ``I;16L`` / ``I;16B`` (16-bit grey) and ``I`` (32-bit int, which is how PIL opens 16-bit PNG and TIFF
+      files) are read as 0..65535 (``I`` clipped to that range) and scaled to 0..255 with rounding,
+      ``round(v / 257)`` (65535 → 255, 32896 → 128);
+    - ``F`` (32-bit float) is read as 0..1 (clipped), scaled ``round(v * 255)``;
+    - modes with alpha (``RGBA``, ``LA``, ``PA``, ``RGBa``) and palette images with a transparent colour
+      (``P`` with ``info["transparency"]``) are composited over white (:func:`PIL.Image.alpha_composite`);
+    - everything else (``RGB``, ``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``, ...) through ``convert("RGB")``.
+
+    The pixels are loaded here, so the result outlives the file it was opened from.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    mode = image.mode
+    if mode == "RGB":
+        image.load()
+        return image.copy()
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(image).astype(np.int64)
+        grey = (np.clip(arr, 0, 65535) * 2 + 257) // 514  # round(v / 257) in integers (no ties: 257 is odd)
+        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        grey = np.rint(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0)
+        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 class RandomAugment:

@@ -66,8 +66,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from zoo.spec import ConfigError
 
-__all__ = ["DATA_KEYS", "SIDE_STREAMS", "TASK_NAMES", "TaskDataModule", "read_instructions", "read_parallel",
-           "resolve_data_tokenizer"]
+__all__ = ["DATA_KEYS", "SIDE_STREAMS", "TASK_NAMES", "DataReport", "TaskDataModule", "read_instructions",
+           "read_parallel", "resolve_data_tokenizer"]
 
 TASK_NAMES = ("vqa", "retrieval", "captioning", "ve", "nlvr", "pretrain")
 SPLITS = ("train", "val", "test")
@@ -355,6 +355,9 @@ class TaskDataModule(L.LightningDataModule):
         self._text_tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batch_skips: dict[str, int] = {s: 0 for s in SPLITS}
         self._side: dict[str, list[dict[str, Any]]] = {}
+        self._side_skipped: dict[str, list[tuple[str, int, str]]] = {}
+        self._checked: dict[str, int] = {}  # data set key -> distinct media files its check opened
+        self._checking: tuple[bool | None, dict[str, Any]] | None = None  # (progress, seen) while check() builds
         self._model: Any = None
         self._class_names: list[str] | None = None
 
@@ -409,13 +412,13 @@ class TaskDataModule(L.LightningDataModule):
             raise KeyError(f"data.{split} is a single evaluation set; no {name!r}")
         key = split if name is None else f"{split}/{name}"
         if key not in self._datasets:
-            self._datasets[key] = self._build(split, files)
+            self._datasets[key] = self._build(split, files, key)
         return self._datasets[key]
 
-    def _build(self, split: str, files: list[str]) -> Any:
+    def _build(self, split: str, files: list[str], key: str | None = None) -> Any:
         from zoo.data import datasets as D  # noqa: PLC0415
 
-        c, train = self.cfg, split == "train"
+        c, train, key = self.cfg, split == "train", key or split
         common = {"media_root": c["root"], "image_size": self.image_size, "train": train, "video": c["video"],
                   "num_frames": c["num_frames"], "video_backend": c["video_backend"],
                   "on_bad_sample": c["on_bad_sample"], "hflip": c["hflip"], "randaugment": c["randaugment"]}
@@ -431,12 +434,13 @@ class TaskDataModule(L.LightningDataModule):
             "pretrain": (D.RetrievalTrainDataset, D.RetrievalEvalDataset),  # evaluated by zero-shot retrieval
         }[self.task][0 if train else 1]
         few_shot = c.get("few_shot") if train else None
+        extra = [f for _, lang_files in few_shot.values() for f in lang_files] if few_shot else []
+        dataset = cls(list(files) + extra, **common)
+        if self._checking is not None:  # check(): every media file opened before the views below pick records
+            progress, seen = self._checking
+            self._checked[key] = dataset.check_media(progress, desc=f"checking {key} media", seen=seen)
         if few_shot:
-            extra = [f for _, lang_files in few_shot.values() for f in lang_files]
-            dataset = cls(list(files) + extra, **common)
             dataset = _few_shot_subset(dataset, list(files), few_shot, int(c["seed"]))
-        else:
-            dataset = cls(files, **common)
         if train and (c["hflip"] or c["crop_scale"] != [1.0, 1.0]) \
                 and any("bbox" in rec for _, _, rec in dataset.records):
             raise ConfigError("the training data has region boxes (bbox), which crops and flips would move: set "
@@ -590,9 +594,7 @@ class TaskDataModule(L.LightningDataModule):
         from zoo.data import collate as C  # noqa: PLC0415
 
         c = self.cfg
-        if key not in self._side:
-            self._side[key] = read_parallel(c[key]) if key == "parallel" else read_instructions(c[key])
-        records = self._side[key]
+        records = self._side_records(key)
         world, rank = self._world()
         size = int(c.get(f"{key}_batch_size") or c["batch_size"])
         if -(-len(records) // world) < size:
@@ -636,36 +638,217 @@ class TaskDataModule(L.LightningDataModule):
                           collate_fn=self.collator(split), drop_last=drop_last, generator=generator,
                           pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
-    # -- skipped samples -----------------------------------------------------------------------------------------
+    def tokenizer_texts(self) -> list[str]:
+        """The texts a data tokenizer is built from (``text.tokenizer: data``): of the answer list and of every split's
+        files, the records' questions, captions (and their ``caption_*`` translations), sentences, parallel texts and
+        answers, each raw and as :func:`zoo.data.datasets.pre_caption` cleans it, distinct, in the order of
+        :func:`zoo.data.shapes._tokenizer_corpus` (files by ``"{position}:{file name}"``). Only records the readers
+        accepted count (the data sets are read here if :meth:`check` has not read them; a malformed record raises
+        :class:`zoo.data.datasets.DataError` or, with ``on_bad_sample: skip``, is left out)."""
+        from zoo.data.datasets import _load_json, pre_caption  # noqa: PLC0415
+
+        sources: list[tuple[str, list[Any]]] = []
+        if self.cfg.get("answer_list"):
+            answers = self._answer_list if self.task == "vqa" and self._answer_list is not None else None
+            if answers is None:
+                from zoo.data.datasets import answer_vocabulary  # noqa: PLC0415
+
+                answers = answer_vocabulary(self.cfg["answer_list"])
+            if self.task == "vqa" and self._answer_list is None:
+                self._answer_list = answers
+            raw = _load_json(self.cfg["answer_list"])
+            sources.append((self.cfg["answer_list"], list(raw) if isinstance(raw, list) else list(answers)))
+        for split in SPLITS:
+            value = self.cfg.get(split)
+            if not value:
+                continue
+            sets = value.items() if isinstance(value, Mapping) else [(None, value)]
+            for name, files in sets:
+                records = self.dataset(split, name).records
+                for f in files:
+                    sources.append((f, [rec for file, _, rec in records if file == f]))
+        texts: list[str] = []
+        for _, (_, recs) in sorted((f"{i}:{Path(path).name}", (path, recs)) for i, (path, recs) in
+                                   enumerate(sources)):
+            for rec in recs:
+                if isinstance(rec, str):  # answer list
+                    texts.append(rec)
+                    continue
+                for key, value in rec.items():
+                    if key in ("question", "text", "text_2", "sentence", "answer") or key == "caption" \
+                            or key.startswith("caption_"):
+                        texts.extend([value] if isinstance(value, str) else
+                                     [v for v in value if isinstance(v, str)] if isinstance(value, list) else [])
+        out = []
+        for t in texts:
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:  # a field no reader checks (a translation nobody asked for)
+                continue
+            out.append(t)
+            try:
+                out.append(pre_caption(t, 10_000))
+            except ValueError:  # nothing left after the clean-up (an answer "?")
+                pass
+        return list(dict.fromkeys(out))
+
+    # -- the data check and skipped samples ----------------------------------------------------------------------
+    def _side_records(self, key: str) -> list[dict[str, Any]]:
+        """The records of side stream ``key`` (read once; with ``on_bad_sample: skip`` malformed ones left out and
+        counted)."""
+        if key not in self._side:
+            skipped: list[tuple[str, int, str]] | None = [] if self.cfg["on_bad_sample"] == "skip" else None
+            reader = read_parallel if key == "parallel" else read_instructions
+            self._side[key] = reader(self.cfg[key], skipped=skipped)
+            self._side_skipped[key] = skipped or []
+        return self._side[key]
+
+    def check(self, splits: Sequence[str] | None = None, progress: bool | None = None) -> DataReport:
+        """Check all the data before training starts: the answer list, every record of every split (``splits``:
+        default all; each named evaluation set) and of the side streams (``data.parallel``, ``data.language``, with
+        the training split), and every media file the records name, opened (:meth:`zoo.data.datasets.
+        _AnnotationDataset.check_media`: an image's header and structure, a video's container; each distinct file
+        once, a tqdm bar on stderr above 2,000 files or with ``progress=True``). A bad record or file raises
+        :class:`zoo.data.datasets.DataError` naming the annotation file, the record's index and the problem; with
+        ``on_bad_sample: skip`` it is left out and counted per split and reason (:meth:`skipped_counts`). The data
+        sets stay built for training and evaluation (no file is read twice). Returns what was checked."""
+        from zoo.data.datasets import answer_vocabulary  # noqa: PLC0415
+
+        wanted = SPLITS if splits is None else tuple(dict.fromkeys(_split_of(s) for s in splits))
+        report = DataReport(on_bad_sample=self.cfg["on_bad_sample"])
+        if self.cfg.get("answer_list"):
+            answers = answer_vocabulary(self.cfg["answer_list"])  # DataError naming the file and the entry
+            if self.task == "vqa" and self._answer_list is None:
+                self._answer_list = answers
+            report.answers = len(answers)
+        seen: dict[str, Any] = {}
+        for split in wanted:
+            if not self.cfg.get(split):
+                continue
+            for name in self.eval_names(split) if split != "train" else [None]:
+                key = split if name is None else f"{split}/{name}"
+                if key not in self._checked:
+                    self._datasets.pop(key, None)  # built before the check: read again, with the media check
+                    self._checking = (progress, seen)
+                    try:
+                        self.dataset(split, name)
+                    finally:
+                        self._checking = None
+                report.records[key] = len(self._datasets[key])
+                report.media[key] = self._checked[key]
+            if split == "train":
+                for side in SIDE_STREAMS:
+                    if self.cfg.get(side):
+                        report.records[side] = len(self._side_records(side))
+        report.skipped = {k: v for k, v in self.skipped_counts(batches=False).items()
+                          if k in report.records}
+        return report
+
+    def _skip_sources(self) -> list[tuple[str, Any, list[tuple[str, int, str]]]]:
+        """``(key, data set or None, skips left out before any batch)`` for every data set and side stream read."""
+        out = []
+        for key, ds in self._datasets.items():
+            n = int(getattr(ds, "num_malformed", 0)) + int(getattr(ds, "num_bad_media", 0))
+            out.append((key, ds, list(getattr(ds, "skipped", []))[:n]))
+        out += [(key, None, skipped) for key, skipped in self._side_skipped.items()]
+        return out
+
+    def skipped_counts(self, batches: bool = True) -> dict[str, dict[str, int]]:
+        """Samples skipped with ``on_bad_sample: skip``: ``{split: {reason: count}}`` for the splits (``train``,
+        ``val``, ``test``, ``val/de`` for a named evaluation set, ``parallel`` / ``language`` for side streams) that
+        skipped any. Reasons are :data:`zoo.data.datasets.SKIP_REASONS` for records left out when read or by the
+        data check, and ``"dropped from a batch"`` for samples whose media failed when read for a batch (counted
+        from the batches, in any loader process; with ``batches=False`` left out)."""
+        from zoo.data.datasets import SKIP_REASONS, problem_kind  # noqa: PLC0415
+
+        out: dict[str, dict[str, int]] = {}
+        for key, _, skipped in self._skip_sources():
+            for _, _, reason in skipped:
+                kind = problem_kind(reason)
+                out.setdefault(key, {})[kind] = out.get(key, {}).get(kind, 0) + 1
+        if batches:
+            for split, n in self._batch_skips.items():
+                if n:
+                    out.setdefault(split, {})["dropped from a batch"] = n
+        order = {reason: i for i, reason in enumerate(SKIP_REASONS)}
+        return {key: dict(sorted(reasons.items(), key=lambda kv: order.get(kv[0], len(order))))
+                for key, reasons in out.items()}
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, Mapping) and batch.get("num_skipped"):
+        task_batch = batch.get("task") if isinstance(batch, Mapping) and "task" in batch else batch  # side streams
+        if isinstance(task_batch, Mapping) and task_batch.get("num_skipped"):
             trainer = getattr(self, "trainer", None)
             stage = getattr(getattr(trainer, "state", None), "stage", None)
             try:
                 split = _split_of(stage) if stage is not None else "train"
             except ValueError:
                 split = "train"
-            self._batch_skips[split] += int(batch["num_skipped"])
+            self._batch_skips[split] += int(task_batch["num_skipped"])
         return batch
 
     def skipped_report(self) -> str:
-        """Skipped samples per split: malformed records left out at load (with their reasons), samples dropped
-        from batches, and the reasons recorded in this process (those met in loader workers went to warnings)."""
+        """Skipped samples per split and reason (:meth:`skipped_counts`): malformed records left out at load,
+        records whose media the data check could not open, samples dropped from batches, and up to 20 of the records
+        with their problems (those met in loader workers went to warnings)."""
+        from zoo.data.datasets import problem_kind  # noqa: PLC0415
+
         lines = []
-        for split in SPLITS:
-            ds = self._datasets.get(split) or next(
-                (d for k, d in self._datasets.items() if k.startswith(f"{split}/")), None)
-            malformed = getattr(ds, "num_malformed", 0) if ds is not None else 0
-            dropped = self._batch_skips[split]
-            if not malformed and not dropped:
+        counts = self.skipped_counts()
+        sources = {key: (ds, skipped) for key, ds, skipped in self._skip_sources()}
+        for key in sorted(set(counts) | set(sources), key=lambda k: (_SPLIT_ORDER.get(k.split("/")[0], 9), k)):
+            ds, skipped = sources.get(key, (None, []))
+            malformed = int(getattr(ds, "num_malformed", 0)) if ds is not None else len(skipped)
+            media = int(getattr(ds, "num_bad_media", 0)) if ds is not None else 0
+            dropped = self._batch_skips.get(key, 0)
+            if not (malformed or media or dropped):
                 continue
-            lines.append(f"{split}: {malformed} malformed record(s) left out at load, {dropped} sample(s) dropped "
-                         "from batches (unreadable media)")
-            for file, index, reason in (ds.skipped if ds is not None else [])[:20]:
-                lines.append(f"  {file}: record {index}: {reason}")
-            if ds is not None and len(ds.skipped) > 20:
-                lines.append(f"  ... and {len(ds.skipped) - 20} more")
+            line = f"{key}: {malformed} malformed record(s) left out at load"
+            if media:
+                line += f", {media} record(s) with unreadable media left out by the data check"
+            lines.append(f"{line}, {dropped} sample(s) dropped from batches (unreadable media)")
+            lines.append("  by reason: " + ", ".join(f"{reason} {n}" for reason, n in counts.get(key, {}).items()))
+            details = list(getattr(ds, "skipped", skipped)) if ds is not None else skipped
+            for file, index, reason in details[:20]:
+                lines.append(f"  {file}: record {index}: {reason} [{problem_kind(reason)}]")
+            if len(details) > 20:
+                lines.append(f"  ... and {len(details) - 20} more")
         return "\n".join(lines) if lines else "no samples skipped"
+
+
+_SPLIT_ORDER = {"train": 0, "parallel": 1, "language": 2, "val": 3, "test": 4}
+
+
+class DataReport:
+    """What :meth:`TaskDataModule.check` checked: ``records`` kept per split (``train``, ``val``, ``val/de``, side
+    streams), distinct ``media`` files opened per split (a file shared with an earlier split counts there),
+    ``answers`` in the answer list (None without one), and ``skipped`` ``{split: {reason: count}}``
+    (``on_bad_sample: skip``). ``str()`` is the summary ``mmzoo train`` prints before training."""
+
+    def __init__(self, on_bad_sample: str = "error"):
+        self.on_bad_sample = on_bad_sample
+        self.records: dict[str, int] = {}
+        self.media: dict[str, int] = {}
+        self.answers: int | None = None
+        self.skipped: dict[str, dict[str, int]] = {}
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(n for reasons in self.skipped.values() for n in reasons.values())
+
+    def __str__(self) -> str:
+        parts = [f"{key} {n:,} records" + (f" ({self.media[key]:,} media files)" if key in self.media else "")
+                 for key, n in self.records.items()]
+        if self.answers is not None:
+            parts.append(f"answer list {self.answers:,} answers")
+        text = "data check: " + ("; ".join(parts) if parts else "nothing to check")
+        if self.skipped:
+            text += f"\nskipped {self.num_skipped:,} bad sample(s) (data.on_bad_sample: skip): " + "; ".join(
+                f"{key}: " + ", ".join(f"{reason} {n}" for reason, n in reasons.items())
+                for key, reasons in self.skipped.items())
+        return text
+
+    def __repr__(self) -> str:
+        return f"DataReport(records={self.records}, media={self.media}, skipped={self.skipped})"
 
 
 def _eval_split(stage: Any) -> str:
@@ -721,13 +904,23 @@ class _WithTranslation(_DatasetView):
     def __init__(self, dataset: Any, languages: Sequence[str]):
         super().__init__(dataset)
         self.languages = list(languages)
-        from zoo.data.datasets import DataError  # noqa: PLC0415
+        from zoo.data.datasets import DataError, _check_str, _clean_problem, _Problem, problem_kind  # noqa: PLC0415
 
-        for file, idx, rec in dataset.records:
+        bad: dict[int, str] = {}
+        for pos, (file, idx, rec) in enumerate(dataset.records):
             for lang in self.languages:
-                if not isinstance(rec.get(f"caption_{lang}"), str):
-                    raise DataError(file, idx, f"data.translation: the record has no string 'caption_{lang}' "
-                                               "(a translation of its caption)")
+                key = f"caption_{lang}"
+                problem = _check_str(rec, key) or (_clean_problem(rec[key], dataset.max_words)
+                                                   if getattr(dataset, "clean", True) else None)
+                if problem is None:
+                    continue
+                problem = _Problem(f"data.translation: {problem} (the record's caption in {lang!r})",
+                                   problem_kind(problem))
+                if dataset.on_bad_sample != "skip":
+                    raise DataError(file, idx, problem)
+                bad.setdefault(pos, problem)
+        if bad:
+            dataset._leave_out(bad, malformed=True)
 
     def __getitem__(self, i: int) -> Any:
         from zoo.data.datasets import pre_caption  # noqa: PLC0415
@@ -743,36 +936,70 @@ class _WithTranslation(_DatasetView):
         return item
 
 
-def read_instructions(files: str | Sequence[str]) -> list[dict[str, str]]:
-    """Language-only instruction records of JSON list files in the Alpaca (``instruction``, ``input``, ``output``) or
-    Dolly (``instruction``, ``context``, ``response``) layout → ``{instruction, input, output}``; a record without an
-    instruction and an answer string is an error naming the file and record."""
+def _side_problem(rec: Any, keys: Sequence[str], expected: str) -> str | None:
+    """The problem of a side-stream record whose ``keys`` must hold text (an empty string allowed): ``expected``
+    (what the record should be) with the kind of what is wrong, or the first text that is not valid Unicode."""
+    from zoo.data.datasets import _Problem, _text_problem  # noqa: PLC0415
+
+    if not isinstance(rec, Mapping):
+        return _Problem(expected, "not an object")
+    for key in keys:
+        if not isinstance(rec.get(key), str):
+            return _Problem(expected, "missing key" if rec.get(key) is None else "wrong type")
+    return next((p for p in (_text_problem(k, rec[k]) for k in keys) if p), None)
+
+
+def _read_side(files: str | Sequence[str], problem: Callable[[Any], str | None],
+               skipped: list[tuple[str, int, str]] | None) -> list[tuple[str, int, Any]]:
     from zoo.data.datasets import DataError, read_annotations  # noqa: PLC0415
 
     out = []
     for file, idx, rec in read_annotations([files] if isinstance(files, str) else list(files)):
-        answer = rec.get("output", rec.get("response")) if isinstance(rec, Mapping) else None
-        extra = rec.get("input", rec.get("context")) if isinstance(rec, Mapping) else None
-        if not (isinstance(rec, Mapping) and isinstance(rec.get("instruction"), str) and isinstance(answer, str)
-                and (extra is None or isinstance(extra, str))):
-            raise DataError(file, idx, "expected an object with strings 'instruction' and 'output' (Alpaca) or "
-                                       "'response' (Dolly), and optionally 'input' / 'context'")
+        reason = problem(rec)
+        if reason is None:
+            out.append((file, idx, rec))
+        elif skipped is None:
+            raise DataError(file, idx, reason)
+        else:
+            skipped.append((file, idx, reason))
+    return out
+
+
+def read_instructions(files: str | Sequence[str], skipped: list[tuple[str, int, str]] | None = None
+                      ) -> list[dict[str, str]]:
+    """Language-only instruction records of JSON list files in the Alpaca (``instruction``, ``input``, ``output``) or
+    Dolly (``instruction``, ``context``, ``response``) layout → ``{instruction, input, output}``; a record without an
+    instruction and an answer string (or with text that is not valid Unicode) is an error naming the file and record,
+    or, given a ``skipped`` list, left out and appended to it as ``(file, index, problem)``."""
+    expected = ("expected an object with strings 'instruction' and 'output' (Alpaca) or 'response' (Dolly), and "
+                "optionally 'input' / 'context'")
+
+    def fields(rec: Mapping) -> tuple[Any, Any]:
+        return rec.get("output", rec.get("response")), rec.get("input", rec.get("context"))
+
+    def problem(rec: Any) -> str | None:
+        if isinstance(rec, Mapping):
+            answer, extra = fields(rec)
+            view = {"instruction": rec.get("instruction"), "output": answer, "input": "" if extra is None else extra}
+        else:
+            view = rec
+        return _side_problem(view, ("instruction", "output", "input"), expected)
+
+    out = []
+    for _, _, rec in _read_side(files, problem, skipped):
+        answer, extra = fields(rec)
         out.append({"instruction": rec["instruction"], "input": extra or "", "output": answer})
     return out
 
 
-def read_parallel(files: str | Sequence[str]) -> list[dict[str, str]]:
+def read_parallel(files: str | Sequence[str], skipped: list[tuple[str, int, str]] | None = None
+                  ) -> list[dict[str, str]]:
     """Parallel-sentence records ``{text, text_2, ...}`` of JSON list files (the shapes ``parallel_{train,val}.json``),
-    for :class:`zoo.data.collate.ParallelTextCollator`; a record without two strings is an error naming the file."""
-    from zoo.data.datasets import DataError, read_annotations  # noqa: PLC0415
-
-    out = []
-    for file, idx, rec in read_annotations([files] if isinstance(files, str) else list(files)):
-        if not (isinstance(rec, Mapping) and isinstance(rec.get("text"), str) and isinstance(rec.get("text_2"), str)):
-            raise DataError(file, idx, "expected an object with strings 'text' and 'text_2' (a sentence and its "
-                                       "translation)")
-        out.append(dict(rec))
-    return out
+    for :class:`zoo.data.collate.ParallelTextCollator`; a record without two strings (or with text that is not valid
+    Unicode) is an error naming the file and record, or, given a ``skipped`` list, left out and appended to it."""
+    expected = "expected an object with strings 'text' and 'text_2' (a sentence and its translation)"
+    return [dict(rec) for _, _, rec in _read_side(files, lambda r: _side_problem(r, ("text", "text_2"), expected),
+                                                  skipped)]
 
 
 def _vocab_rows(text: Any) -> int:
@@ -787,23 +1014,10 @@ def _vocab_rows(text: Any) -> int:
 
 
 def _data_texts(task: str, data: Mapping[str, Any]) -> list[str]:
-    """Every text of the data section's files (:func:`zoo.data.shapes._tokenizer_corpus`: questions, captions,
-    sentences, answers, the answer list; raw and cleaned)."""
-    from zoo.data.datasets import DataError, _load_json  # noqa: PLC0415
-    from zoo.data.shapes import _tokenizer_corpus  # noqa: PLC0415
-
-    cfg = _validate(task, data, "generative", 1)  # the data module's own path rules and file checks
-    paths = [cfg["answer_list"]] if cfg.get("answer_list") else []
-    for split in SPLITS:
-        value = cfg.get(split) or []
-        paths += [f for files in value.values() for f in files] if isinstance(value, Mapping) else value
-    files: dict[str, Any] = {}
-    for i, path in enumerate(paths):
-        try:
-            files[f"{i}:{Path(path).name}"] = _load_json(path)
-        except DataError as exc:
-            raise ConfigError(f"cannot read {path} for the data tokenizer ({exc.problem})", "data") from None
-    return _tokenizer_corpus(files)
+    """Every text of the data section's files (:meth:`TaskDataModule.tokenizer_texts`), from records the readers
+    checked: a malformed record is a :class:`zoo.data.datasets.DataError` naming the file and record (with
+    ``on_bad_sample: skip`` it is left out). Media files are not opened here (:meth:`TaskDataModule.check`)."""
+    return TaskDataModule(task, data, None, image_size=1).tokenizer_texts()
 
 
 def _knows_every_word(folder: Path, texts: Sequence[str]) -> bool:
@@ -819,7 +1033,7 @@ def _knows_every_word(folder: Path, texts: Sequence[str]) -> bool:
 
 
 def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | os.PathLike,
-                           task: str = "vqa") -> None:
+                           task: str = "vqa", datamodule: TaskDataModule | None = None) -> None:
     """``text.tokenizer: data`` (alias ``shapes``): the data's own word-level tokenizer, for models trained from
     scratch on a small closed vocabulary. It is the data folder's ``tokenizer_xlmr/`` when there is one (the shapes
     generator writes it, :func:`zoo.data.shapes.shapes_tokenizer`) and it has a token for every word of the data's
@@ -828,8 +1042,10 @@ def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | o
     answers, the answer list; :func:`zoo.data.multilingual_tokenizer.
     build_multilingual_tokenizer` with ``model="words"``) into ``out_dir/tokenizer_data``, sized to the text part's
     ``vocab_size``. A model with ``tokenizer_texts()`` (text it writes around the data, e.g. a prompt template) always
-    gets one built from the data's texts and those. Call before ``model.text.get_tokenizer()``; the model config then
-    names the folder."""
+    gets one built from the data's texts and those. The texts come from records the readers checked
+    (:meth:`TaskDataModule.tokenizer_texts`; ``datamodule``: the data module :meth:`TaskDataModule.check` has checked,
+    whose records are used as they are, else one is made from ``data`` and ``task``). Call before
+    ``model.text.get_tokenizer()``; the model config then names the folder."""
     text = getattr(model, "text", None)
     if getattr(text, "tokenizer", None) not in ("data", "shapes"):
         return
@@ -840,7 +1056,7 @@ def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | o
     # texts the model writes around the data (MultiModal-GPT's instruction template): their words join the vocabulary,
     # else a word-level tokenizer spells them letter by letter (the template alone was 120 tokens)
     model_texts = list(model.tokenizer_texts()) if hasattr(model, "tokenizer_texts") else []
-    corpus = _data_texts(task, data)
+    corpus = datamodule.tokenizer_texts() if datamodule is not None else _data_texts(task, data)
     if folder is None or not (folder / "tokenizer.json").is_file() or model_texts \
             or not _knows_every_word(folder, corpus):
         from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer  # noqa: PLC0415

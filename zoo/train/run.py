@@ -204,9 +204,11 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     from zoo.train.data import resolve_data_tokenizer  # noqa: PLC0415
 
     data = resolve_data(cfg.get("data") or {})  # `root: shapes` → the generated folder (made on first use)
-    resolve_data_tokenizer(model, data, run_dir, task)  # `text.tokenizer: data` → the data's word-level tokenizer
-    tokenizer = model.text.get_tokenizer()
-    dm = _datamodule(task, {**cfg, "data": data}, model, tokenizer)
+    dm = _datamodule(task, {**cfg, "data": data}, model, None)  # the tokenizer comes after the data check
+    print(dm.check())  # every record and media file, before the data tokenizer and before the run folder exists
+    # `text.tokenizer: data` → the data's word-level tokenizer, from the checked records
+    resolve_data_tokenizer(model, data, run_dir, task, datamodule=dm)
+    tokenizer = dm.tokenizer = model.text.get_tokenizer()
     head = getattr(model, "vqa", None)
     if task == "vqa" and not getattr(model, "generative_vqa", True) and hasattr(head, "num_classes") \
             and head.num_classes != len(dm.answer_vocab):
@@ -254,6 +256,9 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
         if csv_file.is_file():
             _plot_curves(csv_file, run_dir / "curves.png")
             results["curves"] = str(run_dir / "curves.png")
+        results["skipped"] = dm.skipped_counts()  # {split: {reason: count}} (data.on_bad_sample: skip)
+        if dm.cfg["on_bad_sample"] == "skip":
+            print(f"skipped samples (data.on_bad_sample: skip):\n{dm.skipped_report()}")
         from zoo.hub import atomic_write  # noqa: PLC0415
 
         with atomic_write(run_dir / "results.json", "w") as fh:
@@ -332,6 +337,7 @@ def evaluate(source: str | os.PathLike, config: str | os.PathLike, overrides: It
     dm = _datamodule(cfg["task"], cfg, model, model.text.get_tokenizer())
     if not dm.has_split(split):
         raise ConfigError(f"the data config has no {split!r} split", f"data.{split}", cfg.get("_file"))
+    print(dm.check([split]))  # the split's records and media files, before evaluation starts
     module = TaskModule(model, cfg["task"], cfg.get("optim"), cfg.get("evaluation"))
     limits = {k: v for k, v in (cfg.get("trainer") or {}).items()
               if k in ("limit_val_batches", "limit_test_batches", "precision")}
