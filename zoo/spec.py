@@ -8,7 +8,8 @@ or an unregistered type raises :class:`ConfigError` naming the dotted path, the 
 
 YAML files may inherit: ``_base_: other.yaml`` (or a list; paths relative to the file) is loaded first and the file
 is deep-merged over it. A mapping holding ``_replace_: true`` replaces the inherited mapping instead of merging.
-Overrides ``key.sub=value`` parse ``value`` as YAML and set it at the dotted path.
+Overrides ``key.sub=value`` parse ``value`` as YAML and set it at the dotted path. A mapping holding the same key twice
+is an error naming the file, the key and both lines (PyYAML would silently keep the last value).
 """
 
 from __future__ import annotations
@@ -108,8 +109,56 @@ _Loader.add_implicit_resolver(
 )
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping that holds a key twice (PyYAML would silently keep the last value)."""
+
+    def __init__(self, key: Any, path: str, line: int, first_line: int):
+        self.key, self.path, self.line, self.first_line = key, path, line, first_line
+        super().__init__(f"duplicate key {key!r} at line {line} (first at line {first_line}): a mapping holds each key "
+                         "once, and YAML would silently keep only the last value; remove one")
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_duplicate_keys(node: yaml.Node, path: str, seen: set[int]) -> None:
+    """Raise :class:`DuplicateKeyError` for the first mapping under ``node`` that holds a key twice. Keys that a merge
+    key (``<<: *base``) brings in may be overridden, as YAML intends; only keys written in the mapping count."""
+    if id(node) in seen:  # an alias of an anchored node already checked (or a recursive structure)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            if isinstance(key_node, yaml.ScalarNode):
+                ident = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                if ident in first:
+                    raise DuplicateKeyError(key_node.value, f"{path}.{key_node.value}" if path else key_node.value,
+                                            line, first[ident])
+                first[ident] = line
+                child = f"{path}.{key_node.value}" if path else str(key_node.value)
+            else:
+                child = path
+            _check_duplicate_keys(value_node, child, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, f"{path}[{i}]", seen)
+
+
 def _safe_load(stream: Any) -> Any:
-    return yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    """PyYAML's safe loading with :class:`_Loader`, refusing mappings that hold a key twice."""
+    loader = _Loader(stream)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node, "", set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def load_yaml(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict:
@@ -124,6 +173,8 @@ def load_yaml(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = _safe_load(f)
+    except DuplicateKeyError as exc:
+        raise ConfigError(str(exc), exc.path, path) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=path) from None
     if data is None:

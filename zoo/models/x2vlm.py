@@ -103,9 +103,12 @@ class X2VLM(ZooModel):
         if itc is not None:
             check_width(itc, "vision_width", itc.vision_width, vision, vision.width)
             check_width(itc, "text_width", itc.text_width, text, text.width)
-        for head in (itm, bbox, mlm, caption):
+        for head in (itm, bbox, mlm, caption, nlvr):
             if head is not None:
                 check_width(head, "width", head.width, text, text.width)
+        if vqa is not None:  # the answer decoder cross-attends to the fused states; the classifier reads their CLS
+            arg = "encoder_width" if hasattr(vqa, "encoder_width") else "width"
+            check_width(vqa, arg, getattr(vqa, arg), text, text.width)
         self.vision, self.text = vision, text
         self.itc, self.itm, self.bbox, self.mlm = itc, itm, bbox, mlm
         self.vqa, self.nlvr, self.caption = vqa, nlvr, caption

@@ -135,14 +135,20 @@ class TaskModule(L.LightningModule):
             self.model, lr=1e-4 if lr is None else lr, weight_decay=float(o.get("weight_decay", 0.01)),
             vision_lr=_float_or_none(o, "vision_lr"), text_lr=_float_or_none(o, "text_lr"),
             fusion_lr=_float_or_none(o, "fusion_lr"),
-            new_params=o.get("new_params", ()), new_param_lr_mult=float(o.get("new_param_lr_mult", 1.0)),
+            new_params=o.get("new_params") or (), new_param_lr_mult=float(o.get("new_param_lr_mult", 1.0)),
         )
         for g in groups:
             g.pop("param_names")
         optimizer = torch.optim.AdamW(groups, betas=tuple(o.get("betas", (0.9, 0.98))), eps=float(o.get("eps", 1e-8)),
                                       fused=_use_fused(groups, o.get("fused"), self.trainer))
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = linear_warmup_decay(optimizer, total, warmup_steps_for(total, float(o.get("warmup", 0.1))))
+        warmup = float(o.get("warmup", 0.1))
+        if warmup >= 1 and warmup > total:  # a step count the run never reaches: the learning rate would never peak
+            from zoo.spec import ConfigError  # noqa: PLC0415
+
+            raise ConfigError(f"{int(warmup)} warm-up steps, but this run makes only {total} optimiser steps: give "
+                              "fewer steps, or a fraction of the run such as 0.05", "optim.warmup")
+        scheduler = linear_warmup_decay(optimizer, total, warmup_steps_for(total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

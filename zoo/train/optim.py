@@ -9,6 +9,7 @@ stepped every optimiser step.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
 from typing import Iterable, Sequence
@@ -16,7 +17,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["part_of", "param_groups", "linear_warmup_decay", "apply_freeze"]
+__all__ = ["part_of", "param_groups", "linear_warmup_decay", "apply_freeze", "matches", "check_patterns",
+           "pattern_problem", "warmup_steps_for"]
 
 
 def part_of(model: nn.Module, name: str) -> str:
@@ -35,19 +37,48 @@ def part_of(model: nn.Module, name: str) -> str:
     return "other"
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+def matches(name: str, patterns: Sequence[str]) -> bool:
+    """Whether the parameter ``name`` matches a glob pattern of ``patterns``; a pattern naming a module (``vision``,
+    ``text.encoder.layer.0``) matches every parameter under it."""
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in patterns)
 
 
-def apply_freeze(model: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Set ``requires_grad=False`` on parameters whose names match a glob pattern; returns the names frozen."""
+def pattern_problem(names: Sequence[str], pattern: str) -> str | None:
+    """Why ``pattern`` selects none of the parameter ``names`` (naming the model's parts and the closest module
+    name); None when it selects some."""
+    if any(matches(n, [pattern]) for n in names):
+        return None
+    parts = sorted({n.split(".", 1)[0] for n in names})
+    stem = pattern[:-2] if pattern.endswith(".*") else pattern.rstrip("*")
+    depth = stem.count(".") + 1
+    modules = sorted({".".join(n.split(".")[:depth]) for n in names if n.count(".") >= depth})
+    close = difflib.get_close_matches(stem, modules or parts, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0] + pattern[len(stem):]!r}?" if close else ""
+    return (f"pattern {pattern!r} would match no parameter name{hint} The model's parts: {', '.join(parts)} (a part or "
+            "module name selects all of it; globs such as 'text.embeddings.*' select within)")
+
+
+def check_patterns(model: nn.Module, patterns: Sequence[str], key: str, file: str | None = None) -> None:
+    """Raise a :class:`zoo.spec.ConfigError` at ``key`` for the first of ``patterns`` that names no parameter of
+    ``model`` (a misspelt ``train.freeze`` or ``optim.new_params`` entry would otherwise do nothing, silently)."""
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in patterns:
+        problem = pattern_problem(names, pattern)
+        if problem is not None:
+            from zoo.spec import ConfigError  # noqa: PLC0415
+
+            raise ConfigError(problem, key, file)
+
+
+def apply_freeze(model: nn.Module, patterns: Sequence[str], file: str | None = None) -> list[str]:
+    """Set ``requires_grad=False`` on parameters whose names match a pattern (:func:`matches`); returns the names
+    frozen. A pattern that matches nothing is a :class:`zoo.spec.ConfigError` at ``train.freeze``."""
+    check_patterns(model, patterns, "train.freeze", file)
     frozen = []
     for name, p in model.named_parameters():
-        if _matches(name, patterns):
+        if matches(name, patterns):
             p.requires_grad_(False)
             frozen.append(name)
-    if patterns and not frozen:
-        raise ValueError(f"freeze patterns {list(patterns)} match no parameter name (e.g. 'vision.*', 'text.embeddings.*')")
     return frozen
 
 
@@ -72,7 +103,7 @@ def param_groups(
             continue
         seen.add(id(p))
         part = part_of(model, name)
-        new = _matches(name, new_params)
+        new = matches(name, new_params)
         decay = p.ndim > 1
         key = (part, new, decay)
         if key not in groups:
@@ -98,5 +129,6 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warm
 
 
 def warmup_steps_for(total_steps: int, warmup: float) -> int:
-    """``warmup`` < 1 is a fraction of the total steps, ≥ 1 a number of steps."""
+    """``warmup`` < 1 is a fraction of the total steps, ≥ 1 a number of steps (``optim.warmup``; the config check
+    refuses a negative value and a non-integer ≥ 1)."""
     return int(math.ceil(warmup * total_steps)) if warmup < 1 else int(warmup)

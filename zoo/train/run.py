@@ -45,11 +45,16 @@ TASK_CONFIG_KEYS = {
 
 
 def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
-    """Load and check a task config (unknown sections or keys are errors naming the file and key)."""
+    """Load and check a task config: unknown sections or keys, and every value against
+    :data:`zoo.train.config_checks.CHECKS`, are errors naming the file and the dotted key."""
+    import difflib  # noqa: PLC0415
+
     cfg = load_config(path, overrides)
     for section, value in cfg.items():
         if section not in TASK_CONFIG_KEYS:
-            raise ConfigError(f"unknown section {section!r}; expected {', '.join(TASK_CONFIG_KEYS)}", section, path)
+            close = difflib.get_close_matches(str(section), list(TASK_CONFIG_KEYS), n=1)
+            hint = f"; did you mean {close[0]!r}? Expected" if close else "; expected"
+            raise ConfigError(f"unknown section {section!r}{hint} {', '.join(TASK_CONFIG_KEYS)}", section, path)
         allowed = TASK_CONFIG_KEYS[section]
         if allowed is None:
             continue
@@ -57,14 +62,19 @@ def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> 
             raise ConfigError(f"expected a mapping, got {type(value).__name__}", section, path)
         for key in value:
             if key not in allowed:
-                raise ConfigError(f"unknown key {key!r}; accepted: {', '.join(sorted(allowed))}", f"{section}.{key}",
-                                  path)
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f"; did you mean {close[0]!r}? Accepted" if close else "; accepted"
+                raise ConfigError(f"unknown key {key!r}{hint}: {', '.join(sorted(allowed))}", f"{section}.{key}", path)
+    from zoo.train.config_checks import check_task_config  # noqa: PLC0415
     from zoo.train.module import TASKS  # noqa: PLC0415
 
     if cfg.get("task") not in TASKS:
-        raise ConfigError(f"expected one of {', '.join(TASKS)}, got {cfg.get('task')!r}", "task", path)
+        close = difflib.get_close_matches(str(cfg.get("task")), TASKS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"expected one of {', '.join(TASKS)}, got {cfg.get('task')!r}{hint}", "task", path)
     if not isinstance(cfg.get("model"), Mapping) or "name" not in cfg["model"]:
         raise ConfigError("missing model.name (a registered model, e.g. x2vlm-tiny)", "model", path)
+    check_task_config(cfg, path)  # every value of the model/optim/trainer/train/evaluation sections
     cfg["_file"] = str(path)
     return cfg
 
@@ -191,6 +201,8 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     model = zoo.create_model(mcfg["name"], task=mcfg.get("task"), pretrained=mcfg.get("pretrained"),
                              pretrained_strict=mcfg.get("pretrained_strict"), **dict(mcfg.get("overrides") or {}))
     _check_model_for_task(model, task, mcfg, cfg.get("_file"))
+    from zoo.train.config_checks import check_against_model  # noqa: PLC0415
+    check_against_model(model, cfg)  # the values again; optim.new_params and train.freeze name this model's parameters
     report = getattr(model, "load_report", None)
     if report:
         print(f"initialised from {mcfg['pretrained']} part by part: new {', '.join(report['new']) or 'none'}; "
