@@ -474,10 +474,13 @@ def part_path(part: Any, default: str = "?") -> str:
 def check_width(
     consumer: Any, consumer_arg: str, expected: int, producer: Any, produced: int, producer_attr: str = "width"
 ) -> None:
-    """Raise a ConfigError naming both parts when ``producer`` feeds ``consumer`` a width it does not expect."""
+    """Raise a ConfigError naming both parts when ``producer`` feeds ``consumer`` a width it does not expect; its
+    dotted key is the consumer's argument (``model.vqa.encoder_width``) when the consumer was built from a config."""
     if expected != produced:
+        where = getattr(consumer, "_zoo_path", None)
         raise ConfigError(
             f"width mismatch: {part_path(consumer, 'consumer')} expects {consumer_arg}={expected} but "
             f"{part_path(producer, 'producer')} produces {producer_attr}={produced}; set one to match the other",
+            f"{where}.{consumer_arg}" if where else None,
             file=getattr(consumer, "_zoo_file", None),
         )

@@ -53,8 +53,8 @@ def pattern_problem(names: Sequence[str], pattern: str) -> str | None:
     depth = stem.count(".") + 1
     modules = sorted({".".join(n.split(".")[:depth]) for n in names if n.count(".") >= depth})
     close = difflib.get_close_matches(stem, modules or parts, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0] + pattern[len(stem):]!r}?" if close else ""
-    return (f"pattern {pattern!r} would match no parameter name{hint} The model's parts: {', '.join(parts)} (a part or "
+    hint = f"; did you mean {close[0] + pattern[len(stem):]!r}? The" if close else "; the"
+    return (f"pattern {pattern!r} would match no parameter name{hint} model's parts: {', '.join(parts)} (a part or "
             "module name selects all of it; globs such as 'text.embeddings.*' select within)")
 
 
