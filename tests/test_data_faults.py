@@ -281,6 +281,16 @@ def test_train_stops_before_the_run_folder_exists(root, tmp_path, split, record,
     assert not out.exists()  # neither the run folder nor its parent: nothing was written
 
 
+def test_train_with_an_answer_list_of_records_stops_before_the_run_folder_exists(root, tmp_path):
+    from zoo.train.run import train
+
+    out = tmp_path / "runs"
+    with pytest.raises(DataError, match=rf"^{re.escape(str(root / 'train.json'))}: record 0: expected an answer "
+                                        "string, got an object"):
+        train(_config(root, out, answer_list="train.json"))
+    assert not out.exists()
+
+
 def test_train_with_skip_reports_the_counts_in_results_json(root, tmp_path, capsys):
     from zoo.train.run import train
 
@@ -364,3 +374,32 @@ def test_other_modes_convert_as_pil_does(mode):
     image = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB").convert(mode)
     out = to_rgb(image)
     assert out.mode == "RGB" and np.array_equal(np.asarray(out), np.asarray(image.convert("RGB")))
+
+
+@pytest.mark.parametrize("backend", ["av", "decord"])
+def test_videos_are_opened_by_the_check(root, backend):
+    """A video record's container is opened by the check: a good clip passes, a missing file is 'missing media', a
+    file that is no video 'unreadable media' (error: a DataError naming the record)."""
+    pytest.importorskip(backend)
+    av = pytest.importorskip("av")
+    with av.open(str(root / "clip.mp4"), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for value in (0, 128, 255):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), value, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    qa = {"question_id": 0, "question": "what moves?", "answer": "a square", "video": "clip.mp4"}
+    records = [qa, {**qa, "question_id": 1, "video": "nope.mp4"}, {**qa, "question_id": 2, "video": "broken.mp4"}]
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 and then nothing that decodes")
+    file = _write(root / "video_qa.json", records)
+    data = {"root": str(root), "train": "video_qa.json", "video_backend": backend, "batch_size": 1}
+    with pytest.raises(DataError, match=rf"^{re.escape(file)}: record 1: cannot read video: .*nope.mp4"):
+        TaskDataModule("vqa", data, None, image_size=32).check()
+    dm = TaskDataModule("vqa", {**data, "on_bad_sample": "skip"}, None, image_size=32)
+    report = dm.check()
+    assert report.skipped == {"train": {"missing media": 1, "unreadable media": 1}}
+    assert report.records == {"train": 1} and report.media == {"train": 3}
+    assert dm.dataset("train")[0]["image"].shape[1:] == (3, 32, 32)  # the good clip is read: (frames, 3, 32, 32)

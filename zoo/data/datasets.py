@@ -32,13 +32,20 @@ video's frames share one flip and one set of random transform parameters (:func:
 videos are files read with decord or PyAV (:mod:`zoo.data.video`), not JSON lists of base64 frames.
 
 Bad data never makes a silent wrong batch. A malformed record (not an object, a missing key, a wrong type, empty
-answers or captions) is found when the files are read; a missing or unreadable image or video when the item is read.
-Both raise :class:`DataError` naming the annotation file, the record's position in it and the problem. With
-``on_bad_sample="skip"`` malformed records are left out of the data set and unreadable media make ``__getitem__``
-return ``None`` (the collators drop it and count it); every skip is recorded in ``skipped`` as ``(file, index,
-reason)`` and counted in ``num_skipped`` (in the process that met it: a ``DataLoader`` worker's skips are reported by
-the batches' ``num_skipped`` and a warning). Retrieval evaluation cannot skip an image once the index is built (the
-text↔image ground truth would shift), so its media errors always raise.
+answers or captions, a question or caption with nothing left after the official clean-up, text that is not valid
+Unicode such as a lone surrogate) is found when the files are read; a missing or unreadable image or video by
+:meth:`_AnnotationDataset.check_media` (which the training data module's check calls before training) or else when
+the item is read. Both raise :class:`DataError` naming the annotation file, the record's position in it and the
+problem. With ``on_bad_sample="skip"`` malformed records are left out of the data set, records whose media the check
+cannot open too, and media that fail later make ``__getitem__`` return ``None`` (the collators drop it and count it);
+every skip is recorded in ``skipped`` as ``(file, index, reason)`` and counted in ``num_skipped`` (in the process that
+met it: a ``DataLoader`` worker's skips are reported by the batches' ``num_skipped`` and a warning); the reason's kind
+(:func:`problem_kind`, one of :data:`SKIP_REASONS`) is what skips are counted by. Retrieval evaluation cannot skip an
+image once the index is built (the text↔image ground truth would shift), so its media errors raise after the check
+(the check leaves such records out before the index is used, and rebuilds it).
+
+Images of every PIL mode are read as the RGB image they show (:func:`zoo.data.transforms.to_rgb`: 16-bit grey scaled
+to 8 bits, transparency over white).
 
 Everything is hand-written; :func:`pre_question` and :func:`pre_caption` reproduce the official text clean-up rules.
 """

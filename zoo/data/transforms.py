@@ -25,6 +25,9 @@ torchvision's ``RandAugment(num_ops=2, magnitude=7)`` instead: 14 operations (ad
 Solarize), always applied, with magnitudes on 31 bins (shear 0.07, rotation 7°, translation ≈10 % of the side,
 enhancement factors 1 ± 0.21), so weaker geometric and stronger photometric changes than the official.
 
+Reading: :func:`to_rgb` turns an image of any PIL mode into the 8-bit RGB image it shows (16-bit and float grey
+scaled, not clipped; transparency composited over white); the data sets read every image through it.
+
 Video: :func:`transform_frames` applies one transform to every frame of a clip with the *same* random draws (it
 replays the torch random state for each frame), so a clip is cropped, flipped and augmented consistently (the
 official applies the transform to each frame independently). All randomness comes from torch's generator, which

@@ -46,9 +46,21 @@ epoch already completed (read from the trainer's progress counters when the epoc
 run sees exactly the batches the uninterrupted run would have seen. Augmentation and caption masking draw from torch's
 generator (seeded per worker by the ``DataLoader``; from ``seed`` via the loader's generator).
 
-Skipped samples (``on_bad_sample: skip``): malformed records are left out when a data set is read; unreadable media
-are dropped from their batch, which says so under ``num_skipped``; :meth:`TaskDataModule.on_before_batch_transfer`
-adds those counts up per split and :meth:`TaskDataModule.skipped_report` summarises everything.
+The data check (:meth:`TaskDataModule.check`, which ``mmzoo train`` and ``mmzoo eval`` call before anything else
+reads the data, builds the data tokenizer, makes the Trainer or writes the run folder): the answer list, every record
+of every split, named evaluation set and side stream is read and validated by its reader, and every media file the
+records name is opened (an image's header and structure, a video's container; each distinct file once, with a
+progress bar above 2,000 files). A fault raises :class:`zoo.data.datasets.DataError` naming the annotation file, the
+record's index and the problem. The data tokenizer (``text.tokenizer: data``) is built from the records the check
+accepted (:meth:`TaskDataModule.tokenizer_texts`).
+
+Skipped samples (``on_bad_sample: skip``): malformed records are left out when a data set is read, records whose media
+the check cannot open are left out by the check, and media that fail later are dropped from their batch, which says so
+under ``num_skipped``; :meth:`TaskDataModule.on_before_batch_transfer` adds those counts up per split.
+:meth:`TaskDataModule.skipped_counts` gives ``{split: {reason: count}}`` (reasons:
+:data:`zoo.data.datasets.SKIP_REASONS`, and ``"dropped from a batch"``), which ``mmzoo train`` prints after the check
+and at the end and writes into ``results.json`` under ``skipped``; :meth:`TaskDataModule.skipped_report` lists the
+records.
 """
 
 from __future__ import annotations
@@ -727,7 +739,7 @@ class TaskDataModule(L.LightningDataModule):
                 continue
             for name in self.eval_names(split) if split != "train" else [None]:
                 key = split if name is None else f"{split}/{name}"
-                if key not in self._checked:
+                if key not in self._checked or key not in self._datasets:
                     self._datasets.pop(key, None)  # built before the check: read again, with the media check
                     self._checking = (progress, seen)
                     try:
