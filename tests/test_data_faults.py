@@ -403,3 +403,10 @@ def test_videos_are_opened_by_the_check(root, backend):
     assert report.skipped == {"train": {"missing media": 1, "unreadable media": 1}}
     assert report.records == {"train": 1} and report.media == {"train": 3}
     assert dm.dataset("train")[0]["image"].shape[1:] == (3, 32, 32)  # the good clip is read: (frames, 3, 32, 32)
+
+
+def test_the_media_check_shows_a_progress_bar_when_asked(root, capsys):
+    TaskDataModule("vqa", _data(root), None, image_size=32).check(progress=True)
+    err = capsys.readouterr().err
+    assert "checking train media" in err and "0/4 " in err  # the four squares, each opened once for all splits
+    assert "checking val media" not in err  # nothing left to open there
