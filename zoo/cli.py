@@ -1,7 +1,13 @@
 """The ``mmzoo`` command: list | info | demo | data | train | eval | predict | export | convert | chat | bench.
 
-Errors the user can fix (unknown names, bad configs, missing files) print one clear line and exit with status 2,
-without a traceback; ``MMZOO_DEBUG=1`` shows the traceback.
+Errors the user can fix print one line naming the file, key or argument and exit with status 2, without a
+traceback: bad configs and unknown names (``ConfigError``, ``UnknownNameError``), weights and checkpoints that cannot
+be read or do not fit (``WeightsError``), bad data (``DataError``), a non-finite loss or weight
+(``FloatingPointError``), and file-system failures (``OSError``: a missing file, a read-only or full disk, with the
+path). ``--debug`` (or ``MMZOO_DEBUG=1``) shows the traceback instead.
+
+Loading never runs code a file names: ``--trust-imports`` (predict, eval, export, chat) lets an export's or
+checkpoint's ``imports`` list be imported, which runs those modules — only for files from a trusted source.
 """
 
 from __future__ import annotations
@@ -151,7 +157,8 @@ def _cmd_data(args) -> int:
 def _cmd_eval(args) -> int:
     from zoo.train.run import evaluate  # noqa: PLC0415
 
-    metrics = evaluate(args.source, args.config, args.overrides, split=args.split, output=args.output)
+    metrics = evaluate(args.source, args.config, args.overrides, split=args.split, output=args.output,
+                       trust_imports=args.trust_imports)
     out = metrics.pop("_output")
     print(_table([[k, f"{v:.2f}"] for k, v in metrics.items()], ["metric", "value"]))
     print(f"results written to {out}")
@@ -179,9 +186,9 @@ def _cmd_predict(args) -> int:
             paths = generate_images(args.source, args.generate_image, out=args.out or "image.png",
                                     num_images=1 if args.num_images is None else args.num_images,
                                     seed=0 if args.seed is None else args.seed, top_k=args.top_k, top_p=args.top_p,
-                                    temperature=args.temperature)
+                                    temperature=args.temperature, trust_imports=args.trust_imports)
         except ValueError as exc:
-            print(f"mmzoo predict: error: {exc}", file=sys.stderr)
+            print(f"mmzoo predict: error: {_error_line(exc)}", file=sys.stderr)
             return 2
         if args.json:
             print(json.dumps({"text": args.generate_image, "images": [str(p) for p in paths]}, indent=2))
@@ -198,9 +205,9 @@ def _cmd_predict(args) -> int:
     try:
         out = predict(args.source, media, question=args.question, caption=args.caption, texts=args.texts,
                       answers=args.answers, top=args.top, num_frames=args.num_frames, hypothesis=args.hypothesis,
-                      statement=args.statement, media2=args.image2)
+                      statement=args.statement, media2=args.image2, trust_imports=args.trust_imports)
     except ValueError as exc:
-        print(f"mmzoo predict: error: {exc}", file=sys.stderr)
+        print(f"mmzoo predict: error: {_error_line(exc)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(out, indent=2))
@@ -228,13 +235,15 @@ def _cmd_export(args) -> int:
         from zoo.train.run import model_from_checkpoint  # noqa: PLC0415
 
         try:
-            out = model_from_checkpoint(args.source).export_part(args.part, args.out_dir)
+            out = model_from_checkpoint(args.source, trust_imports=args.trust_imports).export_part(args.part,
+                                                                                                  args.out_dir)
         except ValueError as exc:
-            print(f"mmzoo export: error: {exc}", file=sys.stderr)
+            print(f"mmzoo export: error: {_error_line(exc)}", file=sys.stderr)
             return 2
         print(f"exported part {args.part!r} of {args.source} -> {out} (set model.{args.part}.pretrained: {out})")
         return 0
-    out = export_checkpoint(args.source, args.out_dir, trainable_only=args.trainable_only)
+    out = export_checkpoint(args.source, args.out_dir, trainable_only=args.trainable_only,
+                            trust_imports=args.trust_imports)
     print(f"exported {args.source} -> {out} (load with zoo.from_pretrained)")
     return 0
 
@@ -248,7 +257,7 @@ def _cmd_chat(args) -> int:
     from zoo.train.run import model_from_checkpoint  # noqa: PLC0415
 
     if os.path.exists(args.source):
-        model = model_from_checkpoint(args.source)
+        model = model_from_checkpoint(args.source, trust_imports=args.trust_imports)
     else:
         import zoo  # noqa: PLC0415
 
@@ -274,7 +283,12 @@ def _cmd_chat(args) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmzoo", description="A modular multimodal model zoo.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (also MMZOO_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
+    trust = argparse.ArgumentParser(add_help=False)
+    trust.add_argument("--trust-imports", action="store_true",
+                       help="import the modules an export's or checkpoint's config lists under 'imports' (runs their "
+                            "code: only for files from a source you trust; off by default)")
 
     s = sub.add_parser("list", help="list registered models (or parts with --parts)")
     s.add_argument("pattern", nargs="?", default=None, help="glob pattern, e.g. 'x2vlm*'")
@@ -307,7 +321,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="regenerate even if present")
     s.set_defaults(fn=_cmd_data)
 
-    s = sub.add_parser("eval", help="evaluate an export, run folder or checkpoint on a task config's data")
+    s = sub.add_parser("eval", parents=[trust], help="evaluate an export, run folder or checkpoint on a task config's data")
     s.add_argument("source", help="export folder, run folder or .ckpt file")
     s.add_argument("config", help="task config YAML naming the data")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -315,7 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--output", default=None, help="JSON file for the results (default: beside the source)")
     s.set_defaults(fn=_cmd_eval)
 
-    s = sub.add_parser("predict", help="answer a question, caption an image, rank texts, judge a hypothesis "
+    s = sub.add_parser("predict", parents=[trust], help="answer a question, caption an image, rank texts, judge a hypothesis "
                                          "or a statement, or generate images from text")
     s.add_argument("source", help="export folder, run folder or .ckpt file")
     s.add_argument("--image", default=None, help="an image file")
@@ -344,7 +358,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: model config)")
     s.set_defaults(fn=_cmd_predict)
 
-    s = sub.add_parser("export", help="turn a run folder or training checkpoint into a loadable export")
+    s = sub.add_parser("export", parents=[trust], help="turn a run folder or training checkpoint into a loadable export")
     s.add_argument("source", help="run folder or .ckpt file")
     s.add_argument("out_dir")
     s.add_argument("--trainable-only", action="store_true", help="write only the trainable tensors (adapters)")
@@ -361,7 +375,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--task", default=None, help="task variant (default: detected from the checkpoint)")
     s.set_defaults(fn=_cmd_convert)
 
-    s = sub.add_parser("chat", help="multi-turn chat with a MultiModal-GPT model: one question per stdin line")
+    s = sub.add_parser("chat", parents=[trust], help="multi-turn chat with a MultiModal-GPT model: one question per stdin line")
     s.add_argument("source", help="export folder, run folder, .ckpt file or registered model name")
     s.add_argument("--image", default=None, help="an image file the conversation is about (none: language only)")
     s.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default: the model's)")
@@ -388,18 +402,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from zoo.hub import WeightsError  # noqa: PLC0415
+def _error_line(exc: BaseException) -> str:
+    """One line for an expected failure: an OSError as ``PATH: reason`` (the errno text), others as their message
+    (whose first line names the file and key)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = ": ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        return f"{where}: {exc.strerror}" if where else exc.strerror
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0] if isinstance(exc, OSError) else " ".join(text.split("\n"))
+
+
+def _expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure the user can act on (reported in one line) rather than a bug (a traceback).
+    DataError is looked up only when its module was imported (it imports torch, which ``mmzoo list`` does not need)."""
     from zoo.registry import UnknownNameError  # noqa: PLC0415
     from zoo.spec import ConfigError  # noqa: PLC0415
 
+    if isinstance(exc, (ConfigError, UnknownNameError, OSError, FloatingPointError)):  # WeightsError is a ConfigError
+        return True
+    datasets = sys.modules.get("zoo.data.datasets")
+    return datasets is not None and isinstance(exc, datasets.DataError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, UnknownNameError, WeightsError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
-        if os.environ.get("MMZOO_DEBUG"):
+    except Exception as exc:  # noqa: BLE001 - re-raised unless expected
+        if not _expected(exc) or args.debug or os.environ.get("MMZOO_DEBUG"):
             raise
-        print(f"mmzoo {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mmzoo {args.command}: error: {_error_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -45,7 +45,7 @@ def resolve_config(
         rest = {k: v for k, v in model_overrides.items() if k not in top}
         cfg.update(copy.deepcopy(top))
         cfg["model"] = apply_overrides(cfg["model"], rest, file=file)
-    _import_user_modules(cfg.get("imports") or [], file)
+    _import_user_modules(cfg.get("imports") or [], file, trusted=cfg.get("_trust_imports", True))
     validate(cfg["model"], "model", "model", file)
     if cfg.get("attention") is not None:
         from zoo.modules.attention import BACKENDS  # noqa: PLC0415
@@ -55,16 +55,47 @@ def resolve_config(
     return cfg
 
 
-def _import_user_modules(modules: list, file) -> None:
+def _import_user_modules(modules: list, file, trusted: bool = True) -> None:
+    """Import the modules a config's ``imports`` names (they register user parts).
+
+    ``trusted`` False (an export or checkpoint being loaded, :func:`zoo.hub.from_pretrained`): nothing is imported.
+    A module already imported, or one that an installed plug-in's entry point (group ``mmzoo.plugins``) provides, is
+    fine (the entry points are loaded: installing a package is the user's decision, a file naming a module is not);
+    any other raises :class:`zoo.hub.WeightsError` naming it and the way to allow it."""
     import importlib  # noqa: PLC0415
+    import sys  # noqa: PLC0415
 
     for i, name in enumerate(modules):
         if not isinstance(name, str):
             raise ConfigError(f"expected a module name, got {type(name).__name__}", f"imports[{i}]", file)
+        if not trusted:
+            if name in sys.modules or _from_plugin(name):
+                continue
+            from zoo.hub import WeightsError  # noqa: PLC0415
+
+            raise WeightsError(f"module {name!r} is not imported: loading an export or checkpoint never imports the "
+                               "modules its config names (importing runs their code). Install the plug-in that "
+                               "provides it (entry point group mmzoo.plugins) or import it yourself first; or, if you "
+                               "trust this file, pass trust_imports=True (mmzoo: --trust-imports)",
+                               f"imports[{i}]", file)
         try:
             importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"cannot import module {name!r}: {exc}", f"imports[{i}]", file) from None
+
+
+def _from_plugin(name: str) -> bool:
+    """Whether an installed ``mmzoo.plugins`` entry point provides module ``name`` (then the plug-ins are loaded)."""
+    import sys  # noqa: PLC0415
+    from importlib.metadata import entry_points  # noqa: PLC0415
+
+    from zoo.registry import PLUGIN_GROUP, load_plugins  # noqa: PLC0415
+
+    modules = {ep.module for ep in entry_points(group=PLUGIN_GROUP)}
+    if not any(m == name or m.startswith(name + ".") or name.startswith(m + ".") for m in modules):
+        return False
+    load_plugins()
+    return name in sys.modules or any(m in sys.modules for m in modules if m.startswith(name + "."))
 
 
 def _finish(model, cfg: dict):

@@ -97,54 +97,201 @@ def resolve_path(spec: str | os.PathLike) -> Path:
         module, _, sub = text[4:].partition("/")
         import importlib.util  # noqa: PLC0415
 
-        found = importlib.util.find_spec(module)
+        # only the top-level package is looked up (find_spec of a top-level name imports nothing; of a dotted name it
+        # would import the parents, running their code): sub-packages are folders below it
+        top, *rest = module.split(".")
+        found = importlib.util.find_spec(top) if top.isidentifier() else None
         if found is None or not found.submodule_search_locations:
-            raise FileNotFoundError(f"{spec}: package {module!r} is not installed (pip install {module.replace('_', '-')})")
-        base = Path(list(found.submodule_search_locations)[0])
+            raise FileNotFoundError(f"{spec}: package {module!r} is not installed (pip install {top.replace('_', '-')})")
+        base = Path(list(found.submodule_search_locations)[0]).joinpath(*rest)
         return base / sub if sub else base
     return Path(text)
 
 
+def _umask() -> int:
+    """The process's file-creation mask: Linux reports it in ``/proc/self/status``; elsewhere it is read by setting
+    and restoring it (there is no read-only call)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _user_mode(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give a file made by :func:`tempfile.mkstemp` (mode 0600) or a folder made by :func:`tempfile.mkdtemp` (0700)
+    the mode an ordinary ``open`` / ``mkdir`` would have given it under the user's umask (0644 / 0755 typically), so
+    exports, checkpoints and results are readable by the group on a shared disk as any other file the user writes."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(?:tmp|old)$")
+
+
+def _tmp_prefix(name: str) -> str:
+    """Temporary names carry the writer's process id (``.NAME.PID.RANDOM.tmp``), so that an orphan left by a killed
+    writer can be told from the file of a writer still at work (:func:`remove_orphans`)."""
+    return f".{name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_orphans(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove the temporary files and folders that writers killed before finishing left in ``folder``
+    (``.NAME.PID.RANDOM.tmp`` / ``.old`` whose process is gone; only those of ``name`` when given). Returns what
+    was removed. A temporary of a live process is left alone."""
+    import shutil  # noqa: PLC0415
+
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = _TMP_RE.match(entry.name)
+        if m is None or (name is not None and m.group("name") != name) or _alive(int(m.group("pid"))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _fsync_dir(path: str | os.PathLike) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """A temporary file name beside ``path`` to write to; on success the file is fsynced and renamed over ``path``
-    (an interrupted write never leaves a truncated file under the final name); on failure it is removed."""
+    """A temporary file name beside ``path`` to write to; on success the file is fsynced, given the user's umask
+    mode and renamed over ``path`` (an interrupted write never leaves a truncated file under the final name); on
+    failure it is removed. A writer killed outright leaves ``.NAME.PID.RANDOM.tmp``, which :func:`remove_orphans`
+    (called by the next write of the same name) clears."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_orphans(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        _user_mode(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or file system
+    cannot (then the caller falls back to two renames)."""
+    import ctypes  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95, 18):  # EINVAL, ENOSYS, EOPNOTSUPP, EXDEV: not supported here
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+def _sync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` and give each the user's umask mode (some writers, safetensors
+    among them, create their files 0600)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            file = os.path.join(dirpath, name)
+            if os.path.islink(file):
+                continue
+            with open(file, "rb") as fh:
+                os.fsync(fh.fileno())
+            _user_mode(file)
+        _user_mode(dirpath, folder=True)
+        _fsync_dir(dirpath)
+
+
 @contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary folder beside ``path`` to fill; on success it replaces ``path`` (a folder written before is moved
-    aside and removed only once the new one is in place), on failure it is removed and ``path`` is left as it was."""
+def atomic_dir(path: str | os.PathLike, *, keep: Callable[[str], bool] | None = None) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill; on success it takes the place of ``path`` in one step, so a reader
+    (or a writer killed at any moment) sees the old folder whole or the new one whole, never a mix.
+
+    The swap is ``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere the old folder is renamed aside and the new one
+    renamed in (two steps: a kill between them leaves the old folder under ``.NAME.PID.RANDOM.old/NAME``). Files are
+    fsynced first and given the user's umask mode. ``keep(entry_name)``: entries of the old folder that are not the
+    writer's (a user's own notes beside an export, say) are carried into the new folder instead of being dropped. On
+    failure the temporary folder is removed and ``path`` is left as it was."""
     import shutil  # noqa: PLC0415
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path}: exists and is not a folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_orphans(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        if keep is not None and path.is_dir():
+            for entry in path.iterdir():
+                if keep(entry.name) and not (tmp / entry.name).exists():
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.copytree(entry, tmp / entry.name, symlinks=True)
+                    else:
+                        shutil.copy2(entry, tmp / entry.name, follow_symlinks=False)
+        _sync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if path.is_dir() and _exchange(tmp, path):  # tmp now holds the old folder
+        _fsync_dir(path.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     old = None
     if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".old", dir=path.parent))
         os.replace(path, old / path.name)
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -176,6 +323,9 @@ def _unique_state_dict(model) -> dict:
     return out
 
 
+_EXPORT_ENTRIES = (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR, PREPROCESSOR_NAME)
+
+
 def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | None = None,
                     trainable_only: bool = False, tokenizer: Any = None) -> Path:
     """Write an export folder for a model built by :func:`zoo.create_model`.
@@ -186,12 +336,19 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
       ``pretrained`` paths when the export is rebuilt;
     - ``tokenizer/``: the text encoder's tokenizer (or ``tokenizer``), so the export is usable without it;
     - ``preprocessor.json``: image size, normalisation and interpolation of the evaluation transform.
-    Every file is written atomically.
+
+    The folder is written whole into a temporary folder beside ``directory`` and swapped in at the end
+    (:func:`atomic_dir`): an export written over an older one leaves the old export or the new one, never a mix,
+    whenever the writer is stopped. Other files a user keeps in an existing export folder are carried over; a
+    non-empty folder that is not an export is refused (nothing in it is touched).
     """
     directory = Path(directory)
     config = dict(config if config is not None else getattr(model, "zoo_config", None) or {})
     if "model" not in config:
         raise ValueError("save_pretrained: the model carries no zoo_config; build it with zoo.create_model")
+    if directory.is_dir() and not (directory / CONFIG_NAME).is_file() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory}: folder holds files and is not an mmzoo export (no {CONFIG_NAME}); "
+                              "export into a new or empty folder")
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     tensors = _unique_state_dict(model)
     if trainable_only:
@@ -202,25 +359,26 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
         config.pop("weights", None)
         config.pop("pretrained", None)
         config.pop("pretrained_strict", None)
-    _atomic_save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt", "mmzoo": "1"})
     text = getattr(model, "text", None)
     if tokenizer is None and text is not None and getattr(text, "tokenizer", None) and hasattr(text, "get_tokenizer"):
         tokenizer = text.get_tokenizer()
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
-        config["tokenizer"] = TOKENIZER_DIR
     from zoo.models.base import input_resolution  # noqa: PLC0415
 
     size = input_resolution(model)
-    if size:
-        from zoo.data.transforms import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
+    with atomic_dir(directory, keep=lambda name: name not in _EXPORT_ENTRIES) as tmp:
+        from safetensors.torch import save_file  # noqa: PLC0415
 
-        with atomic_write(directory / PREPROCESSOR_NAME, "w") as fh:
-            json.dump({"image_size": size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
-                       "interpolation": "bicubic"}, fh, indent=2)
-    with atomic_write(directory / CONFIG_NAME, "w") as fh:
-        json.dump(config, fh, indent=2, sort_keys=False)
-        fh.write("\n")
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "mmzoo": "1"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+            config["tokenizer"] = TOKENIZER_DIR
+        if size:
+            from zoo.data.transforms import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
+
+            (tmp / PREPROCESSOR_NAME).write_text(json.dumps(
+                {"image_size": size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bicubic"},
+                indent=2), encoding="utf-8")
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return directory
 
 
@@ -239,7 +397,7 @@ def load_state_dict(path: str | os.PathLike) -> dict:
         if found is None:
             raise WeightsError(f"{path}: folder holds none of {', '.join(_FOLDER_WEIGHTS)} (sharded checkpoints are "
                                "not read)")
-        path = found
+        path = _inside(path, found, found.name)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file (pretrained weights load from local files and folders; "
                            "hub names are not fetched)")
@@ -249,14 +407,14 @@ def load_state_dict(path: str | os.PathLike) -> dict:
         try:
             return load_file(str(path))
         except Exception as exc:  # noqa: BLE001
-            raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+            raise WeightsError(f"{path}: not a readable safetensors file ({load_failure(exc)})") from None
     if path.suffix not in _TORCH_SUFFIXES:
         raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, "
                            f"{', '.join(_TORCH_SUFFIXES)}")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"{path}: cannot be read with torch.load(weights_only=True) ({exc})") from None
+        raise WeightsError(f"{path}: cannot be read with torch.load(weights_only=True) ({load_failure(exc)})") from None
     for key in ("model", "state_dict", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -269,6 +427,20 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     if all(k.startswith("module.") for k in tensors):  # saved from a DistributedDataParallel wrapper
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
     return tensors
+
+
+def load_failure(exc: BaseException) -> str:
+    """One short line saying why ``torch.load(weights_only=True)`` (or a safetensors read) refused a file: a pickled
+    object other than tensors and containers (named; it is never unpickled), or the reader's first line."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds a pickled {found.group(1)!r}, not only tensors and containers: refused, never run"
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(exc).__name__
+    line = re.split(r"(?<=[a-z)])\. ", re.sub(r"\x1b\[[0-9;]*m", "", line))[0]  # its first sentence
+    if "central directory" in line or "unexpected EOF" in line.lower() or "Ran out of input" in line:
+        line += " (a truncated or damaged file)"
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _list(keys: list[str], n: int = 12) -> str:
@@ -348,12 +520,44 @@ def _is_derived_buffer(model, key: str) -> bool:
     return leaf in {"relative_position_index", "position_ids", "attn_mask"}
 
 
-def from_pretrained(path: str | os.PathLike, *, map_location: str = "cpu", **overrides):
+def _inside(directory: Path, path: Path, what: str) -> Path:
+    """``path`` checked to lie inside the export ``directory`` once symlinks are followed: an export is one folder,
+    and a config, weights or tokenizer file that is a link out of it (to a file the loader was never pointed at) is
+    refused."""
+    real_dir = directory.resolve()
+    real = path.resolve()
+    if real != real_dir and real_dir not in real.parents:
+        raise WeightsError(f"{path}: {what} is a symbolic link out of the export folder (to {real}); exports are "
+                           "loaded from their own folder only")
+    return path
+
+
+def _check_export_links(directory: Path) -> None:
+    for name in (CONFIG_NAME, PREPROCESSOR_NAME, *_FOLDER_WEIGHTS):
+        if (directory / name).exists() or (directory / name).is_symlink():
+            _inside(directory, directory / name, name)
+    tok = directory / TOKENIZER_DIR
+    if tok.exists() or tok.is_symlink():
+        _inside(directory, tok, TOKENIZER_DIR)
+        if tok.is_dir():
+            for entry in tok.rglob("*"):
+                _inside(directory, entry, f"{TOKENIZER_DIR}/{entry.relative_to(tok)}")
+
+
+def from_pretrained(path: str | os.PathLike, *, map_location: str = "cpu", trust_imports: bool = False,
+                    **overrides):
     """Rebuild a model saved with ``save_pretrained`` (outputs equal the saved model's).
 
     A trainable-only export is loaded onto a model whose frozen parts come from the base weights named by its config
     (``pretrained:``, or the parts' own ``pretrained`` paths); every tensor of the export must fit, and every trainable
     parameter must be in it.
+
+    Loading never runs code the export names or holds: weights are safetensors, and the modules listed under
+    ``imports`` in its ``config.json`` (plug-ins that register parts) are not imported. They must already be imported,
+    or be installed plug-ins (entry point group ``mmzoo.plugins``), else loading stops with an error naming them.
+    ``trust_imports=True`` imports them — only for an export whose source you trust, since importing a module runs its
+    code (a module of that name in the current folder included). Files that are symbolic links out of the export
+    folder are refused.
     """
     from zoo.factory import create_model  # noqa: PLC0415
 
@@ -363,11 +567,12 @@ def from_pretrained(path: str | os.PathLike, *, map_location: str = "cpu", **ove
     cfg_file = directory / CONFIG_NAME
     if not cfg_file.is_file():
         raise WeightsError(f"{directory}: not an mmzoo export (no {CONFIG_NAME}); expected a save_pretrained folder")
-    try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise WeightsError(f"{cfg_file}: invalid JSON ({exc})") from None
+    _check_export_links(directory)
+    config = read_json(cfg_file, WeightsError)
+    if not isinstance(config, dict):
+        raise WeightsError(f"{cfg_file}: expected a JSON object (an mmzoo export config), got {type(config).__name__}")
     config["_file"] = str(cfg_file)
+    config["_trust_imports"] = trust_imports
     trainable_only = config.pop("weights", None) == "trainable_only"
     tokenizer = config.get("tokenizer")
     if tokenizer == TOKENIZER_DIR and (directory / TOKENIZER_DIR).is_dir():
@@ -388,6 +593,19 @@ def from_pretrained(path: str | os.PathLike, *, map_location: str = "cpu", **ove
     else:
         load_weights(model, directory)
     return model
+
+
+def read_json(path: str | os.PathLike, error: type[Exception] = ConfigError) -> Any:
+    """A JSON file's content; a file that cannot be read or parsed raises ``error`` naming the file (and the line)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: invalid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _with_tokenizer(config: dict, folder: str) -> dict:

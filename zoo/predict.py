@@ -72,9 +72,11 @@ def _pixels(model: Any, media: str, num_frames: int):
 
     if not os.path.isfile(media):
         raise FileNotFoundError(f"image {media}: file not found")
+    from zoo.data.transforms import to_rgb  # noqa: PLC0415
+
     try:
         with Image.open(media) as img:
-            pil = img.convert("RGB")
+            pil = to_rgb(img)  # as training and evaluation read it (16-bit, float and transparent images included)
     except (OSError, ValueError) as exc:
         raise ValueError(f"image {media}: cannot be read as an image ({exc})") from None
     return transform(pil).unsqueeze(0)
@@ -84,7 +86,7 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
             texts: Sequence[str] | str | os.PathLike | None = None,
             answers: Sequence[str] | str | os.PathLike | None = None, top: int = 5, num_frames: int = 3,
             hypothesis: str | None = None, statement: str | None = None, media2: str | None = None,
-            model: Any = None) -> dict[str, Any]:
+            model: Any = None, trust_imports: bool = False) -> dict[str, Any]:
     """Run one prediction (exactly one of ``question``, ``caption``, ``texts``, ``hypothesis``, ``statement``) on
     ``media`` (an image or video file; ``statement`` also reads ``media2``, the right image).
 
@@ -92,7 +94,7 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
     entries), ``{"label", "probs": {class: probability}}`` (visual entailment: is the hypothesis entailed by, neutral
     to or contradicted by the image) or ``{"label": true | false, "prob"}`` (NLVR: is the statement about the left
     and right image true; ``prob`` of true), plus ``"media"``. ``model`` skips loading ``source`` (an already built
-    model).
+    model). ``trust_imports``: import the modules the saved config names (see :func:`zoo.hub.from_pretrained`).
     """
     import torch  # noqa: PLC0415
 
@@ -108,7 +110,7 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
     if model is None:
         from zoo.train.run import model_from_checkpoint  # noqa: PLC0415
 
-        model = model_from_checkpoint(source)
+        model = model_from_checkpoint(source, trust_imports=trust_imports)
     model.eval()
     pixels = _pixels(model, str(media), num_frames)
     tokenizer = model.text.get_tokenizer()
@@ -216,7 +218,7 @@ def _write_png_atomic(array: Any, path: Path) -> None:
 
 def generate_images(source: str | os.PathLike, text: str, *, out: str | os.PathLike, num_images: int = 1,
                     seed: int = 0, top_k: int | None = None, top_p: float | None = None,
-                    temperature: float | None = None, model: Any = None) -> list[Path]:
+                    temperature: float | None = None, model: Any = None, trust_imports: bool = False) -> list[Path]:
     """Sample ``num_images`` images for ``text`` with a text-to-image model and write them as PNG files.
 
     The images are drawn as one batch by ``model.generate_image`` from a ``torch.Generator`` seeded with ``seed`` (the
@@ -241,7 +243,7 @@ def generate_images(source: str | os.PathLike, text: str, *, out: str | os.PathL
     if model is None:
         from zoo.train.run import model_from_checkpoint  # noqa: PLC0415
 
-        model = model_from_checkpoint(source)
+        model = model_from_checkpoint(source, trust_imports=trust_imports)
     if not callable(getattr(model, "generate_image", None)) or getattr(model, "image_tokenizer", None) is None:
         raise ValueError(f"{source}: {type(model).__name__} cannot generate images (no image tokenizer): build or "
                          "fine-tune a text-to-image model (DaVinci) with task text_to_image")

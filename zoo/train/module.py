@@ -66,6 +66,43 @@ _ID_KEY = {"vqa": "question_id", "captioning": "image_id", "retrieval": "index",
 _RETRIEVAL_EVAL = ("retrieval", "pretrain")  # pre-training is evaluated by zero-shot retrieval
 
 
+def rng_states() -> dict[str, Any]:
+    """The random generators' states (torch CPU and CUDA, Python's ``random``, NumPy's global generator) in types that
+    ``torch.load(weights_only=True)`` reads back: a run resumed from a checkpoint draws the same augmentations and
+    dropout masks as the uninterrupted run would have (data loaded in the main process; worker processes are seeded
+    per epoch by the loader)."""
+    import random  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                              "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                                        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_states` saved (a generator it does not hold is left as it is)."""
+    import random  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in states:
+        n = states["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class TaskModule(L.LightningModule):
     """Fine-tuning of ``model`` on ``task`` with the optimiser settings ``optim`` and evaluation settings ``evaluation``."""
 
@@ -155,6 +192,11 @@ class TaskModule(L.LightningModule):
         # the model's full config travels with every checkpoint, so `mmzoo export` / `mmzoo eval` can rebuild it
         checkpoint["zoo_config"] = dict(getattr(self.model, "zoo_config", None) or {})
         checkpoint["zoo_task"] = self.task
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

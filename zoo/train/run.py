@@ -79,17 +79,122 @@ def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> 
     return cfg
 
 
+class NonFiniteWeightsError(FloatingPointError):
+    """A checkpoint about to be written holds a NaN or infinite weight or optimiser value (the message names it)."""
+
+
+def _first_non_finite(obj: Any, where: str) -> str | None:
+    """The dotted name of the first floating tensor in ``obj`` (nested dicts / lists) holding a NaN or an infinity."""
+    import torch  # noqa: PLC0415
+
+    if torch.is_tensor(obj):
+        if obj.is_floating_point() or obj.is_complex():
+            return None if bool(torch.isfinite(obj).all()) else where
+        return None
+    if isinstance(obj, Mapping):
+        items: Iterable = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = _first_non_finite(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the same folder and renames it into place, so a killed run never
-    leaves a truncated file under a checkpoint's name (``last.ckpt`` stays the previous good one)."""
+    """Checkpoint files that are whole, finite and safe to read.
+
+    - Saving writes to a temporary file in the same folder and renames it into place, so a killed run never leaves a
+      truncated file under a checkpoint's name (``last.ckpt`` stays the previous good one); orphans of killed
+      writers are removed by the next write (:func:`zoo.hub.remove_orphans`).
+    - Saving refuses a checkpoint whose weights or optimiser state hold a NaN or an infinity
+      (:class:`NonFiniteWeightsError`, naming the tensor): a step that produced them must not replace the last good
+      checkpoint, whatever the loss said.
+    - Loading reads with ``torch.load(weights_only=True)`` (nothing but tensors and containers is unpickled) and turns
+      every failure into a :class:`zoo.hub.WeightsError` naming the file.
+    """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         import torch  # noqa: PLC0415
 
         from zoo.hub import atomic_path  # noqa: PLC0415
 
+        for key in ("state_dict", "optimizer_states"):
+            bad = _first_non_finite(checkpoint.get(key), key)
+            if bad is not None:
+                raise NonFiniteWeightsError(
+                    f"not writing {path}: {bad} holds NaN or infinite values after global step "
+                    f"{checkpoint.get('global_step')} (epoch {checkpoint.get('epoch')}); the run is stopped and the "
+                    "checkpoints already written are kept (resume with --resume, perhaps at a lower optim.lr)")
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return read_checkpoint(path, map_location=map_location or "cpu")
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """A training checkpoint read with ``torch.load(weights_only=True)``; a file that is missing, truncated, empty,
+    holds a pickled object other than tensors and containers, or is not a checkpoint raises
+    :class:`zoo.hub.WeightsError` naming it."""
+    import torch  # noqa: PLC0415
+
+    from zoo.hub import WeightsError, load_failure  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: empty file (0 bytes), not a checkpoint")
+    try:
+        ckpt = torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:  # noqa: BLE001 - every reader failure is one named error
+        raise WeightsError(f"{path}: cannot be read as a training checkpoint with torch.load(weights_only=True) "
+                           f"({load_failure(exc)})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
+        raise WeightsError(f"{path}: not a training checkpoint (expected a mapping with a 'state_dict')")
+    return ckpt
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoint files of a run folder (``checkpoints/*.ckpt``: last, per epoch, per step)."""
+    folder = Path(run_dir) / "checkpoints"
+    return sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+
+
+def newest_checkpoint(run_dir: str | os.PathLike, log: Any = print, what: str = "--resume") -> Path:
+    """The newest readable checkpoint of a run folder (``last.ckpt`` or a per-epoch or per-step file; newest = most
+    optimiser steps, then most recently written), so a run killed while writing its first ``last.ckpt`` still has
+    ``epoch000.ckpt``. Unreadable files are skipped with a warning naming each (through ``log``); orphan temporary
+    files of killed writers are removed first. Raises FileNotFoundError when none is readable."""
+    from zoo.hub import WeightsError, remove_orphans  # noqa: PLC0415
+
+    folder = Path(run_dir) / "checkpoints"
+    for orphan in remove_orphans(folder):
+        log(f"{what}: removed {orphan}, a temporary file of a writer that was stopped")
+    found: list[tuple[int, float, Path]] = []
+    for path in run_checkpoints(run_dir):
+        try:
+            ckpt = read_checkpoint(path, mmap=True)
+        except WeightsError as exc:
+            log(f"warning: {what} skips {exc}")
+            continue
+        found.append((int(ckpt.get("global_step") or 0), path.stat().st_mtime, path))
+        del ckpt
+    if not found:
+        purpose = "no checkpoint to resume from" if what == "--resume" else "no readable checkpoint"
+        raise FileNotFoundError(f"{what}: {purpose} in {folder}")
+    return max(found)[2]
+
+
+def resume_checkpoint(run_dir: str | os.PathLike, log: Any = print) -> Path:
+    """The checkpoint ``--resume`` continues from (:func:`newest_checkpoint`); says which."""
+    path = newest_checkpoint(run_dir, log)
+    log(f"resuming from {path}")
+    return path
 
 
 def _plot_curves(metrics_csv: Path, out_png: Path) -> None:
@@ -186,14 +291,11 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     _check_strategy({"accelerator": "cpu", **dict(cfg.get("trainer") or {})}, cfg.get("_file"))
     tcfg = dict(cfg.get("train") or {})
     run_dir = Path(tcfg.get("output_dir", "runs")) / str(tcfg.get("name", f"{cfg['model']['name']}-{task}"))
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
-    if not resume and last.is_file():  # never overwrite a run: a new one goes to NAME-2, NAME-3, ...
+    start = resume_checkpoint(run_dir) if resume else None
+    if not resume and run_checkpoints(run_dir):  # never overwrite a run: a new one goes to NAME-2, NAME-3, ...
         base, n = run_dir, 2
         while (run_dir := base.with_name(f"{base.name}-{n}")).exists():
             n += 1
-        last = run_dir / "checkpoints" / "last.ckpt"
         print(f"{base} already holds a run (pass --resume to continue it); this run goes to {run_dir}")
     L.seed_everything(int(tcfg.get("seed", 0)), workers=True, verbose=False)
 
@@ -238,18 +340,21 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
                    "num_sanity_val_steps": 0, **dict(cfg.get("trainer") or {})}
     # one checkpoint per epoch, written when the training epoch ends: Lightning would otherwise save only after
     # validations, so with `check_val_every_n_epoch: N` an interrupted run lost up to N epochs
+    # names never get Lightning's "-v1" suffix: a resumed run writes over a file it skipped as unreadable (a new run
+    # never shares a folder with an old one), and --resume takes the newest readable file whatever its name, so the
+    # step callback needs no last.ckpt of its own
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}",
                                  auto_insert_metric_name=False, save_last=True, save_top_k=-1, every_n_epochs=1,
-                                 save_on_train_epoch_end=True)]
+                                 save_on_train_epoch_end=True, enable_version_counter=False)]
     if tcfg.get("save_every_n_steps"):
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}",
-                                         auto_insert_metric_name=False, save_last=True, save_top_k=1,
-                                         monitor="step", mode="max",
+                                         auto_insert_metric_name=False, save_last=False, save_top_k=1,
+                                         monitor="step", mode="max", enable_version_counter=False,
                                          every_n_train_steps=int(tcfg["save_every_n_steps"])))
     loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="tb")]
     trainer = L.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], **trainer_cfg)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(start) if start is not None else None)
     if dm.has_split("val") and trainer_cfg.get("limit_val_batches", 1) != 0 \
             and getattr(module, "validated_step", None) != trainer.global_step:
         trainer.validate(module, datamodule=dm)  # the last epoch was not a validation epoch (check_val_every_n_epoch)
@@ -261,8 +366,7 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     if trainer.is_global_zero:
         if tcfg.get("export", True):
             export_dir = run_dir / "export"
-            model.save_pretrained(export_dir)
-            tokenizer.save_pretrained(str(export_dir / "tokenizer"))
+            model.save_pretrained(export_dir, tokenizer=tokenizer)  # one folder, swapped in whole
             results["export"] = str(export_dir)
         csv_file = run_dir / "logs" / "metrics.csv"
         if csv_file.is_file():
@@ -298,54 +402,59 @@ def _check_strategy(trainer_cfg: Mapping[str, Any], file: str | None) -> None:
                               "trainer.strategy", file)
 
 
-def model_from_checkpoint(source: str | os.PathLike):
-    """A model from an export folder, a run folder (its ``checkpoints/last.ckpt``) or a training checkpoint file.
+def model_from_checkpoint(source: str | os.PathLike, trust_imports: bool = False):
+    """A model from an export folder, a run folder (its newest readable checkpoint, :func:`newest_checkpoint`) or a
+    training checkpoint file.
 
-    Checkpoints are read with ``torch.load(weights_only=True)``: nothing is unpickled beyond tensors and containers.
+    Checkpoints are read with ``torch.load(weights_only=True)``: nothing is unpickled beyond tensors and containers;
+    the modules a saved config's ``imports`` names are imported only with ``trust_imports``
+    (:func:`zoo.hub.from_pretrained`).
     """
-    import torch  # noqa: PLC0415
+    import sys  # noqa: PLC0415
 
     import zoo  # noqa: PLC0415
     from zoo.hub import CONFIG_NAME, WeightsError, load_weights  # noqa: PLC0415
 
     path = Path(source)
     if path.is_dir() and (path / CONFIG_NAME).is_file():
-        return zoo.from_pretrained(path)
+        return zoo.from_pretrained(path, trust_imports=trust_imports)
     if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+        if not run_checkpoints(path):
+            raise FileNotFoundError(f"{source}: neither an export folder (no {CONFIG_NAME}) nor a run folder with "
+                                    "checkpoints/*.ckpt")
+        path = newest_checkpoint(path, log=lambda m: print(m, file=sys.stderr), what=str(source))
     if not path.is_file():
-        raise FileNotFoundError(f"{source}: neither an export folder, a run folder with checkpoints/last.ckpt, nor a "
+        raise FileNotFoundError(f"{source}: neither an export folder, a run folder with checkpoints, nor a "
                                 "checkpoint file")
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"{path}: cannot be read as a training checkpoint ({exc})") from None
-    config = ckpt.get("zoo_config") if isinstance(ckpt, dict) else None
-    if not config or "model" not in config:
-        raise WeightsError(f"{path}: not an mmzoo training checkpoint (no zoo_config)")
-    config = {**config, "_file": str(path)}
+    ckpt = read_checkpoint(path)
+    config = ckpt.get("zoo_config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise WeightsError(f"{path}: not an mmzoo training checkpoint (no zoo_config with a model)")
+    config = {**config, "_file": str(path), "_trust_imports": trust_imports}
     config.pop("pretrained", None)  # every weight is in the checkpoint
     model = zoo.create_model(config)
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if isinstance(k, str) and k.startswith("model.")}
     load_weights(model, state, what=str(path))
     return model
 
 
-def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, trainable_only: bool = False) -> Path:
-    """``mmzoo export``: a run folder or checkpoint → a ``save_pretrained`` export."""
-    model = model_from_checkpoint(source)
+def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, trainable_only: bool = False,
+                      trust_imports: bool = False) -> Path:
+    """``mmzoo export``: a run folder or checkpoint → a ``save_pretrained`` export (written whole, then swapped in)."""
+    model = model_from_checkpoint(source, trust_imports=trust_imports)
     return model.save_pretrained(out_dir, trainable_only=trainable_only)
 
 
 def evaluate(source: str | os.PathLike, config: str | os.PathLike, overrides: Iterable[str] = (),
-             split: str = "test", output: str | os.PathLike | None = None) -> dict[str, float]:
+             split: str = "test", output: str | os.PathLike | None = None,
+             trust_imports: bool = False) -> dict[str, float]:
     """``mmzoo eval``: score an export or checkpoint on a split of a task config's data; writes a JSON of results."""
     import lightning as L  # noqa: PLC0415
 
     from zoo.train.module import TaskModule  # noqa: PLC0415
 
     cfg = load_task_config(config, overrides)
-    model = model_from_checkpoint(source).eval()
+    model = model_from_checkpoint(source, trust_imports=trust_imports).eval()
     dm = _datamodule(cfg["task"], cfg, model, model.text.get_tokenizer())
     if not dm.has_split(split):
         raise ConfigError(f"the data config has no {split!r} split", f"data.{split}", cfg.get("_file"))
