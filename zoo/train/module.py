@@ -193,6 +193,10 @@ class TaskModule(L.LightningModule):
         checkpoint["zoo_config"] = dict(getattr(self.model, "zoo_config", None) or {})
         checkpoint["zoo_task"] = self.task
         checkpoint["rng_states"] = rng_states()
+        # the logs reach the disk with every checkpoint: a run killed later and resumed from this one keeps them
+        trainer = getattr(self, "_trainer", None)
+        for logger in (trainer.loggers if trainer is not None else ()):
+            logger.save()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:

@@ -197,6 +197,47 @@ def resume_checkpoint(run_dir: str | os.PathLike, log: Any = print) -> Path:
     return path
 
 
+def _resumed_csv_logger(run_dir: Path, checkpoint: Path):
+    """Lightning's CSV logger for a resumed run, keeping ``logs/metrics.csv``: Lightning's own deletes the file when
+    its folder is not empty, losing the curves of the epochs before the interruption. The rows the interrupted run
+    logged after the checkpoint's step are dropped (the resumed run logs those steps again); the rest stay, and the
+    resumed run appends to them."""
+    import csv  # noqa: PLC0415
+
+    from lightning.pytorch.loggers import CSVLogger  # noqa: PLC0415
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter  # noqa: PLC0415
+    from lightning.pytorch.loggers.logger import rank_zero_experiment  # noqa: PLC0415
+
+    from zoo.hub import atomic_write  # noqa: PLC0415
+
+    upto = int(read_checkpoint(checkpoint, mmap=True).get("global_step") or 0)
+
+    class _KeptWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if not os.path.isfile(self.metrics_file_path):
+                return
+            with open(self.metrics_file_path, encoding="utf-8", newline="") as fh:
+                reader = csv.DictReader(fh)
+                header, rows = list(reader.fieldnames or []), list(reader)
+            kept = [r for r in rows if float(r.get("step") or 0) <= upto]
+            with atomic_write(self.metrics_file_path, "w") as fh:
+                writer = csv.DictWriter(fh, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(kept)
+            self.metrics_keys = header
+
+    class _KeptCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = _KeptWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return _KeptCSVLogger(run_dir, name="logs", version="")
+
+
 def _plot_curves(metrics_csv: Path, out_png: Path) -> None:
     import csv  # noqa: PLC0415
 
@@ -351,7 +392,9 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
                                          auto_insert_metric_name=False, save_last=False, save_top_k=1,
                                          monitor="step", mode="max", enable_version_counter=False,
                                          every_n_train_steps=int(tcfg["save_every_n_steps"])))
-    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="tb")]
+    csv_logger = _resumed_csv_logger(run_dir, start) if start is not None else CSVLogger(run_dir, name="logs",
+                                                                                            version="")
+    loggers = [csv_logger, TensorBoardLogger(run_dir, name="logs", version="tb")]
     trainer = L.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], **trainer_cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=str(start) if start is not None else None)
