@@ -193,10 +193,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     failure it is removed. A writer killed outright leaves ``.NAME.PID.RANDOM.tmp``, which :func:`remove_orphans`
     (called by the next write of the same name) clears."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphans(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphans(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:  # the folder cannot be written to: named by the path asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         yield tmp
         with open(tmp, "rb") as fh:
@@ -204,10 +207,56 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         _user_mode(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
+        named = _write_error(exc, tmp, path)
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        if named is exc:
+            raise
+        raise named from None
+
+
+def _write_error(exc: BaseException, tmp: str | os.PathLike, final: str | os.PathLike) -> BaseException:
+    """The error a failed write raises, named after the file or folder being written rather than its temporary
+    name: an OSError from Python's own I/O gets the final path; the writers that hide the system's error in their
+    own (safetensors' ``SafetensorError``, ``torch.save``'s ``RuntimeError`` from its zip writer) become an OSError
+    with the errno they report (or ENOSPC when the disk is full, EIO otherwise). Anything else is returned as is."""
+    import errno  # noqa: PLC0415
+
+    tmp, final = str(tmp), str(final)
+    if isinstance(exc, OSError):
+        name = str(exc.filename) if exc.filename is not None else None
+        if name is not None and name.startswith(tmp):
+            name = final + name[len(tmp):]
+        return OSError(exc.errno, exc.strerror or str(exc), name or final) if exc.errno else exc
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError" or (isinstance(exc, RuntimeError) and (
+            "PytorchStreamWriter" in text or "file write failed" in text or "inline_container" in text)):
+        found = re.search(r"os error (\d+)", text)
+        code = int(found.group(1)) if found else _probe_write(Path(tmp) if Path(tmp).is_dir() else Path(tmp).parent)
+        if code is None:
+            return OSError(errno.EIO, f"cannot be written ({text.strip().splitlines()[0][:200]})", final)
+        return OSError(code, os.strerror(code), final)
+    return exc
+
+
+def _probe_write(folder: Path) -> int | None:
+    """The errno a 64 KiB write into ``folder`` fails with now (a full disk, a file-size limit), None if it
+    succeeds: the reason a writer that does not report the system's error failed."""
+    probe = folder / f".probe.{os.getpid()}.tmp"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return None
+    except OSError as exc:
+        return exc.errno
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
 
 
 _RENAME_EXCHANGE = 2
@@ -264,11 +313,14 @@ def atomic_dir(path: str | os.PathLike, *, keep: Callable[[str], bool] | None = 
     import shutil  # noqa: PLC0415
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path}: exists and is not a folder")
-    remove_orphans(path.parent, path.name)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphans(path.parent, path.name)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    except OSError as exc:  # the folder cannot be written to: named by the path asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         yield tmp
         if keep is not None and path.is_dir():
@@ -279,9 +331,12 @@ def atomic_dir(path: str | os.PathLike, *, keep: Callable[[str], bool] | None = 
                     else:
                         shutil.copy2(entry, tmp / entry.name, follow_symlinks=False)
         _sync_tree(tmp)
-    except BaseException:
+    except BaseException as exc:
+        named = _write_error(exc, tmp, path)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if named is exc:
+            raise
+        raise named from None
     if path.is_dir() and _exchange(tmp, path):  # tmp now holds the old folder
         _fsync_dir(path.parent)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -197,6 +197,31 @@ def resume_checkpoint(run_dir: str | os.PathLike, log: Any = print) -> Path:
     return path
 
 
+def _check_writable(folder: Path) -> None:
+    """The run folder can be made and written (its nearest existing parent is a writable folder), checked before
+    anything is built: a read-only output folder is one named error at the start, not a failure after the data check
+    and the model build."""
+    import errno  # noqa: PLC0415
+
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder (train.output_dir / train.name)",
+                                 str(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only(existing) else errno.EACCES
+        raise OSError(code, f"{os.strerror(code)}: the run folder {folder} cannot be written (train.output_dir)",
+                      str(existing))
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # pragma: no cover - platforms without statvfs
+        return False
+
+
 def _resumed_csv_logger(run_dir: Path, checkpoint: Path):
     """Lightning's CSV logger for a resumed run, keeping ``logs/metrics.csv``: Lightning's own deletes the file when
     its folder is not empty, losing the curves of the epochs before the interruption. The rows the interrupted run
@@ -338,6 +363,7 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
         while (run_dir := base.with_name(f"{base.name}-{n}")).exists():
             n += 1
         print(f"{base} already holds a run (pass --resume to continue it); this run goes to {run_dir}")
+    _check_writable(run_dir)
     L.seed_everything(int(tcfg.get("seed", 0)), workers=True, verbose=False)
 
     mcfg = cfg["model"]
