@@ -13,6 +13,7 @@ import tempfile
 
 import pytest
 import torch
+from conftest import dead_pid
 
 import zoo
 from zoo import hub
@@ -69,13 +70,15 @@ def test_an_export_killed_at_every_step_loads_as_the_old_or_the_new(models, tmp_
     old, new = models
     target = tmp_path / "export"
     (tmp_path / "notes.txt").write_text("mine")
+    pristine = tmp_path.parent / f"{tmp_path.name}-pristine"
+    old.save_pretrained(pristine)
+    (pristine / "README.md").write_text("my notes on this export")  # a user's file beside the export
     outcomes = {"old": 0, "new": 0}
     k = 1
     while True:
         if target.exists():
             shutil.rmtree(target)
-        old.save_pretrained(target)
-        (target / "README.md").write_text("my notes on this export")  # a user's file beside the export
+        shutil.copytree(pristine, target)
         code = _write_killed_at(k, new, target)
         assert code in (0, 9), f"writer failed with exit code {code} at kill point {k}"
         loaded = zoo.from_pretrained(target)
@@ -106,7 +109,7 @@ def test_a_non_export_folder_is_never_replaced(models, tmp_path):
 
 
 def test_orphans_of_dead_writers_go_and_live_ones_stay(tmp_path):
-    dead = _dead_pid()
+    dead = dead_pid()
     orphan = tmp_path / f".results.json.{dead}.abc123.tmp"
     orphan.write_text("half")
     live = tmp_path / f".results.json.{os.getppid()}.xyz789.tmp"
@@ -117,14 +120,6 @@ def test_orphans_of_dead_writers_go_and_live_ones_stay(tmp_path):
         fh.write("{}")
     assert not orphan.exists() and live.exists() and other.exists()  # only this name's, only dead writers'
     assert hub.remove_orphans(tmp_path) == [other]
-
-
-def _dead_pid() -> int:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return pid
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])

@@ -86,20 +86,21 @@ def export_pickle_weights(model, root, marker):
     return folder, "pytorch_model.bin"
 
 
-def export_config_link(model, root, marker):
+def _linked_out(model, root, name: str):
+    """An export whose file ``name`` is a symbolic link to a file outside the export folder."""
     folder = _export(model, root / "export")
-    outside = root / "elsewhere.json"
-    (folder / "config.json").rename(outside)
-    (folder / "config.json").symlink_to(outside)
-    return folder, "config.json"
+    outside = root / f"elsewhere-{name}"
+    (folder / name).rename(outside)
+    (folder / name).symlink_to(outside)
+    return folder, name
+
+
+def export_config_link(model, root, marker):
+    return _linked_out(model, root, "config.json")
 
 
 def export_weights_link(model, root, marker):
-    folder = _export(model, root / "export")
-    outside = root / "elsewhere.safetensors"
-    (folder / "model.safetensors").rename(outside)
-    (folder / "model.safetensors").symlink_to(outside)
-    return folder, "model.safetensors"
+    return _linked_out(model, root, "model.safetensors")
 
 
 def export_tokenizer_link(model, root, marker):
@@ -323,7 +324,8 @@ def test_hostile_sources_through_every_command(case, model, place, capsys):
                  ["predict", src, "--generate-image", "a red circle", "--out", str(root / "gen.png")],
                  ["export", src, str(root / "out")],
                  ["export", src, str(root / "out_lm"), "--part", "vision"],
-                 ["chat", src]):
+                 ["chat", src],
+                 ["eval", src, str(Path(__file__).parents[1] / "configs/tasks/vqa-shapes.yaml")]):
         _cli_fails(capsys, argv, names)
         _no_payload(marker)
     assert not (root / "out").exists() and not (root / "out_lm").exists()

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from conftest import dead_pid
 
 from zoo.data.shapes import generate_shapes
 from zoo.hub import WeightsError
@@ -34,14 +35,6 @@ def _config(shapes, out, epochs: int):
 
 def _weights(path) -> dict:
     return read_checkpoint(path)["state_dict"]
-
-
-def _dead_pid() -> int:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return pid
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +98,7 @@ def test_resume_from_the_epoch_file_when_last_is_lost(shapes, tmp_path, straight
     ``last.ckpt`` (it cannot happen through the atomic writer, but disks fail) is skipped with a warning."""
     ckpts, cfg = _killed(shapes, tmp_path, monkeypatch)
     last = ckpts / "last.ckpt"
-    orphan = ckpts / f".last.ckpt.{_dead_pid()}.k1ll3d.tmp"
+    orphan = ckpts / f".last.ckpt.{dead_pid()}.k1ll3d.tmp"
     orphan.write_bytes(last.read_bytes()[:1000])
     if damage == "missing":
         last.unlink()

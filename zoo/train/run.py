@@ -295,7 +295,10 @@ def _plot_curves(metrics_csv: Path, out_png: Path) -> None:
     if val:
         axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
+    from zoo.hub import atomic_path  # noqa: PLC0415
+
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
