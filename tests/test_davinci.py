@@ -4,6 +4,8 @@ on the tiny config, and the export round trip."""
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
 import random
 
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from conftest import fit_steps, load_reference
+from conftest import REFERENCE_DIR, fit_steps, load_reference
 from zoo.hub import WeightsError
 from zoo.models.base import count_parameters
 from zoo.models.davinci import (
@@ -462,3 +464,133 @@ def test_forward_is_the_prefix_lm_pass():
         logits = model.decoder_logits(ids, mask, states, smask)
     assert torch.equal(out["encoder_states"], states) and torch.equal(out["logits"], logits)
     assert out["logits"].shape == (2, 7, model.text_decoder.vocab_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# image codes ↔ token ids, caption label smoothing, VE class order: against the official values
+# (tests/reference/official_defaults.json, each with its file and line in shizhediao/DaVinci)
+# ---------------------------------------------------------------------------------------------------------------------
+def _official(key: str):
+    with open(REFERENCE_DIR / "official_defaults.json", encoding="utf-8") as fh:
+        entry = json.load(fh)["values"][key]
+    assert entry["source"], key
+    return entry["value"]
+
+
+def test_code_token_ids_both_ways(tiny):
+    """Catches the text-vocabulary offset dropped from the code ↔ token mapping (``code_token_ids`` returning
+    ``codes``, or ``codes_of_token_ids`` not subtracting it): code c is token c + 30522 (official
+    davinci_pretrain.py:162), the codes fill the last 1024 rows of the joint vocabulary, and the inverse gives the
+    codes back; ``code_input_ids`` puts IMG_BOS (2) before them, row-major."""
+    text_vocab, n_codes = _official("davinci_text_vocab_size"), _official("davinci_visual_vocab_size")
+    bos = _official("davinci_image_bos")
+    codes = torch.arange(n_codes)
+    ids = tiny.code_token_ids(codes)
+    assert ids.tolist() == [text_vocab + c for c in range(n_codes)]
+    assert tiny.text.embeddings.word_embeddings.weight.shape[0] == text_vocab + n_codes == ids.max() + 1
+    assert torch.equal(tiny.codes_of_token_ids(ids), codes)
+    assert torch.equal(tiny.codes_of_token_ids(torch.tensor([text_vocab, text_vocab + n_codes - 1])),
+                       torch.tensor([0, n_codes - 1]))
+    grid = torch.tensor([[[5, 0], [1023, 7]]])
+    assert tiny.code_input_ids(grid).tolist() == [[bos, text_vocab + 5, text_vocab, text_vocab + 1023, text_vocab + 7]]
+    assert tiny.image_bos_token_id == bos
+
+
+def test_image_modelling_targets_are_the_ids_generation_emits(tiny, tok, monkeypatch):
+    """Catches image-modelling targets without the text-vocabulary offset (``code_input_ids`` concatenating ``codes``
+    instead of ``code_token_ids(codes)``; the original bug) and any other disagreement between training and sampling:
+    the decoder ids ``prefix_image_loss`` trains on for a known code grid are, step by step, exactly the ids
+    ``generate_codes`` feeds back when the decoder puts its mass on the training target, and it returns the codes."""
+    tiny.eval()
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 1024, (2, 4, 4), generator=g)
+    codes[0, 1, 0], codes[1, 3, 3] = 0, 1023  # both ends of the codebook
+    images = torch.randn(2, 3, 64, 64, generator=g)
+    cap_ids, cap_mask = official_tokenize(tok, ["a red square", "two blue circles"])
+    captured = {}
+    lm_loss = tiny.lm_loss
+
+    def spy(ids, *args, **kwargs):
+        captured["ids"] = ids.clone()
+        return lm_loss(ids, *args, **kwargs)
+
+    monkeypatch.setattr(tiny, "lm_loss", spy)
+    with torch.no_grad():
+        tiny.prefix_image_loss(images, cap_ids, cap_mask, 1, codes[:, 1:])
+    targets = captured["ids"]  # [IMG_BOS, the 12 codes of rows 1-3 as token ids]
+    assert targets.shape == (2, 13)
+
+    fed = []
+    vocab = tiny.text.embeddings.word_embeddings.weight.shape[0]
+
+    def decoder_logits(tokens, mask, states, states_mask):
+        t = tokens.shape[1]
+        fed.append(tokens.clone())
+        logits = torch.zeros(tokens.shape[0], t, vocab)
+        logits[torch.arange(tokens.shape[0]), -1, targets[:, t]] = 30.0  # the training target of position t
+        return logits
+
+    monkeypatch.setattr(tiny, "decoder_logits", decoder_logits)
+    out = tiny.generate_codes(cap_ids, cap_mask, (3, 4), top_k=4000, top_p=0.9, temperature=1.0,
+                              generator=torch.Generator().manual_seed(0))
+    assert len(fed) == 12
+    for t, tokens in enumerate(fed, start=1):
+        assert torch.equal(tokens, targets[:, :t])  # generation fed back exactly the training ids
+    assert torch.equal(out, codes[:, 1:])
+
+
+def test_caption_label_smoothing_default_is_official(tiny):
+    """Catches ``caption_label_smoothing: float = 0.1`` → ``0`` in DaVinci (and a changed pre-training default): the
+    signature defaults, the shipped model and the built tiny model equal the official values (gen_coco.yaml:30
+    ``label_smoothing: 0.1``; pre-training configs without it: 0.0, davinci_pretrain.py:52-55)."""
+    from zoo.factory import resolve_config
+    from zoo.models.davinci import DaVinci
+
+    caption, pretrain = _official("davinci_caption_label_smoothing"), _official("davinci_pretrain_label_smoothing")
+    params = inspect.signature(DaVinci).parameters
+    assert params["caption_label_smoothing"].default == caption
+    assert params["label_smoothing"].default == pretrain
+    assert tiny.caption_label_smoothing == caption and tiny.label_smoothing == pretrain
+    cfg = resolve_config("davinci-base", task="captioning")["model"]
+    assert cfg.get("caption_label_smoothing", caption) == caption
+    assert cfg.get("label_smoothing", pretrain) == pretrain
+
+
+def test_caption_loss_is_label_smoothed_cross_entropy_float64(tiny, tok):
+    """Catches caption label smoothing lost or changed (the default 0.1 → 0, or ``caption_loss`` passing the
+    pre-training ``label_smoothing``): the loss equals the label-smoothed cross-entropy written out in float64 over the
+    joint vocabulary (official CrossEntropyLoss(label_smoothing=0.1), models/bert.py:1275), prompt not scored."""
+    eps = _official("davinci_caption_label_smoothing")
+    tiny.eval()
+    g = torch.Generator().manual_seed(8)
+    images = torch.randn(2, 3, 64, 64, generator=g)
+    ids, mask = official_tokenize(tok, ["a picture of a red square above a circle", "a picture of two dots"])
+    with torch.no_grad():
+        loss = tiny.caption_loss({"images": images, "caption_ids": ids, "caption_mask": mask})["loss"]
+        ctx = torch.full((2, 1), tok.cls_token_id)
+        states, smask = tiny.encode(images, ctx, torch.ones_like(ctx))
+        logits = tiny.decoder_logits(ids, mask, states, smask).double()
+    prompt = 1 + len(tok("a picture of", add_special_tokens=False)["input_ids"])  # [CLS] a picture of
+    total, count = 0.0, 0
+    for b in range(2):
+        for t in range(prompt, int(mask[b].sum())):  # token t predicted from position t - 1
+            row = logits[b, t - 1]
+            log_z = float(row.max() + torch.log(torch.exp(row - row.max()).sum()))
+            nll = log_z - float(row[ids[b, t]])  # -log p(target)
+            uniform = log_z - float(row.mean())  # mean over the vocabulary of -log p_k
+            total += (1 - eps) * nll + eps * uniform
+            count += 1
+    assert count == 10  # 6 + 2 caption words and their [SEP]s
+    assert float(loss) == pytest.approx(total / count, rel=2e-6)
+
+
+def test_ve_class_order_is_official():
+    """Catches a reordered ``ve_labels`` in DaVinci (e.g. the CCLM order contradiction, entailment, neutral): the
+    classes are in the official SNLI-VE order of DaVinci's ve_dataset.py:14 (contradiction 0, neutral 1,
+    entailment 2), which maps the data's label names to the head's classes."""
+    from zoo.models.davinci import DaVinci
+
+    order = _official("davinci_ve_labels")
+    assert list(DaVinci.ve_labels) == sorted(order, key=order.get)
+    model = zoo.create_model("davinci-tiny", ve_head=True, device="meta")
+    assert {name: i for i, name in enumerate(model.ve_labels)} == order

@@ -523,13 +523,23 @@ class DaVinci(ZooModel):
         states, smask = self.encode(None, prefix_ids, prefix_mask)
         return self.lm_loss(target_ids, target_mask, states, smask, label_smoothing=self.label_smoothing)
 
+    def code_token_ids(self, codes: Tensor) -> Tensor:
+        """VQGAN codes → their token ids in the joint vocabulary: ``code + text_vocab_size`` (official
+        davinci_pretrain.py: ``masked_image_ids + text_vocab_size``). The one mapping image-modelling targets
+        (:meth:`code_input_ids`) and sampling (:meth:`generate_codes`) use; :meth:`codes_of_token_ids` inverts it."""
+        return codes + self.text_vocab_size
+
+    def codes_of_token_ids(self, ids: Tensor) -> Tensor:
+        """Token ids of the joint vocabulary → VQGAN codes: the inverse of :meth:`code_token_ids`."""
+        return ids - self.text_vocab_size
+
     def code_input_ids(self, codes: Tensor) -> Tensor:
         """``(B, h, w)`` or ``(B, n)`` codes → decoder ids ``[IMG_BOS, code + text_vocab, ...]`` (row-major)."""
         codes = codes.flatten(1).long()
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.text.visual_vocab_size):
             raise ValueError(f"image codes must lie in [0, {self.text.visual_vocab_size})")
         bos = codes.new_full((codes.shape[0], 1), self.image_bos_token_id)
-        return torch.cat([bos, codes + self.text_vocab_size], dim=1)
+        return torch.cat([bos, self.code_token_ids(codes)], dim=1)
 
     def prefix_image_loss(self, images: Tensor, caption_ids: Tensor, caption_mask: Tensor, prefix_rows: int,
                           suffix_codes: Tensor) -> Tensor:
@@ -761,7 +771,8 @@ class DaVinci(ZooModel):
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be positive")
         states, smask = self.encode(None, input_ids, attention_mask)
-        n_codes, lo = self.text.visual_vocab_size, self.text_vocab_size
+        code_ids = self.code_token_ids(torch.arange(self.text.visual_vocab_size, device=input_ids.device))
+        n_codes = len(code_ids)
         warpers = []
         if top_k and top_k > 0:
             warpers.append(TopKLogitsWarper(top_k=min(top_k, n_codes)))
@@ -770,12 +781,12 @@ class DaVinci(ZooModel):
         b = input_ids.shape[0]
         tokens = torch.full((b, 1), self.image_bos_token_id, dtype=torch.long, device=input_ids.device)
         for _ in range(grid[0] * grid[1]):
-            logits = self.decoder_logits(tokens, None, states, smask)[:, -1, lo: lo + n_codes].float() / temperature
+            logits = self.decoder_logits(tokens, None, states, smask)[:, -1, code_ids].float() / temperature
             for warp in warpers:
                 logits = warp(tokens, logits)
-            code = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-            tokens = torch.cat([tokens, code + lo], dim=1)
-        return (tokens[:, 1:] - lo).view(b, grid[0], grid[1])
+            code = torch.multinomial(logits.softmax(-1), 1, generator=generator)  # column k of code_ids is code k
+            tokens = torch.cat([tokens, self.code_token_ids(code)], dim=1)
+        return self.codes_of_token_ids(tokens[:, 1:]).view(b, grid[0], grid[1])
 
     @torch.no_grad()
     def generate_image(self, text: str | Sequence[str], tokenizer: Any = None, *, top_k: int | None = None,
