@@ -520,3 +520,28 @@ def test_official_checkpoints_are_recognised():
         assert describe_official_checkpoint({**retrieval, "text_decoder.cls.x": torch.empty(1)})["task"] == "vqa"
     with pytest.raises(WeightsError, match="no 'text_encoder.' keys"):
         describe_official_checkpoint({"vision_encoder.x": torch.empty(1)})
+
+
+def test_xvnli_class_order_is_the_official_label_mapper():
+    """Catches a reordered XVNLI class order (``XVNLI_LABELS`` or a shipped head's ``labels``, e.g. DaVinci's
+    contradiction, neutral, entailment): class i of every CCLM XVNLI head is the name the official ``label_mapper``
+    maps to i (zengyan-97/CCLM dataset/xvnli_dataset.py:15, recorded with its source in
+    tests/reference/official_defaults.json)."""
+    import json
+
+    from conftest import REFERENCE_DIR
+    from zoo.factory import resolve_config
+    from zoo.models.cclm import XVNLI_LABELS
+
+    with open(REFERENCE_DIR / "official_defaults.json", encoding="utf-8") as fh:
+        entry = json.load(fh)["values"]["cclm_xvnli_labels"]
+    assert any("CCLM" in s and "xvnli_dataset.py:15" in s for s in entry["source"])
+    mapper = entry["value"]
+    assert {name: i for i, name in enumerate(XVNLI_LABELS)} == mapper
+    for name in ("cclm-tiny", "cclm-base", "cclm-x2vlm-base", "cclm-x2vlm-large"):
+        head = resolve_config(name, task="xvnli")["model"]["xvnli"]
+        assert head["num_classes"] == len(mapper), name
+        labels = head.get("labels") or XVNLI_LABELS
+        assert {label: i for i, label in enumerate(labels)} == mapper, name
+    model = zoo.create_model("cclm-tiny", task="xvnli", device="meta")
+    assert {label: i for i, label in enumerate(model.ve_labels)} == mapper
