@@ -36,14 +36,39 @@ def test_list_and_unknown_name():
 
 
 def test_create_and_run(demo):
+    """Shapes, and the heads' outputs recomputed in float64 from the model's own states: catches ITM ``predict``
+    reading class 0 (``softmax(...)[:, 0]``) or a missing L2 normalisation in ITC, which a range check let through."""
+    import math
+
     images, ids = _inputs()
     with torch.no_grad():
         out = demo(images, ids)
     assert out.vision.tokens.shape == (2, 17, 64)
     assert out.fused.tokens.shape == (2, 6, 64)
-    assert out.similarity.shape == (2, 2) and out.similarity.abs().max() <= 1 + 1e-5
-    assert ((out.match_prob >= 0) & (out.match_prob <= 1)).all()
+    assert out.similarity.shape == (2, 2)
     assert out.answer_logits.shape == (2, 8)
+
+    def linear(x, layer):
+        return x @ layer.weight.double().t() + layer.bias.double()
+
+    def unit(x):
+        return x / x.pow(2).sum(-1, keepdim=True).sqrt()
+
+    with torch.no_grad():
+        # ITC: cosine of the L2-normalised projections of the pooled states
+        sim = unit(linear(out.vision.pooled.double(), demo.itc.vision_proj)) @ unit(
+            linear(out.text.pooled.double(), demo.itc.text_proj)).t()
+        torch.testing.assert_close(out.similarity.double(), sim, rtol=1e-5, atol=1e-6)
+        # ITM: Linear → LayerNorm → GELU (erf) → Linear on the fused CLS; match = class 1, softmax written out
+        mlp = demo.itm.mlp
+        h = linear(out.fused.tokens[:, 0].double(), mlp[0])
+        h = (h - h.mean(-1, keepdim=True)) / (h.var(-1, unbiased=False, keepdim=True) + mlp[1].eps).sqrt()
+        h = h * mlp[1].weight.double() + mlp[1].bias.double()
+        logits = linear(0.5 * h * (1 + torch.erf(h / math.sqrt(2))), mlp[3])
+        match = logits[:, 1].exp() / logits.exp().sum(-1)
+        torch.testing.assert_close(out.match_prob.double(), match, rtol=1e-5, atol=1e-6)
+        # the answer classifier is the VQA head's own logits on the fused CLS
+        torch.testing.assert_close(out.answer_logits, demo.vqa(out.fused.tokens[:, 0])["logits"])
     assert demo.zoo_config["name"] == "demo-tiny" and "tasks" not in demo.zoo_config
 
 
