@@ -374,3 +374,45 @@ def test_describe_official_captioning_checkpoint():
     model = zoo.create_model("x2vlm-base", task="captioning", device="meta", **{"vision.img_size": 224})
     assert {k: tuple(v.shape) for k, v in converted.items()} == \
         {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_retrieval_itc_equals_the_official_formula_float64():
+    """Catches a missing transpose in the text→image ITC term (``sim_t2i = sim_i2t``), a missing L2 normalisation of
+    the image (or text) embeddings, and unnormalised soft targets, at the X²-VLM level: in float64 the ``itc`` loss of
+    ``retrieval_losses`` equals the official ``get_contrastive_loss`` (X2-VLM models/xvlm.py:794-825) written out here on
+    the model's own CLS states, with repeated image ids."""
+    import math
+
+    torch.manual_seed(0)
+    model = zoo.create_model("x2vlm-tiny", task="retrieval").double().eval()
+    batch = _batch()
+    batch["images"] = batch["images"].double()
+    batch["image_ids"] = torch.tensor([4, 9, 4, 1])  # the first and third texts describe the same image
+    with torch.no_grad():
+        losses = model.retrieval_losses(batch, generator=torch.Generator().manual_seed(0))
+        image_cls = model.encode_image(batch["images"]).tokens[:, 0]
+        text_cls = model.encode_text(batch["input_ids"], batch["attention_mask"]).tokens[:, 0]
+        head = model.itc
+
+        def unit_projection(x, layer):
+            y = x @ layer.weight.t() + layer.bias
+            return y / y.pow(2).sum(-1, keepdim=True).sqrt()
+
+        image_feat, text_feat = unit_projection(image_cls, head.vision_proj), unit_projection(text_cls, head.text_proj)
+        temp = min(max(float(head.temp), 0.001), 0.5)
+    n = 4
+    logits = [[float(image_feat[i] @ text_feat[j]) / temp for j in range(n)] for i in range(n)]
+    ids = batch["image_ids"].tolist()
+
+    def soft_ce(rows):  # mean over rows of -sum_j target_ij log softmax(row)_j, target = same-id / row count
+        total = 0.0
+        for i, row in enumerate(rows):
+            m = max(row)
+            log_z = m + math.log(sum(math.exp(v - m) for v in row))
+            same = [j for j in range(n) if ids[j] == ids[i]]
+            total += -sum((row[j] - log_z) / len(same) for j in same)
+        return total / n
+
+    i2t = soft_ce(logits)
+    t2i = soft_ce([[logits[i][j] for i in range(n)] for j in range(n)])  # the transpose: texts as rows
+    assert float(losses["itc"]) == pytest.approx((i2t + t2i) / 2, rel=1e-7)
