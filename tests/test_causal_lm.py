@@ -207,14 +207,27 @@ def test_generation_cached_equals_uncached(model_type, num_beams):
 
 
 def test_sampling_runs_with_conditioning():
+    """Sampling with an injection is reproducible under a seed and the injection reaches it: catches an injection
+    dropped from sampled generation (e.g. not expanded to ``num_return_sequences`` rows, or ignored), which equal
+    outputs under one seed alone let through. The injection is drawn from a seeded generator."""
     lm = _lm("opt")
     ids, mask = _batch()
-    inj = Injection(torch.randn(2, 1, 32), start=2, end=4)
+    inj = Injection(torch.randn(2, 1, 32, generator=torch.Generator().manual_seed(3)) * 4, start=2, end=4)
+    kw = dict(do_sample=True, top_k=5, max_new_tokens=4, num_return_sequences=2)
     torch.manual_seed(0)
-    a = lm.generate(ids, mask, injection=inj, do_sample=True, top_k=5, max_new_tokens=4, num_return_sequences=2)
+    a = lm.generate(ids, mask, injection=inj, **kw)
     torch.manual_seed(0)
-    b = lm.generate(ids, mask, injection=inj, do_sample=True, top_k=5, max_new_tokens=4, num_return_sequences=2)
-    assert a.shape[0] == 4 and torch.equal(a, b)
+    b = lm.generate(ids, mask, injection=inj, **kw)
+    assert a.shape == (4, 4) and torch.equal(a, b)
+    torch.manual_seed(0)
+    plain = lm.generate(ids, mask, **kw)
+    assert not torch.equal(plain, a)  # the same draws without the injection give other tokens
+    # the first sampled token's distribution is the injected model's: the first step's top-5 logits under the
+    # injection differ from the plain model's, so the injection changes what is sampled from
+    with torch.no_grad():
+        first = lm(ids, mask, injection=inj).logits[:, -1]
+        first_plain = lm(ids, mask).logits[:, -1]
+    assert not torch.allclose(first, first_plain)
 
 
 class _AddContext(nn.Module):
