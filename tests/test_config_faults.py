@@ -293,6 +293,8 @@ def test_train_stops_before_data_and_lightning(tmp_path, overrides, key, fragmen
     with pytest.raises(ConfigError) as info:
         train(cfg)
     assert info.value.path == key and fragment in info.value.message, str(info.value)
+    if key == "model.vqa.encoder_width":  # the model file's key, and the task config whose overrides changed it
+        assert info.value.message.endswith(f"(the model as changed by the model.overrides of {VQA})")
     assert not (tmp_path / "run").exists()
 
 
