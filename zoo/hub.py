@@ -123,11 +123,11 @@ def _umask() -> int:
     return mask
 
 
-def _user_mode(path: str | os.PathLike, folder: bool = False) -> None:
+def _user_mode(path: str | os.PathLike, folder: bool = False, umask: int | None = None) -> None:
     """Give a file made by :func:`tempfile.mkstemp` (mode 0600) or a folder made by :func:`tempfile.mkdtemp` (0700)
     the mode an ordinary ``open`` / ``mkdir`` would have given it under the user's umask (0644 / 0755 typically), so
     exports, checkpoints and results are readable by the group on a shared disk as any other file the user writes."""
-    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+    os.chmod(path, (0o777 if folder else 0o666) & ~(_umask() if umask is None else umask))
 
 
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(?:tmp|old)$")
@@ -220,7 +220,8 @@ def _write_error(exc: BaseException, tmp: str | os.PathLike, final: str | os.Pat
     """The error a failed write raises, named after the file or folder being written rather than its temporary
     name: an OSError from Python's own I/O gets the final path; the writers that hide the system's error in their
     own (safetensors' ``SafetensorError``, ``torch.save``'s ``RuntimeError`` from its zip writer) become an OSError
-    with the errno they report (or ENOSPC when the disk is full, EIO otherwise). Anything else is returned as is."""
+    with the errno they report, else the errno a probe write fails with now (a full disk, a size limit), else EIO
+    with their message. Anything else is returned as is."""
     import errno  # noqa: PLC0415
 
     tmp, final = str(tmp), str(final)
@@ -288,6 +289,7 @@ def _exchange(a: Path, b: Path) -> bool:
 def _sync_tree(root: Path) -> None:
     """fsync every file and folder under ``root`` and give each the user's umask mode (some writers, safetensors
     among them, create their files 0600)."""
+    umask = _umask()  # read once for the whole tree
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             file = os.path.join(dirpath, name)
@@ -295,8 +297,8 @@ def _sync_tree(root: Path) -> None:
                 continue
             with open(file, "rb") as fh:
                 os.fsync(fh.fileno())
-            _user_mode(file)
-        _user_mode(dirpath, folder=True)
+            _user_mode(file, umask=umask)
+        _user_mode(dirpath, folder=True, umask=umask)
         _fsync_dir(dirpath)
 
 
