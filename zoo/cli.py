@@ -321,7 +321,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="regenerate even if present")
     s.set_defaults(fn=_cmd_data)
 
-    s = sub.add_parser("eval", parents=[trust], help="evaluate an export, run folder or checkpoint on a task config's data")
+    s = sub.add_parser("eval", parents=[trust],
+                       help="evaluate an export, run folder or checkpoint on a task config's data")
     s.add_argument("source", help="export folder, run folder or .ckpt file")
     s.add_argument("config", help="task config YAML naming the data")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -329,7 +330,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--output", default=None, help="JSON file for the results (default: beside the source)")
     s.set_defaults(fn=_cmd_eval)
 
-    s = sub.add_parser("predict", parents=[trust], help="answer a question, caption an image, rank texts, judge a hypothesis "
+    s = sub.add_parser("predict", parents=[trust],
+                       help="answer a question, caption an image, rank texts, judge a hypothesis "
                                          "or a statement, or generate images from text")
     s.add_argument("source", help="export folder, run folder or .ckpt file")
     s.add_argument("--image", default=None, help="an image file")
@@ -358,7 +360,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: model config)")
     s.set_defaults(fn=_cmd_predict)
 
-    s = sub.add_parser("export", parents=[trust], help="turn a run folder or training checkpoint into a loadable export")
+    s = sub.add_parser("export", parents=[trust],
+                       help="turn a run folder or training checkpoint into a loadable export")
     s.add_argument("source", help="run folder or .ckpt file")
     s.add_argument("out_dir")
     s.add_argument("--trainable-only", action="store_true", help="write only the trainable tensors (adapters)")
@@ -375,7 +378,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--task", default=None, help="task variant (default: detected from the checkpoint)")
     s.set_defaults(fn=_cmd_convert)
 
-    s = sub.add_parser("chat", parents=[trust], help="multi-turn chat with a MultiModal-GPT model: one question per stdin line")
+    s = sub.add_parser("chat", parents=[trust],
+                       help="multi-turn chat with a MultiModal-GPT model: one question per stdin line")
     s.add_argument("source", help="export folder, run folder, .ckpt file or registered model name")
     s.add_argument("--image", default=None, help="an image file the conversation is about (none: language only)")
     s.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default: the model's)")

@@ -102,7 +102,8 @@ def resolve_path(spec: str | os.PathLike) -> Path:
         top, *rest = module.split(".")
         found = importlib.util.find_spec(top) if top.isidentifier() else None
         if found is None or not found.submodule_search_locations:
-            raise FileNotFoundError(f"{spec}: package {module!r} is not installed (pip install {top.replace('_', '-')})")
+            raise FileNotFoundError(f"{spec}: package {module!r} is not installed "
+                                    f"(pip install {top.replace('_', '-')})")
         base = Path(list(found.submodule_search_locations)[0]).joinpath(*rest)
         return base / sub if sub else base
     return Path(text)
