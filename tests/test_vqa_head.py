@@ -327,8 +327,11 @@ def _mlm_head(seed: int = 9):
     return BertOnlyMLMHead(transformers.BertConfig(hidden_size=D, vocab_size=V))
 
 
+@pytest.mark.parametrize("as_state_dict", [False, True], ids=["modules", "state_dicts"])
 @pytest.mark.parametrize("dec_layers, sources", [(2, [2, 3]), (1, [3])])
-def test_init_from_text_encoder(dec_layers, sources):
+def test_init_from_text_encoder(dec_layers, sources, as_state_dict):
+    """From the modules, or from their state dicts (the layer count and the first fusion layer then read from the
+    keys): the same copies and the same report."""
     torch.manual_seed(8)
     enc = SplitBert(num_layers=4, fusion_start=2, hidden_size=D, num_heads=4, intermediate_size=64, vocab_size=V,
                     max_position_embeddings=16, encoder_width=48)
@@ -337,7 +340,10 @@ def test_init_from_text_encoder(dec_layers, sources):
         for p in [*enc.parameters(), *mlm.parameters()]:
             p.normal_()
     head = _head(num_layers=dec_layers)
-    report = head.init_from_text_encoder(enc, mlm)
+    if as_state_dict:
+        report = head.init_from_text_encoder(dict(enc.state_dict()), dict(mlm.state_dict()))
+    else:
+        report = head.init_from_text_encoder(enc, mlm)
     ours, theirs = head.state_dict(), enc.state_dict()
     for key, value in theirs.items():
         if key.startswith("embeddings."):
@@ -367,6 +373,14 @@ def test_init_from_text_encoder(dec_layers, sources):
     )
     # the same head computes with the copied weights (tying intact)
     assert head.cls.predictions.decoder.weight is head.decoder.bert.embeddings.word_embeddings.weight
+
+
+def test_init_from_a_state_dict_without_fusion_layers_is_refused():
+    torch.manual_seed(8)
+    enc = SplitBert(num_layers=2, fusion_start=2, hidden_size=D, num_heads=4, intermediate_size=64, vocab_size=V,
+                    max_position_embeddings=16)
+    with pytest.raises(ValueError, match=r"^the text-encoder state dict has no fusion \(cross-attention\) layers$"):
+        _head(num_layers=1).init_from_text_encoder(enc.state_dict())
 
 
 def test_decoder_init_state_from_official_keys():
