@@ -516,3 +516,36 @@ def test_caption_head_config_errors():
     head = CaptionHead(hidden_size=8, vocab_size=20, ignore_index=1, mask_token_id=3, eos_token_id=2)
     with pytest.raises(TypeError, match="unknown decoding options"):
         head.generate(None, torch.zeros(1, 1, 8), None, [1], beams=2)
+
+
+def test_caption_head_defaults_are_official():
+    """X2-VLM's captioning loss and decoding defaults against the official-defaults table (config and file:line)."""
+    from test_heads_reference import official
+
+    want = official("x2vlm_caption")
+    head = CaptionHead(hidden_size=8, vocab_size=30522)
+    assert head.label_smoothing == want["label_smoothing"] and head.ignore_index == want["ignore_index"]
+    assert head.generation == {k: want[k] for k in ("num_beams", "min_length", "max_length", "length_penalty",
+                                                    "ngram_size")}
+
+
+@pytest.mark.parametrize("explicit_weights", [False, True])
+def test_caption_head_forward_is_the_label_smoothed_loss_at_the_masked_positions(explicit_weights):
+    """CaptionHead's logits are the MLM logits at ``masked_pos``; its loss is the official label-smoothed KL (float64
+    formula above), weighted by ``masked_weight`` or, without it, by ``labels != ignore_index``."""
+    torch.manual_seed(3)
+    head = CaptionHead(hidden_size=8, vocab_size=13, ignore_index=1, mask_token_id=3, eos_token_id=2,
+                       label_smoothing=0.2)
+    g = torch.Generator().manual_seed(5)
+    states = torch.randn(2, 6, 8, generator=g)
+    masked_pos = torch.tensor([[1, 4, 5], [0, 2, 2]])
+    labels = torch.tensor([[7, 1, 9], [4, 12, 1]])  # 1 = ignore_index (padding)
+    weights = torch.tensor([[1.0, 0.0, 0.5], [1.0, 1.0, 0.0]])
+    with torch.no_grad():
+        out = head(states, labels, masked_pos, weights if explicit_weights else None)
+        full = head.logits(states)
+    gathered = torch.stack([full[b, masked_pos[b]] for b in range(2)])
+    torch.testing.assert_close(out["logits"], gathered)
+    per_token = _label_smoothing_reference(gathered, labels, 0.2, 1)
+    w = weights.double() if explicit_weights else (labels != 1).double()
+    assert out["loss"].item() == pytest.approx(float((per_token * w).sum() / (w.sum() + 1e-5)), rel=1e-5)
