@@ -185,8 +185,10 @@ def test_nlvr_forward_loss_and_predict():
     assert not torch.allclose(head(b, a)["logits"], out["logits"])
     assert torch.equal(head.predict(a, b), logits.argmax(1))
     assert "loss" not in head(a, b)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^cls_a and cls_b must both be \(N, 8\), got \(7, 8\) and \(7, 4\)$"):
         head(a, b[:, :4])
+    with pytest.raises(ValueError, match=r"must both be \(N, 8\), got \(7, 1, 8\) and \(7, 1, 8\)$"):
+        head(a[:, None], b[:, None])  # one CLS vector per pair, not a sequence
     with pytest.raises(ConfigError):
         NLVRHead(-1)
 

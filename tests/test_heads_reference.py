@@ -187,3 +187,54 @@ def test_itm_predict_is_the_softmax_match_probability_float64():
     torch.testing.assert_close(p, torch.full((6,), 1 / (1 + math.exp(-6.0)), dtype=torch.float64))
     assert float(loss_match) == pytest.approx(math.log1p(math.exp(-6.0)), rel=1e-12)
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the classifier (VQA answer vocabulary, video QA) and NLVR heads
+# ---------------------------------------------------------------------------------------------------------------------
+def _bce_with_logits(x: float, t: float) -> float:
+    """-(t log σ(x) + (1 - t) log(1 - σ(x))), written out."""
+    sig = 1.0 / (1.0 + math.exp(-x))
+    return -(t * math.log(sig) + (1 - t) * math.log(1 - sig))
+
+
+def test_classifier_soft_target_loss_and_predict_float64():
+    """Soft answer scores: binary cross-entropy summed over answers, averaged over the batch; class indices: softmax
+    cross-entropy; predict: the top-k softmax probabilities. All against float64 formulas on the MLP's logits."""
+    from zoo.heads.classifier import ClassifierHead
+
+    torch.manual_seed(0)
+    head = ClassifierHead(6, 5).double()
+    g = torch.Generator().manual_seed(1)
+    pooled = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    scores = torch.tensor([[0.0, 0.3, 1.0, 0.0, 0.6], [1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.9, 0.3]],
+                          dtype=torch.float64)
+    with torch.no_grad():
+        logits = reference_mlp(pooled, head.mlp)
+        out = head(pooled, scores)
+        torch.testing.assert_close(out["logits"], logits, rtol=1e-10, atol=1e-12)
+        want = sum(_bce_with_logits(float(logits[b, c]), float(scores[b, c])) for b in range(3) for c in range(5)) / 3
+        assert float(out["loss"]) == pytest.approx(want, rel=1e-10)
+        classes = torch.tensor([2, 0, 3])
+        log_p = _log_softmax_rows(logits)
+        assert float(head(pooled, classes)["loss"]) == pytest.approx(-sum(float(log_p[b, c]) for b, c in
+                                                                          enumerate(classes.tolist())) / 3, rel=1e-10)
+        probs, idx = head.predict(pooled, k=2)
+    p = log_p.exp()
+    for b in range(3):
+        order = sorted(range(5), key=lambda c: -float(p[b, c]))[:2]
+        assert idx[b].tolist() == order
+        torch.testing.assert_close(probs[b], p[b, order], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"^classifier: targets have 4 classes \(answers\) but the head has "
+                                         r"num_classes=5$"):
+        head(pooled, scores[:, :4])
+
+
+def test_nlvr_head_takes_any_positive_width_and_names_a_bad_one():
+    from zoo.heads.nlvr import NLVRHead
+    from zoo.spec import ConfigError
+
+    head = NLVRHead(1)
+    assert head(torch.randn(2, 1), torch.randn(2, 1))["logits"].shape == (2, 2)
+    with pytest.raises(ConfigError, match=r"^width must be positive, got 0$"):
+        NLVRHead(0)

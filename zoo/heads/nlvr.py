@@ -40,7 +40,7 @@ class NLVRHead(nn.Module):
         self.mlp = mlp_head(2 * width, 2, hidden, eps)
 
     def _logits(self, cls_a: Tensor, cls_b: Tensor) -> Tensor:
-        if cls_a.shape != cls_b.shape or cls_a.shape[-1] != self.width:
+        if cls_a.dim() != 2 or cls_a.shape != cls_b.shape or cls_a.shape[-1] != self.width:
             raise ValueError(
                 f"cls_a and cls_b must both be (N, {self.width}), got {tuple(cls_a.shape)} and {tuple(cls_b.shape)}"
             )
