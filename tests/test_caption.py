@@ -182,6 +182,8 @@ def test_fg_free_inputs_by_hand():
     assert plain["input_ids_masked"][:3].tolist() == [CLS, 7, 8] and plain["masked_pos"].tolist() == [3, 4, 5, 0]
     assert torch.equal(plain["attention_mask"], torch.tril(torch.ones(8, 8, dtype=torch.long)))
     assert plain["masked_ids"].tolist() == [20, 21, SEP, CLS]
+    for example in (ex, plain):  # ids, positions and masks are integer tensors, as the embeddings and gathers need
+        assert {k: v.dtype for k, v in example.items()} == dict.fromkeys(example, torch.long)
 
 
 def test_masked_positions_count_prompt_and_whole_words():

@@ -169,8 +169,10 @@ def test_loss_equals_bruteforce_float64():
     assert abs(unweighted - sum(nlls) / 3) < 1e-10 * unweighted
     with pytest.raises(ValueError, match="pass k"):
         head(states, mask, ids, amask)
-    with pytest.raises(ValueError, match="sums to"):
+    with pytest.raises(ValueError, match=r"^k sums to 5 but \d+ answers were given$"):
         head(states, mask, ids, amask, None, [2, 1, 2])
+    with pytest.raises(ValueError, match=r"^k has shape \(2,\); expected one count per question \(3\)$"):
+        head(states, mask, ids, amask, None, [2, 1])
 
 
 def test_loss_decreases_and_gradients_reach_the_decoder():
