@@ -238,3 +238,11 @@ def test_nlvr_head_takes_any_positive_width_and_names_a_bad_one():
     assert head(torch.randn(2, 1), torch.randn(2, 1))["logits"].shape == (2, 2)
     with pytest.raises(ConfigError, match=r"^width must be positive, got 0$"):
         NLVRHead(0)
+
+
+def test_itc_loss_follows_the_device_of_its_inputs():
+    """The targets are made on the logits' device (the meta device stands in for a GPU here: a target left on the
+    CPU fails against meta logits as it would against CUDA ones)."""
+    feat = torch.randn(4, 8, device="meta")
+    assert itc_loss(feat, feat, 0.07).device.type == "meta"
+    assert itc_loss(feat, feat, 0.07, torch.tensor([0, 1, 1, 2], device="meta")).device.type == "meta"

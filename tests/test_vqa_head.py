@@ -8,6 +8,7 @@ official tokenization of answers (``tokenizer(answers, padding="longest")``).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 
@@ -448,3 +449,34 @@ def test_mlm_head_loads_the_lm_head_of_a_transformers_checkpoint(tmp_path, famil
     transformers.BertModel(transformers.BertConfig(**common)).save_pretrained(tmp_path / "no-head")
     with pytest.raises(WeightsError, match="no masked-LM head"):
         MLMHead(hidden_size=32, vocab_size=97, pretrained=str(tmp_path / "no-head"))
+
+
+def test_defaults_are_bert_base_and_the_official_vqa_decoder():
+    """The decoder's default sizes are BERT-base's (transformers' ``BertConfig`` defaults, the configuration the
+    official decoder is built from) and its layer count and answer-list cut are the official VQA config's."""
+    from test_heads_reference import official
+
+    bert = transformers.BertConfig()
+    with torch.device("meta"):
+        head = GenerativeVQAHead()
+    got = inspect.signature(GenerativeVQAHead).parameters
+    assert {k: got[k].default for k in ("hidden_size", "num_heads", "intermediate_size", "vocab_size",
+                                         "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+                                         "hidden_dropout", "attention_dropout", "initializer_range",
+                                         "pad_token_id")} == {
+        "hidden_size": bert.hidden_size, "num_heads": bert.num_attention_heads,
+        "intermediate_size": bert.intermediate_size, "vocab_size": bert.vocab_size,
+        "max_position_embeddings": bert.max_position_embeddings, "type_vocab_size": bert.type_vocab_size,
+        "layer_norm_eps": bert.layer_norm_eps, "hidden_dropout": bert.hidden_dropout_prob,
+        "attention_dropout": bert.attention_probs_dropout_prob, "initializer_range": bert.initializer_range,
+        "pad_token_id": bert.pad_token_id}
+    want = official("x2vlm_vqa_decoder")
+    assert head.num_layers == want["num_layers"] and got["k_test"].default == want["k_test"]
+
+
+def test_sequence_nll_needs_one_question_row_per_answer():
+    head = _head()
+    ids, amask = _pad([[BOS, 5, EOS], [BOS, 6, EOS]])
+    with pytest.raises(ValueError, match=r"^2 answers but 1 question rows: repeat the question states once per "
+                                         r"answer \(forward does this from k\)$"):
+        head.sequence_nll(torch.randn(1, 3, TINY["hidden_size"]), None, ids, amask)
