@@ -480,3 +480,16 @@ def test_sequence_nll_needs_one_question_row_per_answer():
     with pytest.raises(ValueError, match=r"^2 answers but 1 question rows: repeat the question states once per "
                                          r"answer \(forward does this from k\)$"):
         head.sequence_nll(torch.randn(1, 3, TINY["hidden_size"]), None, ids, amask)
+
+
+def test_sizes_and_dropout_rates_reach_the_decoder():
+    """Every argument the head takes reaches its decoder stack: token types, hidden dropout (dropout modules) and
+    attention dropout (the attention op's probability while training)."""
+    from zoo.modules.layers import MultiHeadAttention
+
+    head = _head(hidden_dropout=0.25, attention_dropout=0.35, type_vocab_size=3)
+    assert head.decoder.bert.embeddings.token_type_embeddings.num_embeddings == 3
+    rates = {m.p for m in head.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.25}
+    attention = [m for m in head.modules() if isinstance(m, MultiHeadAttention)]
+    assert len(attention) == 2 * TINY["num_layers"] and {m.attn_drop for m in attention} == {0.35}

@@ -14,9 +14,10 @@ gives the score over that sample with its 95% interval; ``--sample 0`` (the defa
 
 The report reads mutmut's result files. A surviving mutant either gets a test that kills it, or a verdict in
 ``tools/mutation_verdicts.json`` (``{name: {"change": the diff line as the report prints it, "why": ...}}``; a
-verdict whose change no longer matches is ignored) saying why it is equivalent (no observable behaviour changes, e.g. ``device=None``
-for a tensor made on the CPU). The score is killed / (all mutants tested − equivalent ones); mutants that no test in
-the pool executes count as survivors. ``--docs`` writes the table into docs/testing.md between its markers.
+verdict whose change no longer matches is ignored) saying why it is equivalent (no observable behaviour changes, e.g.
+``dim=+1`` for ``dim=-1`` of a 2-D tensor); a verdict that starts with "survives:" explains a live mutant (a device
+bug no CPU test can see) and the mutant still counts against the score. The score is killed / (all mutants tested −
+equivalent ones); mutants that no test in the pool executes count as survivors. ``--docs`` writes the table into docs/testing.md between its markers.
 """
 
 from __future__ import annotations
@@ -252,8 +253,10 @@ def report(groups: list[str], docs: bool) -> None:
         open_ = [n for n, s in results.items() if s not in ("killed", "timeout", "not checked")]
         # a verdict holds for the change it was written for: mutant numbers move when the code changes
         judged = {n: verdicts[n]["why"] for n in open_ if n in verdicts and verdicts[n]["change"] == _diff(group, n)}
-        equivalent = [n for n in open_ if n in judged]
-        alive = [n for n in open_ if n not in judged]
+        # a verdict starting "survives:" explains a live mutant (e.g. a device bug no CPU test can see); it still
+        # counts against the score
+        equivalent = [n for n in open_ if n in judged and not judged[n].startswith("survives:")]
+        alive = [n for n in open_ if n not in equivalent]
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
         scored = len(results) - counts.get("not checked", 0) - len(equivalent)
         total_killed, total_scored = total_killed + killed, total_scored + scored
