@@ -64,3 +64,17 @@ def dead_pid() -> int:
         os._exit(0)
     os.waitpid(pid, 0)
     return pid
+
+
+def object_counts(root) -> dict[str, int]:
+    """``{image path: number of shapes}`` of a generated shapes folder (its ``scenes.json``)."""
+    return {s["image"]: len(s["objects"]) for s in load_json(root, "scenes.json")}
+
+
+def write_subset(root, name: str, out_name: str, keep) -> int:
+    """Write the records of the JSON list ``root / name`` for which ``keep(record)`` is true to ``root / out_name``
+    (in their order); returns how many were kept."""
+    records = [r for r in load_json(root, name) if keep(r)]
+    with open(Path(root) / out_name, "w", encoding="utf-8") as fh:
+        json.dump(records, fh)
+    return len(records)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import object_counts, write_subset
 
 import zoo
 from zoo.data.shapes import generate_shapes
@@ -26,13 +28,53 @@ def _config(shapes, out, **trainer):
     return cfg
 
 
-def test_train_evaluate_export_reload(shapes, tmp_path):
-    results = train(_config(shapes, tmp_path))
-    run = tmp_path / "run"
+# The learning job: the main job's config (x2vlm-tiny, generative VQA ranking the answer list) on the colour questions
+# ("what colour is the circle?", "what colour is the small square?") about the scenes of one or two shapes, 5 epochs
+# of 338 questions at batch 16 (105 steps, lr 2e-3). With the image the colour is one look away; without it the best
+# guess is a common colour. Measured (seed 0; the run is deterministic, the same numbers twice): images val 70.55 /
+# test 73.53, `data.blank_images=true` val 18.22 / test 25.53; seeds 1 and 2 with the images gave test 76.71 (8 epochs)
+# and 71.18. The margin is about half the measured gap of 48 points.
+LEARN_MARGIN = 24.0
+
+
+def _colour_config(root, out, blank: bool):
+    cfg = load_task_config("configs/tasks/vqa-shapes.yaml")
+    cfg["data"].update(root=str(root), train=["vqa_train_colour.json"], val="vqa_val_colour.json",
+                       test="vqa_test_colour.json", batch_size=16, eval_batch_size=64, blank_images=blank)
+    cfg["optim"]["lr"] = 2.0e-3
+    cfg["trainer"].update(max_epochs=5, check_val_every_n_epoch=5, enable_progress_bar=False)
+    cfg["train"].update(output_dir=str(out), name="run", export=not blank)  # the ablation needs no export
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def colour_shapes(tmp_path_factory):
+    root = generate_shapes(tmp_path_factory.mktemp("colour") / "shapes", num_train_images=600, num_val_images=150,
+                           num_test_images=150, image_size=64, num_videos=0)
+    counts = object_counts(root)
+    for split in ("train", "val", "test"):
+        write_subset(root, f"vqa_{split}.json", f"vqa_{split}_colour.json",
+                     lambda r: r["question"].startswith("what colour") and counts[r["image"]] <= 2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def colour_runs(colour_shapes, tmp_path_factory):
+    """The learning job with the images and with blank images: ``{"images": results, "blank": results}``."""
+    out = tmp_path_factory.mktemp("colour-runs")
+    return {name: train(_colour_config(colour_shapes, out / name, blank=name == "blank"))
+            for name in ("images", "blank")}
+
+
+def test_train_evaluate_export_reload(colour_shapes, colour_runs, tmp_path):
+    results, blank = colour_runs["images"], colour_runs["blank"]
+    run = Path(results["run_dir"])
     for path in ("checkpoints/last.ckpt", "logs/metrics.csv", "curves.png", "results.json", "export/config.json",
                  "export/model.safetensors", "export/tokenizer"):
         assert (run / path).exists(), path
-    assert 0 <= results["val"]["vqa_acc"] <= 100 and "vqa_acc" in results["test"]
+    # the model reads the colours off the images: both evaluation splits far above the same job on blank images
+    for split in ("val", "test"):
+        assert results[split]["vqa_acc"] >= blank[split]["vqa_acc"] + LEARN_MARGIN, (split, results, blank)
     assert json.loads((run / "results.json").read_text())["test"] == results["test"]
     # the export, the run folder and the checkpoint rebuild the same model
     exported = zoo.from_pretrained(run / "export").eval()
@@ -47,8 +89,8 @@ def test_train_evaluate_export_reload(shapes, tmp_path):
     assert (tmp_path / "again" / "model.safetensors").is_file()
     # mmzoo eval on the export reproduces the test score of the run
     metrics = evaluate(run / "export", "configs/tasks/vqa-shapes.yaml",
-                       [f"data.root={shapes}", "data.eval_batch_size=8"], split="test",
-                       output=tmp_path / "eval.json")
+                       [f"data.root={colour_shapes}", "data.test=vqa_test_colour.json", "data.eval_batch_size=64"],
+                       split="test", output=tmp_path / "eval.json")
     assert metrics["vqa_acc"] == pytest.approx(results["test"]["vqa_acc"])
     assert json.loads((tmp_path / "eval.json").read_text())["metrics"]["vqa_acc"] == pytest.approx(metrics["vqa_acc"])
 
@@ -82,11 +124,25 @@ def test_video_qa_config_trains_on_frames(shapes, tmp_path, monkeypatch):
     monkeypatch.setattr(VideoEncoder, "forward", spy)
     results = train(cfg)
     assert seen and all(len(s) == 5 and s[1] == 3 for s in seen)  # (batch, 3 frames, C, H, W)
-    assert 0.0 <= results["test"]["vqa_acc"] <= 100.0
     exported = json.loads((tmp_path / "video" / "export" / "config.json").read_text())
     answers = json.loads((shapes / "video_answer_list.json").read_text())
     assert exported["model"]["vision"]["type"] == "video"
     assert exported["model"]["vqa"]["num_classes"] == len(answers)
+    # No learning is asserted for video: trained from scratch on the shapes videos the model scores no better than on
+    # blank frames (BENCHMARKS.md: the full config, 30 epochs on 72 training questions, gave val 15.00 / test 19.17
+    # with the frames and the same with blank ones), far beyond this test's budget in any case. What holds exactly:
+    # the test score is the VQA accuracy of the export's own answers, asked one video and question at a time through
+    # `mmzoo predict` (not the evaluation's batches), over every test question.
+    from zoo.metrics.vqa import vqa_accuracy
+    from zoo.predict import predict
+
+    records = json.loads((shapes / "video_qa_test.json").read_text())
+    model = model_from_checkpoint(tmp_path / "video" / "export").eval()
+    predicted = [predict(tmp_path / "video" / "export", str(shapes / r["video"]), question=r["question"],
+                         model=model)["answer"] for r in records]
+    assert len(records) == 3 and set(predicted) <= set(answers)  # one test video, 3 questions
+    expected = 100.0 * sum(vqa_accuracy(p, r["answer"]) for p, r in zip(predicted, records)) / len(records)
+    assert results["test"]["vqa_acc"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_resume_continues_step_and_schedule(shapes, tmp_path):

@@ -414,6 +414,12 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
                           f"{len(dm.answer_vocab)} answers: set 'vqa.num_classes: {len(dm.answer_vocab)}' in "
                           "model.overrides, or data.top_k_answers to the head's size", "model.overrides",
                           cfg.get("_file"))
+    if task == "vqa" and not getattr(model, "generative_vqa", True) and hasattr(head, "labels"):
+        # the classifier's answers travel with checkpoints and exports (`mmzoo predict` names the predicted class)
+        head.labels = list(dm.answer_vocab)
+        vqa_config = ((getattr(model, "zoo_config", None) or {}).get("model") or {}).get("vqa")
+        if isinstance(vqa_config, dict):
+            vqa_config["labels"] = list(head.labels)
     if task == "vqa" and getattr(model, "generative_vqa", False) and not getattr(model, "open_ended_vqa", False) \
             and getattr(model, "zoo_config", None) is not None:
         # the answers the head learns to rank travel with checkpoints and exports (`mmzoo predict` ranks them)
