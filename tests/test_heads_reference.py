@@ -246,3 +246,16 @@ def test_itc_loss_follows_the_device_of_its_inputs():
     feat = torch.randn(4, 8, device="meta")
     assert itc_loss(feat, feat, 0.07).device.type == "meta"
     assert itc_loss(feat, feat, 0.07, torch.tensor([0, 1, 1, 2], device="meta")).device.type == "meta"
+
+
+def test_itm_layer_norm_eps_is_torchs_default_as_in_the_official_build_mlp():
+    """The official ``build_mlp`` makes ``nn.LayerNorm(hidden)`` without an eps: torch's default."""
+    assert MatchingHead(8).mlp[1].eps == torch.nn.LayerNorm(4).eps
+
+
+def test_mlm_head_reports_the_size_of_its_output_layer():
+    from zoo.heads.mlm import MLMHead
+
+    head = MLMHead(hidden_size=8, vocab_size=23)
+    assert (head.width, head.vocab_size) == (8, 23) == (head.cls.predictions.decoder.in_features,
+                                                          head.cls.predictions.decoder.out_features)

@@ -1,7 +1,7 @@
 """Mutation testing of the core modules with mutmut, on demand (never in CI).
 
     tools/mutation.sh run GROUP [GROUP ...] [--jobs N] [--sample N]   # mutate, test, then report
-    tools/mutation.sh recheck GROUP [GROUP ...]          # rerun the mutants not killed (after adding tests)
+    tools/mutation.sh recheck GROUP [GROUP ...]          # rerun the mutants not killed or not run yet
     tools/mutation.sh report [GROUP ...] [--docs]        # score and survivors from the last runs
 
 Each group runs in its own scratch copy of the working tree, ``build/mutation/GROUP`` (ignored by git), so results are
@@ -161,7 +161,7 @@ def run(groups: list[str], jobs: int, recheck: bool = False, sample: int = 0) ->
                 names = [n for n in chosen if results[n] == "not checked"]
         if recheck:  # mutmut reruns the mutants it is given by name, with the tests as they are now
             results = _results(group, spawned=False, sampled=True)
-            names = sorted(n for n, s in results.items() if s in ("survived", "no tests"))
+            names = sorted(n for n, s in results.items() if s in ("survived", "no tests", "not checked"))
         if (sample or recheck) and not names:
             print(f"[{group}] nothing left to test", flush=True)
             report([group], docs=False)
