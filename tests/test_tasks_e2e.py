@@ -4,9 +4,11 @@ distributed evaluation, and the data switches of the question-only ablation."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import object_counts, write_subset
 
 from zoo.data.shapes import generate_shapes
 from zoo.predict import predict
@@ -69,12 +71,55 @@ def test_partial_retrieval_evaluation_uses_the_images_seen(shapes, retrieval_run
     assert metrics["img_r5"] == pytest.approx(100.0) and metrics["txt_r10"] == pytest.approx(100.0)
 
 
-def test_captioning_train_evaluate_and_caption(shapes, tmp_path):
-    results = train(_config("caption-shapes", shapes, tmp_path))
-    assert {"Bleu_1", "Bleu_4", "CIDEr", "ROUGE_L"} <= set(results["test"])
-    out = predict(tmp_path / "caption-shapes" / "export", str(shapes / "images" / "test" / "00022.png"),
-                  caption=True)
-    assert isinstance(out["caption"], str)
+# The captioning learning job: caption-shapes.yaml (x2vlm-tiny, "MLM as generation", beam search) on the scenes of a
+# single shape, whose captions name its size, colour, shape and place ("a large red circle in the top left corner"):
+# 6 epochs of 580 captions at batch 16 (216 steps, lr 2e-3), scored on the 25 single-shape test images. It uses the
+# data's word-level tokenizer instead of BERT's 30,522 pieces (the caption head's ids set to the tokenizer's), as the
+# VQA config does: 4 epochs took 19 s instead of 63 s here. Without the image the model can only learn the commonest
+# wording. Measured test CIDEr-D (the run is deterministic: the same numbers twice): seed 0 2.15 with the images, 1.20
+# with `data.blank_images=true`; seed 1 2.62 vs 1.05. BLEU-4 is not asserted: seed 0 gave 0.47 vs 0.19, but seed 1
+# 0.44 vs 0.42 (the commonest wording shares most 4-grams with the references). The margin is about half the smaller
+# measured CIDEr-D gap.
+CAPTION_MARGIN = 0.5
+
+
+def _caption_config(root, out, blank: bool):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(root / "tokenizer_xlmr"))
+    cfg = load_task_config("configs/tasks/caption-shapes.yaml")
+    cfg["model"]["overrides"].update({
+        "text.tokenizer": "data", "text.vocab_size": 512, "text.pad_token_id": tok.pad_token_id,
+        "caption.vocab_size": 512, "caption.ignore_index": tok.cls_token_id,
+        "caption.mask_token_id": tok.mask_token_id, "caption.eos_token_id": tok.sep_token_id})
+    cfg["data"].update(root=str(root), train=["caption_train_single.json"], val=None,
+                       test="caption_test_single.json", batch_size=16, eval_batch_size=32, blank_images=blank)
+    cfg["optim"]["lr"] = 2.0e-3
+    cfg["trainer"].update(max_epochs=6, enable_progress_bar=False)
+    cfg["train"].update(output_dir=str(out), name="caption-shapes", export=not blank)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def caption_runs(tmp_path_factory):
+    """The captioning learning job with the images and with blank images: ``(root, {"images": ..., "blank": ...})``."""
+    root = generate_shapes(tmp_path_factory.mktemp("captions") / "shapes", num_train_images=300, num_val_images=4,
+                           num_test_images=90, image_size=64, num_videos=0)
+    counts = object_counts(root)
+    for split in ("train", "test"):
+        write_subset(root, f"caption_{split}.json", f"caption_{split}_single.json", lambda r: counts[r["image"]] == 1)
+    out = tmp_path_factory.mktemp("caption-runs")
+    return root, {name: train(_caption_config(root, out / name, blank=name == "blank")) for name in ("images", "blank")}
+
+
+def test_captioning_learns_from_the_images_and_captions(caption_runs):
+    root, runs = caption_runs
+    results, blank = runs["images"]["test"], runs["blank"]["test"]
+    assert {"Bleu_1", "Bleu_4", "CIDEr", "ROUGE_L"} <= set(results)
+    assert results["CIDEr"] >= blank["CIDEr"] + CAPTION_MARGIN, (results, blank)
+    record = json.loads((root / "caption_test_single.json").read_text())[0]
+    out = predict(Path(runs["images"]["run_dir"]) / "export", str(root / record["image"]), caption=True)
+    assert isinstance(out["caption"], str) and out["caption"].split()
 
 
 def test_vqa_predict_matches_evaluation(shapes, vqa_run):
