@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -373,3 +374,25 @@ def test_random_replacements_cover_the_whole_vocabulary():
         share = 0.8 + 0.1 / 7 if i == mask_id else 0.1 + 0.1 / 7 if i == 3 else 0.1 / 7
         sd = math.sqrt(share * (1 - share) / total)
         assert abs(seen[i] / total - share) < 5 * sd, (i, seen)
+
+
+def test_edge_values_are_accepted_and_bad_ones_named():
+    assert WholeWordMasker(vocab_size=50, mask_token_id=3, cls_token_id=1, max_masks=1).max_masks == 1
+    assert WholeWordMasker(vocab_size=50, mask_token_id=3, cls_token_id=1, skipgram_prb=1.0).skipgram_prb == 1.0
+    for kwargs, message in (({"max_masks": 0}, "max_masks must be at least 1, got 0"),
+                            ({"skipgram_prb": 1.5}, "skipgram_prb must be in [0, 1], got 1.5"),
+                            ({"mask_prob": -0.1}, "mask_prob must be in [0, 1], got -0.1")):
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            WholeWordMasker(vocab_size=50, mask_token_id=3, cls_token_id=1, **kwargs)
+
+
+def test_without_cls_only_the_source_tokens_are_held_back():
+    """A sequence that does not start with [CLS] (a decoder's text after a prompt): the first token after the
+    ``num_source_tokens`` source tokens can be masked; with [CLS] first, the source count starts after it."""
+    masker = WholeWordMasker(vocab_size=50, mask_token_id=3, cls_token_id=1, mask_prob=1.0, max_masks=10,
+                             skipgram_prb=0.0, mask_whole_word=False)
+    for seed in range(5):
+        _, pos, _ = masker.mask_sequence([20, 21, 22, 23, 24, 2], random.Random(seed), num_source_tokens=2)
+        assert sorted(pos) == [2, 3, 4, 5]
+        _, pos, _ = masker.mask_sequence([1, 21, 22, 23, 24, 2], random.Random(seed), num_source_tokens=2)
+        assert sorted(pos) == [3, 4, 5]
