@@ -310,3 +310,89 @@ def test_transformers_causal_lm_runs_through_the_op(monkeypatch):
         g1 = eager.generate(ids[:1], max_new_tokens=5, do_sample=False)
         g2 = ours.generate(ids[:1], max_new_tokens=5, do_sample=False)
     assert g1.tolist() == g2.tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the xformers glue on the CPU: a stand-in for xformers.ops with its documented semantics
+# ---------------------------------------------------------------------------------------------------------------------
+class _BottomRightCausal:
+    """Stands in for ``xformers.ops.fmha.attn_bias.LowerTriangularFromBottomRightMask``."""
+
+
+def _stand_in_xops(calls: list):
+    """``memory_efficient_attention`` as xformers documents it, in float64: (B, L, H, D) inputs, an additive
+    ``attn_bias`` tensor (B, H, Lq, Lk) or the bottom-right causal mask object, ``scale`` and dropout ``p``."""
+
+    def memory_efficient_attention(q, k, v, attn_bias=None, p=0.0, scale=None):
+        calls.append({"bias": attn_bias, "p": p, "shapes": (q.shape, k.shape, v.shape)})
+        qh, kh, vh = (t.transpose(1, 2).double() for t in (q, k, v))
+        lq, lk = qh.shape[-2], kh.shape[-2]
+        scores = qh @ kh.transpose(-1, -2) * (scale if scale is not None else qh.shape[-1] ** -0.5)
+        if isinstance(attn_bias, _BottomRightCausal):
+            rows = torch.arange(lq)[:, None] + (lk - lq)
+            scores = scores.masked_fill(torch.arange(lk)[None, :] > rows, float("-inf"))
+        elif attn_bias is not None:
+            assert attn_bias.stride(-2) % 8 == 0  # xformers' alignment rule for bias rows
+            scores = scores + attn_bias.double()
+        return (torch.softmax(scores, -1) @ vh).to(q.dtype).transpose(1, 2)
+
+    fmha = types.SimpleNamespace(attn_bias=types.SimpleNamespace(LowerTriangularFromBottomRightMask=_BottomRightCausal))
+    return types.SimpleNamespace(memory_efficient_attention=memory_efficient_attention, fmha=fmha)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_xformers_glue_matches_float64_reference(monkeypatch, name):
+    """Layout, masks, bias padding and causal alignment of the xformers call, checked on the CPU against the float64
+    reference (the kernel itself runs only on CUDA: BENCHMARKS.md)."""
+    calls: list = []
+    monkeypatch.setattr(A, "_xformers_ops", lambda: _stand_in_xops(calls))
+    monkeypatch.setattr(A, "select_backend", lambda *a, **kw: "xformers")
+    q, k, v, kw = make(CASES[name])
+    out = attention(q, k, v, **kw)
+    want, _ = reference(q, k, v, **kw)
+    assert rel_err(out, want) <= 1e-5 and out.shape == q.shape
+    only_causal = kw.get("causal") and set(kw) == {"causal"}
+    assert isinstance(calls[0]["bias"], _BottomRightCausal) == bool(only_causal)
+    b, h, lq, d = q.shape
+    assert calls[0]["shapes"] == (torch.Size([b, lq, h, d]), torch.Size([b, k.shape[2], h, d]),
+                                  torch.Size([b, k.shape[2], h, d]))
+    assert calls[0]["p"] == 0.0
+
+
+def test_xformers_refusals_name_the_reason(fake_xformers):
+    t = _fake_cuda()
+    assert A._xformers_refusal(t, t, t, True) == "xformers cannot return attention probabilities (use the math backend)"
+    wide_v = types.SimpleNamespace(is_cuda=True, dtype=torch.float16, shape=(2, 4, 16, 320), device=t.device)
+    assert A._xformers_refusal(t, t, wide_v, False) == "head dim 320 > 256"
+    assert A._xformers_refusal(t, t, t, False) is None
+
+
+def test_keep_mask_is_made_on_the_given_device():
+    """The causal keep-mask follows the tensors' device (the meta device stands in for a GPU)."""
+    keep = A._keep_mask(None, None, True, 3, 5, torch.device("meta"))
+    assert keep.device.type == "meta" and keep.shape == (1, 1, 3, 5)
+    cpu = A._keep_mask(torch.ones(2, 5, dtype=torch.bool), None, True, 3, 5, torch.device("cpu"))
+    assert cpu[0, 0].tolist() == [[j <= i + 2 for j in range(5)] for i in range(3)]
+
+
+def test_incompatible_shapes_are_named():
+    q, k, v, _ = make(CASES["cross"])
+    with pytest.raises(ValueError, match=r"^incompatible shapes: q \(3, 4, 5, 16\), k \(3, 4, 11, 16\), "
+                                         r"v \(3, 4, 10, 16\)$"):
+        attention(q, k, v[:, :, :10])
+
+
+def test_transformers_hook_defaults_and_one_query_with_a_cache():
+    """Called as transformers calls it: no dropout unless given; a causal layer's single new query (generation with a
+    key/value cache) sees every cached key; several new queries see the keys up to their own position."""
+    module = torch.nn.Module()
+    module.is_causal = True
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 4, n, 8, generator=g) for n in (1, 6, 6))
+    out, probs = A._transformers_attention_forward(module, q, k, v, None)
+    want, _ = reference(q, k, v)  # one query: nothing to hide
+    assert probs is None and out.shape == (2, 1, 4, 8)
+    assert rel_err(out.transpose(1, 2), want) <= 1e-5
+    q3 = torch.randn(2, 4, 3, 8, generator=g)
+    out3, _ = A._transformers_attention_forward(module, q3, k, v, None)
+    assert rel_err(out3.transpose(1, 2), reference(q3, k, v, causal=True)[0]) <= 1e-5

@@ -117,7 +117,7 @@ def _xformers_refusal(q: Tensor, k: Tensor, v: Tensor, return_probs: bool) -> st
     if return_probs:
         return "xformers cannot return attention probabilities (use the math backend)"
     if q.shape[-1] > 256 or v.shape[-1] > 256:
-        return f"head dim {q.shape[-1]} > 256"
+        return f"head dim {max(q.shape[-1], v.shape[-1])} > 256"
     return None
 
 
