@@ -184,8 +184,14 @@ def test_vqa_score_requires_one_prediction_per_question():
     anns = _official_annotations()
     with pytest.raises(ValueError, match="missing"):
         vqa_score({10: "yes"}, anns)
-    with pytest.raises(ValueError, match="unknown"):
-        vqa_score({10: "yes", 11: "2", 20: "red", 21: "no", 99: "x"}, anns)
+    with pytest.raises(ValueError, match=r"^predictions do not match the annotated questions: 0 missing \(e\.g\. "
+                                         r"\[\]\), 5 unknown \(e\.g\. \[95, 96, 97\]\)$"):
+        vqa_score({10: "yes", 11: "2", 20: "red", 21: "no", 95: "x", 96: "x", 97: "x", 98: "x", 99: "x"}, anns)
+    with pytest.raises(ValueError, match=r"^vqa_score needs at least one annotated question$"):
+        vqa_score({}, [])
+    with pytest.raises(TypeError, match=r"^a prediction list must hold \{'question_id': \.\.\., 'answer': \.\.\.\} "
+                                        r"dicts$"):
+        vqa_score(["yes"], anns)
     with pytest.raises(ValueError, match="more than one"):
         vqa_score([{"question_id": 10, "answer": "yes"}] * 2, anns[:1])
 
@@ -222,6 +228,8 @@ PTB_CASES = [
     ("It is 5 o'clock and rock'n'roll y'all", "it is 5 o'clock and rock 'n' roll y' all"),
     ("A 10-year-old's toy, +5 -3 and a hat-", "a 10-year-old 's toy +5 -3 and a hat"),
     ("LOL!!! wow?! ok?", "lol !!! wow ?! ok"),
+    ("call (555) 123-4567 now", "call -lrb-555-rrb-\xa0123-4567 now"),  # phone numbers: one token
+    ("phone (212) 555 1234 on the wall", "phone -lrb-212-rrb-\xa0555\xa01234 on the wall"),
     ("", ""),
 ]
 
@@ -495,3 +503,21 @@ def test_import_zoo_metrics_is_light():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_vqa_score_keeps_the_official_ground_truth_rule_by_default():
+    """By default the ground truths are compared as the official script compares them (not normalised like the
+    prediction): an unnormalised annotation "Two" does not match the prediction "2"; normalize_gt=True makes it."""
+    anns = [{"question_id": 1, "answers": [{"answer": "Two"}] * 10}]
+    assert vqa_score({1: "2"}, anns)["overall"] == 0.0
+    assert vqa_score({1: "2"}, anns, normalize_gt=True)["overall"] == 100.0
+
+
+def test_lazy_names_of_zoo_metrics_resolve_to_the_functions():
+    import zoo.metrics as M
+    from zoo.metrics import caption, retrieval, vqa
+
+    assert M.vqa_score is vqa.vqa_score and M.cider_d is caption.cider_d
+    assert M.retrieval_ranks is retrieval.retrieval_ranks
+    with pytest.raises(AttributeError, match=r"^module 'zoo.metrics' has no attribute 'nope'$"):
+        M.nope  # noqa: B018

@@ -213,3 +213,10 @@ def test_rerank_and_recall_on_gpu_equal_cpu():
     txt2img = [i // 2 for i in range(16)]
     img2txt = [[2 * i, 2 * i + 1] for i in range(8)]
     assert retrieval_recall(gpu[0], gpu[1], txt2img, img2txt) == retrieval_recall(cpu[0], cpu[1], txt2img, img2txt)
+
+
+def test_ranks_of_no_pairs_are_empty():
+    from zoo.metrics.retrieval import retrieval_ranks
+
+    ranks = retrieval_ranks(torch.randn(3, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    assert ranks.shape == (0,) and ranks.dtype == torch.long
