@@ -6,6 +6,7 @@ and a tiny VQA fine-tune through the standard training path."""
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import pytest
@@ -376,22 +377,70 @@ def test_chat_two_turns(tmp_path, monkeypatch, capsys):
 
 
 def test_vqa_training_path_on_shapes(tmp_path):
-    from zoo.data.shapes import generate_shapes
-    from zoo.train.run import load_task_config, train
+    """mmgpt-tiny through train() on the colour questions about single-shape scenes, with the shapes recipe's settings
+    in one stage (the data's word-level tokenizer; the LM, the perceiver and the gated cross-attention trained, as
+    there is no pretrained LM or OpenFlamingo here).
 
-    shapes = generate_shapes(tmp_path / "shapes", num_train_images=8, num_val_images=4, num_test_images=4,
+    No win over blank images is asserted: it is out of this test's budget. The cross-attention gates start at 0, so
+    the image changes nothing until they open, and the loss sits at the answer prior (~0.97) for 190 steps or more
+    (measured on 600 scenes at lr 5e-3, batch 16: 30 epochs, 330 steps, reached 66.15 test accuracy, while 22 epochs,
+    242 steps, stayed at 18.46, one colour for every question, on seeds 0 and 1; each run took about 35 s here, and
+    the blank-image ablation would double that). What holds after these 30 steps, exactly or by a wide margin: the
+    loss falls from its first value to under a third of it (measured 6.19 to 1.14); every test answer is a colour (the
+    LM learned the answer's form: measured 24 of 24, all "yellow", scoring 12.08); the gates have opened and the image
+    changes the model's loss; and the test score is the VQA accuracy of the model's own answers, generated one
+    question at a time through `mmzoo predict`."""
+    import csv
+
+    from conftest import object_counts, write_subset
+
+    from zoo.data.shapes import COLOURS, generate_shapes
+    from zoo.metrics.vqa import vqa_accuracy
+    from zoo.predict import predict
+    from zoo.train.run import load_task_config, model_from_checkpoint, train
+
+    shapes = generate_shapes(tmp_path / "shapes", num_train_images=300, num_val_images=4, num_test_images=100,
                              image_size=48, num_videos=0)
-    cfg = load_task_config("configs/tasks/vqa-shapes.yaml")
-    cfg["model"] = {"name": "mmgpt-tiny", "task": None, "pretrained": None, "overrides": {}}
-    cfg["data"].update(root=str(shapes), batch_size=8, eval_batch_size=8)
-    cfg["optim"].update(new_params=[])
-    cfg["trainer"].update(max_epochs=1, enable_progress_bar=False, limit_train_batches=2, limit_val_batches=1,
-                          limit_test_batches=1)
-    cfg["train"].update(output_dir=str(tmp_path / "runs"), name="mmgpt-vqa")
+    counts = object_counts(shapes)
+    for split in ("train", "test"):
+        write_subset(shapes, f"vqa_{split}.json", f"vqa_{split}_colour.json",
+                     lambda r: r["question"].startswith("what colour") and counts[r["image"]] == 1)
+    cfg = load_task_config("configs/tasks/vqa-mmgpt-shapes.yaml")
+    cfg["model"]["overrides"] = {"lm.tokenizer": "data", "lm.config.vocab_size": 512, "vocab_size": 512,
+                                 "lm.config.pad_token_id": 1, "lm.config.bos_token_id": 0, "lm.config.eos_token_id": 2,
+                                 "unfrozen": ["lm.model", "perceiver", "lm.inserted"]}
+    cfg["data"].update(root=str(shapes), train=["vqa_train_colour.json"], val=None, test="vqa_test_colour.json",
+                       batch_size=16, eval_batch_size=64)
+    cfg["optim"]["lr"] = 5.0e-3
+    cfg["trainer"].update(max_epochs=6, enable_progress_bar=False, log_every_n_steps=1)
+    cfg["train"].update(output_dir=str(tmp_path / "runs"), name="mmgpt-vqa", export=False)
     results = train(cfg)
-    metrics = {**(results.get("val") or {}), **(results.get("test") or {})}
-    assert any("vqa_acc" in k for k in metrics), metrics
-    assert all(0.0 <= v <= 100.0 for k, v in metrics.items() if "vqa_acc" in k)
+    run = tmp_path / "runs" / "mmgpt-vqa"
+    with open(run / "logs" / "metrics.csv", encoding="utf-8") as fh:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")]
+    assert len(losses) == 30 and losses[-1] < losses[0] / 3, losses
+    model = model_from_checkpoint(run).eval()
+    gates = [p for n, p in model.named_parameters() if n.endswith("_gate")]
+    assert gates and all(float(g.abs()) > 0 for g in gates)
+    records = json.loads((shapes / "vqa_test_colour.json").read_text())
+    predicted = [predict(run, str(shapes / r["image"]), question=r["question"], model=model)["answer"]
+                 for r in records]
+    assert len(records) == 24 and set(predicted) <= set(COLOURS), predicted
+    expected = 100.0 * sum(vqa_accuracy(p, r["answer"]) for p, r in zip(predicted, records)) / len(records)
+    assert results["test"]["vqa_acc"] == pytest.approx(expected, abs=1e-9)
+    # the image reaches the LM: the loss of the same question and answer differs with a blank image
+    from PIL import Image
+
+    from zoo.data.transforms import build_image_transform
+    from zoo.models.base import input_resolution
+
+    with Image.open(shapes / records[0]["image"]) as img:
+        image = build_image_transform(input_resolution(model), train=False)(img.convert("RGB")).unsqueeze(0)
+    ids, mask, labels = model.encode([[(records[0]["question"], records[0]["answer"][0])]])
+    with torch.no_grad():
+        with_image = model(image, ids, mask, labels).loss
+        blank = model(torch.zeros_like(image), ids, mask, labels).loss
+    assert not torch.equal(with_image, blank)
 
 
 def test_language_only_instruction_batches_join_training(tmp_path):
