@@ -10,7 +10,7 @@ for each mutant, the tests of the group's pool that execute the mutated function
 
 A full run of a group takes hours on 2 cores (each surviving mutant runs every test that reaches its function), so
 ``--sample N`` tests a seeded random sample of N mutants of the group (the same sample on every run) and the report
-gives the score over that sample with its 95% interval; ``--sample 0`` (the default) tests them all.
+gives the score over that sample with its 95% (Wilson) interval; ``--sample 0`` (the default) tests them all.
 
 The report reads mutmut's result files. A surviving mutant either gets a test that kills it, or a verdict in
 ``tools/mutation_verdicts.json`` (``{name: {"change": the diff line as the report prints it, "why": ...}}``; a
@@ -264,8 +264,12 @@ def report(groups: list[str], docs: bool) -> None:
         score = "-"
         if scored:
             p = killed / scored
-            half = 1.96 * math.sqrt(p * (1 - p) / scored) if len(results) < every else 0.0
-            score = f"{100 * p:.1f}%" + (f" ± {100 * half:.1f}" if half else "")
+            score = f"{100 * p:.1f}%"
+            if len(results) < every:  # Wilson's 95% interval of the whole group's score from the sample
+                z2 = 1.96**2
+                centre = (p + z2 / (2 * scored)) / (1 + z2 / scored)
+                half = 1.96 * math.sqrt(p * (1 - p) / scored + z2 / (4 * scored**2)) / (1 + z2 / scored)
+                score += f" ({100 * (centre - half):.1f}–{100 * min(1.0, centre + half):.1f})"
         tested = f"{len(results)} of {every}" if len(results) < every else f"{every}"
         rows.append(f"| {group} | {tested} | {killed} | {len(equivalent)} | {len(alive)} "
                     f"| {counts.get('not checked', 0)} | {score} | {info.get('seconds', '?')} s |")
@@ -299,9 +303,12 @@ def main() -> None:
     p_re.add_argument("groups", nargs="+", choices=list(GROUPS))
     p_re.add_argument("--jobs", type=int, default=1)
     p_rep = sub.add_parser("report")
-    p_rep.add_argument("groups", nargs="*", choices=list(GROUPS))
+    p_rep.add_argument("groups", nargs="*", help=f"any of {', '.join(GROUPS)} (default: all)")
     p_rep.add_argument("--docs", action="store_true")
     args = parser.parse_args()
+    unknown = [g for g in args.groups if g not in GROUPS]
+    if unknown:
+        parser.error(f"unknown group(s) {', '.join(unknown)}; expected any of: {', '.join(GROUPS)}")
     if args.cmd in ("run", "recheck"):
         run(args.groups, args.jobs, recheck=args.cmd == "recheck", sample=getattr(args, "sample", 0))
     else:
