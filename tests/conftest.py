@@ -71,6 +71,19 @@ def object_counts(root) -> dict[str, int]:
     return {s["image"]: len(s["objects"]) for s in load_json(root, "scenes.json")}
 
 
+def shapes_subset(folder, kind: str, tag: str, keep, splits=("train", "test"), **generate) -> Path:
+    """Generate a shapes dataset into ``folder`` (``generate``: :func:`generate_shapes` arguments) and write, for each
+    split, ``{kind}_{split}_{tag}.json`` with the records of ``{kind}_{split}.json`` for which ``keep(record, counts)``
+    is true (``counts``: shapes per image, :func:`object_counts`). Returns the dataset's root."""
+    from zoo.data.shapes import generate_shapes
+
+    root = generate_shapes(folder, **generate)
+    counts = object_counts(root)
+    for split in splits:
+        write_subset(root, f"{kind}_{split}.json", f"{kind}_{split}_{tag}.json", lambda r: keep(r, counts))
+    return root
+
+
 def write_subset(root, name: str, out_name: str, keep) -> int:
     """Write the records of the JSON list ``root / name`` for which ``keep(record)`` is true to ``root / out_name``
     (in their order); returns how many were kept."""

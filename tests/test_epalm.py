@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import zoo
-from conftest import fit_steps, object_counts, write_subset
+from conftest import fit_steps, shapes_subset
 from zoo.data.collate import VQACollator, encode_answer_list, tokenize_texts
 from zoo.models.base import count_parameters
 from zoo.models.epalm import EPALM, convert_official_state_dict
@@ -273,15 +273,11 @@ LEARN_MARGIN = 25.0
 
 @pytest.fixture(scope="module")
 def colour_runs(tmp_path_factory):
-    from zoo.data.shapes import generate_shapes
     from zoo.train.run import train
 
-    root = generate_shapes(tmp_path_factory.mktemp("epalm") / "shapes", num_train_images=600, num_val_images=4,
-                           num_test_images=150, image_size=48, num_videos=0)
-    counts = object_counts(root)
-    for split in ("train", "test"):
-        write_subset(root, f"vqa_{split}.json", f"vqa_{split}_colour.json",
-                     lambda r: r["question"].startswith("what colour") and counts[r["image"]] == 1)
+    root = shapes_subset(tmp_path_factory.mktemp("epalm") / "shapes", "vqa", "colour",
+                         lambda r, counts: r["question"].startswith("what colour") and counts[r["image"]] == 1,
+                         num_train_images=600, num_val_images=4, num_test_images=150, image_size=48, num_videos=0)
     out = tmp_path_factory.mktemp("epalm-runs")
     runs = {}
     for name in ("images", "blank"):

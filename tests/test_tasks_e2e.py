@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import object_counts, write_subset
+from conftest import shapes_subset
 
 from zoo.data.shapes import generate_shapes
 from zoo.predict import predict
@@ -103,11 +103,9 @@ def _caption_config(root, out, blank: bool):
 @pytest.fixture(scope="module")
 def caption_runs(tmp_path_factory):
     """The captioning learning job with the images and with blank images: ``(root, {"images": ..., "blank": ...})``."""
-    root = generate_shapes(tmp_path_factory.mktemp("captions") / "shapes", num_train_images=300, num_val_images=4,
-                           num_test_images=90, image_size=64, num_videos=0)
-    counts = object_counts(root)
-    for split in ("train", "test"):
-        write_subset(root, f"caption_{split}.json", f"caption_{split}_single.json", lambda r: counts[r["image"]] == 1)
+    root = shapes_subset(tmp_path_factory.mktemp("captions") / "shapes", "caption", "single",
+                         lambda r, counts: counts[r["image"]] == 1, num_train_images=300, num_val_images=4,
+                         num_test_images=90, image_size=64, num_videos=0)
     out = tmp_path_factory.mktemp("caption-runs")
     return root, {name: train(_caption_config(root, out / name, blank=name == "blank")) for name in ("images", "blank")}
 

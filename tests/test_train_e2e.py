@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import object_counts, write_subset
+from conftest import shapes_subset
 
 import zoo
 from zoo.data.shapes import generate_shapes
@@ -49,13 +49,10 @@ def _colour_config(root, out, blank: bool):
 
 @pytest.fixture(scope="module")
 def colour_shapes(tmp_path_factory):
-    root = generate_shapes(tmp_path_factory.mktemp("colour") / "shapes", num_train_images=600, num_val_images=150,
-                           num_test_images=150, image_size=64, num_videos=0)
-    counts = object_counts(root)
-    for split in ("train", "val", "test"):
-        write_subset(root, f"vqa_{split}.json", f"vqa_{split}_colour.json",
-                     lambda r: r["question"].startswith("what colour") and counts[r["image"]] <= 2)
-    return root
+    return shapes_subset(tmp_path_factory.mktemp("colour") / "shapes", "vqa", "colour",
+                         lambda r, counts: r["question"].startswith("what colour") and counts[r["image"]] <= 2,
+                         splits=("train", "val", "test"), num_train_images=600, num_val_images=150,
+                         num_test_images=150, image_size=64, num_videos=0)
 
 
 @pytest.fixture(scope="module")
