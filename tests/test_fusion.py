@@ -7,6 +7,8 @@ X²-VLM / CCLM reference files, and invariances (padding, masking, bidirectional
 from __future__ import annotations
 
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -295,3 +297,67 @@ def test_registered_and_buildable_from_config():
     assert isinstance(part, CrossAttentionFusion) and part.encoder_width == EW
     with pytest.raises(ConfigError, match="num_heads"):
         build({"type": "cross_attention", "hidden_size": W, "num_heads": 5}, "fusion")
+
+
+def test_find_prefix_names_what_it_found():
+    from zoo.modules.layers import find_prefix
+
+    state = {"text_encoder.bert.embeddings.word_embeddings.weight": torch.zeros(1), "a.b": torch.zeros(1)}
+    assert find_prefix(state, "embeddings.word_embeddings.weight", "ckpt.pth") == "text_encoder.bert."
+    with pytest.raises(KeyError, match=r"ckpt\.pth: no key ends with 'pooler\.dense\.weight'; is this the right "
+                                       r"checkpoint\? \(first keys: text_encoder\.bert\.embeddings\.word_embeddings"
+                                       r"\.weight, a\.b\)"):
+        find_prefix(state, "pooler.dense.weight", "ckpt.pth")
+    two = {"x.emb.w": torch.zeros(1), "y.emb.w": torch.zeros(1)}
+    with pytest.raises(KeyError, match=r"ckpt\.pth: several candidate prefixes hold 'emb\.w': 'x\.', 'y\.'; "):
+        find_prefix(two, "emb.w", "ckpt.pth")
+    three = {**two, "z.emb.w": torch.zeros(1)}
+    with pytest.raises(KeyError, match=r"'x\.', 'y\.', 'z\.'"):
+        find_prefix(three, "emb.w", "ckpt.pth")
+
+
+def test_load_bert_layers_reports_ignored_keys_and_names_missing_ones(tmp_path):
+    from zoo.modules.layers import load_bert_layers
+
+    torch.manual_seed(0)
+    src = CrossAttentionFusion(num_layers=2, hidden_size=W, num_heads=H, intermediate_size=FF, encoder_width=EW)
+    dst = CrossAttentionFusion(num_layers=1, hidden_size=W, num_heads=H, intermediate_size=FF, encoder_width=EW)
+    state = {f"m.{k}": v for k, v in src.state_dict().items()}
+    state["m.extra.weight"] = torch.zeros(2)
+    report = load_bert_layers(dst, state, source="ckpt.pth", prefix="m.", layer_sources=[1])
+    assert report["initialised"] == []
+    assert report["ignored"] == sorted(["extra.weight"] + [k for k in src.state_dict() if k.startswith("encoder.layer.0.")])
+    layer1 = [k for k in state if k.startswith("m.encoder.layer.1.") and "crossattention" not in k]
+    for key in layer1[:6]:  # six missing keys are all named
+        del state[key]
+    shown = ", ".join(k[len("m."):].replace("layer.1.", "layer.0.") + f" (from m.{k[len('m.'):]})" for k in layer1[:6])
+    with pytest.raises(KeyError, match="^" + re.escape(repr(f"ckpt.pth: the checkpoint lacks {shown}")) + "$"):
+        load_bert_layers(dst, state, source="ckpt.pth", prefix="m.", layer_sources=[1])
+    del state[layer1[6]]  # beyond six: the first six and the count
+    with pytest.raises(KeyError, match="^" + re.escape(repr(f"ckpt.pth: the checkpoint lacks {shown}, ... (7 in all)"))
+                       + "$"):
+        load_bert_layers(dst, state, source="ckpt.pth", prefix="m.", layer_sources=[1])
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_layer_stack_passes_mask_bias_and_causality_to_every_layer(checkpointing):
+    """A stack equals its layers run one after the other with the same arguments (with and without gradient
+    checkpointing, which recomputes each layer with them)."""
+    from zoo.modules.layers import LayerStack
+
+    torch.manual_seed(0)
+    layers = [TransformerLayer(W, H, FF) for _ in range(2)]
+    stack = LayerStack(layers)
+    stack.set_grad_checkpointing(checkpointing)
+    x = torch.randn(2, 5, W, requires_grad=checkpointing)
+    pad = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    bias = torch.randn(1, H, 5, 5)
+    keep = torch.rand(5, 5) > 0.3
+    keep[:, 0] = True
+    out, *_ = stack(x, pad, mask=keep, bias=bias, causal=True)
+    want = x
+    for layer in layers:
+        want = layer(want, pad, mask=keep, bias=bias, causal=True)[0]
+    torch.testing.assert_close(out, want)
+    plain, *_ = stack(x, pad, causal=True)
+    assert not torch.allclose(plain, want)  # the bias and mask change the result, so they were used
