@@ -361,3 +361,32 @@ def test_layer_stack_passes_mask_bias_and_causality_to_every_layer(checkpointing
     torch.testing.assert_close(out, want)
     plain, *_ = stack(x, pad, causal=True)
     assert not torch.allclose(plain, want)  # the bias and mask change the result, so they were used
+
+
+def test_layers_use_their_backend_and_the_math_one_for_maps(monkeypatch):
+    """A layer's attention runs on the backend set for it, except when maps are asked for (only the math backend
+    returns them); cross-attention maps come back too; context for a layer without cross-attention is refused."""
+    import zoo.modules.layers as L
+
+    calls = []
+    real = L.attention
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs.get("backend"), kwargs.get("return_probs")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(L, "attention", recording)
+    torch.manual_seed(0)
+    layer = TransformerLayer(W, H, FF, cross_attention=True, encoder_width=EW)
+    set_attention_backend(layer, "sdpa")
+    x, ctx = torch.randn(2, 3, W), torch.randn(2, 4, EW)
+    _, self_map, cross_map = layer(x, None, ctx)
+    assert calls == [("sdpa", False), ("sdpa", False)] and self_map is None and cross_map is None
+    calls.clear()
+    _, self_map, cross_map = layer(x, None, ctx, output_attentions=True)
+    assert calls == [("math", True), ("math", True)]
+    assert self_map.shape == (2, H, 3, 3) and cross_map.shape == (2, H, 3, 4)
+    torch.testing.assert_close(cross_map.sum(-1), torch.ones(2, H, 3))
+    with pytest.raises(ValueError, match=r"^encoder_hidden_states was given to a layer built without "
+                                         r"cross-attention$"):
+        TransformerLayer(W, H, FF)(x, None, ctx)
