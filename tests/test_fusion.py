@@ -390,3 +390,15 @@ def test_layers_use_their_backend_and_the_math_one_for_maps(monkeypatch):
     with pytest.raises(ValueError, match=r"^encoder_hidden_states was given to a layer built without "
                                          r"cross-attention$"):
         TransformerLayer(W, H, FF)(x, None, ctx)
+
+
+def test_layer_norm_eps_defaults_are_berts():
+    """Every LayerNorm of a layer built with defaults uses BERT's eps (transformers' ``BertConfig`` default)."""
+    import transformers
+
+    from zoo.modules.layers import AttentionBlock, Output
+
+    want = transformers.BertConfig().layer_norm_eps
+    norms = [m for m in TransformerLayer(W, H, FF, cross_attention=True).modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 3 and {m.eps for m in norms} == {want}
+    assert AttentionBlock(W, H).output.LayerNorm.eps == want and Output(FF, W).LayerNorm.eps == want
