@@ -114,8 +114,11 @@ def test_vqgan_official_layout_maps_onto_diffusers():
     assert set(converted) == set(own)
     assert all(tuple(converted[k].shape) == tuple(own[k].shape) for k in own)
     assert dropped and all(k.startswith("loss.") for k in dropped)
-    with pytest.raises(WeightsError, match="encoder.down.0.bogus"):
+    with pytest.raises(WeightsError, match=r"^1 official taming VQGAN key\(s\) have no mapping and are not in the "
+                                           r"dropped list: encoder\.down\.0\.bogus\.weight$"):
         convert_taming_state_dict({"encoder.down.0.bogus.weight": torch.zeros(1)})
+    with pytest.raises(WeightsError, match=r"^not a taming VQGAN state dict: no encoder\.down\.N\.\* keys$"):
+        convert_taming_state_dict({"decoder.conv_in.weight": torch.zeros(1)})
 
 
 def test_vqgan_random_official_weights_load_strictly_and_quantise():

@@ -97,6 +97,9 @@ def test_official_checkpoint_names_map_onto_trainables():
     converted = convert_official_state_dict(official)
     assert set(converted) == set(trainable)
     assert all(converted[k] is trainable[k] for k in trainable)
+    # checkpoints saved from DistributedDataParallel carry a "module." prefix on every key
+    wrapped = convert_official_state_dict({f"module.{k}": v for k, v in official.items()})
+    assert set(wrapped) == set(trainable) and all(wrapped[k] is trainable[k] for k in trainable)
     from zoo.hub import WeightsError
 
     with pytest.raises(WeightsError, match="model_text"):
