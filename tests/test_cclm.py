@@ -90,7 +90,9 @@ def test_converter_rejects_unknown_and_unsupported_keys():
             convert_official_state_dict(official)
     marvl = _meta_official("cclm_pretrain_4m_swinB224")
     marvl["ta_head.weight"] = torch.empty(3, 1024, device="meta")
-    with pytest.raises(WeightsError, match="MaRVL"):
+    with pytest.raises(WeightsError, match=r"^this is the original CCLM NLVR/MaRVL model \(fusion layers duplicated "
+                                           r"per image, ta_head\); it has no counterpart here \(MaRVL uses X²-VLM's "
+                                           r"nlvr head\)$"):
         convert_official_state_dict(marvl)
     with pytest.raises(WeightsError, match="not an official CCLM"):
         convert_official_state_dict({"vision_encoder.norm.weight": torch.empty(3)})

@@ -445,6 +445,7 @@ def test_convert_official_checkpoint_end_to_end(tmp_path):
     report = convert_official_checkpoint(str(tmp_path / "official.pth"), str(tmp_path / "export"),
                                          model="davinci-tiny")
     assert report["image_size"] == 64 and len(report["dropped"]) == 2
+    assert report["model"] == "davinci-tiny" and report["tensors"] == len(official) - 2
     again = zoo.from_pretrained(tmp_path / "export").eval()
     assert again.image_tokenizer is None
     batch = _batch(model, model.tokenizer(), seed=9)
