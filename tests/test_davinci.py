@@ -72,6 +72,13 @@ def test_official_layout_converts_onto_ours_exactly(base_meta):
     # only the recomputed relative-index buffers are dropped: 6 encoder self-attention + 6 × 2 decoder attentions
     assert len(dropped) == 18 and all(k.endswith(".relative_index") for k in dropped)
     assert len(converted) + len(dropped) == len(official)
+    # with the VQGAN inside (official pre-training checkpoints hold it as d_vae.model.*): its taming keys convert onto
+    # the image tokenizer and its training-loss keys are reported as dropped under their official names
+    vae = {"d_vae.model." + k: torch.empty(s, device="meta") for k, s in load_reference("davinci_vqgan")["state_dict"]}
+    with_vae, dropped_vae = convert_official_state_dict({**official, **vae}, image_tokenizer_levels=5)
+    vae_dropped = sorted(set(dropped_vae) - set(dropped))
+    assert vae_dropped and all(k.startswith("d_vae.model.loss.") for k in vae_dropped)
+    assert len(with_vae) - len(converted) + len(vae_dropped) == len(vae)
     # tying on the official names equals ours
     tied = load_reference("davinci_pretrain")["tied_parameters"][0]
     assert {k for k in tied} == {"encoder.embeddings.word_embeddings.weight",
