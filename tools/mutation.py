@@ -118,7 +118,9 @@ def _setup_cfg(group: str) -> str:
              "pytest_add_cli_args_test_selection=" + "\n\t".join(spec["tests"]),
              "also_copy=configs\n\ttools\n\tdocs\n\tREADME.md\n\trun",
              # torch in a forked child of a process that ran tests can deadlock; a fork server starts clean
-             "process_isolation=forkserver"]
+             "process_isolation=forkserver",
+             # mutmut's configuration read before any test changes directory (tools/mutmut_preload.py)
+             "pytest_add_cli_args=-p\n\tmutmut_preload"]
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +146,8 @@ def _sample(group: str, size: int) -> list[str] | None:
 
 
 def run(groups: list[str], jobs: int, recheck: bool = False, sample: int = 0) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "tools"), os.environ.get("PYTHONPATH")])))
     mutmut = Path(sys.executable).parent / "mutmut"
     for group in groups:
         dest = WORK / group
