@@ -5,7 +5,7 @@ runs from the folder a payload sits in) would otherwise make mutmut look for its
 from __future__ import annotations
 
 
-def pytest_configure(config) -> None:  # noqa: ARG001 - pytest's hook signature
+def pytest_configure(config) -> None:
     try:
         from mutmut.configuration import config as mutmut_config
     except ImportError:  # not a mutation run
