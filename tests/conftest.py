@@ -84,6 +84,17 @@ def shapes_subset(folder, kind: str, tag: str, keep, splits=("train", "test"), *
     return root
 
 
+def predicted_answers(source, root, records, model, media: str = "image") -> tuple[list[str], float]:
+    """Each record's question answered one at a time through :func:`zoo.predict.predict` (the ``media`` file under
+    ``root``), and the VQA accuracy in percent of those answers against the records' annotations."""
+    from zoo.metrics.vqa import vqa_accuracy
+    from zoo.predict import predict
+
+    answers = [predict(source, str(Path(root) / r[media]), question=r["question"], model=model)["answer"]
+               for r in records]
+    return answers, 100.0 * sum(vqa_accuracy(a, r["answer"]) for a, r in zip(answers, records)) / len(records)
+
+
 def write_subset(root, name: str, out_name: str, keep) -> int:
     """Write the records of the JSON list ``root / name`` for which ``keep(record)`` is true to ``root / out_name``
     (in their order); returns how many were kept."""

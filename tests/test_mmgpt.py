@@ -392,19 +392,14 @@ def test_vqa_training_path_on_shapes(tmp_path):
     question at a time through `mmzoo predict`."""
     import csv
 
-    from conftest import object_counts, write_subset
+    from conftest import predicted_answers, shapes_subset
 
-    from zoo.data.shapes import COLOURS, generate_shapes
-    from zoo.metrics.vqa import vqa_accuracy
-    from zoo.predict import predict
+    from zoo.data.shapes import COLOURS
     from zoo.train.run import load_task_config, model_from_checkpoint, train
 
-    shapes = generate_shapes(tmp_path / "shapes", num_train_images=300, num_val_images=4, num_test_images=100,
-                             image_size=48, num_videos=0)
-    counts = object_counts(shapes)
-    for split in ("train", "test"):
-        write_subset(shapes, f"vqa_{split}.json", f"vqa_{split}_colour.json",
-                     lambda r: r["question"].startswith("what colour") and counts[r["image"]] == 1)
+    shapes = shapes_subset(tmp_path / "shapes", "vqa", "colour",
+                           lambda r, counts: r["question"].startswith("what colour") and counts[r["image"]] == 1,
+                           num_train_images=300, num_val_images=4, num_test_images=100, image_size=48, num_videos=0)
     cfg = load_task_config("configs/tasks/vqa-mmgpt-shapes.yaml")
     cfg["model"]["overrides"] = {"lm.tokenizer": "data", "lm.config.vocab_size": 512, "vocab_size": 512,
                                  "lm.config.pad_token_id": 1, "lm.config.bos_token_id": 0, "lm.config.eos_token_id": 2,
@@ -423,10 +418,8 @@ def test_vqa_training_path_on_shapes(tmp_path):
     gates = [p for n, p in model.named_parameters() if n.endswith("_gate")]
     assert gates and all(float(g.abs()) > 0 for g in gates)
     records = json.loads((shapes / "vqa_test_colour.json").read_text())
-    predicted = [predict(run, str(shapes / r["image"]), question=r["question"], model=model)["answer"]
-                 for r in records]
+    predicted, expected = predicted_answers(run, shapes, records, model)
     assert len(records) == 24 and set(predicted) <= set(COLOURS), predicted
-    expected = 100.0 * sum(vqa_accuracy(p, r["answer"]) for p, r in zip(predicted, records)) / len(records)
     assert results["test"]["vqa_acc"] == pytest.approx(expected, abs=1e-9)
     # the image reaches the LM: the loss of the same question and answer differs with a blank image
     from PIL import Image

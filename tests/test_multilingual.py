@@ -424,9 +424,9 @@ def test_epalm_open_ended_vqa_through_train(data, tmp_path):
     # 2 test batches evaluated.
     import lightning as L
 
+    from conftest import predicted_answers
+
     import zoo
-    from zoo.metrics.vqa import vqa_accuracy
-    from zoo.predict import predict
     from zoo.train.run import model_from_checkpoint
 
     model = model_from_checkpoint(tmp_path / "ep").eval()
@@ -440,9 +440,7 @@ def test_epalm_open_ended_vqa_through_train(data, tmp_path):
         assert torch.equal(trained[key], value) == (key not in trainable), key
     records = _load(data, "vqa_test.json")[:8]
     model.num_beams = 1  # evaluation.num_beams
-    predicted = [predict(tmp_path / "ep", str(data / r["image"]), question=r["question"], model=model)["answer"]
-                 for r in records]
-    expected = 100.0 * sum(vqa_accuracy(p, r["answer"]) for p, r in zip(predicted, records)) / len(records)
+    predicted, expected = predicted_answers(tmp_path / "ep", data, records, model)
     assert results["test"]["vqa_acc"] == pytest.approx(expected, abs=1e-9), (predicted, results["test"])
 
 

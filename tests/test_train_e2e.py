@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shapes_subset
+from conftest import predicted_answers, shapes_subset
 
 import zoo
 from zoo.data.shapes import generate_shapes
@@ -130,15 +130,10 @@ def test_video_qa_config_trains_on_frames(shapes, tmp_path, monkeypatch):
     # with the frames and the same with blank ones), far beyond this test's budget in any case. What holds exactly:
     # the test score is the VQA accuracy of the export's own answers, asked one video and question at a time through
     # `mmzoo predict` (not the evaluation's batches), over every test question.
-    from zoo.metrics.vqa import vqa_accuracy
-    from zoo.predict import predict
-
     records = json.loads((shapes / "video_qa_test.json").read_text())
     model = model_from_checkpoint(tmp_path / "video" / "export").eval()
-    predicted = [predict(tmp_path / "video" / "export", str(shapes / r["video"]), question=r["question"],
-                         model=model)["answer"] for r in records]
+    predicted, expected = predicted_answers(tmp_path / "video" / "export", shapes, records, model, media="video")
     assert len(records) == 3 and set(predicted) <= set(answers)  # one test video, 3 questions
-    expected = 100.0 * sum(vqa_accuracy(p, r["answer"]) for p, r in zip(predicted, records)) / len(records)
     assert results["test"]["vqa_acc"] == pytest.approx(expected, abs=1e-9)
 
 
