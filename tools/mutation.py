@@ -17,7 +17,8 @@ The report reads mutmut's result files. A surviving mutant either gets a test th
 verdict whose change no longer matches is ignored) saying why it is equivalent (no observable behaviour changes, e.g.
 ``dim=+1`` for ``dim=-1`` of a 2-D tensor); a verdict that starts with "survives:" explains a live mutant (a device
 bug no CPU test can see) and the mutant still counts against the score. The score is killed / (all mutants tested −
-equivalent ones); mutants that no test in the pool executes count as survivors. ``--docs`` writes the table into docs/testing.md between its markers.
+equivalent ones); mutants that no test in the pool executes count as survivors. ``--docs`` writes the table into
+docs/testing.md between its markers.
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ def _sync(dest: Path) -> None:
             path.unlink()
     for rel in files:
         src, dst = ROOT / rel, dest / rel
-        if dst.exists() and dst.stat().st_mtime_ns == src.stat().st_mtime_ns and dst.stat().st_size == src.stat().st_size:
-            continue
+        if dst.exists():
+            a, b = src.stat(), dst.stat()
+            if (a.st_mtime_ns, a.st_size) == (b.st_mtime_ns, b.st_size):
+                continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
 
@@ -153,6 +156,7 @@ def run(groups: list[str], jobs: int, recheck: bool = False, sample: int = 0) ->
         dest = WORK / group
         _sync(dest)
         (dest / "diffs.json").unlink(missing_ok=True)
+        _DIFFS.pop(group, None)
         (dest / "setup.cfg").write_text(_setup_cfg(group), encoding="utf-8")
         start = time.time()
         names = GROUPS[group].get("names", [])
@@ -167,7 +171,6 @@ def run(groups: list[str], jobs: int, recheck: bool = False, sample: int = 0) ->
             names = sorted(n for n, s in results.items() if s in ("survived", "no tests", "not checked"))
         if (sample or recheck) and not names:
             print(f"[{group}] nothing left to test", flush=True)
-            report([group], docs=False)
             continue
         cmd = [str(mutmut), "run", "--max-children", str(jobs), *names]
         print(f"[{group}] mutmut run of {len(names) or 'all'} mutants in {dest.relative_to(ROOT)}", flush=True)
@@ -204,7 +207,7 @@ def _run_spawned(group: str, env: dict[str, str]) -> None:
 
 def _results(group: str, spawned: bool = True, sampled: bool = False) -> dict[str, str]:
     """mutant name -> status, from mutmut's ``.meta`` files of the group's scratch copy (only the sample's mutants
-    with ``sampled`` when the group was run on a sample)."""
+    with ``sampled``: :func:`_in_sample`)."""
     names = GROUPS[group].get("names")
     out: dict[str, str] = {}
     for meta in sorted((WORK / group / "mutants").rglob("*.py.meta")):
@@ -219,17 +222,27 @@ def _results(group: str, spawned: bool = True, sampled: bool = False) -> dict[st
     if spawned and path.exists():
         for name, code in json.loads(path.read_text(encoding="utf-8")).items():
             out[name] = STATUS[code]
+    return _in_sample(group, out) if sampled else out
+
+
+def _in_sample(group: str, results: dict[str, str]) -> dict[str, str]:
+    """The entries of ``results`` in the group's sample (all of them when the group was not run on a sample)."""
     path = WORK / group / "sample.json"
-    if sampled and path.exists():
-        keep = set(json.loads(path.read_text(encoding="utf-8")))
-        out = {k: v for k, v in out.items() if k in keep}
-    return out
+    if not path.exists():
+        return results
+    keep = set(json.loads(path.read_text(encoding="utf-8")))
+    return {k: v for k, v in results.items() if k in keep}
+
+
+_DIFFS: dict[str, dict[str, str]] = {}  # group -> its diffs.json, read once
 
 
 def _diff(group: str, name: str) -> str:
     """The mutant's change, its removed and added lines joined by " / " (cached until the group runs again)."""
     cache_path = WORK / group / "diffs.json"
-    cache = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.exists() else {}
+    if group not in _DIFFS:
+        _DIFFS[group] = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.exists() else {}
+    cache = _DIFFS[group]
     if name not in cache:
         mutmut = Path(sys.executable).parent / "mutmut"
         shown = subprocess.run([str(mutmut), "show", name], cwd=WORK / group, capture_output=True, text=True,
@@ -245,8 +258,8 @@ def report(groups: list[str], docs: bool) -> None:
     rows, survivors = [], []
     total_killed = total_scored = 0
     for group in groups or list(GROUPS):
-        results = _results(group, sampled=True)
-        every = len(_results(group))
+        everything = _results(group)
+        results, every = _in_sample(group, everything), len(everything)
         if not results or all(status == "not checked" for status in results.values()):
             rows.append(f"| {group} | not run | | | | | |")
             continue
