@@ -197,12 +197,6 @@ def resume_checkpoint(run_dir: str | os.PathLike, log: Any = print) -> Path:
     return path
 
 
-def _weights_error() -> type:
-    from zoo.hub import WeightsError  # noqa: PLC0415
-
-    return WeightsError
-
-
 def _check_writable(folder: Path) -> None:
     """The run folder can be made and written (its nearest existing parent is a writable folder), checked before
     anything is built: a read-only output folder is one named error at the start, not a failure after the data check
@@ -380,8 +374,9 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
         model = zoo.create_model(mcfg["name"], task=mcfg.get("task"), pretrained=mcfg.get("pretrained"),
                                  pretrained_strict=mcfg.get("pretrained_strict"), **dict(mcfg.get("overrides") or {}))
     except ConfigError as exc:
-        overrides = sorted(dict(mcfg.get("overrides") or {}))
-        if not overrides or isinstance(exc, _weights_error()):
+        from zoo.hub import WeightsError  # noqa: PLC0415
+
+        if not mcfg.get("overrides") or isinstance(exc, WeightsError):
             raise
         # the error names the model's own file and key; the change that caused it is this config's
         raise ConfigError(f"{exc.message} (the model as changed by the model.overrides of "
