@@ -100,7 +100,8 @@ def _sync(dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for path in dest.rglob("*"):
         rel = path.relative_to(dest).as_posix()
-        if rel.split("/")[0] in ("mutants", "setup.cfg", "run.json", "sample.json", "spawned.json", "diffs.json") \
+        if rel.split("/")[0] in ("mutants", "setup.cfg", "sitecustomize.py", "run.json", "sample.json", "spawned.json",
+                                 "diffs.json") \
                 or not path.is_file():
             continue
         if rel not in files:
@@ -119,7 +120,8 @@ def _setup_cfg(group: str) -> str:
     spec = GROUPS[group]
     lines = ["[mutmut]", "source_paths=zoo", "only_mutate=" + "\n\t".join(spec["mutate"]),
              "pytest_add_cli_args_test_selection=" + "\n\t".join(spec["tests"]),
-             "also_copy=configs\n\ttools\n\tdocs\n\tREADME.md\n\trun",
+             # sitecustomize.py: processes started by the tests read the configuration from the mutated copy too
+             "also_copy=configs\n\ttools\n\tdocs\n\tREADME.md\n\trun\n\tsitecustomize.py",
              # torch in a forked child of a process that ran tests can deadlock; a fork server starts clean
              "process_isolation=forkserver",
              # mutmut's configuration read before any test changes directory (tools/mutmut_preload.py)
@@ -158,6 +160,7 @@ def run(groups: list[str], jobs: int, recheck: bool = False, sample: int = 0) ->
         (dest / "diffs.json").unlink(missing_ok=True)
         _DIFFS.pop(group, None)
         (dest / "setup.cfg").write_text(_setup_cfg(group), encoding="utf-8")
+        shutil.copy2(ROOT / "tools" / "mutmut_sitecustomize.py", dest / "sitecustomize.py")
         start = time.time()
         names = GROUPS[group].get("names", [])
         if sample and not recheck:

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 
 def pytest_configure(config) -> None:
+    import os
+
     try:
         from mutmut.configuration import config as mutmut_config
     except ImportError:  # not a mutation run
         return
     mutmut_config()
+    # Python processes the tests start read it from here too (tools/mutmut_sitecustomize.py)
+    os.environ["MMZOO_MUTATION_DIR"] = os.getcwd()
