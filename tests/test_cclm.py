@@ -547,3 +547,41 @@ def test_xvnli_class_order_is_the_official_label_mapper():
         assert {label: i for i, label in enumerate(labels)} == mapper, name
     model = zoo.create_model("cclm-tiny", task="xvnli", device="meta")
     assert {label: i for i, label in enumerate(model.ve_labels)} == mapper
+
+
+# our prefix -> the official one for the original CCLM layout (the converter's rules read backwards)
+_TO_OFFICIAL = [("vision.", "vision_encoder."), ("text.", "text_encoder.bert."), ("mlm.cls.", "text_encoder.cls."),
+                ("itc.vision_proj.", "vision_proj."), ("itc.text_proj.", "text_proj."), ("itc.temp", "temp"),
+                ("itm.mlp.", "itm_head."), ("bbox.mlp.", "bbox_head."), ("xvnli.mlp.", "cls_head."),
+                ("vqa.decoder.bert.", "text_decoder.bert."), ("vqa.cls.", "text_decoder.cls.")]
+
+
+def test_convert_official_checkpoint_end_to_end(tmp_path):
+    """`mmzoo convert cclm`: an official-layout XVNLI checkpoint (cclm-tiny's weights under the official names, each
+    Swin patch merging at the end of the stage before, as the official code keeps it) is read, its layout, task and
+    window told from its keys and shapes, converted, built as the named model and exported; the export holds every
+    tensor of the model it came from."""
+    import re
+
+    from zoo.models.cclm import convert_official_checkpoint
+
+    torch.manual_seed(4)
+    model = zoo.create_model("cclm-tiny", task="xvnli")
+    official = {}
+    for key, value in model.state_dict().items():
+        merge = re.match(r"vision\.layers\.(\d+)\.downsample\.(.*)", key)
+        if merge:
+            key = f"vision.layers.{int(merge[1]) - 1}.downsample.{merge[2]}"
+        ours, theirs = next((o, t) for o, t in _TO_OFFICIAL if key.startswith(o))
+        official[theirs + key[len(ours):]] = value.clone()
+    torch.save({"model": official}, tmp_path / "official.pth")
+    report = convert_official_checkpoint(str(tmp_path / "official.pth"), str(tmp_path / "export"), model="cclm-tiny")
+    assert (report["model"], report["layout"], report["task"], report["image_size"]) == ("cclm-tiny", "cclm", "xvnli", 64)
+    assert report["tensors"] == len(official) - len(report["dropped"])
+    assert all(re.search(r"\.(relative_position_index|attn_mask)$", k) for k in report["dropped"])
+    again = zoo.from_pretrained(tmp_path / "export").state_dict()
+    assert again.keys() == model.state_dict().keys()
+    assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(WeightsError, match="Swin window 4: .* name the registered model"):
+        convert_official_checkpoint(str(tmp_path / "official.pth"), str(tmp_path / "unnamed"))
+    assert not (tmp_path / "unnamed").exists()

@@ -416,3 +416,38 @@ def test_retrieval_itc_equals_the_official_formula_float64():
     i2t = soft_ce(logits)
     t2i = soft_ce([[logits[i][j] for i in range(n)] for j in range(n)])  # the transpose: texts as rows
     assert float(losses["itc"]) == pytest.approx((i2t + t2i) / 2, rel=1e-7)
+
+
+# our prefix -> the official one (the converter's rules read backwards), first match wins
+_TO_OFFICIAL = [("vision.absolute_frame_pos_embed", "absolute_frame_pos_embed"),
+                ("vision.image_encoder.", "vision_encoder."), ("vision.", "vision_encoder."),
+                ("text.", "text_encoder.bert."), ("mlm.cls.", "text_encoder.cls."),
+                ("caption.cls.", "text_encoder.cls."), ("itc.vision_proj.", "vision_proj."),
+                ("itc.text_proj.", "text_proj."), ("itc.temp", "temp"), ("itm.mlp.", "itm_head."),
+                ("bbox.mlp.", "bbox_head."), ("vqa.decoder.bert.", "text_decoder.bert."),
+                ("vqa.cls.", "text_decoder.cls.")]
+
+
+@pytest.mark.parametrize("name, task, frames", [("x2vlm-tiny", "captioning", None), ("x2vlm-tiny-video", "retrieval", 3)])
+def test_convert_official_checkpoint_end_to_end(tmp_path, name, task, frames):
+    """`mmzoo convert x2vlm`: an official-layout checkpoint (a tiny model's weights under the official names) is read,
+    its task, resolution and frame count told from its keys and shapes, converted, built as the named model and
+    exported; the export holds every tensor of the model it came from."""
+    from zoo.models.x2vlm import convert_official_checkpoint
+
+    torch.manual_seed(3)
+    model = zoo.create_model(name, task=task)
+    official = {}
+    for key, value in model.state_dict().items():
+        ours, theirs = next((o, t) for o, t in _TO_OFFICIAL if key.startswith(o))
+        official[theirs + key[len(ours):]] = value.clone()
+    torch.save({"model": official}, tmp_path / "official.pth")
+    report = convert_official_checkpoint(str(tmp_path / "official.pth"), str(tmp_path / "export"), model=name)
+    assert (report["model"], report["task"], report["image_size"], report.get("num_frames")) == (name, task, 64, frames)
+    assert report["dropped"] == [] and report["tensors"] == len(official)
+    again = zoo.from_pretrained(tmp_path / "export").state_dict()
+    assert again.keys() == model.state_dict().keys()
+    assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(WeightsError, match="neither base .* name the registered model"):
+        convert_official_checkpoint(str(tmp_path / "official.pth"), str(tmp_path / "unnamed"))
+    assert not (tmp_path / "unnamed").exists()

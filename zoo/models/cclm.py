@@ -45,7 +45,7 @@ from torch import Tensor
 
 from zoo.heads.contrastive import gather_with_grad, itc_loss
 from zoo.hub import WeightsError, convert_keys, rename_by_rules
-from zoo.models.base import ZooModel
+from zoo.models.base import ZooModel, input_resolution
 from zoo.models.x2vlm import X2VLM, sample_hard_negatives
 from zoo.modules.outputs import EncoderOutput
 from zoo.registry import MODELS
@@ -388,26 +388,34 @@ def convert_official_state_dict(
     return convert_keys(state_dict, rename, OFFICIAL_DROPPED[layout], layout)
 
 
-def describe_official_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Which registered model, task and resolution an official CCLM / CCLM-X2VLM state dict corresponds to."""
+def describe_official_checkpoint(state_dict: Mapping[str, Tensor], model: str | None = None) -> dict[str, Any]:
+    """Which registered model, task and resolution an official CCLM / CCLM-X2VLM state dict corresponds to.
+
+    ``model``: the registered model the caller names; the official sizes (Swin window 7 or 12, vision width 768 or
+    1024) then need not match, so an official-layout checkpoint of another size converts into a model registered at
+    that size (a Swin image size the window does not tell is the named model's own)."""
     layout = detect_official_layout(state_dict)
     if layout == "cclm":
-        name = "cclm-base"
+        name = model or "cclm-base"
         table = state_dict.get("vision_encoder.layers.0.blocks.0.attn.relative_position_bias_table")
         if table is None:
             raise WeightsError("not an official CCLM checkpoint: no Swin 'vision_encoder.layers.0.blocks.0.attn."
                                "relative_position_bias_table'")
         window = (int(round(table.shape[0] ** 0.5)) + 1) // 2  # (2W - 1)² entries for a W×W window
         image_size = {7: 224, 12: 384}.get(window)
-        if image_size is None:
-            raise WeightsError(f"Swin window {window}: expected 7 (224 px) or 12 (384 px)")
-        vision = {"vision.img_size": image_size, "vision.window_size": window}
+        if image_size is None and model is None:
+            raise WeightsError(f"Swin window {window}: expected 7 (224 px) or 12 (384 px); name the registered "
+                               "model it was trained as (--model)")
+        vision = {"vision.window_size": window}
+        if image_size is not None:
+            vision["vision.img_size"] = image_size
     else:
         width = int(state_dict["vision_encoder.cls_token"].shape[-1])
         size = {768: "base", 1024: "large"}.get(width)
-        if size is None:
-            raise WeightsError(f"vision width {width} is neither base (768) nor large (1024)")
-        name = f"cclm-x2vlm-{size}"
+        if size is None and model is None:
+            raise WeightsError(f"vision width {width} is neither base (768) nor large (1024); name the registered "
+                               "model it was trained as (--model)")
+        name = model or f"cclm-x2vlm-{size}"
         table = state_dict["vision_encoder.blocks.0.attn.relative_position_bias_table"]
         side = (int(round((table.shape[0] - 3) ** 0.5)) + 1) // 2  # (2S - 1)² + 3 entries for an S×S patch grid
         patch = int(state_dict["vision_encoder.patch_embed.proj.weight"].shape[-1])
@@ -435,11 +443,11 @@ def convert_official_checkpoint(checkpoint: str, out_dir: str, model: str | None
     from zoo.hub import load_state_dict, load_weights  # noqa: PLC0415
 
     official = load_state_dict(checkpoint)
-    info = describe_official_checkpoint(official)
-    name = model or info["model"]
+    info = describe_official_checkpoint(official, model)
+    name = info["model"]
     task = task if task is not None else info["task"]
     converted, dropped = convert_official_state_dict(official, info["layout"])
     net = create_model(name, task=task, **info.pop("overrides"))
     load_weights(net, converted, what=f"{checkpoint} (converted)")
     net.save_pretrained(out_dir)
-    return {**info, "model": name, "task": task, "dropped": dropped, "tensors": len(converted)}
+    return {**info, "image_size": input_resolution(net), "task": task, "dropped": dropped, "tensors": len(converted)}

@@ -391,15 +391,21 @@ def convert_official_state_dict(
     return convert_keys(state_dict, rename, OFFICIAL_DROPPED)
 
 
-def describe_official_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Which registered model, task and resolution an official X²-VLM state dict corresponds to."""
+def describe_official_checkpoint(state_dict: Mapping[str, Tensor], model: str | None = None) -> dict[str, Any]:
+    """Which registered model, task and resolution an official X²-VLM state dict corresponds to.
+
+    ``model``: the registered model the caller names; the official widths (768 base, 1024 large) then need not
+    match, so an official-layout checkpoint of another size converts into a model registered at that size."""
     if "vision_encoder.cls_token" not in state_dict:
         raise WeightsError("not an official X²-VLM checkpoint: no 'vision_encoder.cls_token' key")
-    width = int(state_dict["vision_encoder.cls_token"].shape[-1])
-    size = {768: "base", 1024: "large"}.get(width)
-    if size is None:
-        raise WeightsError(f"vision width {width} is neither base (768) nor large (1024)")
     video = "absolute_frame_pos_embed" in state_dict
+    if model is None:
+        width = int(state_dict["vision_encoder.cls_token"].shape[-1])
+        size = {768: "base", 1024: "large"}.get(width)
+        if size is None:
+            raise WeightsError(f"vision width {width} is neither base (768) nor large (1024); name the registered "
+                               "model it was trained as (--model)")
+        model = f"x2vlm-{size}" + ("-video" if video else "")
     has_lm = any(k.startswith("text_encoder.cls.") for k in state_dict)
     if any(k.startswith("text_decoder.") for k in state_dict):
         task = "vqa"
@@ -414,7 +420,7 @@ def describe_official_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, 
     table = state_dict["vision_encoder.blocks.0.attn.relative_position_bias_table"]
     side = (int(round((table.shape[0] - 3) ** 0.5)) + 1) // 2  # (2W-1)² + 3 entries for a W×W patch grid
     patch = int(state_dict["vision_encoder.patch_embed.proj.weight"].shape[-1])
-    info = {"model": f"x2vlm-{size}" + ("-video" if video else ""), "task": task, "image_size": side * patch}
+    info = {"model": model, "task": task, "image_size": side * patch}
     if video:
         info["num_frames"] = int(state_dict["absolute_frame_pos_embed"].shape[1])
     return info
@@ -428,15 +434,15 @@ def convert_official_checkpoint(checkpoint: str, out_dir: str, model: str | None
     from zoo.hub import load_state_dict, load_weights  # noqa: PLC0415
 
     official = load_state_dict(checkpoint)
-    info = describe_official_checkpoint(official)
-    name = model or info["model"]
+    info = describe_official_checkpoint(official, model)
+    name = info["model"]
     task = task if task is not None else info["task"]
     converted, dropped = convert_official_state_dict(official, "caption" if task == "captioning" else "mlm")
-    vision_key = "vision.image_encoder" if info["model"].endswith("-video") else "vision"
+    vision_key = "vision.image_encoder" if "num_frames" in info else "vision"
     overrides = {f"{vision_key}.img_size": info["image_size"]}
     if "num_frames" in info:
         overrides["vision.num_frames"] = info["num_frames"]
     net = create_model(name, task=task, **overrides)
     load_weights(net, converted, what=f"{checkpoint} (converted)")
     net.save_pretrained(out_dir)
-    return {**info, "model": name, "task": task, "dropped": dropped, "tensors": len(converted)}
+    return {**info, "task": task, "dropped": dropped, "tensors": len(converted)}
