@@ -12,7 +12,7 @@ from zoo.data.datasets import DataError
 from zoo.data.shapes import generate_shapes
 from zoo.spec import ConfigError
 
-CONFIG = "configs/tasks/vqa-shapes.yaml"
+CONFIG = "zoo/configs/tasks/vqa-shapes.yaml"
 
 
 @pytest.fixture(scope="module")

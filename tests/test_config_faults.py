@@ -2,7 +2,7 @@
 traceback, and must now be a ConfigError naming the dotted key and what was expected.
 
 Most cases need only :func:`zoo.train.run.load_task_config` (nothing is built); the model-dependent ones build the
-tiny model of configs/tasks/vqa-shapes.yaml (x2vlm-tiny, VQA variant).
+tiny model of zoo/configs/tasks/vqa-shapes.yaml (x2vlm-tiny, VQA variant).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from zoo.spec import ConfigError, load_yaml, parse_override
 from zoo.train.config_checks import CHECKS, check_against_model, lightning_precisions, run_name_problem
 from zoo.train.run import TASK_CONFIG_KEYS, load_task_config, train
 
-VQA = "configs/tasks/vqa-shapes.yaml"
+VQA = "zoo/configs/tasks/vqa-shapes.yaml"
 
 # (overrides, the dotted key of the error, a fragment of its message)
 LOAD_CASES = [
@@ -151,7 +151,7 @@ def test_good_values_still_load(overrides):
     load_task_config(VQA, overrides)
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob("configs/tasks/*.yaml")))
+@pytest.mark.parametrize("path", sorted(glob.glob("zoo/configs/tasks/*.yaml")))
 def test_every_shipped_task_config_passes(path):
     assert load_task_config(path)["_file"] == path
 
@@ -197,7 +197,7 @@ def test_a_task_config_with_a_duplicate_key_names_file_line_and_key(tmp_path):
 
 def test_a_model_config_with_a_duplicate_key_is_refused(tmp_path):
     model_file = tmp_path / "tiny-dup.yaml"
-    base = Path("configs/models/x2vlm-tiny.yaml").resolve()
+    base = Path("zoo/configs/models/x2vlm-tiny.yaml").resolve()
     model_file.write_text(f"_base_: {base}\nname: tiny-dup\nmodel:\n  vision: {{depth: 1}}\n  text: {{num_layers: 4}}\n"
                           "  vision: {depth: 3}\n")
     with pytest.raises(ConfigError) as info:
@@ -223,7 +223,7 @@ def test_merge_keys_may_override_what_they_bring_in():
 
 
 def test_every_shipped_yaml_file_has_unique_keys():
-    files = glob.glob("configs/**/*.yaml", recursive=True)
+    files = glob.glob("zoo/configs/**/*.yaml", recursive=True)
     assert files
     for path in files:
         load_yaml(path)

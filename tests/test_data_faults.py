@@ -259,7 +259,7 @@ def _model(text):
 def _config(root: Path, out: Path, **data) -> dict:
     from zoo.train.run import load_task_config
 
-    cfg = load_task_config("configs/tasks/vqa-shapes.yaml")
+    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml")
     cfg["data"] = {**cfg["data"], **_data(root, **data), "cache_images": False}
     cfg["trainer"].update(max_epochs=1, check_val_every_n_epoch=1, enable_progress_bar=False, limit_train_batches=2,
                           limit_val_batches=1, limit_test_batches=1)

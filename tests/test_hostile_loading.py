@@ -325,7 +325,7 @@ def test_hostile_sources_through_every_command(case, model, place, capsys):
                  ["export", src, str(root / "out")],
                  ["export", src, str(root / "out_lm"), "--part", "vision"],
                  ["chat", src],
-                 ["eval", src, str(Path(__file__).parents[1] / "configs/tasks/vqa-shapes.yaml")]):
+                 ["eval", src, str(Path(__file__).parents[1] / "zoo/configs/tasks/vqa-shapes.yaml")]):
         _cli_fails(capsys, argv, names)
         _no_payload(marker)
     assert not (root / "out").exists() and not (root / "out_lm").exists()
@@ -344,7 +344,7 @@ def test_hostile_official_checkpoints_through_convert(case, model, place, capsys
 def test_hostile_last_checkpoint_through_resume(case, model, place, capsys):
     root, marker = place
     run, _ = case(model, root, marker)
-    line = _cli_fails(capsys, ["train", str(Path(__file__).parents[1] / "configs/tasks/vqa-shapes.yaml"),
+    line = _cli_fails(capsys, ["train", str(Path(__file__).parents[1] / "zoo/configs/tasks/vqa-shapes.yaml"),
                                f"train.output_dir={root}", "train.name=run", "--resume"],
                       "no checkpoint to resume from")
     assert str(run / "checkpoints") in line
@@ -355,7 +355,7 @@ def test_hostile_last_checkpoint_through_resume(case, model, place, capsys):
 def test_hostile_pretrained_weights_through_train(case, model, place, capsys):
     root, marker = place
     path, names = case(model, root, marker)
-    _cli_fails(capsys, ["train", str(Path(__file__).parents[1] / "configs/tasks/vqa-shapes.yaml"),
+    _cli_fails(capsys, ["train", str(Path(__file__).parents[1] / "zoo/configs/tasks/vqa-shapes.yaml"),
                         f"train.output_dir={root}", "train.name=run", f"model.pretrained={path}"], names)
     _no_payload(marker)
     assert not (root / "run").exists()

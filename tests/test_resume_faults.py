@@ -24,7 +24,7 @@ def shapes(tmp_path_factory):
 
 
 def _config(shapes, out, epochs: int):
-    cfg = load_task_config("configs/tasks/vqa-shapes.yaml")
+    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml")
     cfg["data"].update(root=str(shapes), batch_size=8, hflip=True)  # augmentation drawn from the torch generator
     cfg["data"].pop("val")
     cfg["data"].pop("test")
