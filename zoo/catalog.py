@@ -1,4 +1,6 @@
-"""The catalogue of named models: YAML files under ``configs/models/`` (architectures are data).
+"""The catalogue of named configs: models under ``zoo/configs/models/`` (architectures are data) and task configs
+(fine-tuning jobs, :func:`zoo.train.run.load_task_config`) under ``zoo/configs/tasks/``. Both folders are part of the
+package, so an installed wheel carries them.
 
 A model file holds::
 
@@ -13,9 +15,13 @@ A model file holds::
       vqa: {head: {type: ...}}
     answers: [yes, no, ...]          # written by VQA fine-tuning: the answers a generative head ranks at prediction
 
-Directories searched, in order: those added with :func:`add_config_dir`, those in the ``MMZOO_CONFIG_PATH``
-environment variable (``os.pathsep``-separated), then the project's own ``configs/models``. Listing needs no import
-of torch or of any model family.
+Model directories searched, in order: those added with :func:`add_config_dir`, those in the ``MMZOO_CONFIG_PATH``
+environment variable (``os.pathsep``-separated), then the package's own ``zoo/configs/models``. Listing needs no
+import of torch or of any model family.
+
+Task configs are found the same way, with ``kind="tasks"``: directories added with ``add_config_dir(path,
+kind="tasks")``, then those in ``MMZOO_TASK_CONFIG_PATH``, then ``zoo/configs/tasks``. A task config's name is its
+file stem (``vqa-shapes`` for ``vqa-shapes.yaml``); :func:`task_config_path` takes a name or a path to a YAML file.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from typing import Any
 
 from zoo.spec import ConfigError, load_yaml
 
-__all__ = ["add_config_dir", "config_dirs", "model_names", "model_config_path", "load_model_config", "MODEL_FILE_KEYS"]
+__all__ = ["add_config_dir", "config_dirs", "model_names", "model_config_path", "load_model_config",
+           "task_config_names", "task_config_path", "MODEL_FILE_KEYS"]
 
 MODEL_FILE_KEYS = {
     "name": (str,),
@@ -47,34 +54,45 @@ MODEL_FILE_KEYS = {
     "answers": (list,),
 }
 
-_extra_dirs: list[Path] = []
-_BUILTIN_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+_KINDS = {"models": "MMZOO_CONFIG_PATH", "tasks": "MMZOO_TASK_CONFIG_PATH"}  # kind -> environment variable
+_extra_dirs: dict[str, list[Path]] = {kind: [] for kind in _KINDS}
 
 
-def add_config_dir(path: str | os.PathLike) -> None:
-    """Make the model YAML files in ``path`` available by name (searched before the built-in ones)."""
+def _check_kind(kind: str) -> None:
+    if kind not in _KINDS:
+        raise ValueError(f"unknown config kind {kind!r}; expected one of {', '.join(_KINDS)}")
+
+
+def add_config_dir(path: str | os.PathLike, kind: str = "models") -> None:
+    """Make the YAML files in ``path`` available by name, searched before the built-in ones: model files
+    (``kind="models"``) or task configs (``kind="tasks"``)."""
+    _check_kind(kind)
     p = Path(path)
     if not p.is_dir():
         raise NotADirectoryError(f"add_config_dir: {p} is not a directory")
-    if p not in _extra_dirs:
-        _extra_dirs.insert(0, p)
+    if p not in _extra_dirs[kind]:
+        _extra_dirs[kind].insert(0, p)
 
 
-def config_dirs() -> list[Path]:
-    env = [Path(x) for x in os.environ.get("MMZOO_CONFIG_PATH", "").split(os.pathsep) if x]
-    return [*_extra_dirs, *env, _BUILTIN_DIR]
+def config_dirs(kind: str = "models") -> list[Path]:
+    """The directories searched for named configs of ``kind`` ("models" or "tasks"), first match winning."""
+    _check_kind(kind)
+    env = [Path(x) for x in os.environ.get(_KINDS[kind], "").split(os.pathsep) if x]
+    return [*_extra_dirs[kind], *env, CONFIGS_DIR / kind]
 
 
-def _index() -> dict[str, Path]:
-    """name -> file, earlier directories winning. Names come from ``name:`` when present, else the file stem."""
+def _index(kind: str = "models") -> dict[str, Path]:
+    """name -> file, earlier directories winning. Model names come from ``name:`` when present, else the file stem;
+    task config names are the file stem."""
     found: dict[str, Path] = {}
-    for d in reversed(config_dirs()):
+    for d in reversed(config_dirs(kind)):
         if not d.is_dir():
             continue
         for f in sorted(d.glob("*.yaml")):
             if f.name.startswith("_"):  # _base files are for inheritance only
                 continue
-            found[_declared_name(f)] = f
+            found[_declared_name(f) if kind == "models" else f.stem] = f
     return found
 
 
@@ -90,19 +108,51 @@ def _declared_name(path: Path) -> str:
 
 
 def model_names(pattern: str | None = None) -> list[str]:
-    names = sorted(_index())
+    names = sorted(_index("models"))
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return names
 
 
 def model_config_path(name: str) -> Path:
-    index = _index()
+    index = _index("models")
     if name not in index:
         from zoo.registry import UnknownNameError  # noqa: PLC0415
 
         raise UnknownNameError("model", name, sorted(index))
     return index[name]
+
+
+def task_config_names(pattern: str | None = None) -> list[str]:
+    """Names of the task configs (``zoo/configs/tasks`` and the task directories added), sorted."""
+    names = sorted(_index("tasks"))
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return names
+
+
+def task_config_path(name_or_path: str | os.PathLike) -> Path:
+    """The task config file for ``name_or_path``.
+
+    A ``Path``, or a string that ends with ``.yaml``/``.yml``, names an existing file or holds a directory separator,
+    is a path, returned unchanged (relative to the current directory). Any other string is the name of a task config:
+    ``vqa-shapes`` -> ``zoo/configs/tasks/vqa-shapes.yaml`` (directories added with ``add_config_dir(path,
+    kind="tasks")`` and ``MMZOO_TASK_CONFIG_PATH`` first). An unknown name is a one-line :class:`ConfigError` with
+    the closest names and the list of task configs."""
+    text = os.fspath(name_or_path)
+    path = Path(text)
+    if isinstance(name_or_path, os.PathLike) or text.endswith((".yaml", ".yml")) or path.is_file() \
+            or any(sep in text for sep in (os.sep, os.altsep) if sep):
+        return path
+    index = _index("tasks")
+    if text in index:
+        return index[text]
+    import difflib  # noqa: PLC0415
+
+    close = difflib.get_close_matches(text, list(index), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
+    raise ConfigError(f"unknown task config {text!r}: no such YAML file or task config name{hint} Task configs: "
+                      f"{', '.join(sorted(index)) or '(none)'}")
 
 
 def load_model_config(name_or_path: str | os.PathLike | dict) -> dict[str, Any]:

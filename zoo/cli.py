@@ -45,6 +45,19 @@ def _cmd_list(args) -> int:
         rows = [[kind, ", ".join(reg.names()) or "-"] for kind, reg in zoo.REGISTRIES.items()]
         print(_table(rows, ["registry", "names"]))
         return 0
+    if args.tasks:
+        from zoo.catalog import task_config_names, task_config_path  # noqa: PLC0415
+        from zoo.spec import load_yaml  # noqa: PLC0415
+
+        tasks = task_config_names(args.pattern)
+        if not tasks:
+            print(f"no task config matches {args.pattern!r}; task configs: {', '.join(task_config_names())}",
+                  file=sys.stderr)
+            return 1
+        cfgs = {name: load_yaml(task_config_path(name)) for name in tasks}
+        print(_table([[name, cfg.get("task", "?"), (cfg.get("model") or {}).get("name", "?")]
+                      for name, cfg in cfgs.items()], ["task config", "task", "model"]))
+        return 0
     names = zoo.list_models(args.pattern)
     if not names:
         print(f"no model matches {args.pattern!r}; registered: {', '.join(zoo.list_models())}", file=sys.stderr)
@@ -290,10 +303,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="import the modules an export's or checkpoint's config lists under 'imports' (runs their "
                             "code: only for files from a source you trust; off by default)")
 
-    s = sub.add_parser("list", help="list registered models (or parts with --parts)")
+    s = sub.add_parser("list", help="list registered models (or parts with --parts, task configs with --tasks)")
     s.add_argument("pattern", nargs="?", default=None, help="glob pattern, e.g. 'x2vlm*'")
     s.add_argument("--params", action="store_true", help="also count parameters (builds each model on meta)")
     s.add_argument("--parts", action="store_true", help="list registered parts per registry instead")
+    s.add_argument("--tasks", action="store_true",
+                   help="list the task configs instead (names that mmzoo train and mmzoo eval accept)")
     s.set_defaults(fn=_cmd_list)
 
     s = sub.add_parser("info", help="parameter count, parts, tasks and resolution of a model")
@@ -309,7 +324,8 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_demo)
 
     s = sub.add_parser("train", help="fine-tune, evaluate and export as a task config says")
-    s.add_argument("config", help="a task config YAML (configs/tasks/...)")
+    s.add_argument("config", help="a task config: a YAML file, or the name of a packaged one (e.g. vqa-shapes; "
+                                  "mmzoo list --tasks)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.max_epochs=1")
     s.add_argument("--resume", action="store_true", help="continue from the run's checkpoints/last.ckpt")
     s.set_defaults(fn=_cmd_train)
@@ -324,7 +340,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", parents=[trust],
                        help="evaluate an export, run folder or checkpoint on a task config's data")
     s.add_argument("source", help="export folder, run folder or .ckpt file")
-    s.add_argument("config", help="task config YAML naming the data")
+    s.add_argument("config", help="task config naming the data: a YAML file or a task config name")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     s.add_argument("--split", default="test", choices=["val", "test"])
     s.add_argument("--output", default=None, help="JSON file for the results (default: beside the source)")

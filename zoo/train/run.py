@@ -1,6 +1,7 @@
 """``mmzoo train``: one config file → fine-tuned, evaluated and exported model.
 
-A task config (``configs/tasks/*.yaml``) has five sections::
+A task config (a YAML file, or the name of one under ``zoo/configs/tasks/``: ``mmzoo train vqa-shapes``) has five
+sections::
 
     task: vqa | retrieval | captioning | ve | nlvr
     model:   {name: x2vlm-tiny, task: vqa, pretrained: null, pretrained_strict: true, overrides: {}}
@@ -25,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from zoo.catalog import task_config_path
 from zoo.spec import ConfigError, load_config
 
 __all__ = ["train", "load_task_config", "AtomicCheckpointIO", "TASK_CONFIG_KEYS"]
@@ -45,10 +47,12 @@ TASK_CONFIG_KEYS = {
 
 
 def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
-    """Load and check a task config: unknown sections or keys, and every value against
+    """Load and check a task config (a YAML file, or a task config name such as ``vqa-shapes``:
+    :func:`zoo.catalog.task_config_path`): unknown sections or keys, and every value against
     :data:`zoo.train.config_checks.CHECKS`, are errors naming the file and the dotted key."""
     import difflib  # noqa: PLC0415
 
+    path = task_config_path(path)
     cfg = load_config(path, overrides)
     for section, value in cfg.items():
         if section not in TASK_CONFIG_KEYS:
