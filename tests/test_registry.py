@@ -47,8 +47,9 @@ def test_unknown_name_suggests_closest():
 def test_decorators_exposed_on_package():
     assert zoo.register_vision_encoder.__self__ is zoo.VISION_ENCODERS
     assert zoo.register_head.__self__ is zoo.HEADS
+    assert zoo.register_task.__self__ is zoo.TASKS
     assert set(REGISTRIES) == {
-        "vision_encoder", "text_encoder", "fusion", "adapter", "language_model", "head", "model", "dataset"
+        "vision_encoder", "text_encoder", "fusion", "adapter", "language_model", "head", "model", "dataset", "task"
     }
 
 

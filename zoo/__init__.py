@@ -20,6 +20,7 @@ from zoo.registry import (
     LANGUAGE_MODELS,
     MODELS,
     REGISTRIES,
+    TASKS,
     TEXT_ENCODERS,
     VISION_ENCODERS,
     Registry,
@@ -36,6 +37,7 @@ register_language_model = LANGUAGE_MODELS.register
 register_head = HEADS.register
 register_model = MODELS.register
 register_dataset = DATASETS.register
+register_task = TASKS.register
 
 _LAZY = {
     "create_model": "zoo.factory",
@@ -46,6 +48,8 @@ _LAZY = {
     "ConfigError": "zoo.spec",
     "load_config": "zoo.spec",
     "add_config_dir": "zoo.catalog",
+    "get_task": "zoo.tasks",
+    "list_tasks": "zoo.tasks",
 }
 
 __all__ = [
@@ -60,6 +64,7 @@ __all__ = [
     "HEADS",
     "MODELS",
     "DATASETS",
+    "TASKS",
     "register_vision_encoder",
     "register_text_encoder",
     "register_fusion",
@@ -68,6 +73,7 @@ __all__ = [
     "register_head",
     "register_model",
     "register_dataset",
+    "register_task",
     *_LAZY,
 ]
 
@@ -76,6 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from zoo.factory import build_part, create_model, list_models, model_info
     from zoo.hub import from_pretrained
     from zoo.spec import ConfigError, load_config
+    from zoo.tasks import get_task, list_tasks
 
 
 def __getattr__(name: str) -> Any:

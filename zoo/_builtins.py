@@ -55,4 +55,12 @@ BUILTINS: dict[str, dict[str, str]] = {
         "ve": "zoo.data.datasets",
         "nlvr": "zoo.data.datasets",
     },
+    "task": {
+        "vqa": "zoo.tasks.vqa",
+        "retrieval": "zoo.tasks.retrieval",
+        "captioning": "zoo.tasks.captioning",
+        "ve": "zoo.tasks.ve",
+        "nlvr": "zoo.tasks.nlvr",
+        "pretrain": "zoo.tasks.pretrain",
+    },
 }

@@ -114,11 +114,14 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
     model.eval()
     pixels = _pixels(model, str(media), num_frames)
     tokenizer = model.text.get_tokenizer()
+    from zoo.tasks import supported_tasks  # noqa: PLC0415
+
+    can = supported_tasks(model)  # what the model declares and has the heads for
     out: dict[str, Any] = {"media": str(media)}
     with torch.inference_mode():
         if question is not None:
             open_ended = getattr(model, "open_ended_vqa", False)
-            if not hasattr(model, "vqa_predict") or (getattr(model, "vqa", None) is None and not open_ended):
+            if "vqa" not in can:
                 raise ValueError(f"{source}: the model has no VQA head (build or fine-tune it with task vqa)")
             from zoo.data.collate import encode_answer_list, tokenize_texts  # noqa: PLC0415
             from zoo.data.datasets import pre_question  # noqa: PLC0415
@@ -142,26 +145,24 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
                 res = model.vqa_predict(pixels, q_ids, q_mask)
             out.update(question=question, answer=res["answer"][0], prob=float(res["prob"][0]))
         elif caption:
-            # X²-VLM-style models hold an optional caption head; language-model families caption with the LM itself
-            if not hasattr(model, "generate_captions") or getattr(model, "caption", False) is None:
+            if "captioning" not in can:
                 raise ValueError(f"{source}: the model has no captioning head (task captioning)")
             out["caption"] = model.generate_captions(pixels)[0]
         elif hypothesis is not None or statement is not None:
             from zoo.data.collate import tokenize_texts  # noqa: PLC0415
             from zoo.data.datasets import pre_caption  # noqa: PLC0415
-            from zoo.train.module import has_task_head  # noqa: PLC0415
 
             sentence = hypothesis if hypothesis is not None else statement
             ids, mask = tokenize_texts(tokenizer, [pre_caption(sentence, 80)])
             if hypothesis is not None:
-                if not has_task_head(model, "ve"):
+                if "ve" not in can:
                     raise ValueError(f"{source}: the model has no visual-entailment head (task ve, or xvnli for CCLM)")
                 probs = model.ve_logits(pixels, ids, mask).float().softmax(-1)[0]
                 names = list(model.ve_labels)
                 out.update(hypothesis=hypothesis, label=names[int(probs.argmax())],
                            probs={name: float(p) for name, p in zip(names, probs)})
             else:
-                if not has_task_head(model, "nlvr"):
+                if "nlvr" not in can:
                     raise ValueError(f"{source}: the model has no NLVR head (task nlvr)")
                 right = _pixels(model, str(media2), num_frames)
                 p_true = float(model.nlvr_logits(pixels, right, ids, mask).float().softmax(-1)[0, 1])
@@ -170,7 +171,7 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
             if isinstance(texts, (str, os.PathLike)):
                 texts = read_lines_or_json(texts, "texts")
             texts = list(texts)
-            if getattr(model, "itc", None) is None or getattr(model, "itm", None) is None:
+            if "retrieval" not in can:
                 raise ValueError(f"{source}: ranking texts needs the ITC and ITM heads (task retrieval)")
             from zoo.data.collate import tokenize_texts  # noqa: PLC0415
             from zoo.data.datasets import pre_caption  # noqa: PLC0415

@@ -1,7 +1,7 @@
 """Registries of named parts.
 
 One :class:`Registry` class; one instance per kind of part (vision encoders, text encoders, fusion blocks, adapters,
-language models, heads, models, datasets). A part registers itself with a decorator::
+language models, heads, models, datasets, tasks). A part registers itself with a decorator::
 
     @zoo.register_vision_encoder("my_vit")
     class MyViT(nn.Module): ...
@@ -31,6 +31,7 @@ __all__ = [
     "HEADS",
     "MODELS",
     "DATASETS",
+    "TASKS",
     "load_plugins",
 ]
 
@@ -175,7 +176,9 @@ LANGUAGE_MODELS = Registry("language_model")
 HEADS = Registry("head")
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
+TASKS = Registry("task")  # zoo.tasks.Task subclasses: vqa, retrieval, captioning, ve, nlvr, pretrain
 
 REGISTRIES: dict[str, Registry] = {
-    r.kind: r for r in (VISION_ENCODERS, TEXT_ENCODERS, FUSIONS, ADAPTERS, LANGUAGE_MODELS, HEADS, MODELS, DATASETS)
+    r.kind: r for r in (VISION_ENCODERS, TEXT_ENCODERS, FUSIONS, ADAPTERS, LANGUAGE_MODELS, HEADS, MODELS, DATASETS,
+                        TASKS)
 }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from torch import nn
 
@@ -31,6 +33,17 @@ class ZooModel(nn.Module):
     """Base class of registered models. :func:`zoo.create_model` fills ``zoo_config`` with the resolved config."""
 
     zoo_config: dict | None = None
+    #: the tasks (:mod:`zoo.tasks`) this family implements → the head attributes each needs built (a model built
+    #: for another task lacks them); an empty tuple: the family's own parts serve it. A task not listed here is one
+    #: the family cannot do, whatever methods it has.
+    task_heads: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+
+    def supported_tasks(self) -> list[str]:
+        """The registered tasks this model, as built, can be trained and evaluated on (its ``task_heads``, the heads
+        actually built, and the methods each task's protocol names: :func:`zoo.tasks.supported_tasks`)."""
+        from zoo.tasks import supported_tasks  # noqa: PLC0415
+
+        return supported_tasks(self)
 
     def save_pretrained(self, directory: str | os.PathLike, *, trainable_only: bool = False, tokenizer=None) -> Path:
         """Export for :func:`zoo.from_pretrained` (see :func:`zoo.hub.save_pretrained`)."""

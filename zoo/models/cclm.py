@@ -86,6 +86,9 @@ class CCLM(X2VLM):
         tie_mlm: share the MLM decoder matrix with the word embeddings (original CCLM: yes; CCLM-X2VLM: no).
     """
 
+    task_heads = {"vqa": ("vqa",), "retrieval": ("itc", "itm"), "ve": ("xvnli",), "nlvr": ("nlvr",),
+                  "pretrain": ("itc", "itm")}  # no captioning in CCLM
+
     def __init__(
         self,
         vision: Part["vision_encoder"],

@@ -351,6 +351,8 @@ class DaVinci(ZooModel):
 
     # the class order of the official SNLI-VE data (DaVinci ``dataset/ve_dataset.py``, ``labels``)
     ve_labels = ("contradiction", "neutral", "entailment")
+    # VQA and captioning decode with the shared decoder; VE and NLVR need their MLP heads built
+    task_heads = {"vqa": (), "captioning": (), "ve": ("ve_head",), "nlvr": ("nlvr_head",), "pretrain": ()}
 
     def __init__(
         self,
@@ -442,16 +444,6 @@ class DaVinci(ZooModel):
     @property
     def generative_vqa(self) -> bool:
         return True
-
-    @property
-    def vqa(self) -> nn.Module:
-        """The head that answers questions (what ``mmzoo predict`` looks for): the decoder itself."""
-        return self.text_decoder
-
-    @property
-    def caption(self) -> nn.Module:
-        """The head that writes captions: the decoder itself."""
-        return self.text_decoder
 
     def tokenizer(self) -> Any:
         """The encoder's tokenizer (loaded once)."""

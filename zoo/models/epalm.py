@@ -108,6 +108,7 @@ class EPALM(ZooModel):
     generative_vqa = True  # VQA batches carry answer ids (the training module's generative path)
     open_ended_vqa = True  # answers are generated: the answer list the training module passes is not used
     causal_captioning = True  # captioning batches need raw captions, no [MASK] inputs (CaptionTrainCollator)
+    task_heads = {"vqa": (), "captioning": ()}  # the language model answers and captions
 
     def __init__(
         self,

@@ -89,6 +89,7 @@ class MultiModalGPT(ZooModel):
 
     generative_vqa = True  # VQA batches carry answer ids (the training module's generative path)
     open_ended_vqa = True  # answers are generated
+    task_heads = {"vqa": (), "captioning": ()}  # the language model answers and captions
 
     def __init__(
         self,

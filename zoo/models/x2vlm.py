@@ -83,6 +83,9 @@ def sample_hard_negatives(
 class X2VLM(ZooModel):
     """X²-VLM with the heads its config names (see the module docstring)."""
 
+    task_heads = {"vqa": ("vqa",), "retrieval": ("itc", "itm"), "captioning": ("caption",), "nlvr": ("nlvr",),
+                  "pretrain": ("itc", "itm")}
+
     def __init__(
         self,
         vision: Part["vision_encoder"],

@@ -333,11 +333,13 @@ def _check_model_task(cfg: Mapping[str, Any], file: Any) -> None:
     """``model.name`` is a registered model (or a model file), and ``model.task`` one of its task variants that suits
     the config's ``task``: a variant named after another training task (``model.task: retrieval`` under ``task: vqa``)
     builds heads the task cannot use, and its task-specific ``model.overrides`` then fail deep in the model tree."""
-    from zoo.train.module import TASKS  # noqa: PLC0415
+    from zoo.tasks import list_tasks  # noqa: PLC0415
+
+    tasks = list_tasks()
 
     model, task = _section(cfg, "model"), cfg.get("task")
     name, variant = model.get("name"), model.get("task")
-    if isinstance(variant, str) and variant in TASKS and task in TASKS and variant != task:
+    if isinstance(variant, str) and variant in tasks and task in tasks and variant != task:
         raise ConfigError(f"the config's task is {task!r} but model.task is {variant!r}, which builds the model for "
                           f"{variant}: set model.task to a {task} variant (or leave it out), or task to {variant!r}",
                           "model.task", file)

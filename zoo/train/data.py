@@ -78,10 +78,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from zoo.spec import ConfigError
 
-__all__ = ["DATA_KEYS", "SIDE_STREAMS", "TASK_NAMES", "DataReport", "TaskDataModule", "read_instructions",
-           "read_parallel", "resolve_data_tokenizer"]
+__all__ = ["DATA_KEYS", "SIDE_STREAMS", "DataReport", "TaskDataModule", "read_instructions", "read_parallel",
+           "resolve_data_tokenizer"]
 
-TASK_NAMES = ("vqa", "retrieval", "captioning", "ve", "nlvr", "pretrain")
+
+def __getattr__(name: str) -> Any:
+    if name == "TASK_NAMES":  # the task list before tasks became registered units
+        from zoo.tasks import list_tasks  # noqa: PLC0415
+
+        return tuple(list_tasks())
+    raise AttributeError(f"module 'zoo.train.data' has no attribute {name!r}")
+
+
 SPLITS = ("train", "val", "test")
 
 # key -> (description, checker)
@@ -114,8 +122,7 @@ _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 
                              "mask_prob": 0.6, "classifier_targets": "vqa_score",
                              "crop_scale": [0.5, 1.0], "blank_images": False,
                              "cache_images": False}
-# defaults of one task over _DEFAULTS: pre-training masks as the official pre-training configs (X²-VLM, CCLM)
-_TASK_DEFAULTS: dict[str, dict[str, Any]] = {"pretrain": {"mask_prob": 0.5, "max_masks": 12}}
+# a task's own defaults over these: its data_defaults (zoo.tasks; pre-training masks as the official configs)
 
 
 def _is_int(v: Any) -> bool:
@@ -150,8 +157,7 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
     """The checked, resolved data config (absolute file lists, defaults filled in)."""
     from zoo.hub import resolve_path  # noqa: PLC0415
 
-    if task not in TASK_NAMES:
-        raise ConfigError(f"task {task!r}: expected one of {', '.join(TASK_NAMES)}", "task")
+    spec = _task(task)
     if vqa_mode not in ("generative", "classifier"):
         raise ConfigError(f"vqa_mode={vqa_mode!r}: expected 'generative' or 'classifier'")
     if not isinstance(data, Mapping):
@@ -161,7 +167,7 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
             close = difflib.get_close_matches(str(key), DATA_KEYS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown key{hint} Known keys: {', '.join(DATA_KEYS)}", f"data.{key}")
-    cfg = {**_DEFAULTS, **_TASK_DEFAULTS.get(task, {}),
+    cfg = {**_DEFAULTS, **spec.data_defaults,
            **{k: v for k, v in data.items() if v is not None or k == "video"}}
     for key, value in cfg.items():
         kind = DATA_KEYS[key]
@@ -239,9 +245,11 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
         cfg["few_shot"] = {lang: (int(n), _language_files(cfg["train"], lang, False, "data.few_shot"))
                            for lang, n in cfg["few_shot"].items()}
     if cfg.get("translation") is not None:
-        if task not in ("retrieval", "pretrain"):
-            raise ConfigError(f"translations (caption_2) are read for retrieval and pre-training only, not task "
-                              f"{task!r}",
+        if not spec.reads_translations:
+            from zoo.tasks import get_task, list_tasks  # noqa: PLC0415
+
+            readers = " and ".join(n for n in list_tasks() if get_task(n).reads_translations)
+            raise ConfigError(f"translations (caption_2) are read for {readers} only, not task {task!r}",
                               "data.translation")
         if cfg.get("few_shot"):
             raise ConfigError("few-shot records (in one language) have no translation field: use either "
@@ -262,11 +270,19 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
         raise ConfigError(f"expected a positive int, got {size!r}", "data.image_size")
     cfg["image_size"] = size
     cfg.setdefault("eval_batch_size", cfg["batch_size"])
-    if task == "vqa" and vqa_mode == "generative" and not cfg.get("answer_list") and not cfg.get("train") \
-            and (cfg.get("val") or cfg.get("test")):
-        raise ConfigError("generative VQA evaluation ranks an answer list: give data.answer_list (or training data "
-                          "to take the answers from)", "data.answer_list")
+    spec.check_data(cfg, vqa_mode)
     return cfg
+
+
+def _task(name: str) -> Any:
+    """The registered task ``name`` (:mod:`zoo.tasks`); an unknown name is a ConfigError on ``task``."""
+    from zoo.registry import UnknownNameError  # noqa: PLC0415
+    from zoo.tasks import get_task  # noqa: PLC0415
+
+    try:
+        return get_task(name)
+    except UnknownNameError as exc:
+        raise ConfigError(str(exc), "task") from None
 
 
 class _EpochSampler(DistributedSampler):
@@ -343,7 +359,8 @@ class TaskDataModule(L.LightningDataModule):
     """Data of one fine-tuning task (see the module docstring for the ``data`` keys).
 
     Args:
-        task: ``"vqa"``, ``"retrieval"``, ``"captioning"``, ``"ve"``, ``"nlvr"`` or ``"pretrain"``.
+        task: a registered task (:func:`zoo.tasks.list_tasks`): ``"vqa"``, ``"retrieval"``, ``"captioning"``,
+            ``"ve"``, ``"nlvr"``, ``"pretrain"``, or a plug-in's.
         data: the ``data:`` section of a task config.
         tokenizer: the model's tokenizer (``model.text.get_tokenizer()``).
         vqa_mode: ``"generative"`` (answer decoder) or ``"classifier"`` (answer vocabulary).
@@ -359,6 +376,7 @@ class TaskDataModule(L.LightningDataModule):
         self.task, self.vqa_mode, self.tokenizer = task, vqa_mode, tokenizer
         self.causal_captioning = bool(causal_captioning)
         self.cfg = _validate(task, data, vqa_mode, image_size)
+        self.task_spec = _task(task)
         self.image_size: int = self.cfg["image_size"]
         self._answer_vocab = list(answer_vocab) if answer_vocab is not None else None
         self._datasets: dict[str, Any] = {}
@@ -371,28 +389,24 @@ class TaskDataModule(L.LightningDataModule):
         self._checked: dict[str, int] = {}  # data set key -> distinct media files its check opened
         self._checking: tuple[bool | None, dict[str, Any]] | None = None  # (progress, seen) while check() builds
         self._model: Any = None
-        self._class_names: list[str] | None = None
 
     @property
-    def class_names(self) -> list[str]:
-        """The classes in the model's order: VE label names (the model's ``ve_labels``, read by
-        :meth:`configure_for_model`; without a model the official SNLI-VE order of ALBEF and DaVinci, contradiction,
-        neutral, entailment), or for NLVR false, true."""
-        if self.task == "nlvr":
-            return ["false", "true"]
-        if self._class_names is None:
-            from zoo.data.datasets import VE_LABELS  # noqa: PLC0415
+    def model(self) -> Any:
+        """The model :meth:`configure_for_model` was given (None before)."""
+        return self._model
 
-            return list(VE_LABELS)
-        return self._class_names
+    @property
+    def class_names(self) -> list[str] | None:
+        """The classes of a classification task in the model's order (:meth:`zoo.tasks.Task.class_names`: VE label
+        names from the model's ``ve_labels``, without a model the official SNLI-VE order; NLVR false, true); None for
+        other tasks."""
+        return self.task_spec.class_names(self)
 
     def configure_for_model(self, model: Any) -> None:
         """Batch options the model asks for: ``causal_captioning`` (see the class docstring); a side stream
         (``data.parallel``, ``data.language``) needs the model's loss for it (:data:`SIDE_STREAMS`)."""
         if getattr(model, "causal_captioning", False):
             self.causal_captioning = True
-        if self.task == "ve" and getattr(model, "ve_labels", None):
-            self._class_names = list(model.ve_labels)
         self._model = model
         for key, (method, what) in SIDE_STREAMS.items():
             if self.cfg.get(key) and not hasattr(model, method):
@@ -428,7 +442,7 @@ class TaskDataModule(L.LightningDataModule):
         return self._datasets[key]
 
     def _build(self, split: str, files: list[str], key: str | None = None) -> Any:
-        from zoo.data import datasets as D  # noqa: PLC0415
+        from zoo.registry import DATASETS  # noqa: PLC0415
 
         c, train, key = self.cfg, split == "train", key or split
         common = {"media_root": c["root"], "image_size": self.image_size, "train": train, "video": c["video"],
@@ -437,14 +451,7 @@ class TaskDataModule(L.LightningDataModule):
         if c.get("max_words") is not None:
             common["max_words"] = c["max_words"]
         common["transform"] = self.image_transform(train)
-        cls = {
-            "vqa": (D.VQADataset, D.VQADataset),
-            "retrieval": (D.RetrievalTrainDataset, D.RetrievalEvalDataset),
-            "captioning": (D.CaptionTrainDataset, D.CaptionEvalDataset),
-            "ve": (D.VEDataset, D.VEDataset),
-            "nlvr": (D.NLVRDataset, D.NLVRDataset),
-            "pretrain": (D.RetrievalTrainDataset, D.RetrievalEvalDataset),  # evaluated by zero-shot retrieval
-        }[self.task][0 if train else 1]
+        cls = DATASETS.get(self.task_spec.readers[0 if train else 1])  # the task's readers of the official formats
         few_shot = c.get("few_shot") if train else None
         extra = [f for _, lang_files in few_shot.values() for f in lang_files] if few_shot else []
         dataset = cls(list(files) + extra, **common)
@@ -538,30 +545,8 @@ class TaskDataModule(L.LightningDataModule):
 
     # -- loaders -------------------------------------------------------------------------------------------------
     def collator(self, split: str) -> Callable:
-        from zoo.data import collate as C  # noqa: PLC0415
-
-        c, train = self.cfg, _split_of(split) == "train"
-        if self.task == "vqa":
-            return C.VQACollator(
-                self.tokenizer, c["max_tokens"], mode=self.vqa_mode, answers=train,
-                answer_vocab=self.answer_vocab if self.vqa_mode == "classifier" and train else None,
-                classifier_targets=c["classifier_targets"])
-        if self.task == "retrieval" or (self.task == "pretrain" and not train):
-            return C.RetrievalCollator(self.tokenizer, c["max_tokens"])
-        if self.task == "pretrain" and getattr(self._model, "pretrain_inputs", None) is not None:
-            # the model builds its own pre-training inputs (DaVinci: caption splits, images for the codes)
-            return C.ModelInputsCollator(C.RetrievalCollator(self.tokenizer, c["max_tokens"]),
-                                         self._model.pretrain_inputs, self.tokenizer, c["max_tokens"])
-        if self.task == "pretrain":
-            return C.RetrievalCollator(self.tokenizer, c["max_tokens"], mlm={"mask_prob": float(c["mask_prob"]),
-                                                                            "max_masks": c["max_masks"]})
-        if self.task in ("ve", "nlvr"):
-            return C.SentenceLabelCollator(self.tokenizer, c["max_tokens"], class_names=self.class_names)
-        if train:
-            return C.CaptionTrainCollator(self.tokenizer, prompt=c["prompt"], max_tokens=c["max_tokens"],
-                                          max_masks=c["max_masks"], mask_prob=float(c["mask_prob"]),
-                                          causal=self.causal_captioning)
-        return C.CaptionEvalCollator()
+        """The collate function of ``split``'s batches: the task's (:meth:`zoo.tasks.Task.collator`)."""
+        return self.task_spec.collator(self, _split_of(split))
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

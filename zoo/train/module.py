@@ -1,19 +1,16 @@
-"""The LightningModule that fine-tunes and evaluates any registered model on VQA, retrieval, captioning, visual
-entailment (``ve``) or two-image reasoning (``nlvr``), or pre-trains it (``pretrain``).
+"""The LightningModule that fine-tunes and evaluates any registered model on any registered task
+(:mod:`zoo.tasks`: ``vqa``, ``retrieval``, ``captioning``, ``ve``, ``nlvr``, ``pretrain``, and plug-in tasks).
 
-The module is task-generic: the loss comes from the model's task method (``vqa_loss``, ``retrieval_losses``,
-``caption_loss``, ``ve_loss``, ``nlvr_loss``, ``pretrain_losses``) and evaluation from its prediction methods
-(``vqa_predict``, ``retrieval_scores``, ``generate_captions``, ``ve_logits``, ``nlvr_logits``), scored with the metrics
-in :mod:`zoo.metrics` (``ve`` / ``nlvr``: accuracy in percent, and per class; ``pretrain``: zero-shot retrieval).
-A model family plugs in by offering those methods with the batch keys the collators in :mod:`zoo.data.collate`
-produce.
+The module is task-generic: it holds the task object (:func:`zoo.tasks.get_task`), calls the model's method the task
+names (``task.loss_method``) for the loss, and the task's ``predict_batch`` and ``compute_metrics`` for evaluation;
+the progress bar shows the task's ``progress_metrics`` and distributed evaluation keeps each sample once by the task's
+``id_key``. Whether the model can do the task is checked when the module is made (:func:`zoo.tasks.task_problem`).
 
 Evaluation sets named in the data config (``data.test: {en: ..., de: ...}`` or ``data.languages``: the
 cross-lingual protocol) are separate loaders; each is scored on its own and logged as ``{split}/{name}/{metric}``
-(``last_metrics``: ``{"de/img_r1": ...}``). VQA with a model whose ``open_ended_vqa`` is true (eP-ALM, generating
-answers) calls ``vqa_predict(images, question_ids, question_mask, questions=batch["questions"])`` without building
-the answer list. ``setup`` hands the model to the data module (:meth:`zoo.train.data.TaskDataModule.
-configure_for_model`: e.g. ``causal_captioning`` models get captioning batches without masked-LM inputs).
+(``last_metrics``: ``{"de/img_r1": ...}``). ``setup`` hands the model to the data module
+(:meth:`zoo.train.data.TaskDataModule.configure_for_model`: e.g. ``causal_captioning`` models get captioning batches
+without masked-LM inputs).
 
 A loss that is NaN or infinite stops the run with :class:`NonFiniteLossError` naming the step; checkpoints already
 written stay the latest (the checkpoint callback writes atomically, see :mod:`zoo.train.run`).
@@ -26,44 +23,34 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
+from zoo.tasks import get_task
 from zoo.train.optim import linear_warmup_decay, param_groups, warmup_steps_for
 
-__all__ = ["TaskModule", "NonFiniteLossError", "TASKS", "TASK_HEADS", "has_task_head", "task_problem"]
-
-TASKS = ("vqa", "retrieval", "captioning", "ve", "nlvr", "pretrain")
+__all__ = ["TaskModule", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A NaN or infinite training loss (the message names the step)."""
 
 
-_LOSS_METHOD = {"vqa": "vqa_loss", "retrieval": "retrieval_losses", "captioning": "caption_loss", "ve": "ve_loss",
-                "nlvr": "nlvr_loss", "pretrain": "pretrain_losses"}
-# the head attributes a task needs (the families name them differently); a model built for another task lacks them
-TASK_HEADS: dict[str, tuple[str, ...]] = {"ve": ("ve_head", "xvnli"), "nlvr": ("nlvr_head", "nlvr")}
+def __getattr__(name: str) -> Any:
+    # names this module had before tasks became registered units (zoo.tasks)
+    if name == "TASKS":
+        from zoo.tasks import list_tasks  # noqa: PLC0415
 
+        return tuple(list_tasks())
+    if name == "task_problem":
+        def task_problem(model: torch.nn.Module, task: str) -> tuple[str, str] | None:
+            from zoo.tasks import get_task  # noqa: PLC0415
 
-def has_task_head(model: torch.nn.Module, task: str) -> bool:
-    """Whether ``model`` holds a built head for ``task`` (always true for tasks not in :data:`TASK_HEADS`)."""
-    names = TASK_HEADS.get(task)
-    return names is None or any(getattr(model, name, None) is not None for name in names)
+            return get_task(task).problem(model)
 
-
-def task_problem(model: torch.nn.Module, task: str) -> tuple[str, str] | None:
-    """Why ``model`` cannot be trained on ``task``, as ``(key to change, what is missing)``: ``"task"`` when the family
-    has no loss method for it, ``"model.task"`` when it has one but was built for another task (no head); None when
-    it can."""
-    method = _LOSS_METHOD[task]
-    if not hasattr(model, method):
-        return "task", f"has no {method}(): it cannot be trained on task {task!r}"
-    if not has_task_head(model, task):
-        return "model.task", f"has no {task} head (one of {', '.join(TASK_HEADS[task])})"
-    return None
-
-
-_ID_KEY = {"vqa": "question_id", "captioning": "image_id", "retrieval": "index", "ve": "index", "nlvr": "index",
-           "pretrain": "index"}
-_RETRIEVAL_EVAL = ("retrieval", "pretrain")  # pre-training is evaluated by zero-shot retrieval
+        return task_problem
+    if name in ("TASK_HEADS", "has_task_head"):
+        raise AttributeError(f"zoo.train.module.{name} is gone: a model declares the heads each task needs in its "
+                             "task_heads, and zoo.tasks.supported_tasks(model) / model.supported_tasks() say what it "
+                             "can do")
+    raise AttributeError(f"module 'zoo.train.module' has no attribute {name!r}")
 
 
 def rng_states() -> dict[str, Any]:
@@ -109,9 +96,13 @@ class TaskModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, task: str, optim: Mapping[str, Any] | None = None,
                  evaluation: Mapping[str, Any] | None = None):
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"task {task!r}: expected one of {', '.join(TASKS)}")
-        problem = task_problem(model, task)
+        from zoo.registry import UnknownNameError  # noqa: PLC0415
+
+        try:
+            self.task_spec = get_task(task)
+        except UnknownNameError as exc:
+            raise ValueError(str(exc)) from None
+        problem = self.task_spec.problem(model)
         if problem is not None:
             raise TypeError(f"{type(model).__name__} {problem[1]}")
         self.model, self.task = model, task
@@ -127,7 +118,7 @@ class TaskModule(L.LightningModule):
 
     # -- training ------------------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        return getattr(self.model, _LOSS_METHOD[self.task])(batch)
+        return getattr(self.model, self.task_spec.loss_method)(batch)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         side = {}
@@ -210,7 +201,7 @@ class TaskModule(L.LightningModule):
         self._outputs.setdefault(dataloader_idx, []).append(self._predict_batch(batch))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", prog_bar=("vqa_acc", "r_mean", "CIDEr", "acc"))
+        self._log_metrics("val", prog_bar=self.task_spec.progress_metrics)
         self.validated_step = self.global_step  # `mmzoo train` validates the final weights if no epoch did
 
     on_test_epoch_start = on_validation_epoch_start
@@ -251,7 +242,7 @@ class TaskModule(L.LightningModule):
             return outputs
         everyone: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, [_to_cpu(o) for o in outputs])
-        key = _ID_KEY.get(self.task)
+        key = self.task_spec.id_key
         merged, seen = [], set()
         for rank_outputs in everyone:
             for o in rank_outputs:
@@ -264,84 +255,13 @@ class TaskModule(L.LightningModule):
 
     @torch.no_grad()
     def _predict_batch(self, batch: Mapping[str, Any]) -> dict:
-        m, ev = self.model, self.evaluation
-        if self.task == "vqa":
-            dm = self.trainer.datamodule
-            if getattr(m, "open_ended_vqa", False):  # answers are generated: no answer list to rank
-                options = {"num_beams": ev["num_beams"]} if "num_beams" in ev else {}
-                out = m.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"],
-                                    questions=batch.get("questions"), **options)
-            elif getattr(m, "generative_vqa", False):
-                answer_ids, answer_mask = dm.answer_list_tokens
-                out = m.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"],
-                                    answer_ids.to(self.device), answer_mask.to(self.device), k=ev.get("k_test"),
-                                    answers=dm.answer_list)
-            else:
-                out = m.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"],
-                                    answers=dm.answer_vocab)
-            return {"question_id": list(batch["question_id"]), "prediction": out["answer"],
-                    "answers": list(batch["all_answers"])}
-        if self.task == "captioning":
-            decoding = {k: ev[k] for k in ("num_beams", "max_length", "min_length") if k in ev}
-            captions = m.generate_captions(batch["images"], **decoding)
-            return {"image_id": list(batch["image_id"]), "prediction": captions, "references": list(batch["captions"])}
-        if self.task in _RETRIEVAL_EVAL:
-            return {"images": batch["images"].detach().cpu(), "index": batch["index"].detach().cpu()}
-        if self.task == "ve":
-            logits = m.ve_logits(batch["images"], batch["input_ids"], batch["attention_mask"])
-        elif self.task == "nlvr":
-            logits = m.nlvr_logits(batch["images_a"], batch["images_b"], batch["input_ids"], batch["attention_mask"])
-        else:
-            return {}
-        return {"index": batch["index"].detach().cpu(), "prediction": logits.argmax(-1).cpu(),
-                "label": batch["labels"].detach().cpu()}
+        return self.task_spec.predict_batch(self, batch)
 
     def compute_metrics(self, outputs: list[dict], name: str | None = None) -> dict[str, float]:
         """Metrics of one evaluation set's outputs (``name``: the data module's named set, for retrieval's texts)."""
         if not outputs:
             return {}
-        if self.task == "vqa":
-            from zoo.metrics.vqa import vqa_accuracy  # noqa: PLC0415
-
-            scores = [vqa_accuracy(p, a) for o in outputs for p, a in zip(o["prediction"], o["answers"])]
-            return {"vqa_acc": 100.0 * sum(scores) / len(scores)}
-        if self.task == "captioning":
-            from zoo.metrics.caption import caption_scores, tokenize_caption  # noqa: PLC0415
-
-            gts, res = {}, {}
-            for o in outputs:
-                for i, pred, refs in zip(o["image_id"], o["prediction"], o["references"]):
-                    gts[i] = [tokenize_caption(r) for r in refs]
-                    res[i] = [tokenize_caption(pred)]
-            return caption_scores(gts, res)
-        if self.task in _RETRIEVAL_EVAL:
-            from zoo.metrics.retrieval import retrieval_recall  # noqa: PLC0415
-
-            dm = self.trainer.datamodule
-            index = torch.cat([o["index"] for o in outputs])
-            order = index.argsort()
-            images = torch.cat([o["images"] for o in outputs])[order].to(self.device)
-            stage = self.trainer.state.stage
-            ids, mask = dm.eval_text_tokens(stage, name) if name is not None else dm.eval_text_tokens(stage)
-            txt2img, img2txt = dm.eval_text_index(stage, name) if name is not None else dm.eval_text_index(stage)
-            present = index[order].tolist()
-            if len(present) < len(img2txt):  # a partial evaluation (limit_*_batches): the images seen, their texts
-                texts, kept = [], []
-                for i in present:
-                    kept.append(list(range(len(texts), len(texts) + len(img2txt[i]))))
-                    texts.extend(img2txt[i])
-                img2txt, txt2img = kept, [n for n, caps in enumerate(kept) for _ in caps]
-                ids, mask = ids[texts], mask[texts]
-            i2t, t2i = self.model.retrieval_scores(images, ids.to(self.device), mask.to(self.device),
-                                                   k=int(self.evaluation.get("k_test", 128)))
-            return retrieval_recall(i2t.cpu(), t2i.cpu(), txt2img, img2txt)
-        if self.task in ("ve", "nlvr"):
-            from zoo.metrics.classification import accuracy_by_class  # noqa: PLC0415
-
-            predictions = torch.cat([o["prediction"] for o in outputs])
-            labels = torch.cat([o["label"] for o in outputs])
-            return accuracy_by_class(predictions, labels, self.trainer.datamodule.class_names)
-        return {}
+        return self.task_spec.compute_metrics(self, outputs, name)
 
 
 def _use_fused(groups: list[dict], setting: Any, trainer: Any = None) -> bool | None:

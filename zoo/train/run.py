@@ -70,12 +70,13 @@ def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> 
                 hint = f"; did you mean {close[0]!r}? Accepted" if close else "; accepted"
                 raise ConfigError(f"unknown key {key!r}{hint}: {', '.join(sorted(allowed))}", f"{section}.{key}", path)
     from zoo.train.config_checks import check_task_config  # noqa: PLC0415
-    from zoo.train.module import TASKS  # noqa: PLC0415
+    from zoo.tasks import list_tasks  # noqa: PLC0415
 
-    if cfg.get("task") not in TASKS:
-        close = difflib.get_close_matches(str(cfg.get("task")), TASKS, n=1)
+    tasks = list_tasks()
+    if cfg.get("task") not in tasks:
+        close = difflib.get_close_matches(str(cfg.get("task")), tasks, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"expected one of {', '.join(TASKS)}, got {cfg.get('task')!r}{hint}", "task", path)
+        raise ConfigError(f"expected one of {', '.join(tasks)}, got {cfg.get('task')!r}{hint}", "task", path)
     if not isinstance(cfg.get("model"), Mapping) or "name" not in cfg["model"]:
         raise ConfigError("missing model.name (a registered model, e.g. x2vlm-tiny)", "model", path)
     check_task_config(cfg, path)  # every value of the model/optim/trainer/train/evaluation sections
@@ -317,11 +318,11 @@ def resolve_data(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_model_for_task(model, task: str, mcfg: Mapping[str, Any], file: str | None) -> None:
-    """A model that cannot be trained on ``task`` (:func:`zoo.train.module.task_problem`) is a config error naming
-    the key to change, before anything runs."""
-    from zoo.train.module import task_problem  # noqa: PLC0415
+    """A model that cannot be trained on ``task`` (:func:`zoo.tasks.task_problem`) is a config error naming the key to
+    change, before anything runs."""
+    from zoo.tasks import get_task  # noqa: PLC0415
 
-    problem = task_problem(model, task)
+    problem = get_task(task).problem(model)
     if problem is None:
         return
     key, missing = problem
@@ -340,12 +341,7 @@ def _datamodule(task: str, cfg: Mapping[str, Any], model, tokenizer):
     vqa_mode = "generative" if getattr(model, "generative_vqa", True) else "classifier"
     dm = TaskDataModule(task, resolve_data(cfg.get("data") or {}), tokenizer, vqa_mode=vqa_mode,
                         image_size=input_resolution(model))
-    if task == "pretrain" and not hasattr(model, "retrieval_scores"):
-        split = next((s for s in ("val", "test") if dm.has_split(s)), None)
-        if split is not None:
-            raise ConfigError(f"pre-training is evaluated by zero-shot retrieval, and {type(model).__name__} has no "
-                              f"retrieval_scores(): leave data.val and data.test out", f"data.{split}",
-                              cfg.get("_file"))
+    dm.task_spec.check_model(model, dm, cfg.get("_file"))
     return dm
 
 
@@ -406,23 +402,7 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     # `text.tokenizer: data` → the data's word-level tokenizer, from the checked records
     resolve_data_tokenizer(model, data, run_dir, task, datamodule=dm)
     tokenizer = dm.tokenizer = model.text.get_tokenizer()
-    head = getattr(model, "vqa", None)
-    if task == "vqa" and not getattr(model, "generative_vqa", True) and hasattr(head, "num_classes") \
-            and head.num_classes != len(dm.answer_vocab):
-        raise ConfigError(f"the VQA classifier has num_classes={head.num_classes} but the data's answer vocabulary has "
-                          f"{len(dm.answer_vocab)} answers: set 'vqa.num_classes: {len(dm.answer_vocab)}' in "
-                          "model.overrides, or data.top_k_answers to the head's size", "model.overrides",
-                          cfg.get("_file"))
-    if task == "vqa" and not getattr(model, "generative_vqa", True) and hasattr(head, "labels"):
-        # the classifier's answers travel with checkpoints and exports (`mmzoo predict` names the predicted class)
-        head.labels = list(dm.answer_vocab)
-        vqa_config = ((getattr(model, "zoo_config", None) or {}).get("model") or {}).get("vqa")
-        if isinstance(vqa_config, dict):
-            vqa_config["labels"] = list(head.labels)
-    if task == "vqa" and getattr(model, "generative_vqa", False) and not getattr(model, "open_ended_vqa", False) \
-            and getattr(model, "zoo_config", None) is not None:
-        # the answers the head learns to rank travel with checkpoints and exports (`mmzoo predict` ranks them)
-        model.zoo_config["answers"] = list(dm.answer_list)
+    dm.task_spec.prepare_model(model, dm, cfg.get("_file"))  # e.g. VQA: the answers travel with the checkpoints
     module = TaskModule(model, task, cfg.get("optim"), cfg.get("evaluation"))
 
     trainer_cfg = {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 5,
