@@ -4,7 +4,7 @@ Usage::
 
     ./run python tools/fault_trials.py --trials 20 --out runs/fault-trials
 
-The run is the main job's config (``configs/tasks/vqa-shapes.yaml``) on a slice of the shapes VQA data (``--questions``
+The run is the main job's config (``vqa-shapes``) on a slice of the shapes VQA data (``--questions``
 training questions, 32 for validation and test), ``--epochs`` epochs with a checkpoint every ``--every`` steps.
 A reference run goes through uninterrupted and sets the wall time T. Each trial starts the same run, kills its whole
 process group with SIGKILL at a moment drawn uniformly from (0, T) (seeded), counts the checkpoint files that cannot be
@@ -44,7 +44,7 @@ def _subset(root: Path, out: Path, questions: int) -> dict[str, str]:
 
 
 def _command(args, files: dict[str, str], name: str, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "zoo.cli", "train", str(ROOT / "configs/tasks/vqa-shapes.yaml"),
+    cmd = [sys.executable, "-m", "zoo.cli", "train", "vqa-shapes",
            f"data.train=[{files['train']}]", f"data.val={files['val']}", f"data.test={files['test']}",
            f"data.batch_size={args.batch_size}", "data.eval_batch_size=32", f"trainer.max_epochs={args.epochs}",
            "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false",

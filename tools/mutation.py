@@ -121,7 +121,8 @@ def _setup_cfg(group: str) -> str:
     lines = ["[mutmut]", "source_paths=zoo", "only_mutate=" + "\n\t".join(spec["mutate"]),
              "pytest_add_cli_args_test_selection=" + "\n\t".join(spec["tests"]),
              # sitecustomize.py: processes started by the tests read the configuration from the mutated copy too
-             "also_copy=configs\n\ttools\n\tdocs\n\tREADME.md\n\trun\n\tsitecustomize.py",
+             # (zoo/configs comes with the source folder)
+             "also_copy=tools\n\tdocs\n\tREADME.md\n\trun\n\tsitecustomize.py",
              # torch in a forked child of a process that ran tests can deadlock; a fork server starts clean
              "process_isolation=forkserver",
              # mutmut's configuration read before any test changes directory (tools/mutmut_preload.py)
