@@ -129,9 +129,6 @@ def _cmd_bench(args) -> int:
     raise SystemExit(f"mmzoo bench: unknown benchmark {args.what!r}")
 
 
-_CONVERTERS = {"x2vlm": "zoo.models.x2vlm", "davinci": "zoo.models.davinci", "cclm": "zoo.models.cclm"}
-
-
 def _cmd_train(args) -> int:
     from zoo.train.run import train  # noqa: PLC0415
 
@@ -146,11 +143,59 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_convert(args) -> int:
-    import importlib  # noqa: PLC0415
+def _converters() -> dict[str, object]:
+    """Family name → its official-checkpoint converter (``official_converter`` of the registered model class), for
+    every registered model that has one, plug-ins included. Imports each model module (only when asked)."""
+    from zoo.registry import MODELS  # noqa: PLC0415
 
-    module = importlib.import_module(_CONVERTERS[args.family])
-    report = module.convert_official_checkpoint(args.checkpoint, args.out_dir, model=args.model, task=args.task)
+    found = {}
+    for name in MODELS.names():
+        converter = getattr(MODELS.get(name), "official_converter", None)
+        if converter is not None:
+            found[name] = converter
+    return found
+
+
+def _converter_summary(converter) -> str:
+    doc = (getattr(converter, "__doc__", None) or "").strip()
+    return doc.splitlines()[0].strip() if doc else "-"
+
+
+def _cmd_convert(args) -> int:
+    import difflib  # noqa: PLC0415
+
+    from zoo.registry import MODELS, UnknownNameError  # noqa: PLC0415
+
+    if args.list:
+        given = [a for a in (args.family, args.checkpoint, args.out_dir) if a is not None]
+        if given or args.model is not None or args.task is not None:
+            print("mmzoo convert: error: --list takes no other argument (FAMILY CHECKPOINT OUT_DIR, --model, --task)",
+                  file=sys.stderr)
+            return 2
+        converters = _converters()
+        width = max((len(n) for n in converters), default=0)
+        for name, converter in converters.items():
+            print(f"{name:<{width}}  {_converter_summary(converter)}")
+        return 0
+    if args.family is None or args.checkpoint is None or args.out_dir is None:
+        print("mmzoo convert: error: expected FAMILY CHECKPOINT OUT_DIR (families with a converter: mmzoo convert "
+              "--list)", file=sys.stderr)
+        return 2
+    try:
+        converter = getattr(MODELS.get(args.family), "official_converter", None)
+    except UnknownNameError:
+        converter, known = None, False
+    else:
+        known = True
+    if converter is None:
+        families = sorted(_converters())
+        close = difflib.get_close_matches(args.family, families, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        what = "has no official-checkpoint converter" if known else "is not a registered model family"
+        print(f"mmzoo convert: error: family {args.family!r} {what}{hint}; families with a converter: "
+              f"{', '.join(families) or '(none)'}", file=sys.stderr)
+        return 2
+    report = converter(args.checkpoint, args.out_dir, model=args.model, task=args.task)
     print(f"converted {args.checkpoint} -> {args.out_dir}")
     print(_table([[k, v if not isinstance(v, list) else (", ".join(v) or "-")] for k, v in report.items()],
                  ["field", "value"]))
@@ -386,10 +431,12 @@ def _parser() -> argparse.ArgumentParser:
                         "transformers folder for a language model, a timm checkpoint for a timm encoder")
     s.set_defaults(fn=_cmd_export)
 
-    s = sub.add_parser("convert", help="convert an official checkpoint into a loadable export")
-    s.add_argument("family", choices=sorted(_CONVERTERS))
-    s.add_argument("checkpoint", help="the official .pth file")
-    s.add_argument("out_dir", help="folder for the export (config.json + model.safetensors)")
+    s = sub.add_parser("convert", help="convert an official checkpoint into a loadable export (--list: the families)")
+    s.add_argument("family", nargs="?", default=None,
+                   help="the model family whose official checkpoint it is (mmzoo convert --list)")
+    s.add_argument("checkpoint", nargs="?", default=None, help="the official .pth file")
+    s.add_argument("out_dir", nargs="?", default=None, help="folder for the export (config.json + model.safetensors)")
+    s.add_argument("--list", action="store_true", help="list the families that have a converter, and exit")
     s.add_argument("--model", default=None, help="registered model name (default: detected from the checkpoint)")
     s.add_argument("--task", default=None, help="task variant (default: detected from the checkpoint)")
     s.set_defaults(fn=_cmd_convert)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 from torch import nn
 
-__all__ = ["ZooModel", "count_parameters", "input_resolution"]
+__all__ = ["ZooModel", "PARAM_PARTS", "generic_param_part", "count_parameters", "input_resolution"]
+
+#: the parts a parameter belongs to for the optimiser (:func:`zoo.train.optim.param_groups`): each has its own learning
+#: rate (``optim.vision_lr``, ``text_lr``, ``fusion_lr``; ``other`` takes ``optim.lr``)
+PARAM_PARTS = ("vision", "text", "fusion", "other")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -29,14 +33,43 @@ def input_resolution(model: nn.Module) -> int | None:
     return size or (getattr(model, "zoo_config", None) or {}).get("default_resolution")
 
 
+def generic_param_part(name: str) -> str:
+    """The part of a parameter by its top-level module: ``vision.*``, ``text.*``, ``fusion.*``; anything else (heads,
+    projections, temperatures) is ``other``."""
+    head = name.split(".", 1)[0] if "." in name else None
+    return head if head in ("vision", "text", "fusion") else "other"
+
+
 class ZooModel(nn.Module):
-    """Base class of registered models. :func:`zoo.create_model` fills ``zoo_config`` with the resolved config."""
+    """Base class of registered models. :func:`zoo.create_model` fills ``zoo_config`` with the resolved config.
+
+    What a family declares here, for the generic code to ask instead of knowing the family:
+
+    - ``task_heads`` / :meth:`supported_tasks`: the tasks it implements and the heads each needs;
+    - :meth:`param_part`: which part (``vision``, ``text``, ``fusion``, ``other``) a parameter belongs to, for the
+      per-part learning rates of the optimiser; by default the top-level module's name, overridden where the layout
+      says more (X²-VLM's one text stack whose last layers are fusion layers);
+    - ``official_converter``: the function turning an official checkpoint of the family into an export, found by
+      ``mmzoo convert FAMILY`` (and listed by ``mmzoo convert --list``) through the model registry.
+    """
 
     zoo_config: dict | None = None
     #: the tasks (:mod:`zoo.tasks`) this family implements → the head attributes each needs built (a model built
     #: for another task lacks them); an empty tuple: the family's own parts serve it. A task not listed here is one
     #: the family cannot do, whatever methods it has.
     task_heads: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    #: converts an official checkpoint of this family into a loadable export:
+    #: ``(checkpoint, out_dir, model=None, task=None) -> dict`` — the official file, the export folder, the registered
+    #: model and task variant to build (None: detected from the checkpoint); returns the report ``mmzoo convert``
+    #: prints (field → value). The first line of its docstring describes it in ``mmzoo convert --list``. Declare it as
+    #: a ``staticmethod``; None: the family has no converter (a subclass inherits its parent's unless it sets None).
+    official_converter: ClassVar[Callable[..., dict[str, Any]] | None] = None
+
+    def param_part(self, name: str) -> str:
+        """The part (one of :data:`PARAM_PARTS`) that the parameter ``name`` (as ``named_parameters`` gives it)
+        belongs to; :func:`zoo.train.optim.param_groups` gives each part its learning rate. Default:
+        :func:`generic_param_part` (``vision.*``, ``text.*``, ``fusion.*``, else ``other``)."""
+        return generic_param_part(name)
 
     def supported_tasks(self) -> list[str]:
         """The registered tasks this model, as built, can be trained and evaluated on (its ``task_heads``, the heads

@@ -136,6 +136,16 @@ class CCLM(X2VLM):
         if mlm is not None and tie_mlm:
             mlm.tie_to(text.get_input_embeddings())
 
+    # the split stack's parameter parts (``param_part``) are X²-VLM's; a separate cross encoder is ``fusion`` by name
+    @staticmethod
+    def official_converter(checkpoint: str, out_dir: str, model: str | None = None,
+                           task: str | None = None) -> dict[str, Any]:
+        """CCLM checkpoints, original (zengyan-97/CCLM) and CCLM-X2VLM layouts.
+
+        The layout, registered model, task and resolution are told from the keys and shapes (``model`` / ``task``
+        name them instead); see :func:`convert_official_checkpoint`."""
+        return convert_official_checkpoint(checkpoint, out_dir, model=model, task=task)
+
     # -- encoders ------------------------------------------------------------------------------------------------
     @property
     def split_stack(self) -> bool:

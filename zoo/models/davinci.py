@@ -427,6 +427,15 @@ class DaVinci(ZooModel):
                 _add_relative_tables(layer.crossattention.self, text.relative_grid, text.num_heads, trainable=False)
         self.tie_weights()
 
+    @staticmethod
+    def official_converter(checkpoint: str, out_dir: str, model: str | None = None,
+                           task: str | None = None) -> dict[str, Any]:
+        """DaVinci checkpoints (shizhediao/DaVinci), with or without the VQGAN.
+
+        The task (VE, NLVR; else the shared-decoder model) and resolution are told from the keys and shapes
+        (``model`` / ``task`` name them instead); see :func:`convert_official_checkpoint`."""
+        return convert_official_checkpoint(checkpoint, out_dir, model=model, task=task)
+
     # -- structure ---------------------------------------------------------------------------------------------------
     def tie_weights(self) -> None:
         """Encoder word embeddings = decoder word embeddings = decoder output matrix (official 3-way tying)."""

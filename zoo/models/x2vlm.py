@@ -120,6 +120,25 @@ class X2VLM(ZooModel):
             if head is not None:
                 head.tie_to(text.embeddings.word_embeddings)
 
+    # -- the model contract (zoo.models.base.ZooModel) ------------------------------------------------------------
+    def param_part(self, name: str) -> str:
+        """The split stack: ``text.encoder.layer.N`` is ``fusion`` from ``text.fusion_start`` on (the official
+        ``cross_lr`` applies to those layers), ``text`` before it; every other name as the generic rule."""
+        start = getattr(self.text, "fusion_start", None)
+        prefix = "text.encoder.layer."
+        if start is not None and name.startswith(prefix):
+            return "fusion" if int(name[len(prefix):].split(".", 1)[0]) >= start else "text"
+        return super().param_part(name)
+
+    @staticmethod
+    def official_converter(checkpoint: str, out_dir: str, model: str | None = None,
+                           task: str | None = None) -> dict[str, Any]:
+        """X²-VLM image and video checkpoints (zengyan-97/X2-VLM), pre-training or fine-tuned.
+
+        The registered model, task, resolution and a video model's frame count are told from the keys and shapes
+        (``model`` / ``task`` name them instead); see :func:`convert_official_checkpoint`."""
+        return convert_official_checkpoint(checkpoint, out_dir, model=model, task=task)
+
     # -- encoders ------------------------------------------------------------------------------------------------
     def encode_image(self, images: Tensor) -> EncoderOutput:
         """Images ``(B, C, H, W)`` or, with a video vision part, frames ``(B, T, C, H, W)`` → tokens (token 0 = mean)."""

@@ -3,8 +3,9 @@
 AdamW over groups keyed by part and decay: vision / text / fusion / other, each with its own learning rate (the
 official ``vision_lr``, ``text_lr``, ``cross_lr``), a multiplier for newly initialised parameters (the official
 ``lr_mult`` 2 for heads that the checkpoint does not provide), and no weight decay on one-dimensional parameters
-(biases, LayerNorm weights, layer-scale, temperatures). The schedule is linear warm-up then linear decay to zero,
-stepped every optimiser step.
+(biases, LayerNorm weights, layer-scale, temperatures). Which part a parameter belongs to is the model's answer
+(:meth:`zoo.models.base.ZooModel.param_part`); a module that is not a ``ZooModel`` gets the generic rule by
+top-level name. The schedule is linear warm-up then linear decay to zero, stepped every optimiser step.
 """
 
 from __future__ import annotations
@@ -17,24 +18,23 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from zoo.models.base import PARAM_PARTS, ZooModel, generic_param_part
+
 __all__ = ["part_of", "param_groups", "linear_warmup_decay", "apply_freeze", "matches", "check_patterns",
            "pattern_problem", "warmup_steps_for"]
 
 
 def part_of(model: nn.Module, name: str) -> str:
-    """``vision``, ``text``, ``fusion`` or ``other`` for a parameter name of a zoo model."""
-    if name.startswith("vision."):
-        return "vision"
-    if name.startswith("text."):
-        text = getattr(model, "text", None)
-        start = getattr(text, "fusion_start", None)
-        if start is not None and name.startswith("text.encoder.layer."):
-            index = int(name.split(".")[3])
-            return "fusion" if index >= start else "text"
-        return "text"
-    if name.startswith("fusion."):
-        return "fusion"
-    return "other"
+    """``vision``, ``text``, ``fusion`` or ``other`` for the parameter ``name`` of ``model``: the model's own
+    :meth:`~zoo.models.base.ZooModel.param_part`, or for a plain module the generic rule by top-level name
+    (:func:`~zoo.models.base.generic_param_part`)."""
+    if not isinstance(model, ZooModel):
+        return generic_param_part(name)
+    part = model.param_part(name)
+    if part not in PARAM_PARTS:
+        raise ValueError(f"{type(model).__name__}.param_part({name!r}) returned {part!r}; expected one of "
+                         f"{', '.join(PARAM_PARTS)}")
+    return part
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
