@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
-__all__ = ["ZooModel", "PARAM_PARTS", "generic_param_part", "count_parameters", "input_resolution"]
+__all__ = ["PARAM_PARTS", "ZooModel", "count_parameters", "generic_param_part", "input_resolution"]
 
 #: the parts a parameter belongs to for the optimiser (:func:`zoo.train.optim.param_groups`): each has its own learning
 #: rate (``optim.vision_lr``, ``text_lr``, ``fusion_lr``; ``other`` takes ``optim.lr``)
