@@ -72,8 +72,13 @@ def test_non_finite_loss_stops_with_the_step(model):
     from zoo.train.module import NonFiniteLossError, TaskModule
 
     class Broken(torch.nn.Module):
+        task_heads = {"vqa": ()}  # a model that declares VQA (zoo.tasks) and returns a NaN loss
+
         def vqa_loss(self, batch):
             return {"loss": torch.tensor(float("nan")), "vqa": torch.tensor(float("nan"))}
+
+        def vqa_predict(self, images, question_ids, question_mask, *args, **kwargs):
+            raise NotImplementedError
 
     module = TaskModule(Broken(), "vqa")
     with pytest.raises(NonFiniteLossError, match="training loss is nan at global step 0 .* batch 3"):
@@ -89,7 +94,7 @@ def test_fused_adamw_is_chosen_on_cpu_and_updates_as_the_loop_does(model):
     from zoo.train.module import TaskModule
 
     def optimizer(precision="32-true", **optim):
-        module = TaskModule(model, "retrieval", {"lr": 1e-3, **optim})
+        module = TaskModule(model, "vqa", {"lr": 1e-3, **optim})
         module.trainer = SimpleNamespace(estimated_stepping_batches=10, precision=precision)
         return module.configure_optimizers()["optimizer"]
 

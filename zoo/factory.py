@@ -173,7 +173,8 @@ def build_part(config: Mapping, kind: str):
 
 
 def model_info(name_or_config: str | os.PathLike | Mapping, task: str | None = None) -> dict:
-    """Parameter count, parts, tasks and default resolution of a model, built on the meta device (no memory)."""
+    """Parameter count, parts, task variants (``tasks``), the tasks it can be trained on as built
+    (``supported_tasks``) and default resolution of a model, built on the meta device (no memory)."""
     from zoo.models.base import count_parameters  # noqa: PLC0415
 
     cfg = resolve_config(name_or_config, task)
@@ -196,6 +197,7 @@ def model_info(name_or_config: str | os.PathLike | Mapping, task: str | None = N
         "trainable_params": count_parameters(model, trainable_only=True),
         "parts": parts,
         "tasks": sorted((base.get("tasks") or {}).keys()),
+        "supported_tasks": model.supported_tasks() if hasattr(model, "supported_tasks") else [],
         "default_resolution": cfg.get("default_resolution"),
         "file": cfg.get("_file"),
     }

@@ -6,7 +6,8 @@ part is annotated ``Part["vision_encoder"]`` (or ``list[Part["head"]]``, ``dict[
 None``). Everything is validated before anything is built: an unknown key, a wrong type, a missing required argument
 or an unregistered type raises :class:`ConfigError` naming the dotted path, the file and what was expected.
 
-YAML files may inherit: ``_base_: other.yaml`` (or a list; paths relative to the file) is loaded first and the file
+YAML files may inherit: ``_base_: other.yaml`` (or a list; paths relative to the file, and a bare file name found
+nowhere there names a registered model file) is loaded first and the file
 is deep-merged over it. A mapping holding ``_replace_: true`` replaces the inherited mapping instead of merging.
 Overrides ``key.sub=value`` parse ``value`` as YAML and set it at the dotted path. A mapping holding the same key twice
 is an error naming the file, the key and both lines (PyYAML would silently keep the last value).
@@ -190,8 +191,23 @@ def load_yaml(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError("_base_ must be a file name or a list of file names", path="_base_", file=path)
     merged: dict = {}
     for base in bases:
-        merged = deep_merge(merged, load_yaml(path.parent / base, (*_seen, key)))
+        merged = deep_merge(merged, load_yaml(_base_path(path, base), (*_seen, key)))
     return deep_merge(merged, data)
+
+
+def _base_path(path: Path, base: str) -> Path:
+    """The file ``_base_: base`` names in ``path``: relative to ``path``'s folder; a bare file name found nowhere there
+    is a named model file (:func:`zoo.catalog.model_config_path`: ``_base_: x2vlm-tiny.yaml`` from a file of one's
+    own, the packaged configs being inside the installed package)."""
+    local = path.parent / base
+    if local.is_file() or "/" in base or os.sep in base:
+        return local
+    from zoo.catalog import model_config_path  # noqa: PLC0415
+
+    try:
+        return model_config_path(Path(base).stem)
+    except LookupError:
+        return local  # not a named model either: the error names the file next to this one
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from zoo.registry import TASKS
-from zoo.tasks.base import Task, protocol_methods, task_problem
+from zoo.tasks.base import Task, config_problem, protocol_methods, task_problem
 
-__all__ = ["Task", "get_task", "list_tasks", "protocol_methods", "supported_tasks", "task_problem"]
+__all__ = ["Task", "config_problem", "get_task", "list_tasks", "protocol_methods", "supported_tasks", "task_problem"]
 
 _instances: dict[str, Task] = {}
 

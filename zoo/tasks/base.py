@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from zoo.train.data import TaskDataModule
     from zoo.train.module import TaskModule
 
-__all__ = ["Task", "protocol_methods", "task_problem"]
+__all__ = ["Task", "config_problem", "protocol_methods", "task_problem"]
 
 
 def protocol_methods(protocol: type) -> tuple[str, ...]:
@@ -62,6 +62,10 @@ class Task:
     def problem(self, model: Any) -> tuple[str, str] | None:
         """Why ``model`` cannot be trained on this task, as ``(key to change, what is missing)``, or None."""
         return task_problem(model, self)
+
+    def config_problem(self, tree: Mapping[str, Any]) -> tuple[str, str] | None:
+        """:meth:`problem` of the model a resolved config tree would build, before it is built."""
+        return config_problem(tree, self)
 
     def check_model(self, model: Any, datamodule: TaskDataModule, file: str | None = None) -> None:
         """A problem of this model with this data that the config can fix, raised as a ConfigError before anything
@@ -98,6 +102,32 @@ def task_problem(model: Any, task: Task) -> tuple[str, str] | None:
     """Why ``model`` cannot be trained on ``task``: ``("task", ...)`` when the family lacks a method of the task's
     protocol or does not declare the task in its ``task_heads``; ``("model.task", ...)`` when it declares it but was
     built without a head the declaration names (built for another task); None when it can."""
+    return _problem(model, task, lambda head: getattr(model, head, None) is not None)
+
+
+def config_problem(tree: Mapping[str, Any], task: Task) -> tuple[str, str] | None:
+    """:func:`task_problem` of the model a resolved config tree (``{type: NAME, ...}``) would build, told from the
+    tree alone, before anything is built: a head is built when the tree gives it a value other than null or false
+    (or, left out, its constructor's default does)."""
+    import inspect  # noqa: PLC0415
+
+    from zoo.registry import MODELS  # noqa: PLC0415
+
+    cls = MODELS.get(tree["type"])
+    params = inspect.signature(cls).parameters
+
+    def built(head: str) -> bool:
+        if head in tree:
+            value = tree[head]
+        else:
+            default = params[head].default if head in params else None
+            value = None if default is inspect.Parameter.empty else default
+        return value is not None and value is not False
+
+    return _problem(cls, task, built)
+
+
+def _problem(model: Any, task: Task, built: Callable[[str], bool]) -> tuple[str, str] | None:
     missing = [m for m in protocol_methods(task.protocol) if not callable(getattr(model, m, None))]
     if missing:
         return "task", (f"has no {', '.join(m + '()' for m in missing)}: it cannot be trained on task "
@@ -106,7 +136,7 @@ def task_problem(model: Any, task: Task) -> tuple[str, str] | None:
     if task.name not in declared:
         known = ", ".join(declared) or "none"
         return "task", f"does not declare task {task.name!r} (its task_heads: {known})"
-    absent = [head for head in declared[task.name] if getattr(model, head, None) is None]
+    absent = [head for head in declared[task.name] if not built(head)]
     if absent:
         return "model.task", f"has no {task.name} head ({', '.join(absent)} not built)"
     return None

@@ -6,7 +6,7 @@ official pre-training configs (``mask_prob`` 0.5, ``max_masks`` 12)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -30,7 +30,7 @@ class PretrainTask(Task):
     protocol = PretrainModel
     loss_method = "pretrain_losses"
     readers = ("retrieval_train", "retrieval_eval")  # evaluated by zero-shot retrieval
-    data_defaults = {"mask_prob": 0.5, "max_masks": 12}
+    data_defaults: ClassVar[Mapping[str, Any]] = {"mask_prob": 0.5, "max_masks": 12}
     progress_metrics = ("r_mean",)
     reads_translations = True
 

@@ -646,12 +646,12 @@ class TaskDataModule(L.LightningDataModule):
 
         sources: list[tuple[str, list[Any]]] = []
         if self.cfg.get("answer_list"):
-            answers = self._answer_list if self.task == "vqa" and self._answer_list is not None else None
+            answers = self._answer_list
             if answers is None:
                 from zoo.data.datasets import answer_vocabulary  # noqa: PLC0415
 
                 answers = answer_vocabulary(self.cfg["answer_list"])
-            if self.task == "vqa" and self._answer_list is None:
+            if self._answer_list is None:
                 self._answer_list = answers
             raw = _load_json(self.cfg["answer_list"])
             sources.append((self.cfg["answer_list"], list(raw) if isinstance(raw, list) else list(answers)))
@@ -715,7 +715,7 @@ class TaskDataModule(L.LightningDataModule):
         report = DataReport(on_bad_sample=self.cfg["on_bad_sample"])
         if self.cfg.get("answer_list"):
             answers = answer_vocabulary(self.cfg["answer_list"])  # DataError naming the file and the entry
-            if self.task == "vqa" and self._answer_list is None:
+            if self._answer_list is None:
                 self._answer_list = answers
             report.answers = len(answers)
         seen: dict[str, Any] = {}

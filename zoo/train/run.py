@@ -49,7 +49,8 @@ TASK_CONFIG_KEYS = {
 def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
     """Load and check a task config (a YAML file, or a task config name such as ``vqa-shapes``:
     :func:`zoo.catalog.task_config_path`): unknown sections or keys, and every value against
-    :data:`zoo.train.config_checks.CHECKS`, are errors naming the file and the dotted key."""
+    :data:`zoo.train.config_checks.CHECKS`, are errors naming the file and the dotted key. A relative model file
+    (``model.name: mine.yaml``) not found from the current folder is looked for next to the task config."""
     import difflib  # noqa: PLC0415
 
     path = task_config_path(path)
@@ -79,6 +80,10 @@ def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> 
         raise ConfigError(f"expected one of {', '.join(tasks)}, got {cfg.get('task')!r}{hint}", "task", path)
     if not isinstance(cfg.get("model"), Mapping) or "name" not in cfg["model"]:
         raise ConfigError("missing model.name (a registered model, e.g. x2vlm-tiny)", "model", path)
+    name = cfg["model"]["name"]
+    if isinstance(name, str) and name.endswith((".yaml", ".yml")) and not os.path.isabs(name) \
+            and not os.path.isfile(name) and (Path(path).parent / name).is_file():
+        cfg["model"]["name"] = str(Path(path).parent / name)  # a model file next to the task config
     check_task_config(cfg, path)  # every value of the model/optim/trainer/train/evaluation sections
     cfg["_file"] = str(path)
     return cfg
@@ -319,16 +324,19 @@ def resolve_data(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_model_for_task(model, task: str, mcfg: Mapping[str, Any], file: str | None) -> None:
     """A model that cannot be trained on ``task`` (:func:`zoo.tasks.task_problem`) is a config error naming the key to
-    change, before anything runs."""
+    change, before anything runs. ``model``: the built model, or its resolved config tree (``{type: ...}``), checked
+    before it is built (:func:`zoo.tasks.config_problem`)."""
     from zoo.tasks import get_task  # noqa: PLC0415
 
-    problem = get_task(task).problem(model)
+    spec = get_task(task)
+    problem = spec.config_problem(model) if isinstance(model, Mapping) else spec.problem(model)
     if problem is None:
         return
     key, missing = problem
     name = mcfg.get("name")
     if key == "task":
-        raise ConfigError(f"{name} ({type(model).__name__}) {missing}", key, file)
+        family = model["type"] if isinstance(model, Mapping) else type(model).__name__
+        raise ConfigError(f"{name} ({family}) {missing}", key, file)
     raise ConfigError(f"{name} built for task {mcfg.get('task')!r} {missing}: set model.task to the variant that builds "
                       f"it (see `mmzoo info {name}`)", key, file)
 
@@ -352,6 +360,7 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: PLC0415
 
     import zoo  # noqa: PLC0415
+    from zoo.factory import resolve_config  # noqa: PLC0415
     from zoo.train.module import TaskModule  # noqa: PLC0415
     from zoo.train.optim import apply_freeze  # noqa: PLC0415
 
@@ -371,6 +380,9 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
 
     mcfg = cfg["model"]
     try:
+        # what the model can do, told from its config before it is built (the built model is checked again below)
+        tree = resolve_config(mcfg["name"], mcfg.get("task"), model_overrides=dict(mcfg.get("overrides") or {}))
+        _check_model_for_task(tree["model"], task, mcfg, cfg.get("_file"))
         model = zoo.create_model(mcfg["name"], task=mcfg.get("task"), pretrained=mcfg.get("pretrained"),
                                  pretrained_strict=mcfg.get("pretrained_strict"), **dict(mcfg.get("overrides") or {}))
     except ConfigError as exc:
