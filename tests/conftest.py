@@ -102,3 +102,16 @@ def write_subset(root, name: str, out_name: str, keep) -> int:
     with open(Path(root) / out_name, "w", encoding="utf-8") as fh:
         json.dump(records, fh)
     return len(records)
+
+
+def install_plugin(site, module: str, source: str) -> Path:
+    """A plug-in package as pip would leave it in ``site``: ``{module}.py`` holding ``source`` and a distribution whose
+    ``mmzoo.plugins`` entry point names the module (put ``site`` on ``PYTHONPATH`` to have it found). Returns ``site``."""
+    site = Path(site)
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(source, encoding="utf-8")
+    dist = site / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[mmzoo.plugins]\n{module} = {module}\n")
+    return site

@@ -4,6 +4,7 @@ with ``mmzoo train``, and the run's accuracy is what the exported model's own pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import install_plugin
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding-a-task.md"
 
@@ -31,20 +33,31 @@ def shapes(tmp_path_factory):
                            num_test_images=4, image_size=64, num_videos=0, languages=())
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _forget_the_plugin():
+    """The tests import the page's module in this process too; what it registered is removed afterwards, so the
+    other test files see the built-in registries."""
+    yield
+    import zoo
+    import zoo.tasks
+
+    for registry, name in ((zoo.TASKS, "entails"), (zoo.MODELS, "x2vlm_entails")):
+        with contextlib.suppress(KeyError):  # not imported here when the tests before the import failed
+            registry.unregister(name)
+    zoo.tasks._instances.pop("entails", None)
+    sys.modules.pop("toy_entails", None)
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The page's module, model file and task config, and an installed distribution's entry point for the module."""
     files = _page_files()
     assert {"toy_entails.py", "pyproject.toml", "x2vlm-entails.yaml", "entails-shapes.yaml"} <= set(files)
-    site = tmp_path_factory.mktemp("site")
-    for name in ("toy_entails.py", "x2vlm-entails.yaml", "entails-shapes.yaml"):
-        (site / name).write_text(files[name], encoding="utf-8")
     entry = re.search(r'\[project\.entry-points\."mmzoo\.plugins"\]\n(\w+) = "(\w+)"', files["pyproject.toml"])
-    name, module = entry.groups()
-    dist = site / "toy_entails-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-entails\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[mmzoo.plugins]\n{name} = {module}\n")
+    assert entry.groups() == ("toy_entails", "toy_entails")  # the page's entry point names its module
+    site = install_plugin(tmp_path_factory.mktemp("site"), "toy_entails", files["toy_entails.py"])
+    for name in ("x2vlm-entails.yaml", "entails-shapes.yaml"):
+        (site / name).write_text(files[name], encoding="utf-8")
     return site
 
 
@@ -65,14 +78,13 @@ def test_the_page_trains_its_toy_task(site, shapes, tmp_path):
     sys.path.insert(0, str(site))
     try:
         import torch
+        import toy_entails  # noqa: F401 - in Python, importing the module registers the task and the model
 
         import zoo
         from zoo.data.collate import tokenize_texts
         from zoo.data.datasets import pre_caption
         from zoo.data.transforms import build_image_transform
         from zoo.tasks import list_tasks
-
-        import toy_entails  # noqa: F401 - in Python, importing the module registers the task and the model
 
         assert "entails" in list_tasks()
         model = zoo.from_pretrained(tmp_path / "entails-shapes" / "export").eval()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import install_plugin
 from torch import nn
 
 import zoo
@@ -259,13 +260,7 @@ def test_a_plugin_family_with_a_converter_is_listed_and_converts(tmp_path):
     """A package installed beside mmzoo (entry point ``mmzoo.plugins``) registers a family whose class declares
     ``official_converter``: ``mmzoo convert --list`` shows it with the built-in families, ``mmzoo convert toyfamily``
     renames the official keys and writes an export that loads with the same tensors."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "toy_zoo_family.py").write_text(PLUGIN)
-    dist = site / "toy_zoo_family-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-zoo-family\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[mmzoo.plugins]\ntoy_zoo_family = toy_zoo_family\n")
+    site = install_plugin(tmp_path / "site", "toy_zoo_family", PLUGIN)
     generator = torch.Generator().manual_seed(0)
     official = {"encoder.weight": torch.randn(3, 3, generator=generator), "encoder.bias": torch.randn(3),
                 "classifier.weight": torch.randn(5, 3, generator=generator), "classifier.bias": torch.randn(5)}

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import install_plugin
 
 from zoo.catalog import model_config_path
 
@@ -85,13 +86,7 @@ def test_user_encoder_through_imports_key(tmp_path):
 
 def test_user_encoder_through_entry_point(tmp_path):
     """A separate installed package registers through the ``mmzoo.plugins`` entry-point group."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "user_encoders.py").write_text(USER_MODULE)
-    dist = site / "user_encoders-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: user-encoders\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[mmzoo.plugins]\nuser_encoders = user_encoders\n")
+    site = install_plugin(tmp_path / "site", "user_encoders", USER_MODULE)
     out = _run(tmp_path, _config(tmp_path, with_imports=False), site)
     assert "ok user_encoders" in out
 

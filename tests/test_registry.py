@@ -90,3 +90,20 @@ def test_lookup_imports_only_the_defining_module():
         "assert 'timm' not in sys.modules and 'transformers' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unregister_removes_a_run_time_entry_and_names_an_unknown_one():
+    from zoo.registry import Registry
+
+    reg = Registry("thing")
+
+    @reg.register("mine")
+    class Mine:
+        pass
+
+    assert reg.get("mine") is Mine
+    assert reg.unregister("mine") is Mine
+    with pytest.raises(UnknownNameError):
+        reg.get("mine")
+    with pytest.raises(KeyError, match="thing 'mine' is not registered"):
+        reg.unregister("mine")

@@ -116,6 +116,13 @@ class Registry:
 
         return deco
 
+    def unregister(self, name: str) -> Any:
+        """Remove the entry ``name`` (registered at run time; a built-in name's module stays imported) and return
+        it; for tests and notebooks that register parts of their own. An unknown name raises KeyError."""
+        if name not in self._entries:
+            raise KeyError(f"{self.kind} {name!r} is not registered")
+        return self._entries.pop(name)
+
     # -- looking up ----------------------------------------------------------------------------------------------
     def _builtin_module(self, name: str) -> str | None:
         from zoo._builtins import BUILTINS
