@@ -72,8 +72,8 @@ GROUPS: dict[str, dict] = {
     },
     "hub": {
         "mutate": ["zoo/hub.py"],
-        "tests": ["tests/test_hostile_loading.py", "tests/test_atomic_files.py", "tests/test_factory.py",
-                  "tests/test_disk_faults.py", "tests/test_vqa_head.py"],
+        "tests": ["tests/test_hub.py", "tests/test_hostile_loading.py", "tests/test_atomic_files.py",
+                  "tests/test_factory.py", "tests/test_disk_faults.py", "tests/test_vqa_head.py"],
     },
     "train": {
         "mutate": ["zoo/train/*.py"],
