@@ -10,8 +10,9 @@ methods), on the shapes data through the task's own readers and collator:
 - ``save_pretrained`` → ``from_pretrained``: the same predictions and metrics, to the bit.
 
 For each task it does not declare: ``mmzoo train`` stops with a ConfigError on ``task`` or ``model.task`` before any
-model is built. And what a config tree says a model can do (:func:`zoo.tasks.config_problem`, used before building)
-equals what the built model says, for the official sizes too (built on the meta device).
+model is built. (That what a config tree says a model can do, :func:`zoo.tasks.config_problem`, equals what the
+built model says is checked for every registered model and variant, official sizes on the meta device, in
+tests/test_factory.py.)
 """
 
 from __future__ import annotations
@@ -192,17 +193,6 @@ def test_each_undeclared_task_is_a_config_error_before_anything_is_built(name, v
     assert info.value.path in ("task", "model.task")
     assert str(get_task(task).name) in str(info.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
-
-
-@pytest.mark.parametrize("name", zoo.list_models())
-def test_the_config_and_the_built_model_agree_on_the_supported_tasks(name):
-    """What :func:`zoo.tasks.config_problem` reads from the config tree (before building) is what the model built on
-    the meta device says, for every variant of every registered model."""
-    for variant in _variants(name):
-        tree = resolve_config(name, variant)["model"]
-        from_config = [t for t in list_tasks() if config_problem(tree, get_task(t)) is None]
-        model = zoo.create_model(name, task=variant, device="meta")
-        assert model.supported_tasks() == from_config, (name, variant)
 
 
 @pytest.mark.parametrize("name, variant, task, key, message", [

@@ -201,11 +201,18 @@ def test_demo_prints_what_it_computed():
 
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_every_registered_model_and_task_builds_on_meta(name):
-    """Every model file and every task it declares validates and builds (on the meta device: no memory)."""
+    """Every model file and every task variant it declares validates and builds (on the meta device: no memory), and
+    what its config tree says it can be trained on (:func:`zoo.tasks.config_problem`, the check made before building)
+    is what the built model says (``supported_tasks()``)."""
     from zoo.catalog import load_model_config
+    from zoo.factory import resolve_config
+    from zoo.tasks import config_problem, get_task, list_tasks
 
     tasks = [None, *sorted((load_model_config(name).get("tasks") or {}))]
     for task in tasks:
         model = zoo.create_model(name, task=task, device="meta")
         assert count_parameters(model) > 0
         assert model.zoo_config["name"] == name and model.zoo_config.get("task") == task
+        tree = resolve_config(name, task)["model"]
+        from_config = [t for t in list_tasks() if config_problem(tree, get_task(t)) is None]
+        assert model.supported_tasks() == from_config, (name, task)
