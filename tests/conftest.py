@@ -7,6 +7,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -115,3 +117,22 @@ def install_plugin(site, module: str, source: str) -> Path:
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(f"[mmzoo.plugins]\n{module} = {module}\n")
     return site
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """demo-tiny with seeded random weights, in eval mode (one per test module)."""
+    import torch
+
+    import zoo
+
+    torch.manual_seed(0)
+    return zoo.create_model("demo-tiny").eval()
+
+
+def demo_inputs():
+    """Two seeded 64 px images and two 6-token id rows for :func:`demo`."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(2, 3, 64, 64, generator=g), torch.randint(1000, 2000, (2, 6), generator=g)

@@ -8,23 +8,13 @@ import sys
 
 import pytest
 import torch
+from conftest import demo_inputs
 
 import zoo
 from zoo.hub import WeightsError, atomic_write, load_weights
 from zoo.models.base import count_parameters
 from zoo.registry import UnknownNameError
 from zoo.spec import ConfigError
-
-
-@pytest.fixture(scope="module")
-def demo():
-    torch.manual_seed(0)
-    return zoo.create_model("demo-tiny").eval()
-
-
-def _inputs():
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(2, 3, 64, 64, generator=g), torch.randint(1000, 2000, (2, 6), generator=g)
 
 
 def test_list_and_unknown_name():
@@ -40,7 +30,7 @@ def test_create_and_run(demo):
     reading class 0 (``softmax(...)[:, 0]``) or a missing L2 normalisation in ITC, which a range check let through."""
     import math
 
-    images, ids = _inputs()
+    images, ids = demo_inputs()
     with torch.no_grad():
         out = demo(images, ids)
     assert out.vision.tokens.shape == (2, 17, 64)
@@ -104,7 +94,7 @@ def test_model_info_counts_match_a_real_build(demo):
 
 
 def test_save_and_from_pretrained_roundtrip(demo, tmp_path):
-    images, ids = _inputs()
+    images, ids = demo_inputs()
     demo.save_pretrained(tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == \
         ["config.json", "model.safetensors", "preprocessor.json", "tokenizer"]
@@ -137,7 +127,7 @@ def test_trainable_only_export_restores_the_model(tmp_path):
     saved = load_file(str(tmp_path / "adapter" / "model.safetensors"))
     assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad}
     loaded = zoo.from_pretrained(tmp_path / "adapter").eval()
-    images, ids = _inputs()
+    images, ids = demo_inputs()
     with torch.no_grad():
         a, b = model(images, ids), loaded(images, ids)
     assert torch.equal(a.match_prob, b.match_prob) and torch.equal(a.fused.tokens, b.fused.tokens)

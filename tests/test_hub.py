@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import demo_inputs
 from torch import nn
 
 import zoo
@@ -22,19 +23,8 @@ from zoo import hub
 from zoo.hub import WeightsError
 
 
-@pytest.fixture(scope="module")
-def demo():
-    torch.manual_seed(0)
-    return zoo.create_model("demo-tiny").eval()
-
-
-def _inputs():
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(2, 3, 64, 64, generator=g), torch.randint(1000, 2000, (2, 6), generator=g)
-
-
 def _same_outputs(a, b) -> bool:
-    images, ids = _inputs()
+    images, ids = demo_inputs()
     with torch.no_grad():
         x, y = a(images, ids), b(images, ids)
     return torch.equal(x.fused.tokens, y.fused.tokens) and torch.equal(x.answer_logits, y.answer_logits)
