@@ -379,20 +379,27 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     L.seed_everything(int(tcfg.get("seed", 0)), workers=True, verbose=False)
 
     mcfg = cfg["model"]
-    try:
-        # what the model can do, told from its config before it is built (the built model is checked again below)
-        tree = resolve_config(mcfg["name"], mcfg.get("task"), model_overrides=dict(mcfg.get("overrides") or {}))
-        _check_model_for_task(tree["model"], task, mcfg, cfg.get("_file"))
-        model = zoo.create_model(mcfg["name"], task=mcfg.get("task"), pretrained=mcfg.get("pretrained"),
-                                 pretrained_strict=mcfg.get("pretrained_strict"), **dict(mcfg.get("overrides") or {}))
-    except ConfigError as exc:
+
+    def blame_overrides(exc: ConfigError) -> ConfigError:
         from zoo.hub import WeightsError  # noqa: PLC0415
 
         if not mcfg.get("overrides") or isinstance(exc, WeightsError):
-            raise
+            return exc
         # the error names the model's own file and key; the change that caused it is this config's
-        raise ConfigError(f"{exc.message} (the model as changed by the model.overrides of "
-                          f"{cfg.get('_file') or 'the task config'})", exc.path, exc.file) from None
+        return ConfigError(f"{exc.message} (the model as changed by the model.overrides of "
+                           f"{cfg.get('_file') or 'the task config'})", exc.path, exc.file)
+
+    try:
+        resolved = resolve_config(mcfg["name"], mcfg.get("task"), model_overrides=dict(mcfg.get("overrides") or {}))
+    except ConfigError as exc:
+        raise blame_overrides(exc) from None
+    # what the model can do, told from the very config built below, before building it
+    _check_model_for_task(resolved["model"], task, mcfg, cfg.get("_file"))
+    try:
+        model = zoo.create_model(resolved, pretrained=mcfg.get("pretrained"),
+                                 pretrained_strict=mcfg.get("pretrained_strict"))
+    except ConfigError as exc:
+        raise blame_overrides(exc) from None
     _check_model_for_task(model, task, mcfg, cfg.get("_file"))
     from zoo.train.config_checks import check_against_model  # noqa: PLC0415
     check_against_model(model, cfg)  # the values again; optim.new_params and train.freeze name this model's parameters
