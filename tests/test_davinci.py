@@ -23,7 +23,7 @@ from zoo.models.davinci import (
     pretrain_text_inputs,
     relative_position_index,
 )
-from zoo.modules.image_tokenizer import VQGANTokenizer, convert_taming_state_dict
+from zoo.models.davinci.vqgan import VQGANTokenizer, convert_taming_state_dict
 
 
 def _meta_official(name: str) -> dict[str, torch.Tensor]:

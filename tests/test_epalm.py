@@ -10,9 +10,10 @@ from torch import nn
 
 import zoo
 from conftest import fit_steps, shapes_subset
-from zoo.data.collate import VQACollator, encode_answer_list, tokenize_texts
+from zoo.data.collate import encode_answer_list, tokenize_texts
 from zoo.models.base import count_parameters
 from zoo.models.epalm import EPALM, convert_official_state_dict
+from zoo.modules.lm.processing import TextVQACollator
 from zoo.spec import ConfigError
 
 
@@ -26,15 +27,14 @@ def _images(b: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def _vqa_batch(model: EPALM) -> dict:
-    """A real VQACollator batch (generative mode), one answer per question."""
-    tok = model.text.get_tokenizer()
+    """A real training batch of the model's own processor (text: questions, answers, weights), one answer each."""
     items = [
         {"image": _images(1, 1)[0], "question": "what color is the square", "question_id": 1,
          "all_answers": ["red"], "answers": ["red"], "weights": [1.0]},
         {"image": _images(1, 2)[0], "question": "how many circles are there", "question_id": 2,
          "all_answers": ["two"], "answers": ["two"], "weights": [1.0]},
     ]
-    return VQACollator(tok, max_tokens=40, mode="generative")(items)
+    return TextVQACollator()(items)
 
 
 def _unique_count(module: nn.Module, trainable: bool = False) -> int:
@@ -203,15 +203,18 @@ def test_vqa_loss_decreases_and_labels_only_answers():
 def test_vqa_predict_and_captions_return_strings():
     model = _tiny().eval()
     batch = _vqa_batch(model)
-    out = model.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"])
+    out = model.vqa_predict(batch["images"], questions=batch["questions"])
     assert len(out["answer"]) == 2 and all(isinstance(a, str) for a in out["answer"])
     assert all("</a>" not in a and "[SEP]" not in a for a in out["answer"])
     assert ((out["prob"] > 0) & (out["prob"] <= 1)).all()
-    # the same call as the training module's generative-VQA path (answer list passed and ignored)
+    # questions given as ids of the model's own tokenizer are decoded to the same text; a generative-VQA call's
+    # answer list is passed and ignored
+    q_ids, q_mask = tokenize_texts(model.text.get_tokenizer(), batch["questions"])
     a_ids, a_mask = encode_answer_list(model.text.get_tokenizer(), ["red", "two"])
-    again = model.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"], a_ids, a_mask, k=2,
-                              answers=["red", "two"])
+    again = model.vqa_predict(batch["images"], q_ids, q_mask, a_ids, a_mask, k=2, answers=["red", "two"])
     assert again["answer"] == out["answer"]
+    with pytest.raises(ValueError, match="needs the questions"):
+        model.vqa_predict(batch["images"])
     caps = model.generate_captions(batch["images"], num_beams=2, max_length=5)
     assert len(caps) == 2 and all(isinstance(c, str) for c in caps)
     loss = model.caption_loss({"images": batch["images"], "captions": [["a red square"], "two circles"]})["loss"]

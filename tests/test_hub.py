@@ -43,7 +43,7 @@ def test_export_metadata_and_config_key_order(demo, tmp_path):
     text = (tmp_path / "export" / "config.json").read_text(encoding="utf-8")
     # the config in the order it was written (name first, the exported tokenizer's folder last), not sorted;
     # two-space indent, one final newline
-    assert list(json.loads(text)) == ["name", "description", "default_resolution", "model", "tokenizer"]
+    assert list(json.loads(text)) == ["name", "description", "default_resolution", "preprocess", "model", "tokenizer"]
     assert text.startswith('{\n  "name": "demo-tiny",\n') and text.endswith("}\n") and not text.endswith("}\n\n")
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.data.collate import VQACollator
+from zoo.modules.lm.processing import TextVQACollator
 from zoo.hub import atomic_dir
 
 
@@ -21,11 +21,10 @@ def _images(b: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def _vqa_batch(model, images: torch.Tensor) -> dict:
-    tok = model.text.get_tokenizer()
     items = [{"image": images[i], "question": q, "question_id": i, "all_answers": [a], "answers": [a],
               "weights": [1.0]} for i, (q, a) in enumerate([("what color is the square", "red"),
                                                             ("how many circles are there", "two")])]
-    return VQACollator(tok, max_tokens=40, mode="generative")(items)
+    return TextVQACollator()(items)
 
 
 @pytest.mark.parametrize("name,overrides", [
@@ -243,7 +242,7 @@ def test_export_reattaches_the_lm_tokenizer(tmp_path):
 def test_data_tokenizer_learns_the_models_template_words(tmp_path):
     """MultiModal-GPT writes an instruction template around the data: a data tokenizer built for it has the
     template's words (one token each) even where the data folder ships its own tokenizer without them."""
-    from zoo.data.instruction import encode_instruction
+    from zoo.models.mmgpt.instruction import encode_instruction
     from zoo.data.shapes import TOKENIZER_DIR, generate_shapes
     from zoo.train.data import resolve_data_tokenizer
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import zoo
-from zoo.data.instruction import (IMAGE_TOKEN, PREAMBLE, InstructionCollator, MixedInstructionDataset, chat_prompt,
+from zoo.models.mmgpt.instruction import (IMAGE_TOKEN, PREAMBLE, InstructionCollator, MixedInstructionDataset, chat_prompt,
                                   encode_instruction, instruction_prompt)
 from zoo.models.base import count_parameters
 from zoo.models.mmgpt import MultiModalGPT, convert_official_state_dict
-from zoo.modules.fusion.flamingo import MaskedCrossAttention
+from zoo.models.mmgpt.flamingo import MaskedCrossAttention
 from zoo.spec import ConfigError
 
 
@@ -444,7 +444,7 @@ def test_language_only_instruction_batches_join_training(tmp_path):
 
     from zoo.data.datasets import DataError
     from zoo.data.shapes import generate_shapes
-    from zoo.train.data import read_instructions
+    from zoo.models.mmgpt.instruction import read_instructions
     from zoo.train.run import load_task_config, train
 
     alpaca = [{"instruction": f"name a colour number {i}", "input": "", "output": "red"} for i in range(5)]

@@ -209,8 +209,7 @@ def test_tokenizer_covers_every_language_without_unk(data):
 def test_parallel_batches_mask_sentence_one_with_mask_token_only_on_non_special(data):
     from transformers import AutoTokenizer
 
-    from zoo.data.collate import ParallelTextCollator
-    from zoo.train.data import read_parallel
+    from zoo.models.cclm.data import ParallelTextCollator, read_parallel
 
     tok = AutoTokenizer.from_pretrained(str(data / TOKENIZER_DIR), local_files_only=True)
     records = read_parallel(str(data / "parallel_train.json"))
@@ -361,7 +360,8 @@ def test_parallel_sentence_batches_join_training(data, tmp_path):
 
     import zoo
     from zoo.spec import ConfigError
-    from zoo.train.data import TaskDataModule, read_parallel
+    from zoo.models.cclm.data import read_parallel
+    from zoo.train.data import TaskDataModule
     from zoo.train.module import TaskModule
 
     tok = AutoTokenizer.from_pretrained(str(data / TOKENIZER_DIR), local_files_only=True)

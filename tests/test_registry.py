@@ -49,7 +49,8 @@ def test_decorators_exposed_on_package():
     assert zoo.register_head.__self__ is zoo.HEADS
     assert zoo.register_task.__self__ is zoo.TASKS
     assert set(REGISTRIES) == {
-        "vision_encoder", "text_encoder", "fusion", "adapter", "language_model", "head", "model", "dataset", "task"
+        "vision_encoder", "text_encoder", "fusion", "adapter", "language_model", "head", "model", "dataset", "task",
+        "side_stream"
     }
 
 

@@ -65,7 +65,7 @@ GROUPS: dict[str, dict] = {
         "tests": ["tests/test_metrics.py", "tests/test_retrieval_metrics.py", "tests/test_ve_nlvr.py"],
     },
     "converters": {
-        "mutate": ["zoo/models/*.py", "zoo/modules/image_tokenizer.py", "zoo/modules/vision/swin.py"],
+        "mutate": ["zoo/models/*/convert.py", "zoo/models/davinci/vqgan.py", "zoo/modules/vision/swin.py"],
         "tests": ["tests/test_x2vlm.py", "tests/test_cclm.py", "tests/test_davinci.py", "tests/test_epalm.py",
                   "tests/test_mmgpt.py", "tests/test_vision.py"],
         "names": ["*convert*"],

@@ -20,6 +20,7 @@ from zoo.registry import (
     LANGUAGE_MODELS,
     MODELS,
     REGISTRIES,
+    SIDE_STREAMS,
     TASKS,
     TEXT_ENCODERS,
     VISION_ENCODERS,
@@ -38,6 +39,7 @@ register_head = HEADS.register
 register_model = MODELS.register
 register_dataset = DATASETS.register
 register_task = TASKS.register
+register_side_stream = SIDE_STREAMS.register
 
 _LAZY = {
     "create_model": "zoo.factory",
@@ -65,6 +67,7 @@ __all__ = [
     "MODELS",
     "DATASETS",
     "TASKS",
+    "SIDE_STREAMS",
     "register_vision_encoder",
     "register_text_encoder",
     "register_fusion",
@@ -74,6 +77,7 @@ __all__ = [
     "register_model",
     "register_dataset",
     "register_task",
+    "register_side_stream",
     *_LAZY,
 ]
 

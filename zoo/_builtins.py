@@ -1,5 +1,9 @@
 """Which module defines each built-in registered name, so that a lookup imports only that module.
 
+A model family is one package, ``zoo/models/<family>/``: its model, the parts only it uses (registered from there) and
+its converter; its rows here name the modules of that package. A family installed as a plug-in package needs no row:
+its entry point (group ``mmzoo.plugins``) imports it.
+
 tests/test_registry.py imports every module listed here and checks that the table and the decorators agree.
 """
 
@@ -10,13 +14,13 @@ BUILTINS: dict[str, dict[str, str]] = {
         "swin": "zoo.modules.vision.swin",
         "open_clip": "zoo.modules.vision.open_clip",
         "video": "zoo.modules.vision.video",
-        "resnet_grid": "zoo.modules.vision.resnet_grid",  # DaVinci
-        "vqgan": "zoo.modules.image_tokenizer",  # DaVinci
+        "resnet_grid": "zoo.models.davinci.resnet_grid",
+        "vqgan": "zoo.models.davinci.vqgan",
     },
     "text_encoder": {
         "hf": "zoo.modules.text.hf",
         "split_bert": "zoo.modules.text.split_bert",
-        "davinci_text": "zoo.models.davinci",  # DaVinci
+        "davinci_text": "zoo.models.davinci.model",
     },
     "fusion": {
         "cross_attention": "zoo.modules.fusion.cross_attention",
@@ -40,11 +44,11 @@ BUILTINS: dict[str, dict[str, str]] = {
     },
     "model": {
         "fusion_encoder": "zoo.models.fusion_encoder",
-        "x2vlm": "zoo.models.x2vlm",
-        "epalm": "zoo.models.epalm",
-        "davinci": "zoo.models.davinci",
-        "cclm": "zoo.models.cclm",
-        "mmgpt": "zoo.models.mmgpt",  # MultiModal-GPT
+        "x2vlm": "zoo.models.x2vlm.model",
+        "epalm": "zoo.models.epalm.model",
+        "davinci": "zoo.models.davinci.model",
+        "cclm": "zoo.models.cclm.model",
+        "mmgpt": "zoo.models.mmgpt.model",
     },
     "dataset": {
         "vqa": "zoo.data.datasets",
@@ -62,5 +66,9 @@ BUILTINS: dict[str, dict[str, str]] = {
         "ve": "zoo.tasks.ve",
         "nlvr": "zoo.tasks.nlvr",
         "pretrain": "zoo.tasks.pretrain",
+    },
+    "side_stream": {
+        "parallel": "zoo.models.cclm.data",
+        "language": "zoo.models.mmgpt.instruction",
     },
 }

@@ -33,7 +33,7 @@ from typing import Any
 
 from zoo.spec import ConfigError, load_yaml
 
-__all__ = ["add_config_dir", "config_dirs", "model_names", "model_config_path", "load_model_config",
+__all__ = ["add_config_dir", "remove_config_dir", "config_dirs", "model_names", "model_config_path", "load_model_config",
            "task_config_names", "task_config_path", "MODEL_FILE_KEYS"]
 
 MODEL_FILE_KEYS = {
@@ -75,9 +75,22 @@ def add_config_dir(path: str | os.PathLike, kind: str = "models") -> None:
         _extra_dirs[kind].insert(0, p)
 
 
-def config_dirs(kind: str = "models") -> list[Path]:
-    """The directories searched for named configs of ``kind`` ("models" or "tasks"), first match winning."""
+def remove_config_dir(path: str | os.PathLike, kind: str = "models") -> None:
+    """Undo :func:`add_config_dir` (for tests and notebooks); a folder that was not added raises ValueError."""
     _check_kind(kind)
+    p = Path(path)
+    if p not in _extra_dirs[kind]:
+        raise ValueError(f"remove_config_dir: {p} was not added for {kind}")
+    _extra_dirs[kind].remove(p)
+
+
+def config_dirs(kind: str = "models") -> list[Path]:
+    """The directories searched for named configs of ``kind`` ("models" or "tasks"), first match winning. The
+    ``mmzoo.plugins`` entry points are loaded first, so a plug-in's :func:`add_config_dir` counts from the start."""
+    from zoo.registry import load_plugins  # noqa: PLC0415
+
+    _check_kind(kind)
+    load_plugins()
     env = [Path(x) for x in os.environ.get(_KINDS[kind], "").split(os.pathsep) if x]
     return [*_extra_dirs[kind], *env, CONFIGS_DIR / kind]
 

@@ -122,7 +122,7 @@ def _cmd_bench(args) -> int:
         from zoo.bench import bench_model, format_model_table  # noqa: PLC0415
 
         if not args.name:
-            raise SystemExit("mmzoo bench model: give a model name, e.g. mmzoo bench model x2vlm-base")
+            raise SystemExit("mmzoo bench model: give a model name (mmzoo list shows them)")
         result = bench_model(args.name, batch=args.batch, image_size=args.image_size, tokens=args.tokens,
                              repeat=args.repeat or 3, backward=not args.forward_only)
         print(format_model_table(result))
@@ -308,7 +308,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_chat(args) -> int:
-    """Multi-turn chat (MultiModal-GPT): one question per stdin line, one answer line per question; the whole
+    """Multi-turn chat with a model that has ``chat`` (an instruction-tuned language model): one question per stdin line, one answer line per question; the whole
     conversation stays in the prompt (official chat template)."""
     import torch  # noqa: PLC0415
 
@@ -325,7 +325,8 @@ def _cmd_chat(args) -> int:
     if not hasattr(model, "chat"):
         from zoo.spec import ConfigError  # noqa: PLC0415
 
-        raise ConfigError(f"{args.source}: {type(model).__name__} has no chat (a MultiModal-GPT model is needed)")
+        raise ConfigError(f"{args.source}: {type(model).__name__} has no chat(); chat needs an instruction-tuned "
+                          "model with a chat template")
     model.eval()
     image = _pixels(model, args.image, 1)[0] if args.image else None
     history: list[tuple[str, str]] = []
@@ -350,7 +351,7 @@ def _parser() -> argparse.ArgumentParser:
                             "code: only for files from a source you trust; off by default)")
 
     s = sub.add_parser("list", help="list registered models (or parts with --parts, task configs with --tasks)")
-    s.add_argument("pattern", nargs="?", default=None, help="glob pattern, e.g. 'x2vlm*'")
+    s.add_argument("pattern", nargs="?", default=None, help="glob pattern, e.g. '*-tiny'")
     s.add_argument("--params", action="store_true", help="also count parameters (builds each model on meta)")
     s.add_argument("--parts", action="store_true", help="list registered parts per registry instead")
     s.add_argument("--tasks", action="store_true",
@@ -410,7 +411,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=5, help="retrieval: how many ranked texts to show")
     s.add_argument("--num-frames", type=int, default=3, help="video: frames sampled")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
-    g = s.add_argument_group("text to image (a DaVinci model built or fine-tuned with task text_to_image)")
+    g = s.add_argument_group("text to image (a model with an image tokenizer, built or fine-tuned with task "
+                             "text_to_image)")
     g.add_argument("--generate-image", default=None, metavar="TEXT",
                    help="sample images for TEXT and write them as PNG (no --image needed)")
     g.add_argument("--out", default=None, help="PNG file (default image.png; with --num-images N: <stem>_0.png ...)")
@@ -443,7 +445,8 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_convert)
 
     s = sub.add_parser("chat", parents=[trust],
-                       help="multi-turn chat with a MultiModal-GPT model: one question per stdin line")
+                       help="multi-turn chat with an instruction-tuned model (one with chat()): one question per "
+                            "stdin line")
     s.add_argument("source", help="export folder, run folder, .ckpt file or registered model name")
     s.add_argument("--image", default=None, help="an image file the conversation is about (none: language only)")
     s.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default: the model's)")

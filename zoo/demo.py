@@ -42,9 +42,9 @@ def run_demo(model_name: str = "demo-tiny", question: str = "what colour is the 
         except (OSError, ValueError) as exc:
             raise FileNotFoundError(f"--image {image}: cannot be read as an image ({exc})") from None
         source = image
-    from zoo.data.transforms import build_image_transform, to_rgb  # noqa: PLC0415
+    from zoo.data.transforms import to_rgb  # noqa: PLC0415
 
-    pixels = build_image_transform(res, train=False)(to_rgb(pil)).unsqueeze(0)
+    pixels = model.processor().image_transform(train=False)(to_rgb(pil)).unsqueeze(0)  # the model's preprocessing
     tok = model.text.get_tokenizer()
     enc = tok([question], return_tensors="pt", padding=True)
     t0 = time.perf_counter()

@@ -103,6 +103,10 @@ def _finish(model, cfg: dict):
 
     if cfg.get("attention") is not None:
         set_attention_backend(model, cfg["attention"])
+    if cfg.get("preprocess") is not None:  # checked when built, named by its file (zoo.processing)
+        from zoo.processing import check_preprocess_section  # noqa: PLC0415
+
+        check_preprocess_section(cfg["preprocess"], cfg.get("_file"))
     clean = {k: v for k, v in cfg.items() if k != "tasks" and not k.startswith("_")}
     try:
         model.zoo_config = clean

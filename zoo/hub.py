@@ -393,7 +393,8 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
       gradients (adapters, LoRA, heads) — the config then names the frozen parts, which load from their own
       ``pretrained`` paths when the export is rebuilt;
     - ``tokenizer/``: the text encoder's tokenizer (or ``tokenizer``), so the export is usable without it;
-    - ``preprocessor.json``: image size, normalisation and interpolation of the evaluation transform.
+    - ``preprocessor.json``: the model's preprocessing (:meth:`zoo.models.base.ZooModel.preprocess_config`: image
+      size, mean, std, interpolation, resize mode), left out for a model that declares none.
 
     The folder is written whole into a temporary folder beside ``directory`` and swapped in at the end
     (:func:`atomic_dir`): an export written over an older one leaves the old export or the new one, never a mix,
@@ -420,9 +421,14 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
     text = getattr(model, "text", None)
     if tokenizer is None and text is not None and getattr(text, "tokenizer", None) and hasattr(text, "get_tokenizer"):
         tokenizer = text.get_tokenizer()
-    from zoo.models.base import input_resolution  # noqa: PLC0415
+    preprocess = None
+    if callable(getattr(model, "preprocess_config", None)):
+        from zoo.spec import ConfigError  # noqa: PLC0415
 
-    size = input_resolution(model)
+        try:
+            preprocess = model.preprocess_config().to_json()
+        except ConfigError:  # no resolution or no normalisation declared: nothing to record
+            preprocess = None
     with atomic_dir(directory, keep=lambda name: name not in _EXPORT_ENTRIES) as tmp:
         from safetensors.torch import save_file  # noqa: PLC0415
 
@@ -430,12 +436,8 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
             config["tokenizer"] = TOKENIZER_DIR
-        if size:
-            from zoo.data.transforms import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
-
-            (tmp / PREPROCESSOR_NAME).write_text(json.dumps(
-                {"image_size": size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bicubic"},
-                indent=2), encoding="utf-8")
+        if preprocess is not None:
+            (tmp / PREPROCESSOR_NAME).write_text(json.dumps(preprocess, indent=2), encoding="utf-8")
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return directory
 

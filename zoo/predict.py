@@ -1,18 +1,19 @@
 """``mmzoo predict``: answers for people, not metrics — one image (or video) and a question, a caption or a ranking.
 
 :func:`predict` loads an export, a run folder or a training checkpoint (:func:`zoo.train.run.model_from_checkpoint`),
-prepares the media with the evaluation transform at the model's resolution (the values an export's
-``preprocessor.json`` records), tokenizes with the model's own tokenizer and calls the same prediction methods evaluation scores:
+prepares the media with the evaluation transform of the model's own preprocessing
+(:meth:`zoo.models.base.ZooModel.preprocess_config`, what an export's ``preprocessor.json`` records), tokenizes with
+the model's own tokenizer and calls the same prediction methods evaluation scores:
 
-- ``question``: ``vqa_predict``. A model whose language model generates answers (``open_ended_vqa``: eP-ALM,
-  MultiModal-GPT) answers freely; a generative head ranks an answer list: ``answers`` (a list, or a file: a JSON list
+- ``question``: ``vqa_predict``. A model whose language model generates answers (``open_ended_vqa`` true)
+  answers freely; a generative head ranks an answer list: ``answers`` (a list, or a file: a JSON list
   or one answer per line), else the ``answers`` the model's config carries (``mmzoo train`` writes the training
   answer list there), else it is an error naming both; a classifier head answers from its own labels.
 - ``caption``: ``generate_captions`` (beam search with the model's decoding defaults).
 - ``texts``: ``retrieval_scores`` (ITC, then ITM re-ranking of every text) → texts ranked best first with scores.
 
 :func:`generate_images` goes the other way (``mmzoo predict SOURCE --generate-image TEXT``): a text-to-image model
-(DaVinci built or fine-tuned with task ``text_to_image``, which adds the VQGAN image tokenizer) samples image codes
+(one with an ``image_tokenizer``, built or fine-tuned with task ``text_to_image``) samples image codes
 with ``generate_image`` (top-k / top-p / temperature, defaults from the model config) from a seeded
 ``torch.Generator``, and the decoded images are written as PNG files.
 """
@@ -51,13 +52,13 @@ def read_lines_or_json(path: str | os.PathLike, what: str) -> list[str]:
 
 def _pixels(model: Any, media: str, num_frames: int):
     """``(1, 3, S, S)`` image or ``(1, T, 3, S, S)`` video tensor for ``model``, by the evaluation transform."""
-    from zoo.data.transforms import build_image_transform, transform_frames  # noqa: PLC0415
-    from zoo.models.base import input_resolution  # noqa: PLC0415
+    from zoo.data.transforms import transform_frames  # noqa: PLC0415
+    from zoo.spec import ConfigError  # noqa: PLC0415
 
-    size = input_resolution(model)
-    if not size:
-        raise ValueError("the model names no input resolution (vision part image_size or default_resolution)")
-    transform = build_image_transform(int(size), train=False)
+    try:
+        transform = model.processor().image_transform(train=False)  # the model's own preprocessing
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
     if str(media).lower().endswith(_VIDEO_SUFFIXES):
         from zoo.data.video import VideoReadError, read_video_frames  # noqa: PLC0415
 
@@ -156,7 +157,8 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
             ids, mask = tokenize_texts(tokenizer, [pre_caption(sentence, 80)])
             if hypothesis is not None:
                 if "ve" not in can:
-                    raise ValueError(f"{source}: the model has no visual-entailment head (task ve, or xvnli for CCLM)")
+                    raise ValueError(f"{source}: the model, as built, has no visual-entailment head (it does: "
+                                     f"{', '.join(can) or 'nothing'}); fine-tune it with task ve")
                 probs = model.ve_logits(pixels, ids, mask).float().softmax(-1)[0]
                 names = list(model.ve_labels)
                 out.update(hypothesis=hypothesis, label=names[int(probs.argmax())],
@@ -247,7 +249,7 @@ def generate_images(source: str | os.PathLike, text: str, *, out: str | os.PathL
         model = model_from_checkpoint(source, trust_imports=trust_imports)
     if not callable(getattr(model, "generate_image", None)) or getattr(model, "image_tokenizer", None) is None:
         raise ValueError(f"{source}: {type(model).__name__} cannot generate images (no image tokenizer): build or "
-                         "fine-tune a text-to-image model (DaVinci) with task text_to_image")
+                         "fine-tune a model that has one (mmzoo list shows them) with task text_to_image")
     model.eval()
     try:
         device = next(model.parameters()).device

@@ -1,7 +1,7 @@
 """Registries of named parts.
 
 One :class:`Registry` class; one instance per kind of part (vision encoders, text encoders, fusion blocks, adapters,
-language models, heads, models, datasets, tasks). A part registers itself with a decorator::
+language models, heads, models, datasets, tasks, side streams). A part registers itself with a decorator::
 
     @zoo.register_vision_encoder("my_vit")
     class MyViT(nn.Module): ...
@@ -32,6 +32,7 @@ __all__ = [
     "MODELS",
     "DATASETS",
     "TASKS",
+    "SIDE_STREAMS",
     "load_plugins",
 ]
 
@@ -184,8 +185,9 @@ HEADS = Registry("head")
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
 TASKS = Registry("task")  # zoo.tasks.Task subclasses: vqa, retrieval, captioning, ve, nlvr, pretrain
+SIDE_STREAMS = Registry("side_stream")  # zoo.data.side.SideStream subclasses: data.parallel, data.language
 
 REGISTRIES: dict[str, Registry] = {
     r.kind: r for r in (VISION_ENCODERS, TEXT_ENCODERS, FUSIONS, ADAPTERS, LANGUAGE_MODELS, HEADS, MODELS, DATASETS,
-                        TASKS)
+                        TASKS, SIDE_STREAMS)
 }

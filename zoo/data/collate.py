@@ -1,4 +1,4 @@
-"""Collators: items of :mod:`zoo.data.datasets` → the batches the X²-VLM task methods read.
+"""Collators: items of :mod:`zoo.data.datasets` → the batches the tasks' model methods read.
 
 Texts are tokenised with the model's own tokenizer (``model.text.get_tokenizer()``, a transformers tokenizer), padded
 to the longest in the batch, with ``attention_mask`` 1 on tokens. Official facts (zengyan-97/X2-VLM ``VQA.py``,
@@ -21,18 +21,16 @@ to the longest in the batch, with ``attention_mask`` 1 on tokens. Official facts
   masking, skip-grams 0.2 / 3, FG-free); the masking draws from a ``random.Random`` seeded from torch's generator,
   so it follows the DataLoader's per-worker seeds.
 
-Raw strings for models that tokenise themselves (frozen-LM models such as eP-ALM): VQA batches carry ``questions``
-(the cleaned question strings the ids were made from) and ``answers`` (per question, its distinct answers, aligned
-with its ``weights``); captioning training batches carry ``captions`` (one string per image). With ``causal=True``
-the captioning training collator builds no masked-LM inputs (a causal LM needs no [MASK] token) — only
-``input_ids`` / ``attention_mask`` of the caption and the raw ``captions``.
+VQA batches also carry ``questions`` (the cleaned question strings the ids were made from) and ``answers`` (per
+question, its distinct answers, aligned with its ``weights``); captioning training batches carry ``captions`` (one
+string per image). With ``causal=True`` the captioning training collator builds no masked-LM inputs (a causal LM needs
+no [MASK] token) — only ``input_ids`` / ``attention_mask`` of the caption and the raw ``captions``. Models that
+tokenise text themselves take text batches from their own processor instead (:mod:`zoo.modules.lm.processing`).
 
 Cross-lingual (CCLM, zengyan-97/CCLM ``dataset/``): retrieval training items with a translation (``caption_2``) add
 ``input_ids_2`` / ``attention_mask_2`` (ITC over both languages + TTC in
-:meth:`zoo.models.cclm.CCLM.image_text_losses`);
-:class:`ParallelTextCollator` makes parallel-sentence batches (no images): both sentences' ids and masks and the MLM
-inputs of sentence 1 (:class:`zoo.data.masking.WholeWordMasker` with the tokenizer's ``mask_token_id``, special
-tokens never chosen).
+:meth:`zoo.models.cclm.CCLM.image_text_losses`); CCLM's parallel-sentence batches are its own
+(:mod:`zoo.models.cclm.data`).
 
 ``None`` items (samples skipped by ``on_bad_sample="skip"``) are dropped; the batch says how many under
 ``num_skipped``. A batch whose every item was skipped raises :class:`EmptyBatchError` rather than yielding an empty
@@ -56,12 +54,9 @@ __all__ = [
     "CaptionTrainCollator",
     "EmptyBatchError",
     "ModelInputsCollator",
-    "ParallelTextCollator",
     "RetrievalCollator",
     "SentenceLabelCollator",
     "VQACollator",
-    "batch_answers",
-    "batch_questions",
     "decode_texts",
     "encode_answer_list",
     "tokenize_texts",
@@ -94,32 +89,6 @@ def decode_texts(tokenizer: Any, ids: Tensor, mask: Tensor | None, pad_token_id:
     if mask is not None:
         ids = ids.masked_fill(mask == 0, pad_token_id)
     return [t.strip() for t in tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
-
-
-def batch_questions(batch: Mapping[str, Any], decode: Any) -> list[str]:
-    """A VQA batch's questions: the raw ``questions`` when it carries them, else ``decode(question_ids, mask)``."""
-    if batch.get("questions") is not None:
-        return [str(q) for q in batch["questions"]]
-    return decode(batch["question_ids"], batch.get("question_mask"))
-
-
-def batch_answers(batch: Mapping[str, Any], decode: Any, what: str) -> tuple[list[list[str]], list[list[float]]]:
-    """The distinct answers of each question and their weights, from a generative VQA batch's ``answer_ids`` /
-    ``answer_mask`` (decoded by ``decode``), ``answers_per_question`` and ``weights`` (one answer of weight 1 per
-    question when those are absent). ``what`` names the caller in the error for a batch without answers."""
-    if batch.get("answer_ids") is None:
-        raise ValueError(f"{what} needs the answers: raw 'answers' or answer_ids / answer_mask / weights / "
-                         "answers_per_question (VQACollator mode 'generative')")
-    flat = decode(batch["answer_ids"], batch.get("answer_mask"))
-    k, w = batch.get("answers_per_question"), batch.get("weights")
-    counts = [1] * len(flat) if k is None else [int(c) for c in k]
-    wflat = [1.0] * len(flat) if w is None else [float(x) for x in w]
-    answers, weights, pos = [], [], 0
-    for c in counts:
-        answers.append(flat[pos:pos + c])
-        weights.append(wflat[pos:pos + c])
-        pos += c
-    return answers, weights
 
 
 def encode_answer_list(tokenizer: Any, answers: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -346,33 +315,11 @@ class CaptionEvalCollator:
                 "captions": [list(x["captions"]) for x in items], "num_skipped": skipped}
 
 
-class ParallelTextCollator:
-    """Parallel-sentence items ``{text, text_2}`` → ``input_ids, attention_mask`` (sentence 1), ``input_ids_2,
-    attention_mask_2`` (its translation), the MLM inputs of sentence 1 (``input_ids_masked, masked_pos, masked_ids,
-    masked_weight``; :class:`zoo.data.masking.WholeWordMasker` from the tokenizer: its ``mask_token_id``, special
-    tokens never chosen, single pieces as the official code for non-WordPiece tokenizers) and ``num_skipped``; no
-    images (:meth:`zoo.models.cclm.CCLM.parallel_text_losses`). Masking draws from a ``random.Random`` seeded from
-    torch's generator, as the captioning collator."""
+def __getattr__(name: str):
+    if name == "ParallelTextCollator":  # moved into the family that reads parallel sentences (zoo.data.side)
+        import importlib  # noqa: PLC0415
 
-    def __init__(self, tokenizer: Any, max_tokens: int | None = 40, mask_prob: float = 0.5, max_masks: int = 12,
-                 skipgram_prb: float = 0.2, skipgram_size: int = 3, mlm: bool = True):
-        from zoo.data.masking import WholeWordMasker  # noqa: PLC0415
+        from zoo.data.side import side_stream  # noqa: PLC0415
 
-        if mlm and getattr(tokenizer, "mask_token_id", None) is None:
-            raise ValueError("ParallelTextCollator: the tokenizer has no mask token; MLM of sentence 1 needs one "
-                             "(or pass mlm=False)")
-        self.tokenizer, self.max_tokens = tokenizer, max_tokens
-        self.masker = WholeWordMasker.from_tokenizer(
-            tokenizer, mask_prob=mask_prob, max_masks=max_masks, skipgram_prb=skipgram_prb,
-            skipgram_size=skipgram_size, protect_special=True) if mlm else None
-
-    def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
-        items, skipped = _drop_none(items)
-        ids, mask = tokenize_texts(self.tokenizer, [x["text"] for x in items], self.max_tokens)
-        ids_2, mask_2 = tokenize_texts(self.tokenizer, [x["text_2"] for x in items], self.max_tokens)
-        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "input_ids_2": ids_2,
-                                 "attention_mask_2": mask_2, "num_skipped": skipped}
-        if self.masker is not None:
-            rng = random.Random(int(torch.randint(2**62, ())))
-            batch.update(self.masker(ids, mask, rng=rng))
-        return batch
+        return importlib.import_module(side_stream("parallel").__module__).ParallelTextCollator
+    raise AttributeError(f"module 'zoo.data.collate' has no attribute {name!r}")

@@ -171,6 +171,8 @@ def build_image_transform(
     crop_scale: tuple[float, float] = TRAIN_CROP_SCALE,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    interpolation: str = "bicubic",
+    resize_mode: Literal["squash", "shortest"] = "squash",
 ) -> Callable[[Image.Image], Tensor]:
     """PIL image → normalised ``(3, image_size, image_size)`` float tensor, by the official recipe.
 
@@ -181,7 +183,12 @@ def build_image_transform(
         hflip: add ``RandomHorizontalFlip`` (training only; off by default, see the module docstring).
         randaugment_impl: ``"official"`` (:class:`RandomAugment`) or ``"torchvision"`` (``RandAugment(2, 7)``).
         crop_scale: ``RandomResizedCrop`` scale (official fine-tuning ``(0.5, 1.0)``; pre-training ``(0.2, 1.0)``).
-        mean, std: normalisation (default CLIP's, :data:`CLIP_MEAN` / :data:`CLIP_STD`).
+        mean, std: normalisation. A model's own come from its preprocessing (:mod:`zoo.processing`), which every
+            caller in the framework passes; called bare, the function uses CLIP's (:data:`CLIP_MEAN` /
+            :data:`CLIP_STD`), the official recipes' value.
+        interpolation: ``bicubic`` (official), ``bilinear``, ``nearest`` or ``lanczos``.
+        resize_mode: the evaluation resize: ``squash`` (``Resize((size, size))``, official) or ``shortest`` (the
+            shorter side to ``size``, then ``CenterCrop(size)``: open_clip's).
     """
     from torchvision import transforms as T  # noqa: PLC0415
 
@@ -190,15 +197,23 @@ def build_image_transform(
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     if randaugment_impl not in ("official", "torchvision"):
         raise ValueError(f"randaugment_impl={randaugment_impl!r}: expected 'official' or 'torchvision'")
-    bicubic = T.InterpolationMode.BICUBIC
+    modes = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
+             "nearest": T.InterpolationMode.NEAREST, "lanczos": T.InterpolationMode.LANCZOS}
+    if interpolation not in modes:
+        raise ValueError(f"interpolation={interpolation!r}: expected one of {', '.join(modes)}")
+    if resize_mode not in ("squash", "shortest"):
+        raise ValueError(f"resize_mode={resize_mode!r}: expected 'squash' or 'shortest'")
+    interp = modes[interpolation]
     steps: list[Any]
     # RandomResizedCrop with scale (1, 1) always keeps the whole image (an aspect ratio other than the image's does not
     # fit, and after ten rejected draws it falls back to the whole image): the evaluation resize, without the draws
     whole = tuple(float(v) for v in crop_scale) == (1.0, 1.0)
     if train and not whole:
-        steps = [T.RandomResizedCrop(image_size, scale=tuple(crop_scale), interpolation=bicubic)]
+        steps = [T.RandomResizedCrop(image_size, scale=tuple(crop_scale), interpolation=interp)]
+    elif resize_mode == "shortest":
+        steps = [T.Resize(image_size, interpolation=interp), T.CenterCrop(image_size)]
     else:
-        steps = [T.Resize((image_size, image_size), interpolation=bicubic)]
+        steps = [T.Resize((image_size, image_size), interpolation=interp)]
     if train and hflip:
         steps.append(T.RandomHorizontalFlip())
     if train and randaugment:

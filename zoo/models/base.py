@@ -9,11 +9,19 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-__all__ = ["PARAM_PARTS", "ZooModel", "count_parameters", "generic_param_part", "input_resolution"]
+__all__ = ["CLIP_PREPROCESS", "PARAM_PARTS", "ZooModel", "count_parameters", "generic_param_part",
+           "input_resolution"]
 
 #: the parts a parameter belongs to for the optimiser (:func:`zoo.train.optim.param_groups`): each has its own learning
 #: rate (``optim.vision_lr``, ``text_lr``, ``fusion_lr``; ``other`` takes ``optim.lr``)
 PARAM_PARTS = ("vision", "text", "fusion", "other")
+
+#: CLIP's normalisation with a square bicubic resize: the official recipe of the families trained from CLIP-style
+#: data pipelines (X²-VLM ``dataset/__init__.py``, CCLM, DaVinci ``dataset/__init__.py``, eP-ALM), which declare it
+#: as their ``preprocess_defaults``
+CLIP_PREPROCESS: Mapping[str, Any] = {"mean": (0.48145466, 0.4578275, 0.40821073),
+                                      "std": (0.26862954, 0.26130258, 0.27577711),
+                                      "interpolation": "bicubic", "resize_mode": "squash"}
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -50,7 +58,9 @@ class ZooModel(nn.Module):
       per-part learning rates of the optimiser; by default the top-level module's name, overridden where the layout
       says more (X²-VLM's one text stack whose last layers are fusion layers);
     - ``official_converter``: the function turning an official checkpoint of the family into an export, found by
-      ``mmzoo convert FAMILY`` (and listed by ``mmzoo convert --list``) through the model registry.
+      ``mmzoo convert FAMILY`` (and listed by ``mmzoo convert --list``) through the model registry;
+    - ``preprocess_defaults`` / :meth:`processor`: its image preprocessing (the official recipe) and how its batches
+      are built (:mod:`zoo.processing`).
     """
 
     zoo_config: dict | None = None
@@ -64,6 +74,36 @@ class ZooModel(nn.Module):
     #: prints (field → value). The first line of its docstring describes it in ``mmzoo convert --list``. Declare it as
     #: a ``staticmethod``; None: the family has no converter (a subclass inherits its parent's unless it sets None).
     official_converter: ClassVar[Callable[..., dict[str, Any]] | None] = None
+    #: the family's official image preprocessing (``mean``, ``std``, ``interpolation``, ``resize_mode``), over the
+    #: vision part's own and under the model file's ``preprocess:`` section (:meth:`preprocess_config`)
+    preprocess_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: the :class:`zoo.processing.Processor` subclass :meth:`processor` returns (families that build their own
+    #: batches set their own)
+    processor_class: ClassVar[type | None] = None
+
+    def preprocess_config(self) -> Any:
+        """The model's :class:`zoo.processing.PreprocessConfig`: its input resolution and, layered, the vision part's
+        ``preprocess_defaults()``, the family's :attr:`preprocess_defaults` and the model file's ``preprocess:``
+        section (a model for which none gives a mean and std is a ConfigError naming ``preprocess``)."""
+        from zoo.processing import resolve_preprocess  # noqa: PLC0415
+        from zoo.spec import ConfigError  # noqa: PLC0415
+
+        cfg = self.zoo_config or {}
+        size = input_resolution(self)
+        if not size:
+            raise ConfigError(f"{cfg.get('name') or type(self).__name__} names no input resolution (vision part "
+                              "image_size or default_resolution)", "default_resolution")
+        vision = getattr(self, "vision", None)
+        part = vision.preprocess_defaults() if callable(getattr(vision, "preprocess_defaults", None)) else None
+        return resolve_preprocess(size, [("vision", part), (type(self).__name__, dict(self.preprocess_defaults)),
+                                         ("preprocess", cfg.get("preprocess"))], model=cfg.get("name"))
+
+    def processor(self, task: str | None = None) -> Any:
+        """What this model takes from data for ``task`` (:class:`zoo.processing.Processor`): the image transform of
+        its preprocessing and the collate function of its batches."""
+        from zoo.processing import Processor  # noqa: PLC0415
+
+        return (self.processor_class or Processor)(self.preprocess_config(), task)
 
     def param_part(self, name: str) -> str:
         """The part (one of :data:`PARAM_PARTS`) that the parameter ``name`` (as ``named_parameters`` gives it)

@@ -78,7 +78,7 @@ class VQATask(Task):
         m, ev, dm = module.model, module.evaluation, module.trainer.datamodule
         if getattr(m, "open_ended_vqa", False):  # answers are generated: no answer list to rank
             options = {"num_beams": ev["num_beams"]} if "num_beams" in ev else {}
-            out = m.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"],
+            out = m.vqa_predict(batch["images"], batch.get("question_ids"), batch.get("question_mask"),
                                 questions=batch.get("questions"), **options)
         elif getattr(m, "generative_vqa", False):
             answer_ids, answer_mask = dm.answer_list_tokens

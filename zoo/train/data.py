@@ -65,6 +65,7 @@ records.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import warnings
@@ -76,17 +77,28 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from zoo.data.side import side_stream, side_stream_names
 from zoo.spec import ConfigError
 
-__all__ = ["DATA_KEYS", "SIDE_STREAMS", "DataReport", "TaskDataModule", "read_instructions", "read_parallel",
-           "resolve_data_tokenizer"]
+__all__ = ["DATA_KEYS", "DataReport", "TaskDataModule", "data_keys", "resolve_data_tokenizer"]
+
+# names that moved: the side-stream readers, into the families that read them (zoo.data.side), by stream
+_MOVED = {"read_parallel": "parallel", "read_instructions": "language"}
 
 
 def __getattr__(name: str) -> Any:
+    import importlib  # noqa: PLC0415
+
     if name == "TASK_NAMES":  # the task list before tasks became registered units
         from zoo.tasks import list_tasks  # noqa: PLC0415
 
         return tuple(list_tasks())
+    if name == "SIDE_STREAMS":  # the side-stream table before side streams became registered units
+        from zoo.registry import SIDE_STREAMS  # noqa: PLC0415
+
+        return SIDE_STREAMS
+    if name in _MOVED:
+        return getattr(importlib.import_module(side_stream(_MOVED[name]).__module__), name)
     raise AttributeError(f"module 'zoo.train.data' has no attribute {name!r}")
 
 
@@ -104,16 +116,17 @@ DATA_KEYS: dict[str, str] = {
     "blank_images": _BOOL, "cache_images": _BOOL,
     "languages": "list of language codes", "few_shot": "mapping {language: number of records}",
     "translation": "language code or list of codes",
-    "parallel": "file or list of files", "parallel_weight": _FLOAT, "parallel_batch_size": _POS,
-    "language": "file or list of files", "language_weight": _FLOAT, "language_batch_size": _POS,
 }
 
-# side streams of training batches: data key -> (the model's loss method for them, what their records are)
-SIDE_STREAMS: dict[str, tuple[str, str]] = {
-    "parallel": ("parallel_text_losses", "parallel sentences (models with a cross-lingual text objective: CCLM)"),
-    "language": ("language_losses", "language-only instruction data (models with a language-only loss: "
-                                    "MultiModal-GPT)"),
-}
+
+def data_keys() -> dict[str, str]:
+    """Every key of the data section → what it expects: :data:`DATA_KEYS` and, for each registered side stream
+    (:mod:`zoo.data.side`), ``{key}``, ``{key}_weight`` and ``{key}_batch_size``."""
+    keys = dict(DATA_KEYS)
+    for key in side_stream_names():
+        keys.update({key: "file or list of files", f"{key}_weight": _FLOAT, f"{key}_batch_size": _POS})
+    return keys
+
 _CHOICES = {"video_backend": ("decord", "av"), "on_bad_sample": ("error", "skip"),
             "classifier_targets": ("vqa_score", "weights")}
 _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 0, "video": None, "num_frames": 3,
@@ -162,15 +175,16 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
         raise ConfigError(f"vqa_mode={vqa_mode!r}: expected 'generative' or 'classifier'")
     if not isinstance(data, Mapping):
         raise ConfigError(f"expected a mapping, got {type(data).__name__}", "data")
+    known = data_keys()
     for key in data:
-        if key not in DATA_KEYS:
-            close = difflib.get_close_matches(str(key), DATA_KEYS, n=1)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key{hint} Known keys: {', '.join(DATA_KEYS)}", f"data.{key}")
+            raise ConfigError(f"unknown key{hint} Known keys: {', '.join(known)}", f"data.{key}")
     cfg = {**_DEFAULTS, **spec.data_defaults,
            **{k: v for k, v in data.items() if v is not None or k == "video"}}
     for key, value in cfg.items():
-        kind = DATA_KEYS[key]
+        kind = known[key]
         bad = (
             (kind == _POS and not (_is_int(value) and value > 0))
             or (kind == _INT and not _is_int(value))
@@ -255,7 +269,7 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
             raise ConfigError("few-shot records (in one language) have no translation field: use either "
                               "data.translation or data.few_shot", "data.translation")
         cfg["translation"] = [cfg["translation"]] if isinstance(cfg["translation"], str) else list(cfg["translation"])
-    for key in SIDE_STREAMS:
+    for key in side_stream_names():
         if cfg.get(key) is not None:
             if not cfg.get("train"):
                 raise ConfigError(f"data.{key} batches join the training batches: give data.train", f"data.{key}")
@@ -330,12 +344,13 @@ class _CyclingLoader(DataLoader):
 
 
 class _BlankImage:
-    """The ``blank_images`` transform: any image → the normalised constant mid-grey image (picklable for workers)."""
+    """The ``blank_images`` transform: any image → the normalised constant mid-grey image (picklable for workers);
+    ``mean`` / ``std``: the model's normalisation."""
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         from zoo.data.transforms import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
 
-        grey = (0.5 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+        grey = (0.5 - torch.tensor(mean or CLIP_MEAN)) / torch.tensor(std or CLIP_STD)
         self.image = grey.view(3, 1, 1).expand(3, image_size, image_size).contiguous()
 
     deterministic = True
@@ -367,17 +382,22 @@ class TaskDataModule(L.LightningDataModule):
         image_size: the model's resolution, used unless ``data.image_size`` is set.
         answer_vocab: VQA classifier labels in the head's order (default: ``answer_list`` or the training answers).
         causal_captioning: captioning training batches for a causal LM (no masked-LM inputs, no [MASK] needed).
+        preprocess: the model's :class:`zoo.processing.PreprocessConfig` (its normalisation, interpolation and resize
+            mode; the size is ``image_size``); None: :func:`zoo.data.transforms.build_image_transform`'s own defaults
+            until :meth:`configure_for_model` gives the model's.
     """
 
     def __init__(self, task: str, data: Mapping[str, Any], tokenizer: Any, *, vqa_mode: str = "generative",
                  image_size: int | None = None, answer_vocab: Sequence[str] | None = None,
-                 causal_captioning: bool = False):
+                 causal_captioning: bool = False, preprocess: Any = None):
         super().__init__()
         self.task, self.vqa_mode, self.tokenizer = task, vqa_mode, tokenizer
         self.causal_captioning = bool(causal_captioning)
         self.cfg = _validate(task, data, vqa_mode, image_size)
         self.task_spec = _task(task)
         self.image_size: int = self.cfg["image_size"]
+        self.preprocess = None if preprocess is None else dataclasses.replace(preprocess, image_size=self.image_size)
+        self._processor: Any = None
         self._answer_vocab = list(answer_vocab) if answer_vocab is not None else None
         self._datasets: dict[str, Any] = {}
         self._answer_list: list[str] | None = None
@@ -404,14 +424,23 @@ class TaskDataModule(L.LightningDataModule):
 
     def configure_for_model(self, model: Any) -> None:
         """Batch options the model asks for: ``causal_captioning`` (see the class docstring); a side stream
-        (``data.parallel``, ``data.language``) needs the model's loss for it (:data:`SIDE_STREAMS`)."""
+        (:mod:`zoo.data.side`: ``data.parallel``, ``data.language``, ...) needs the model's loss for it."""
         if getattr(model, "causal_captioning", False):
             self.causal_captioning = True
         self._model = model
-        for key, (method, what) in SIDE_STREAMS.items():
-            if self.cfg.get(key) and not hasattr(model, method):
-                raise ConfigError(f"{type(model).__name__} has no {method}(): data.{key} batches are {what}",
-                                  f"data.{key}")
+        if callable(getattr(model, "processor", None)):
+            self._processor = model.processor(self.task)
+            if self.preprocess is None and not self._datasets:  # no data set has taken a transform yet
+                self.preprocess = dataclasses.replace(self._processor.config, image_size=self.image_size)
+        for key in self._side_keys():
+            stream = side_stream(key)
+            if not hasattr(model, stream.loss_method):
+                raise ConfigError(f"{type(model).__name__} has no {stream.loss_method}(): data.{key} batches are "
+                                  f"{stream.what}", f"data.{key}")
+
+    def _side_keys(self) -> list[str]:
+        """The side streams this data section gives (``data.{key}`` set), in registry order."""
+        return [key for key in side_stream_names() if self.cfg.get(key)]
 
     # -- data sets -----------------------------------------------------------------------------------------------
     def has_split(self, split: str) -> bool:
@@ -471,15 +500,19 @@ class TaskDataModule(L.LightningDataModule):
         return dataset
 
     def image_transform(self, train: bool) -> Callable[[Any], torch.Tensor]:
-        """PIL image → tensor of one split: the official recipe with ``randaugment`` and ``crop_scale``, or the
-        constant grey image of ``blank_images``."""
+        """PIL image → tensor of one split: the model's preprocessing (:attr:`preprocess`) with the data section's
+        augmentation (``randaugment``, ``crop_scale``), or the constant grey image of ``blank_images``."""
         from zoo.data.transforms import build_image_transform  # noqa: PLC0415
 
-        c = self.cfg
+        c, pre = self.cfg, self.preprocess
         if c["blank_images"]:
-            return _BlankImage(self.image_size)
-        return build_image_transform(self.image_size, train, randaugment=c["randaugment"],
-                                     crop_scale=tuple(c["crop_scale"]))
+            return _BlankImage(self.image_size, *((pre.mean, pre.std) if pre is not None else ()))
+        if pre is None:
+            return build_image_transform(self.image_size, train, randaugment=c["randaugment"],
+                                         crop_scale=tuple(c["crop_scale"]))
+        from zoo.processing import Processor  # noqa: PLC0415
+
+        return Processor(pre).image_transform(train, randaugment=c["randaugment"], crop_scale=tuple(c["crop_scale"]))
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
@@ -545,7 +578,10 @@ class TaskDataModule(L.LightningDataModule):
 
     # -- loaders -------------------------------------------------------------------------------------------------
     def collator(self, split: str) -> Callable:
-        """The collate function of ``split``'s batches: the task's (:meth:`zoo.tasks.Task.collator`)."""
+        """The collate function of ``split``'s batches: the model's processor's (:meth:`zoo.processing.Processor.
+        collator`: the task's own unless the family builds its batches), or the task's before a model is given."""
+        if self._processor is not None:
+            return self._processor.collator(self, _split_of(split))
         return self.task_spec.collator(self, _split_of(split))
 
     def _world(self) -> tuple[int, int]:
@@ -572,7 +608,7 @@ class TaskDataModule(L.LightningDataModule):
                               "data.drop_last: false", "data.batch_size")
         sampler = _EpochSampler(ds, world, rank, c["seed"], c["batch_size"], self._completed_batches)
         loader = self._loader(ds, "train", c["batch_size"], sampler=sampler, drop_last=c["drop_last"], cls=_TrainLoader)
-        streams = [key for key in SIDE_STREAMS if c.get(key)]
+        streams = self._side_keys()
         if not streams:
             return loader
         from lightning.pytorch.utilities import CombinedLoader  # noqa: PLC0415
@@ -580,16 +616,11 @@ class TaskDataModule(L.LightningDataModule):
         return CombinedLoader({"task": loader, **{key: self._side_loader(key) for key in streams}}, mode="min_size")
 
     def _side_loader(self, key: str) -> DataLoader:
-        """A side stream of training batches (:data:`SIDE_STREAMS`): every task batch comes with one batch of it
+        """A side stream of training batches (:mod:`zoo.data.side`): every task batch comes with one batch of it
         (``{"task": ..., key: ...}``, Lightning's ``CombinedLoader``: the task data sets the epoch, the side data
         cycles, reshuffled each pass), and the training module adds the model's loss for it times
-        ``data.{key}_weight`` (default 1). ``data.parallel``: parallel sentences for CCLM's ``parallel_text_losses``
-        (the official pre-training alternates the two kinds of batch; here both enter every step).
-        ``data.language``: language-only instruction data for MultiModal-GPT's ``language_losses`` (the official
-        loop: one language batch per visual batch, losses summed); ``data.language_batch_size`` sets the ratio of
-        language-only to visual examples (default 1 : 1, as official)."""
-        from zoo.data import collate as C  # noqa: PLC0415
-
+        ``data.{key}_weight`` (default 1); ``data.{key}_batch_size`` (default ``data.batch_size``) sets the ratio of
+        side to task examples. The stream's collator builds its batches."""
         c = self.cfg
         records = self._side_records(key)
         world, rank = self._world()
@@ -597,14 +628,7 @@ class TaskDataModule(L.LightningDataModule):
         if -(-len(records) // world) < size:
             raise ConfigError(f"{len(records)} records in data.{key}: fewer than one batch of {size} per process",
                               f"data.{key}_batch_size")
-        if key == "parallel":
-            mlm = getattr(self.tokenizer, "mask_token_id", None) is not None
-            collate: Callable = C.ParallelTextCollator(self.tokenizer, c["max_tokens"], mlm=mlm)
-        else:
-            if not hasattr(self._model, "encode_language"):
-                raise ConfigError(f"{type(self._model).__name__} has no encode_language(): it cannot read "
-                                  "data.language", "data.language")
-            collate = self._model.encode_language
+        collate = side_stream(key).collator(self._model, self.tokenizer, c)
         sampler = DistributedSampler(records, num_replicas=world, rank=rank, shuffle=True, seed=c["seed"],
                                      drop_last=True)
         return _CyclingLoader(records, batch_size=size, sampler=sampler, collate_fn=collate, drop_last=True,
@@ -695,8 +719,7 @@ class TaskDataModule(L.LightningDataModule):
         counted)."""
         if key not in self._side:
             skipped: list[tuple[str, int, str]] | None = [] if self.cfg["on_bad_sample"] == "skip" else None
-            reader = read_parallel if key == "parallel" else read_instructions
-            self._side[key] = reader(self.cfg[key], skipped=skipped)
+            self._side[key] = side_stream(key).read(self.cfg[key], skipped=skipped)
             self._side_skipped[key] = skipped or []
         return self._side[key]
 
@@ -734,9 +757,8 @@ class TaskDataModule(L.LightningDataModule):
                 report.records[key] = len(self._datasets[key])
                 report.media[key] = self._checked[key]
             if split == "train":
-                for side in SIDE_STREAMS:
-                    if self.cfg.get(side):
-                        report.records[side] = len(self._side_records(side))
+                for side in self._side_keys():
+                    report.records[side] = len(self._side_records(side))
         report.skipped = {k: v for k, v in self.skipped_counts(batches=False).items()
                           if k in report.records}
         return report
@@ -792,7 +814,7 @@ class TaskDataModule(L.LightningDataModule):
         lines = []
         counts = self.skipped_counts()
         sources = {key: (ds, skipped) for key, ds, skipped in self._skip_sources()}
-        for key in sorted(set(counts) | set(sources), key=lambda k: (_SPLIT_ORDER.get(k.split("/")[0], 9), k)):
+        for key in sorted(set(counts) | set(sources), key=lambda k: (_SPLIT_ORDER.get(k.split("/")[0], 1), k)):
             ds, skipped = sources.get(key, (None, []))
             malformed = int(getattr(ds, "num_malformed", 0)) if ds is not None else len(skipped)
             media = int(getattr(ds, "num_bad_media", 0)) if ds is not None else 0
@@ -812,7 +834,7 @@ class TaskDataModule(L.LightningDataModule):
         return "\n".join(lines) if lines else "no samples skipped"
 
 
-_SPLIT_ORDER = {"train": 0, "parallel": 1, "language": 2, "val": 3, "test": 4}
+_SPLIT_ORDER = {"train": 0, "val": 2, "test": 3}  # side streams (1) between training and evaluation
 
 
 class DataReport:
@@ -931,72 +953,6 @@ class _WithTranslation(_DatasetView):
         item = dict(item)
         item["caption_2"] = pre_caption(text, self.dataset.max_words) if getattr(self.dataset, "clean", True) else text
         return item
-
-
-def _side_problem(rec: Any, keys: Sequence[str], expected: str) -> str | None:
-    """The problem of a side-stream record whose ``keys`` must hold text (an empty string allowed): ``expected``
-    (what the record should be) with the kind of what is wrong, or the first text that is not valid Unicode."""
-    from zoo.data.datasets import _Problem, _text_problem  # noqa: PLC0415
-
-    if not isinstance(rec, Mapping):
-        return _Problem(expected, "not an object")
-    for key in keys:
-        if not isinstance(rec.get(key), str):
-            return _Problem(expected, "missing key" if rec.get(key) is None else "wrong type")
-    return next((p for p in (_text_problem(k, rec[k]) for k in keys) if p), None)
-
-
-def _read_side(files: str | Sequence[str], problem: Callable[[Any], str | None],
-               skipped: list[tuple[str, int, str]] | None) -> list[tuple[str, int, Any]]:
-    from zoo.data.datasets import DataError, read_annotations  # noqa: PLC0415
-
-    out = []
-    for file, idx, rec in read_annotations([files] if isinstance(files, str) else list(files)):
-        reason = problem(rec)
-        if reason is None:
-            out.append((file, idx, rec))
-        elif skipped is None:
-            raise DataError(file, idx, reason)
-        else:
-            skipped.append((file, idx, reason))
-    return out
-
-
-def read_instructions(files: str | Sequence[str], skipped: list[tuple[str, int, str]] | None = None
-                      ) -> list[dict[str, str]]:
-    """Language-only instruction records of JSON list files in the Alpaca (``instruction``, ``input``, ``output``) or
-    Dolly (``instruction``, ``context``, ``response``) layout → ``{instruction, input, output}``; a record without an
-    instruction and an answer string (or with text that is not valid Unicode) is an error naming the file and record,
-    or, given a ``skipped`` list, left out and appended to it as ``(file, index, problem)``."""
-    expected = ("expected an object with strings 'instruction' and 'output' (Alpaca) or 'response' (Dolly), and "
-                "optionally 'input' / 'context'")
-
-    def fields(rec: Mapping) -> tuple[Any, Any]:
-        return rec.get("output", rec.get("response")), rec.get("input", rec.get("context"))
-
-    def problem(rec: Any) -> str | None:
-        if isinstance(rec, Mapping):
-            answer, extra = fields(rec)
-            view = {"instruction": rec.get("instruction"), "output": answer, "input": "" if extra is None else extra}
-        else:
-            view = rec
-        return _side_problem(view, ("instruction", "output", "input"), expected)
-
-    out = []
-    for _, _, rec in _read_side(files, problem, skipped):
-        answer, extra = fields(rec)
-        out.append({"instruction": rec["instruction"], "input": extra or "", "output": answer})
-    return out
-
-
-def read_parallel(files: str | Sequence[str], skipped: list[tuple[str, int, str]] | None = None
-                  ) -> list[dict[str, str]]:
-    """Parallel-sentence records ``{text, text_2, ...}`` of JSON list files (the shapes ``parallel_{train,val}.json``),
-    for :class:`zoo.data.collate.ParallelTextCollator`; a record without two strings (or with text that is not valid
-    Unicode) is an error naming the file and record, or, given a ``skipped`` list, left out and appended to it."""
-    expected = "expected an object with strings 'text' and 'text_2' (a sentence and its translation)"
-    return [dict(rec) for _, _, rec in _read_side(files, lambda r: _side_problem(r, ("text", "text_2"), expected),
-                                                  skipped)]
 
 
 def _vocab_rows(text: Any) -> int:

@@ -122,17 +122,17 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         side = {}
-        if "task" in batch:  # side streams (data.parallel, data.language): one of their batches with each task batch
+        if "task" in batch:  # side streams (zoo.data.side): one of their batches with each task batch
             side = {k: v for k, v in batch.items() if k != "task"}
             batch = batch["task"]
         self.skipped += int(batch.get("num_skipped", 0) or 0)
         losses = self(batch)
         if side:
-            from zoo.train.data import SIDE_STREAMS  # noqa: PLC0415
+            from zoo.data.side import side_stream  # noqa: PLC0415
 
             cfg = self.trainer.datamodule.cfg
             for key, side_batch in side.items():
-                extra = getattr(self.model, SIDE_STREAMS[key][0])(side_batch)
+                extra = getattr(self.model, side_stream(key).loss_method)(side_batch)
                 weight = 1.0 if cfg.get(f"{key}_weight") is None else float(cfg[f"{key}_weight"])
                 losses = {**losses, **{f"{key}_{k}": v for k, v in extra.items()},
                           "loss": losses["loss"] + weight * extra["loss"]}

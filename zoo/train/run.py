@@ -79,7 +79,7 @@ def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> 
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"expected one of {', '.join(tasks)}, got {cfg.get('task')!r}{hint}", "task", path)
     if not isinstance(cfg.get("model"), Mapping) or "name" not in cfg["model"]:
-        raise ConfigError("missing model.name (a registered model, e.g. x2vlm-tiny)", "model", path)
+        raise ConfigError("missing model.name (a registered model: mmzoo list shows them)", "model", path)
     name = cfg["model"]["name"]
     if isinstance(name, str) and name.endswith((".yaml", ".yml")) and not os.path.isabs(name) \
             and not os.path.isfile(name) and (Path(path).parent / name).is_file():
@@ -347,8 +347,9 @@ def _datamodule(task: str, cfg: Mapping[str, Any], model, tokenizer):
     from zoo.train.data import TaskDataModule  # noqa: PLC0415
 
     vqa_mode = "generative" if getattr(model, "generative_vqa", True) else "classifier"
+    preprocess = model.preprocess_config() if callable(getattr(model, "preprocess_config", None)) else None
     dm = TaskDataModule(task, resolve_data(cfg.get("data") or {}), tokenizer, vqa_mode=vqa_mode,
-                        image_size=input_resolution(model))
+                        image_size=input_resolution(model), preprocess=preprocess)
     dm.task_spec.check_model(model, dm, cfg.get("_file"))
     return dm
 

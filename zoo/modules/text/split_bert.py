@@ -194,7 +194,7 @@ class SplitBert(nn.Module):
         if bad:
             raise ConfigError(
                 f"pretrained={path!r} has {available} layers but layers {', '.join(f'{i} <- {s}' for i, s in bad)} "
-                "would come from layers it lacks; set init_fusion_from (X²-VLM: 6) or layer_map (-1 = keep random)"
+                "would come from layers it lacks; set init_fusion_from (a layer it has) or layer_map (-1 = keep random)"
             )
         self.load_report = load_bert_layers(
             self, state, source=path, prefix=prefix, layer_sources=sources, extra=("embeddings.",)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import open_clip
 import torch
@@ -89,6 +89,8 @@ class OpenCLIPVisionEncoder(nn.Module):
         finally:
             root.removeFilter(_drop_random_init_notice)
         visual = clip.visual
+        # the tower's preprocessing as open_clip configures it (mean, std, interpolation, resize mode)
+        self._preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(clip))
         if not isinstance(visual, VisionTransformer):
             raise ConfigError(
                 f"open_clip model {model_name!r} has a {type(visual).__name__} image tower; this encoder supports ViT "
@@ -109,6 +111,17 @@ class OpenCLIPVisionEncoder(nn.Module):
         self.image_size = int(visual.image_size[0])
         if pretrained is not None:
             self.load_pretrained(pretrained)
+
+    def preprocess_defaults(self) -> dict[str, Any]:
+        """open_clip's preprocessing of this tower (``get_model_preprocess_cfg``): mean, std, interpolation and
+        resize mode (``shortest``: shorter side to the size, then centre crop; ``squash``)."""
+        cfg = self._preprocess_cfg
+        out = {k: tuple(cfg[k]) for k in ("mean", "std") if cfg.get(k) is not None}
+        if cfg.get("interpolation") in ("bicubic", "bilinear", "nearest", "lanczos"):
+            out["interpolation"] = cfg["interpolation"]
+        if cfg.get("resize_mode") in ("squash", "shortest"):
+            out["resize_mode"] = cfg["resize_mode"]
+        return out
 
     def forward(self, images: Tensor, output_hidden_states: bool = False) -> EncoderOutput:
         """``images`` (B, C, H, W) -> tokens (B, P or 1 + P, width), pooled (B, width) (pre-projection class token)."""

@@ -159,6 +159,15 @@ class TimmEncoder(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
 
+    def preprocess_defaults(self) -> dict[str, Any]:
+        """The timm model's own normalisation and interpolation (its ``pretrained_cfg``), for
+        :meth:`zoo.models.base.ZooModel.preprocess_config`."""
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        out = {k: tuple(cfg[k]) for k in ("mean", "std") if cfg.get(k) is not None}
+        if cfg.get("interpolation") in ("bicubic", "bilinear", "nearest", "lanczos"):
+            out["interpolation"] = cfg["interpolation"]
+        return out
+
     def export_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write the timm model's weights as ``directory/model.safetensors`` in timm's layout (what ``pretrained``
         loads; no classifier: the encoder is built with ``num_classes=0``). Returns the file."""

@@ -115,6 +115,11 @@ class VideoEncoder(nn.Module):
             self.register_parameter("absolute_frame_pos_embed", None)
         self.temporal = TemporalAttentionLayer(width, num_heads) if combine == "temporal_attention" else None
 
+    def preprocess_defaults(self) -> dict | None:
+        """The frame encoder's own preprocessing (every frame goes through it)."""
+        own = getattr(self.image_encoder, "preprocess_defaults", None)
+        return own() if callable(own) else None
+
     def forward(self, frames: Tensor, output_hidden_states: bool = False) -> EncoderOutput:
         """``frames`` (B, T, C, H, W) -> tokens (B, P, D), pooled (B, D)."""
         if frames.dim() != 5:

@@ -5,7 +5,7 @@ Facts from the official code (shizhediao/DaVinci @283ea6f: models/davinci_pretra
 ``BertModelImage`` for the encoder, models/bert.py ``BertLMHeadModel`` for the decoder, models/resnet.py
 ``resnet101emb``, Pretrain.py, configs/config_bert.json, configs/{Pretrain,VQA,gen_coco,VE,NLVR,image_sampling}.yaml):
 
-- vision (``vision``, :mod:`zoo.modules.vision.resnet_grid`): ResNet-101 through ``layer3``, CLS token and learned
+- vision (``vision``, :mod:`zoo.models.davinci.resnet_grid`): ResNet-101 through ``layer3``, CLS token and learned
   position embedding → ``(B, 1 + N, 1024)``; ``vision_proj`` Linear(1024 → 768) to the encoder width.
 - encoder (``text``, :class:`DaVinciEncoder`, official ``encoder``): BERT embeddings over the *text* only (word +
   position 0.. + token type 0, LayerNorm, dropout; vocabulary 30522 text + 1024 visual = 31546; 257 positions), then
@@ -41,7 +41,7 @@ Facts from the official code (shizhediao/DaVinci @283ea6f: models/davinci_pretra
   top-p 0.9), decoded to pixels by the VQGAN.
 
 Reused: timm (the ResNet), transformers (BERT embeddings, LM head, top-k / top-p warpers), diffusers (the VQGAN, see
-:mod:`zoo.modules.image_tokenizer`), :class:`zoo.modules.layers.TransformerLayer` and the attention op (the bias goes in
+:mod:`zoo.models.davinci.vqgan`), :class:`zoo.modules.layers.TransformerLayer` and the attention op (the bias goes in
 as its additive ``bias``), :class:`zoo.heads.vqa.GenerativeVQAHead` (decoder, answer loss, ranking) and
 :func:`zoo.generation.beam_search`. Hand-written: the bias table lookup, the objectives' batching, the converter.
 
@@ -55,7 +55,7 @@ as the official ``generate`` call does.
 
 Keys: ``vision.trunk.*`` / ``vision.{cls_token,pos_embed}``, ``vision_proj.*``, ``text.{embeddings,encoder.layer.N}.*``,
 ``text_decoder.decoder.bert.*``, ``text_decoder.cls.*``, optional ``image_tokenizer.vq.*`` (diffusers names),
-``ve_head.*``, ``nlvr_head.*``; :func:`convert_official_state_dict` maps the official names.
+``ve_head.*``, ``nlvr_head.*``; :func:`zoo.models.davinci.convert.convert_official_state_dict` maps the official names.
 """
 
 from __future__ import annotations
@@ -68,8 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.hub import WeightsError, convert_keys, rename_by_rules
-from zoo.models.base import ZooModel
+from zoo.models.base import CLIP_PREPROCESS, ZooModel
 from zoo.modules.layers import LayerStack, TransformerLayer, init_bert_weights
 from zoo.modules.outputs import EncoderOutput
 from zoo.registry import MODELS, TEXT_ENCODERS
@@ -82,9 +81,6 @@ __all__ = [
     "official_tokenize",
     "pretrain_batch_inputs",
     "pretrain_text_inputs",
-    "convert_official_state_dict",
-    "convert_official_checkpoint",
-    "OFFICIAL_DROPPED",
 ]
 
 _IGNORE = -100
@@ -154,18 +150,17 @@ def pretrain_text_inputs(
 
 
 def pretrain_batch_inputs(tokenizer: Any, captions: Sequence[str], images: Tensor, *, rng: random.Random,
-                          max_tokens: int = 30, codes: bool = False) -> dict[str, Tensor]:
+                          max_tokens: int = 30, codes: bool = False, mean: Sequence[float] = CLIP_PREPROCESS["mean"],
+                          std: Sequence[float] = CLIP_PREPROCESS["std"]) -> dict[str, Tensor]:
     """What ``mmzoo train``'s pre-training batches add for DaVinci (:attr:`DaVinci.pretrain_inputs`): the caption
     splits of :func:`pretrain_text_inputs` and, with ``codes`` (a model with an image tokenizer), ``code_images``: the
-    batch's images back in [0, 1] (the data transform's CLIP normalisation undone), which the image tokenizer turns
-    into the codes image modelling predicts."""
-    from zoo.data.transforms import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
-
+    batch's images back in [0, 1] (the data transform's normalisation by ``mean`` / ``std``, the model's, undone),
+    which the image tokenizer turns into the codes image modelling predicts."""
     out = pretrain_text_inputs(tokenizer, captions, rng=rng, max_tokens=max_tokens)
     if codes:
-        mean = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        std = images.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-        out["code_images"] = (images * std + mean).clamp(0.0, 1.0)
+        m = images.new_tensor(tuple(mean)).view(1, 3, 1, 1)
+        s = images.new_tensor(tuple(std)).view(1, 3, 1, 1)
+        out["code_images"] = (images * s + m).clamp(0.0, 1.0)
     return out
 
 
@@ -352,6 +347,8 @@ class DaVinci(ZooModel):
     # the class order of the official SNLI-VE data (DaVinci ``dataset/ve_dataset.py``, ``labels``)
     ve_labels = ("contradiction", "neutral", "entailment")
     # VQA and captioning decode with the shared decoder; VE and NLVR need their MLP heads built
+    #: the official recipe: CLIP's mean / std, bicubic square resize (DaVinci ``dataset/__init__.py``)
+    preprocess_defaults = CLIP_PREPROCESS
     task_heads = {"vqa": (), "captioning": (), "ve": ("ve_head",), "nlvr": ("nlvr_head",), "pretrain": ()}
 
     def __init__(
@@ -433,7 +430,9 @@ class DaVinci(ZooModel):
         """DaVinci checkpoints (shizhediao/DaVinci), with or without the VQGAN.
 
         The task (VE, NLVR; else the shared-decoder model) and resolution are told from the keys and shapes
-        (``model`` / ``task`` name them instead); see :func:`convert_official_checkpoint`."""
+        (``model`` / ``task`` name them instead); see :func:`zoo.models.davinci.convert.convert_official_checkpoint`."""
+        from zoo.models.davinci.convert import convert_official_checkpoint  # noqa: PLC0415
+
         return convert_official_checkpoint(checkpoint, out_dir, model=model, task=task)
 
     # -- structure ---------------------------------------------------------------------------------------------------
@@ -577,7 +576,9 @@ class DaVinci(ZooModel):
         (:func:`pretrain_batch_inputs`; a picklable function, as data-loader workers need)."""
         import functools  # noqa: PLC0415
 
-        return functools.partial(pretrain_batch_inputs, codes=self.image_tokenizer is not None)
+        pre = self.preprocess_config()
+        return functools.partial(pretrain_batch_inputs, codes=self.image_tokenizer is not None, mean=pre.mean,
+                                 std=pre.std)
 
     def pretrain_losses(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """The official pre-training step on whatever the batch holds:
@@ -803,104 +804,3 @@ class DaVinci(ZooModel):
         codes = self.generate_codes(ids.to(device), mask.to(device), self.image_tokenizer.grid, top_k=top_k,
                                     top_p=top_p, temperature=temperature, generator=generator)
         return self.image_tokenizer.decode_codes(codes)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# official checkpoint conversion
-# ---------------------------------------------------------------------------------------------------------------------
-#: official keys that are dropped on purpose: the relative-position index buffers (recomputed from the grid) and the
-#: VQGAN's training-only loss networks
-OFFICIAL_DROPPED: tuple[str, ...] = (r"\.relative_index$", r"^d_vae\.model\.loss\.")
-
-# (official pattern, our replacement); first match wins
-_RULES: tuple[tuple[str, str], ...] = (
-    (r"^visual_encoder\.(cls_token|pos_embed)$", r"vision.\1"),
-    (r"^visual_encoder\.", "vision.trunk."),
-    (r"^vision_proj\.", "vision_proj."),
-    (r"^encoder\.embeddings\.", "text.embeddings."),
-    (r"^encoder\.encoder\.layer\.", "text.encoder.layer."),
-    (r"^text_decoder\.bert\.", "text_decoder.decoder.bert."),
-    (r"^text_decoder\.cls\.", "text_decoder.cls."),
-)
-
-
-def convert_official_state_dict(
-    state_dict: Mapping[str, Tensor], *, vision_grid: tuple[int, int] | None = None,
-    image_tokenizer_levels: int | None = None,
-) -> tuple[dict[str, Tensor], list[str]]:
-    """Map an official DaVinci state dict (pre-training, or a fine-tuned wrapper holding it under ``davinci.`` with a
-    ``cls_head``) onto this model's names.
-
-    - ``visual_encoder.*`` → ``vision.trunk.*`` (``cls_token``, ``pos_embed`` → ``vision.*``); with ``vision_grid``
-      the position table is resized to that grid (official ``interpolate_pos_embed``);
-    - ``encoder.*`` → ``text.*``; ``text_decoder.bert.*`` → ``text_decoder.decoder.bert.*``; ``text_decoder.cls.*`` →
-      ``text_decoder.cls.*``; ``vision_proj.*`` unchanged;
-    - ``cls_head.*`` → ``ve_head.*`` (3 classes) or ``nlvr_head.*`` (2 classes, input 2·width);
-    - ``d_vae.model.*`` → ``image_tokenizer.vq.*`` through :func:`zoo.modules.image_tokenizer.convert_taming_state_dict`
-      (``loss.*`` dropped).
-
-    Returns (converted state dict, dropped official keys); unknown keys raise :class:`~zoo.hub.WeightsError`.
-    """
-    state = dict(state_dict)
-    if state and all(k.startswith("davinci.") or k.startswith("cls_head.") for k in state):
-        state = {(k[len("davinci."):] if k.startswith("davinci.") else k): v for k, v in state.items()}
-    out_features = state.get("cls_head.2.weight")
-    head = "nlvr_head." if out_features is not None and out_features.shape[0] == 2 else "ve_head."
-
-    def rename(key: str, value: Tensor) -> tuple[str, Tensor] | None:
-        if key.startswith("d_vae.model."):  # kept as is here, converted by the taming converter below
-            return key, value
-        if key.startswith("cls_head."):
-            return head + key[len("cls_head."):], value
-        new = rename_by_rules(key, _RULES)
-        return None if new is None else (new, value)
-
-    out, dropped = convert_keys(state, rename, OFFICIAL_DROPPED, "DaVinci")
-    vae = {k[len("d_vae.model."):]: out.pop(k) for k in [k for k in out if k.startswith("d_vae.model.")]}
-    if vae:
-        from zoo.modules.image_tokenizer import convert_taming_state_dict  # noqa: PLC0415
-
-        converted, vae_dropped = convert_taming_state_dict(vae, image_tokenizer_levels)
-        out.update({"image_tokenizer.vq." + k: v for k, v in converted.items()})
-        dropped += ["d_vae.model." + k for k in vae_dropped]
-    if vision_grid is not None and "vision.pos_embed" in out:
-        from zoo.modules.vision.resnet_grid import resize_pos_embed  # noqa: PLC0415
-
-        out["vision.pos_embed"] = resize_pos_embed(out["vision.pos_embed"], tuple(vision_grid))
-    return out, dropped
-
-
-def describe_official_checkpoint(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Registered model, task and resolution of an official DaVinci state dict."""
-    keys = {k[len("davinci."):] if k.startswith("davinci.") else k: v for k, v in state_dict.items()}
-    if "visual_encoder.pos_embed" not in keys:
-        raise WeightsError("not an official DaVinci checkpoint: no 'visual_encoder.pos_embed' key")
-    side = int(round((keys["visual_encoder.pos_embed"].shape[1] - 1) ** 0.5))
-    task = None
-    if "cls_head.2.weight" in keys:
-        task = "nlvr" if keys["cls_head.2.weight"].shape[0] == 2 else "ve"
-    return {"model": "davinci-base", "task": task, "image_size": side * 16,
-            "image_tokenizer": any(k.startswith("d_vae.model.") for k in keys)}
-
-
-def convert_official_checkpoint(checkpoint: str, out_dir: str, model: str | None = None,
-                                task: str | None = None) -> dict[str, Any]:
-    """Read an official checkpoint (``torch.load(weights_only=True)``), convert it, build the registered model at the
-    checkpoint's resolution, load strictly and write a ``save_pretrained`` export to ``out_dir``."""
-    from zoo.factory import create_model  # noqa: PLC0415
-    from zoo.hub import load_state_dict, load_weights  # noqa: PLC0415
-
-    official = load_state_dict(checkpoint)
-    info = describe_official_checkpoint(official)
-    name = model or info["model"]
-    task = task if task is not None else info["task"]
-    converted, dropped = convert_official_state_dict(official)
-    overrides: dict[str, Any] = {"vision.img_size": info["image_size"]}
-    net = create_model(name, task=task, **overrides)
-    if not info["image_tokenizer"]:
-        net.image_tokenizer = None  # the checkpoint carries no VQGAN: the export holds none
-        if isinstance(net.zoo_config, dict):
-            net.zoo_config["model"]["image_tokenizer"] = None
-    load_weights(net, converted, what=f"{checkpoint} (converted)")
-    net.save_pretrained(out_dir)
-    return {**info, "model": name, "task": task, "dropped": dropped, "tensors": len(converted)}

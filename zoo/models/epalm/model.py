@@ -17,7 +17,7 @@ Follows the official code (mshukor/eP-ALM @9ecfeb9: ``models/epalm.py``, ``model
   optional reparameterisation ``Embedding → Linear → Tanh → Linear`` (official ``InputPrompts``, ``mlp=True`` by
   default; width = the LM's word-embedding width). Keys ``prompt_module.prefix_embedding.*`` as official.
 - everything but the connectors and the prompt is frozen (official checkpoints hold only ``connector.*`` and
-  ``prompt_module.*``; :func:`convert_official_state_dict` maps them to these names).
+  ``prompt_module.*``; :func:`zoo.models.epalm.convert.convert_official_state_dict` maps them to these names).
 - VQA as generation: ``question + '?' + '</a>' + answer + eos`` (``</a>`` added to the tokenizer); the answer is
   sampled per question with probability ∝ its score (official ``dataset/vqa.py``); evaluation generates
   (``num_beams`` 3 official) and keeps the text before the next ``</a>`` / eos.
@@ -48,14 +48,15 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from zoo.data.collate import batch_answers, batch_questions, decode_texts
-from zoo.models.base import ZooModel
+from zoo.data.collate import decode_texts
+from zoo.models.base import CLIP_PREPROCESS, ZooModel
 from zoo.modules.adapters.linear import LinearAdapter
 from zoo.modules.lm.causal_lm import Injection
+from zoo.modules.lm.processing import TextBatchProcessor, batch_text_answers
 from zoo.registry import MODELS
 from zoo.spec import ConfigError, Part
 
-__all__ = ["EPALM", "PromptModule", "convert_official_state_dict"]
+__all__ = ["EPALM", "PromptModule"]
 
 
 class PromptModule(nn.Module):
@@ -108,6 +109,9 @@ class EPALM(ZooModel):
     generative_vqa = True  # VQA batches carry answer ids (the training module's generative path)
     open_ended_vqa = True  # answers are generated: the answer list the training module passes is not used
     causal_captioning = True  # captioning batches need raw captions, no [MASK] inputs (CaptionTrainCollator)
+    processor_class = TextBatchProcessor  # text batches: questions, answers and captions as strings
+    #: the official recipe: CLIP's mean / std, bicubic square resize (eP-ALM ``dataset/__init__.py``)
+    preprocess_defaults = CLIP_PREPROCESS
     task_heads = {"vqa": (), "captioning": ()}  # the language model answers and captions
 
     def __init__(
@@ -296,22 +300,10 @@ class EPALM(ZooModel):
         return per_sample.sum() / images.shape[0] * self.loss_weight
 
     # -- VQA -----------------------------------------------------------------------------------------------------
-    def _questions(self, batch: Mapping[str, Any]) -> list[str]:
-        return batch_questions(batch, self._decode_batch)
-
     def vqa_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """VQA loss on ``images``, ``question_ids`` / ``question_mask`` (or raw ``questions``) and the answers:
-        raw ``answers`` (one string per question, or a list per question) when the batch has them, else the
-        collator's ``answer_ids`` / ``answer_mask`` / ``weights`` / ``answers_per_question`` decoded with the
-        tokenizer."""
-        questions = self._questions(batch)
-        if batch.get("answers") is not None and all(isinstance(a, str) for a in batch["answers"]):
-            per_q = [[a] for a in batch["answers"]]
-            weights = [[1.0] for _ in per_q]
-        else:
-            per_q, weights = batch_answers(batch, self._decode_batch, "eP-ALM vqa_loss")
-        if len(per_q) != len(questions):
-            raise ValueError(f"{len(questions)} questions but answers for {len(per_q)}")
+        """VQA loss on a text batch (:class:`zoo.modules.lm.processing.TextVQACollator`): ``images``, ``questions``
+        and ``answers`` (one string per question, or its distinct answers) with their ``weights``."""
+        questions, per_q, weights = batch_text_answers(batch, "eP-ALM vqa_loss")
         label_all = self.vqa_loss_on == "text"
         if self.answer_sampling == "sample":
             chosen = []
@@ -331,14 +323,18 @@ class EPALM(ZooModel):
         return {"loss": loss}
 
     @torch.no_grad()
-    def vqa_predict(self, images: Tensor, question_ids: Tensor, question_mask: Tensor | None = None,
+    def vqa_predict(self, images: Tensor, question_ids: Tensor | None = None, question_mask: Tensor | None = None,
                     answer_ids: Tensor | None = None, answer_mask: Tensor | None = None, k: int | None = None,
                     answers: list[str] | None = None, *, questions: Sequence[str] | None = None,
                     num_beams: int | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
         """Open-ended answers by generation (``num_beams`` default 3): ``{"answer": [str], "prob": (B,)}`` where
-        ``prob`` is the probability of the generated answer tokens. ``answer_ids`` / ``answer_mask`` / ``k`` /
-        ``answers`` (an answer list to rank) are accepted for the training module's generative-VQA call and unused."""
+        ``prob`` is the probability of the generated answer tokens. The ``questions`` are text (what the training
+        module passes); ``question_ids`` / ``question_mask`` made with this model's tokenizer are decoded instead when
+        no text is given. ``answer_ids`` / ``answer_mask`` / ``k`` / ``answers`` (an answer list to rank) are
+        accepted for a generative-VQA call and unused."""
         if questions is None:
+            if question_ids is None:
+                raise ValueError("eP-ALM vqa_predict needs the questions (text) or their ids")
             questions = self._decode_batch(question_ids, question_mask)
         ids, mask, _ = self.encode_texts([self._vqa_prompt(q) for q in questions], eos=False)
         return self._generate_text(images, ids, mask, num_beams, max_new_tokens or self.max_answer_tokens)
@@ -389,28 +385,3 @@ class EPALM(ZooModel):
         ids, mask, _ = self.encode_texts(before, eos=False)
         out = self._generate_text(images, ids, mask, num_beams, max_length or self.max_caption_tokens, min_length)
         return out["answer"]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# official checkpoints
-# ---------------------------------------------------------------------------------------------------------------------
-_CONNECTOR = re.compile(r"^connector\.(\d+)\.(weight|bias)$")
-
-
-def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """An official eP-ALM checkpoint (``connector.{i}.{weight,bias}``, ``prompt_module.prefix_embedding.*``; frozen
-    parts are not in it) → this model's names (``connector.{i}.proj.*``; prompt keys unchanged). Other keys raise."""
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("module."):
-            key = key[len("module."):]
-        m = _CONNECTOR.match(key)
-        if m:
-            out[f"connector.{m.group(1)}.proj.{m.group(2)}"] = value
-        elif key.startswith("prompt_module.prefix_embedding."):
-            out[key] = value
-        else:
-            from zoo.hub import WeightsError  # noqa: PLC0415
-
-            raise WeightsError(f"official eP-ALM checkpoint key {key!r} is not a connector or prompt tensor")
-    return out

@@ -17,14 +17,16 @@ Follows the official code (open-mmlab/Multimodal-GPT @9c73e47, ``mmgpt/datasets/
   blank line) ``+ "\\n\\n### Image:\\n<image>" + "\\n\\n### Instruction:\\n" + q1 + "\\n\\n### Response:\\n" + a1 +
   ... + "\\n\\n### Response:\\n"``;
 - mixing: the official loop takes one language-only batch after every visual batch (the loss is their sum). ``mmzoo
-  train`` does that with ``data.language`` (a side stream of the training data module, see
-  :mod:`zoo.train.data`); for a loop of one's own, :class:`MixedInstructionDataset` draws each example from the
-  language-only data with probability ``language_ratio`` (0.5 is the official 1 : 1), seeded.
+  train`` does that with ``data.language`` (the side stream :class:`LanguageInstructions`, read by
+  :func:`read_instructions`, see :mod:`zoo.data.side`); for a loop of one's own, :class:`MixedInstructionDataset`
+  draws each example from the language-only data with probability ``language_ratio`` (0.5 is the official 1 : 1),
+  seeded.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -32,16 +34,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from zoo.data.side import SideStream, Skipped, read_side_records, side_record_problem
+from zoo.registry import SIDE_STREAMS
+
 __all__ = [
     "IMAGE_TOKEN",
     "END_OF_CHUNK",
     "PAD_TOKEN",
     "PREAMBLE",
     "InstructionCollator",
+    "LanguageInstructions",
     "MixedInstructionDataset",
     "chat_prompt",
     "encode_instruction",
     "instruction_prompt",
+    "read_instructions",
 ]
 
 IMAGE_TOKEN = "<image>"
@@ -197,3 +204,48 @@ def language_ratio_of(dataset: MixedInstructionDataset) -> float:
 def masked_positions(labels: Tensor) -> Tensor:
     """Boolean (B, L): positions without a label."""
     return labels == -100
+
+
+def read_instructions(files: str | Sequence[str], skipped: Skipped | None = None) -> list[dict[str, str]]:
+    """Language-only instruction records of JSON list files in the Alpaca (``instruction``, ``input``, ``output``) or
+    Dolly (``instruction``, ``context``, ``response``) layout → ``{instruction, input, output}``; a record without an
+    instruction and an answer string (or with text that is not valid Unicode) is an error naming the file and record,
+    or, given a ``skipped`` list, left out and appended to it as ``(file, index, problem)``."""
+    expected = ("expected an object with strings 'instruction' and 'output' (Alpaca) or 'response' (Dolly), and "
+                "optionally 'input' / 'context'")
+
+    def fields(rec: Mapping) -> tuple[Any, Any]:
+        return rec.get("output", rec.get("response")), rec.get("input", rec.get("context"))
+
+    def problem(rec: Any) -> str | None:
+        if isinstance(rec, Mapping):
+            answer, extra = fields(rec)
+            view = {"instruction": rec.get("instruction"), "output": answer, "input": "" if extra is None else extra}
+        else:
+            view = rec
+        return side_record_problem(view, ("instruction", "output", "input"), expected)
+
+    out = []
+    for _, _, rec in read_side_records(files, problem, skipped):
+        answer, extra = fields(rec)
+        out.append({"instruction": rec["instruction"], "input": extra or "", "output": answer})
+    return out
+
+
+@SIDE_STREAMS.register("language")
+class LanguageInstructions(SideStream):
+    """``data.language``: language-only instruction data (Alpaca / Dolly) for models with a language-only loss; the
+    official loop takes one language batch per visual batch and sums the losses (``data.language_batch_size`` sets
+    the ratio of language-only to visual examples, default 1 : 1 as official)."""
+
+    loss_method = "language_losses"
+    what = "language-only instruction data (models with a language-only loss)"
+
+    @staticmethod
+    def read(files: str | Sequence[str], skipped: Skipped | None = None) -> list[dict[str, Any]]:
+        return read_instructions(files, skipped)
+
+    @staticmethod
+    def collator(model: Any, tokenizer: Any, cfg: Mapping[str, Any]) -> Callable[[list], Any]:
+        """The model's own template and tokenizer (``encode_language``)."""
+        return model.encode_language

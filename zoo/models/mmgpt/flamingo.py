@@ -1,4 +1,5 @@
-"""OpenFlamingo's fusion pieces, as MultiModal-GPT uses them: the perceiver resampler and the gated cross-attention block.
+"""OpenFlamingo's fusion pieces, as MultiModal-GPT uses them: the perceiver resampler and the gated cross-attention
+block.
 
 Follows the official code (open-mmlab/Multimodal-GPT @9c73e47, ``mmgpt/models/open_flamingo/helpers.py``, itself from
 lucidrains/flamingo-pytorch); module and parameter names are the official ones, so state-dict keys match

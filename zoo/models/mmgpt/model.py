@@ -7,9 +7,9 @@ flamingo_lm,helpers}.py``, ``configs/lora_config.py``, ``mmgpt/datasets/*``, ``a
 - vision: open_clip ViT-L/14 image tower (part ``open_clip``; ``visual(x)[1]``: the patch tokens), run without
   gradients; images ``(B, C, H, W)`` (one per sample) or ``(B, T, C, H, W)`` (T images: ``<image>`` number t uses
   image t).
-- perceiver resampler (:class:`zoo.modules.fusion.flamingo.PerceiverResampler`): depth 6, 64 latents, 8 heads × 64,
+- perceiver resampler (:class:`zoo.models.mmgpt.flamingo.PerceiverResampler`): depth 6, 64 latents, 8 heads × 64,
   FF mult 4, no media-time / frame embeddings (official ``PerceiverResampler(dim=vis_dim)``).
-- gated cross-attention blocks (:class:`~zoo.modules.fusion.flamingo.GatedCrossAttentionBlock`, 8 heads × 64, FF
+- gated cross-attention blocks (:class:`~zoo.models.mmgpt.flamingo.GatedCrossAttentionBlock`, 8 heads × 64, FF
   mult 4, tanh gates at 0) BEFORE decoder layers ``i`` with ``(i + 1) % 4 == 0`` (layers 3, 7, ..., 31), inserted into
   the LM part with :meth:`~zoo.modules.lm.causal_lm.HFCausalLM.insert_blocks` (keys ``lm.inserted.<i>.*``);
   ``media_locations = input_ids == <image>``. Language-only input (no images) skips the blocks (official
@@ -46,17 +46,24 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from zoo.data.instruction import (END_OF_CHUNK, IMAGE_TOKEN, PAD_TOKEN, chat_prompt, encode_instruction,
-                                  instruction_prompt)
-from zoo.data.collate import batch_answers, batch_questions, decode_texts
-from zoo.models.base import ZooModel
+from zoo.data.collate import decode_texts
+from zoo.models.base import CLIP_PREPROCESS, ZooModel
+from zoo.models.mmgpt.flamingo import GatedCrossAttentionBlock, PerceiverResampler
+from zoo.models.mmgpt.instruction import (
+    END_OF_CHUNK,
+    IMAGE_TOKEN,
+    PAD_TOKEN,
+    chat_prompt,
+    encode_instruction,
+    instruction_prompt,
+)
 from zoo.modules.adapters.lora import merge_lora
-from zoo.modules.fusion.flamingo import GatedCrossAttentionBlock, PerceiverResampler
 from zoo.modules.lm.causal_lm import left_pad
+from zoo.modules.lm.processing import TextBatchProcessor, batch_text_answers
 from zoo.registry import MODELS
 from zoo.spec import ConfigError, Part
 
-__all__ = ["MultiModalGPT", "OFFICIAL_LORA_TARGETS", "convert_official_state_dict", "merge_lora"]
+__all__ = ["MultiModalGPT", "OFFICIAL_LORA_TARGETS", "merge_lora"]
 
 OFFICIAL_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "to_q", "to_kv", "to_out", "ff.1", "ff.3"]
 
@@ -89,6 +96,10 @@ class MultiModalGPT(ZooModel):
 
     generative_vqa = True  # VQA batches carry answer ids (the training module's generative path)
     open_ended_vqa = True  # answers are generated
+    #: the official pipeline is open_clip's evaluation transform of its CLIP tower (``create_model_and_transforms``'s
+    #: image processor, for training too): CLIP's mean / std, bicubic, shorter side resized then centre-cropped
+    preprocess_defaults = {**CLIP_PREPROCESS, "resize_mode": "shortest"}
+    processor_class = TextBatchProcessor  # text batches: questions, answers and captions as strings
     task_heads = {"vqa": (), "captioning": ()}  # the language model answers and captions
 
     def __init__(
@@ -202,6 +213,7 @@ class MultiModalGPT(ZooModel):
         """Load the non-LoRA tensors of an OpenFlamingo / MultiModal-GPT checkpoint (strictly shaped, partial as the
         official ``strict=False``); returns its LoRA tensors (loaded once LoRA exists)."""
         from zoo.hub import load_state_dict, load_weights  # noqa: PLC0415
+        from zoo.models.mmgpt.convert import convert_official_state_dict  # noqa: PLC0415
 
         state = convert_official_state_dict(load_state_dict(path))
         lora = {k: v for k, v in state.items() if "lora_" in k}
@@ -260,7 +272,7 @@ class MultiModalGPT(ZooModel):
     def encode(self, turns_per_row: Sequence[Sequence[tuple[str, str | None]]], image: bool = True,
                eos: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """Rows of ``[(question, answer), ...]`` → right-padded ``(input_ids, attention_mask, labels)`` with the
-        official template and label masking (:func:`zoo.data.instruction.encode_instruction`); ``eos=False`` and
+        official template and label masking (:func:`zoo.models.mmgpt.instruction.encode_instruction`); ``eos=False`` and
         answer None give a generation prompt."""
         tok = self.tokenizer
         rows = [encode_instruction(tok, [(q, a or "") for q, a in turns], image=image, bos_id=self.lm.bos_token_id,
@@ -299,7 +311,7 @@ class MultiModalGPT(ZooModel):
     # -- instruction tuning --------------------------------------------------------------------------------------
     def instruction_loss(self, batch: Mapping[str, Any], language_batch: Mapping[str, Any] | None = None,
                          language_weight: float = 1.0) -> dict[str, Tensor]:
-        """Loss on an :class:`zoo.data.instruction.InstructionCollator` batch (``images`` optional); with a
+        """Loss on an :class:`zoo.models.mmgpt.instruction.InstructionCollator` batch (``images`` optional); with a
         ``language_batch`` (language-only) its loss is added × ``language_weight`` (the official loop: one language
         batch per visual batch, losses summed)."""
         out = self(batch.get("images"), batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -336,32 +348,12 @@ class MultiModalGPT(ZooModel):
         return {"loss": out.loss}
 
     # -- VQA -----------------------------------------------------------------------------------------------------
-    def _questions(self, batch: Mapping[str, Any]) -> list[str]:
-        return batch_questions(batch, self._decode_batch)
-
-    def _answers(self, batch: Mapping[str, Any], n: int) -> list[str]:
-        """One answer per question: the raw ``answers`` (a string, or the most frequent of a list: official
-        ``true_answer = answers[argmax(weights)]``), else the collator's answer ids decoded (highest weight)."""
-        raw = batch.get("answers")
-        if raw is not None:
-            out = []
-            for a in raw:
-                if isinstance(a, str):
-                    out.append(a)
-                else:
-                    a = list(a)
-                    out.append(max(a, key=a.count) if a else "")
-            return out
-        per_q, weights = batch_answers(batch, self._decode_batch, "MultiModal-GPT vqa_loss")
-        out = [a[max(range(len(a)), key=w.__getitem__)] if a else "" for a, w in zip(per_q, weights)]
-        if len(out) != n:
-            raise ValueError(f"{n} questions but answers for {len(out)}")
-        return out
-
     def vqa_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Instruction-template LM loss on the answer (+ eos) of each question (official ``VQADataset``)."""
-        questions = self._questions(batch)
-        answers = self._answers(batch, len(questions))
+        """Instruction-template LM loss on the answer (+ eos) of each question (official ``VQADataset``), on a text
+        batch (:class:`zoo.modules.lm.processing.TextVQACollator`): each question's answer of highest weight (the
+        official ``true_answer = answers[argmax(weights)]``; the first of equal ones)."""
+        questions, per_q, weights = batch_text_answers(batch, "MultiModal-GPT vqa_loss")
+        answers = [a[max(range(len(a)), key=w.__getitem__)] for a, w in zip(per_q, weights)]
         ids, mask, labels = self.encode([[(q, a)] for q, a in zip(questions, answers)])
         dev = batch["images"].device
         out = self(batch["images"], ids.to(dev), mask.to(dev), labels.to(dev))
@@ -372,9 +364,12 @@ class MultiModalGPT(ZooModel):
                     answer_ids: Tensor | None = None, answer_mask: Tensor | None = None, k: int | None = None,
                     answers: list[str] | None = None, *, questions: Sequence[str] | None = None,
                     num_beams: int | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
-        """Open-ended answers by generation: ``{"answer": [str]}``. ``answer_ids`` / ``k`` / ``answers`` are accepted
-        for the training module's generative-VQA call and unused."""
+        """Open-ended answers by generation: ``{"answer": [str]}``. The ``questions`` are text (what the training
+        module passes); ``question_ids`` / ``question_mask`` made with this model's tokenizer are decoded instead when
+        no text is given. ``answer_ids`` / ``k`` / ``answers`` are accepted for a generative-VQA call and unused."""
         if questions is None:
+            if question_ids is None:
+                raise ValueError("MultiModal-GPT vqa_predict needs the questions (text) or their ids")
             questions = self._decode_batch(question_ids, question_mask)
         ids, mask = self._prompt_ids([instruction_prompt(q) for q in questions])
         texts = self._generate_text(images, ids, mask, max_new_tokens or self.max_answer_tokens, num_beams)
@@ -443,50 +438,3 @@ def _pad(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[Tens
             labels[i, :len(lab)] = torch.tensor(lab, dtype=torch.long)
     labels[:, 0] = -100
     return ids, mask, labels
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# official checkpoints
-# ---------------------------------------------------------------------------------------------------------------------
-_RULES = [
-    (re.compile(r"^lang_encoder\.(?:base_model\.model\.)?gated_cross_attn_layers\.(\d+)\.(.+)$"), r"lm.inserted.\1.\2"),
-    (re.compile(r"^lang_encoder\.(?:base_model\.model\.)?model\.layers\.(\d+)\.gated_cross_attn_layer\.(.+)$"),
-     r"lm.inserted.\1.\2"),
-    (re.compile(r"^lang_encoder\.(?:base_model\.model\.)?model\.layers\.(\d+)\.decoder_layer\.(.+)$"),
-     r"lm.model.model.layers.\1.\2"),
-    (re.compile(r"^lang_encoder\.(?:base_model\.model\.)?(model\.(?:embed_tokens|norm)\..+|lm_head\..+)$"),
-     r"lm.model.\1"),
-    (re.compile(r"^perceiver\.(.+)$"), r"perceiver.\1"),
-    (re.compile(r"^vision_encoder\.(visual\..+)$"), r"vision.\1"),
-]
-
-
-def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """OpenFlamingo / MultiModal-GPT keys (``module.`` prefix allowed) → this model's: ``perceiver.*`` unchanged,
-    ``lang_encoder[.base_model.model].gated_cross_attn_layers.<i>.*`` and ``...model.layers.<i>.gated_cross_attn_layer
-    .*`` → ``lm.inserted.<i>.*``, ``...model.layers.<i>.decoder_layer.*`` → ``lm.model.model.layers.<i>.*``, embeddings
-    and ``lm_head`` → ``lm.model.*``, ``vision_encoder.visual.*`` → ``vision.visual.*``; peft's old LoRA names
-    ``lora_A.weight`` get the adapter name (``lora_A.default.weight``). Keys already in this model's names pass;
-    the CLIP text tower (``vision_encoder.*`` other than ``visual``) is dropped; others raise."""
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("module."):
-            key = key[len("module."):]
-        if key.startswith(("lm.", "vision.")) or key.startswith("perceiver."):
-            new = key
-        else:
-            new = None
-            for pattern, repl in _RULES:
-                if pattern.match(key):
-                    new = pattern.sub(repl, key)
-                    break
-            if new is None:
-                if key.startswith("vision_encoder."):
-                    continue
-                from zoo.hub import WeightsError  # noqa: PLC0415
-
-                raise WeightsError(f"official MultiModal-GPT key {key!r} has no place in this model")
-        new = re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", new)
-        out[new] = value
-    # one tensor reaches the blocks under two official names: keep one
-    return out
