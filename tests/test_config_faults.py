@@ -316,3 +316,39 @@ def test_the_case_table_is_large_and_names_distinct_keys():
     assert len(LOAD_CASES) + len(MODEL_CASES) >= 60
     keys = {c[1] for c in LOAD_CASES}
     assert len(keys) >= 40 and all(re.fullmatch(r"[a-z_]+(\.[a-z_]+)?", k) for k in keys)
+
+
+def test_a_model_file_without_task_variants_says_so(tmp_path):
+    """model.task naming a variant of a model file that declares none: the message lists '(none)'."""
+    model_file = tmp_path / "bare.yaml"
+    model_file.write_text("model:\n  type: x2vlm\n")
+    with pytest.raises(ConfigError) as info:
+        load_task_config(VQA, [f"model.name={model_file}", "model.task=vqa"])
+    assert info.value.path == "model.task" and info.value.file == VQA
+    assert info.value.message == f"{model_file} has no task variant 'vqa' Its variants: (none)"
+
+
+def test_a_model_built_without_the_task_head_names_the_config_file():
+    from zoo.factory import resolve_config
+    from zoo.train.run import _check_model_for_task
+
+    tree = resolve_config("x2vlm-tiny", "nlvr")["model"]
+    with pytest.raises(ConfigError) as info:
+        _check_model_for_task(tree, "vqa", {"name": "x2vlm-tiny", "task": "nlvr"}, VQA)
+    assert info.value.path == "model.task" and info.value.file == VQA
+    assert info.value.message == ("x2vlm-tiny built for task 'nlvr' has no vqa head (vqa not built): set model.task "
+                                  "to the variant that builds it (see `mmzoo info x2vlm-tiny`)")
+
+
+def test_train_prints_what_a_part_by_part_load_left_out(tmp_path, capsys):
+    """Weights of the NLVR variant loaded part by part into the VQA variant: train() says which parts are new and
+    which the file held for nothing (printed right after the build; the missing data folder stops it there)."""
+    source = tmp_path / "nlvr.pt"
+    cfg = load_task_config(VQA, [f"model.pretrained={source}", "model.pretrained_strict=false",
+                                 f"train.output_dir={tmp_path}", "train.name=run", f"data.root={tmp_path / 'no-data'}"])
+    shared = {k: v for k, v in cfg["model"]["overrides"].items() if not k.startswith("vqa.")}  # vision and text
+    torch.save(zoo.create_model("x2vlm-tiny", task="nlvr", **shared).state_dict(), source)
+    with pytest.raises(ConfigError) as info:
+        train(cfg)
+    assert info.value.path == "data.root"
+    assert f"initialised from {source} part by part: new vqa; left out of the file nlvr\n" in capsys.readouterr().out

@@ -622,7 +622,8 @@ def test_datamodule_config_errors(root, tok):
     from zoo.train.data import TaskDataModule
 
     base = {"root": str(root), "train": ["vqa_train.json"]}
-    with pytest.raises(ConfigError, match=r"data\.batchsize: unknown key; did you mean 'batch_size'"):
+    with pytest.raises(ConfigError, match=r"data\.batchsize: unknown key 'batchsize'; did you mean 'batch_size'\? "
+                                          r"Accepted: answer_list, batch_size, "):
         TaskDataModule("vqa", {**base, "batchsize": 4}, tok, image_size=SIZE)
     with pytest.raises(ConfigError, match=r"data\.train\[1\]: file not found: .*nope\.json"):
         TaskDataModule("vqa", {**base, "train": ["vqa_train.json", "nope.json"]}, tok, image_size=SIZE)
@@ -636,6 +637,51 @@ def test_datamodule_config_errors(root, tok):
         TaskDataModule("snli", base, tok, image_size=SIZE)
     with pytest.raises(ConfigError, match=r"data\.answer_list: generative VQA evaluation"):
         TaskDataModule("vqa", {"root": str(root), "val": "vqa_val.json"}, tok, image_size=SIZE)
+
+
+def test_lightning_stages_name_their_split():
+    """Lightning passes its stage enums (str subclasses whose str() is 'RunningStage.VALIDATING'): their value names
+    the split."""
+    from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+
+    from zoo.train.data import _split_of
+
+    assert [_split_of(s) for s in (RunningStage.TRAINING, RunningStage.SANITY_CHECKING, RunningStage.VALIDATING,
+                                   RunningStage.TESTING, RunningStage.PREDICTING)] == ["train", "val", "val", "test",
+                                                                                       "test"]
+    assert [_split_of(s) for s in (TrainerFn.FITTING, TrainerFn.VALIDATING, TrainerFn.TESTING)] == ["train", "val",
+                                                                                                   "test"]
+    assert _split_of("validation") == "val"
+    with pytest.raises(ValueError, match="stage 'tune': expected train, val"):
+        _split_of("tune")
+
+
+def test_data_paths_expand_variables_and_image_size_errors_name_the_key(root, tmp_path, monkeypatch):
+    """A file given as $VAR/... is read from the variable's folder, not the media root; a resolution that is not a
+    positive int (here the model's, data.image_size unset) is an error naming the key and the value."""
+    from zoo.train.data import _validate
+
+    _write(tmp_path / "elsewhere" / "q.json", VQA_TRAIN)
+    monkeypatch.setenv("ZOO_TEST_ANNOTATIONS", str(tmp_path / "elsewhere"))
+    cfg = _validate("vqa", {"root": str(root), "train": "$ZOO_TEST_ANNOTATIONS/q.json"}, "generative", SIZE)
+    assert cfg["train"] == [str(tmp_path / "elsewhere" / "q.json")] and cfg["root"] == str(root)
+    with pytest.raises(ConfigError) as info:
+        _validate("vqa", {"root": str(root), "train": "vqa_train.json"}, "generative", 0)
+    assert info.value.path == "data.image_size" and info.value.message == "expected a positive int, got 0"
+
+
+def test_translations_of_uncleaned_captions_are_kept_raw(root):
+    """With clean=False the translation is neither cleaned nor checked for what cleaning would leave; with the
+    default clean-up a translation with nothing left after it is an error naming the language."""
+    from zoo.data.datasets import RetrievalTrainDataset
+    from zoo.train.data import _WithTranslation
+
+    file = _write(root / "ret_translated.json", [{**RET_TRAIN[0], "caption_de": "Ein ROTER Kasten."},
+                                                 {**RET_TRAIN[1], "caption_de": "?!"}])
+    raw = _WithTranslation(RetrievalTrainDataset(file, str(root), SIZE, clean=False), ["de"])
+    assert [raw[i]["caption_2"] for i in range(2)] == ["Ein ROTER Kasten.", "?!"]
+    with pytest.raises(DataError, match=r"record 1: data\.translation: .*empty after clean-up .*caption in 'de'"):
+        _WithTranslation(RetrievalTrainDataset(file, str(root), SIZE), ["de"])
 
 
 def test_datamodule_reports_skipped_samples(root, tok):

@@ -241,6 +241,52 @@ def test_the_data_tokenizer_reads_checked_records_only(root, tmp_path, case):
     assert "▁square" in vocab and "▁red" in vocab and "▁zebra" not in vocab  # the skipped record's word is not in
 
 
+def test_the_data_folders_own_tokenizer_is_used_when_it_knows_every_word(root, tmp_path):
+    """A data folder with a word-level tokenizer that knows every word of its texts: the model uses it and no
+    tokenizer is built into the run folder."""
+    import shutil
+
+    from zoo.data.shapes import TOKENIZER_DIR
+
+    text = _text_part()
+    resolve_data_tokenizer(_model(text), _data(root), tmp_path / "first", "vqa")  # one built from these texts
+    shutil.copytree(tmp_path / "first" / "tokenizer_data", root / TOKENIZER_DIR)
+    model = _model(text)
+    resolve_data_tokenizer(model, _data(root), tmp_path / "run", "vqa")
+    assert model.text.tokenizer == str(root / TOKENIZER_DIR) and not (tmp_path / "run").exists()
+
+
+def test_a_rank_that_loses_the_tokenizer_race_ignores_a_temp_folder_it_cannot_remove(root, tmp_path, monkeypatch):
+    """Two ranks build the data tokenizer at once: the one whose rename finds the folder already there uses it, and
+    its own temporary folder is removed as far as the file system lets it (a folder it cannot remove, say on a
+    network file system, is left behind; no error)."""
+    import os
+
+    import zoo.data.multilingual_tokenizer as mt
+
+    build, run = mt.build_multilingual_tokenizer, tmp_path / "run"
+
+    def both_ranks(texts, out, **kwargs):
+        build(texts, run / "tokenizer_data", **kwargs)  # the other rank finishes first
+        return build(texts, out, **kwargs)
+
+    rmdir = os.rmdir
+
+    def stubborn(path, *args, **kwargs):
+        if os.path.basename(os.fspath(path)).startswith(".tokenizer_data."):
+            raise OSError(16, "Device or resource busy", os.fspath(path))
+        return rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(mt, "build_multilingual_tokenizer", both_ranks)
+    monkeypatch.setattr(os, "rmdir", stubborn)
+    model = _model(_text_part())
+    resolve_data_tokenizer(model, _data(root), run, "vqa")
+    assert model.text.tokenizer == str(run / "tokenizer_data")
+    left, used = sorted(p.name for p in run.iterdir())
+    assert left.startswith(".tokenizer_data.") and used == "tokenizer_data"  # the leftover, and the other rank's
+    assert (run / "tokenizer_data" / "tokenizer.json").is_file()
+
+
 def _text_part():
     import zoo
 

@@ -119,7 +119,8 @@ def test_side_streams_are_declared_by_their_families():
     assert hasattr(zoo.MODELS.get("mmgpt"), "language_losses")
     keys = data_keys()
     assert {k: keys[k] for k in ("parallel", "parallel_weight", "parallel_batch_size")} == {
-        "parallel": "file or list of files", "parallel_weight": "number", "parallel_batch_size": "positive int"}
+        "parallel": "a file or a list of files or null", "parallel_weight": "a number or null",
+        "parallel_batch_size": "an integer >= 1 or null"}
 
 
 @pytest.mark.parametrize(("old", "name", "new"), [

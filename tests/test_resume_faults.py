@@ -136,6 +136,22 @@ def test_a_new_run_never_overwrites_one_that_has_only_epoch_files(shapes, tmp_pa
     assert (ckpts / "epoch000.ckpt").read_bytes() == before
 
 
+def test_a_new_run_takes_the_next_free_number(tmp_path, capsys):
+    """NAME holds a run and NAME-2 exists: the new run goes to NAME-3 (decided before anything is built; the missing
+    data folder stops the run right after the model build)."""
+    from zoo.spec import ConfigError
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
+    (tmp_path / "run-2").mkdir()
+    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml", [f"train.output_dir={tmp_path}", "train.name=run",
+                                                                  f"data.root={tmp_path / 'no-data'}"])
+    with pytest.raises(ConfigError, match="data.root"):
+        train(cfg)
+    assert (f"{tmp_path / 'run'} already holds a run (pass --resume to continue it); this run goes to "
+            f"{tmp_path / 'run-3'}\n") in capsys.readouterr().out
+
+
 def test_no_readable_checkpoint_is_a_named_error(shapes, tmp_path):
     ckpts = tmp_path / "run" / "checkpoints"
     ckpts.mkdir(parents=True)

@@ -92,6 +92,26 @@ def test_train_evaluate_export_reload(colour_shapes, colour_runs, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["metrics"]["vqa_acc"] == pytest.approx(metrics["vqa_acc"])
 
 
+def test_the_curves_label_training_losses_by_everything_after_train(tmp_path, monkeypatch):
+    """curves.png: the training losses (not the skipped-sample count) on the left, each labelled by its name after
+    ``train/`` (a loss named with a slash keeps it), the evaluation metrics on the right under their full names."""
+    import matplotlib.pyplot as plt
+
+    from zoo.train.run import _plot_curves
+
+    csv_file = tmp_path / "metrics.csv"
+    csv_file.write_text("epoch,step,train/loss,train/itc/hard,train/skipped_samples,val/vqa_acc\n"
+                        "0,0,2.0,1.0,,\n0,1,1.5,0.8,3.0,\n0,1,,,,40.0\n")
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    _plot_curves(csv_file, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    left, right = figures[0].axes
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["itc/hard", "loss"]
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["val/vqa_acc"]
+
+
 def test_a_checkpoint_every_epoch_when_validation_is_sparser(shapes, tmp_path):
     cfg = _config(shapes, tmp_path, max_epochs=2, check_val_every_n_epoch=2, limit_train_batches=1, limit_val_batches=1,
                   limit_test_batches=1)

@@ -85,6 +85,36 @@ def test_non_finite_loss_stops_with_the_step(model):
         module.training_step({"images": torch.zeros(2, 3, 4, 4)}, 3)
 
 
+def test_training_logs_each_loss_at_the_batch_size_and_the_epochs_skipped_samples(capsys):
+    """Every scalar loss is logged as train/NAME with the batch's number of images as its batch size (not a size
+    Lightning guesses from the first tensor it finds: here the flattened answers, 5 rows); the samples the batches
+    dropped are logged once at the epoch's end as train/skipped_samples, then counted afresh."""
+    from types import SimpleNamespace
+
+    from zoo.train.module import TaskModule
+
+    class Fixed(torch.nn.Module):
+        task_heads = {"vqa": ()}
+
+        def vqa_loss(self, batch):
+            return {"loss": torch.tensor(0.5), "vqa": torch.tensor(0.5), "per_sample": torch.ones(3)}
+
+        def vqa_predict(self, images, question_ids, question_mask, *args, **kwargs):
+            raise NotImplementedError
+
+    module = TaskModule(Fixed(), "vqa")
+    logged = []
+    module.log = lambda name, value, **kwargs: logged.append((name, float(value), kwargs.get("batch_size")))
+    batch = {"answer_ids": torch.zeros(5, 4, dtype=torch.long), "images": torch.zeros(3, 3, 4, 4), "num_skipped": 2}
+    module.training_step(batch, 0)
+    assert logged == [("train/loss", 0.5, 3), ("train/vqa", 0.5, 3)]
+    logged.clear()
+    module._trainer = SimpleNamespace(is_global_zero=True, current_epoch=0, progress_bar_callback=None)
+    module.on_train_epoch_end()
+    assert logged == [("train/skipped_samples", 2.0, None)] and module.skipped == 0
+    assert "epoch 0: skipped 2 bad sample(s) (data.on_bad_sample=skip)" in capsys.readouterr().out
+
+
 def test_fused_adamw_is_chosen_on_cpu_and_updates_as_the_loop_does(model):
     """optim.fused: auto → torch's fused AdamW (CPU floating-point parameters); the update equals the per-tensor
     loop's; false turns it off; anything else is a config error naming the key."""

@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping
 
 from zoo.spec import ConfigError
 
-__all__ = ["Check", "CHECKS", "check_task_config", "check_against_model", "run_name_problem", "lightning_precisions",
-           "lightning_names"]
+__all__ = ["Check", "CHECKS", "DATA_CHECKS", "check_section", "check_task_config", "check_against_model",
+           "data_checks", "run_name_problem", "lightning_precisions", "lightning_names", "unknown_key"]
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything enforces
 
@@ -205,6 +205,101 @@ BATCH_LIMIT = integer(0, what=" (batches)") | number(0.0, 1.0, what=" (a fractio
 LEARNING_RATE = number(0.0, above=True)
 
 
+def _is_files(v: Any) -> bool:
+    return isinstance(v, str) and v != "" or (isinstance(v, list) and bool(v) and all(isinstance(f, str) and f
+                                                                                      for f in v))
+
+
+def _is_lang(v: Any) -> bool:
+    return isinstance(v, str) and bool(v) and v.replace("-", "").replace("_", "").isalnum()
+
+
+def _is_crop_scale(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(x) for x in v) and 0.0 < v[0] <= v[1] <= 1.0
+
+
+FILES = Check(_is_files, "a file or a list of files")
+NAMED_FILES = Check(lambda v: isinstance(v, Mapping) and bool(v) and all(isinstance(n, str) and _is_files(f)
+                                                                          for n, f in v.items()),
+                    "a mapping {name: file or list of files}")
+LANGUAGE = Check(_is_lang, "a language code such as 'de'")
+LANGUAGES = Check(lambda v: isinstance(v, list) and bool(v) and all(_is_lang(x) for x in v) and len(set(v)) == len(v),
+                  "a list of distinct language codes such as ['en', 'de']")
+FEW_SHOT = Check(lambda v: isinstance(v, Mapping) and all(_is_lang(k) and _is_int(n) and n > 0 for k, n in v.items()),
+                 "a mapping {language: number of records} such as {de: 100}")
+ANY_TEXT = Check(lambda v: isinstance(v, str), "a string")
+POSITIVE = integer(1)
+
+# the data section (zoo.train.data: read, resolved and checked against the files by the data module); null: the
+# default. Side streams add their keys (data_checks).
+DATA_CHECKS: dict[str, Check] = {
+    "data.root": TEXT | NULL,
+    "data.train": FILES | NULL,
+    "data.val": FILES | NAMED_FILES | NULL,
+    "data.test": FILES | NAMED_FILES | NULL,
+    "data.answer_list": TEXT | NULL,
+    "data.image_size": POSITIVE | NULL,
+    "data.max_tokens": POSITIVE | NULL,
+    "data.batch_size": POSITIVE | NULL,
+    "data.eval_batch_size": POSITIVE | NULL,
+    "data.num_workers": integer(0) | NULL,
+    "data.video": BOOL | NULL,
+    "data.num_frames": POSITIVE | NULL,
+    "data.video_backend": exactly("decord", "av") | NULL,
+    "data.on_bad_sample": exactly("error", "skip") | NULL,
+    "data.seed": integer() | NULL,
+    "data.hflip": BOOL | NULL,
+    "data.randaugment": BOOL | NULL,
+    "data.max_words": POSITIVE | NULL,
+    "data.drop_last": BOOL | NULL,
+    "data.prompt": ANY_TEXT | NULL,
+    "data.max_masks": POSITIVE | NULL,
+    "data.mask_prob": number(0.0, 1.0) | NULL,
+    "data.top_k_answers": POSITIVE | NULL,
+    "data.classifier_targets": exactly("vqa_score", "weights") | NULL,
+    "data.crop_scale": Check(_is_crop_scale, "[low, high] with 0 < low <= high <= 1") | NULL,
+    "data.blank_images": BOOL | NULL,
+    "data.cache_images": BOOL | NULL,
+    "data.languages": LANGUAGES | NULL,
+    "data.few_shot": FEW_SHOT | NULL,
+    "data.translation": LANGUAGE | LANGUAGES | NULL,
+}
+
+
+def data_checks() -> dict[str, Check]:
+    """:data:`DATA_CHECKS` and, for each registered side stream (:mod:`zoo.data.side`), ``data.{key}`` (files),
+    ``data.{key}_weight`` (a number) and ``data.{key}_batch_size`` (a positive int)."""
+    from zoo.data.side import side_stream_names  # noqa: PLC0415
+
+    out = dict(DATA_CHECKS)
+    for key in side_stream_names():
+        out.update({f"data.{key}": FILES | NULL, f"data.{key}_weight": number() | NULL,
+                    f"data.{key}_batch_size": POSITIVE | NULL})
+    return out
+
+
+def unknown_key(section: str, key: Any, allowed: typing.Iterable[str], file: Any = None) -> ConfigError:
+    """The error of a key ``section`` does not accept: did-you-mean and the accepted keys."""
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = f"; did you mean {close[0]!r}? Accepted" if close else "; accepted"
+    return ConfigError(f"unknown key {key!r}{hint}: {', '.join(allowed)}", f"{section}.{key}", file)
+
+
+def check_section(section: str, values: Any, checks: Mapping[str, Check], file: Any = None) -> None:
+    """``values`` (the mapping of ``section``) against ``checks`` (``"section.key"`` → :class:`Check`): a non-mapping,
+    an unknown key or a bad value is a :class:`ConfigError` naming ``file`` and the dotted key."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"expected a mapping, got {type(values).__name__}", section, file)
+    allowed = {k.split(".", 1)[1] for k in checks if k.split(".", 1)[0] == section}
+    for name, value in values.items():
+        if name not in allowed:
+            raise unknown_key(section, name, allowed, file)
+        key = f"{section}.{name}"
+        if not checks[key].test(value):
+            _fail(key, checks[key], value, file)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the table
 # ---------------------------------------------------------------------------------------------------------------------
@@ -273,7 +368,10 @@ def _fail(key: str, check: Check, value: Any, file: Any) -> None:
 def check_task_config(cfg: Mapping[str, Any], file: Any = None) -> None:
     """Check every value of ``cfg``'s table-checked sections and the rules relating keys; raise :class:`ConfigError`.
 
-    Keys outside :data:`CHECKS` are left alone (:func:`zoo.train.run.load_task_config` refuses unknown keys)."""
+    Keys outside :data:`CHECKS` are left alone (:func:`zoo.train.run.load_task_config` refuses unknown keys); the
+    data section is checked whole (:func:`data_checks`: unknown keys too)."""
+    if "data" in cfg:
+        check_section("data", cfg["data"], data_checks(), file)
     for section in {key.split(".", 1)[0] for key in CHECKS}:
         values = cfg.get(section)
         if not isinstance(values, Mapping):

@@ -66,7 +66,6 @@ records.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -80,7 +79,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from zoo.data.side import side_stream, side_stream_names
 from zoo.spec import ConfigError
 
-__all__ = ["DATA_KEYS", "DataReport", "TaskDataModule", "data_keys", "resolve_data_tokenizer"]
+__all__ = ["DataReport", "TaskDataModule", "data_keys", "resolve_data_tokenizer"]
 
 # names that moved: the side-stream readers, into the families that read them (zoo.data.side), by stream
 _MOVED = {"read_parallel": "parallel", "read_instructions": "language"}
@@ -97,6 +96,10 @@ def __getattr__(name: str) -> Any:
         from zoo.registry import SIDE_STREAMS  # noqa: PLC0415
 
         return SIDE_STREAMS
+    if name == "DATA_KEYS":  # the fixed keys → what they expect (config_checks.DATA_CHECKS)
+        from zoo.train.config_checks import DATA_CHECKS  # noqa: PLC0415
+
+        return {key.split(".", 1)[1]: check.expected for key, check in DATA_CHECKS.items()}
     if name in _MOVED:
         return getattr(importlib.import_module(side_stream(_MOVED[name]).__module__), name)
     raise AttributeError(f"module 'zoo.train.data' has no attribute {name!r}")
@@ -104,31 +107,15 @@ def __getattr__(name: str) -> Any:
 
 SPLITS = ("train", "val", "test")
 
-# key -> (description, checker)
-_INT, _POS, _BOOL, _STR, _FLOAT = "int", "positive int", "bool", "string", "number"
-DATA_KEYS: dict[str, str] = {
-    "root": _STR, "train": "file or list of files", "val": "file or list of files", "test": "file or list of files",
-    "answer_list": _STR, "image_size": _POS, "max_tokens": _POS, "batch_size": _POS, "eval_batch_size": _POS,
-    "num_workers": _INT, "video": _BOOL, "num_frames": _POS, "video_backend": "'decord' or 'av'",
-    "on_bad_sample": "'error' or 'skip'", "seed": _INT, "hflip": _BOOL, "randaugment": _BOOL, "max_words": _POS,
-    "drop_last": _BOOL, "prompt": _STR, "max_masks": _POS, "mask_prob": _FLOAT, "top_k_answers": _POS,
-    "classifier_targets": "'vqa_score' or 'weights'", "crop_scale": "[low, high] with 0 < low <= high <= 1",
-    "blank_images": _BOOL, "cache_images": _BOOL,
-    "languages": "list of language codes", "few_shot": "mapping {language: number of records}",
-    "translation": "language code or list of codes",
-}
-
 
 def data_keys() -> dict[str, str]:
-    """Every key of the data section → what it expects: :data:`DATA_KEYS` and, for each registered side stream
-    (:mod:`zoo.data.side`), ``{key}``, ``{key}_weight`` and ``{key}_batch_size``."""
-    keys = dict(DATA_KEYS)
-    for key in side_stream_names():
-        keys.update({key: "file or list of files", f"{key}_weight": _FLOAT, f"{key}_batch_size": _POS})
-    return keys
+    """Every key of the data section → what it expects (:func:`zoo.train.config_checks.data_checks`: the fixed keys
+    and those of the registered side streams)."""
+    from zoo.train.config_checks import data_checks  # noqa: PLC0415
 
-_CHOICES = {"video_backend": ("decord", "av"), "on_bad_sample": ("error", "skip"),
-            "classifier_targets": ("vqa_score", "weights")}
+    return {key.split(".", 1)[1]: check.expected for key, check in data_checks().items()}
+
+
 _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 0, "video": None, "num_frames": 3,
                              "video_backend": "decord", "on_bad_sample": "error", "seed": 0, "hflip": False,
                              "randaugment": True, "drop_last": True, "prompt": "a picture of ", "max_masks": 18,
@@ -140,14 +127,6 @@ _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_files(v: Any) -> bool:
-    return isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(f, str) for f in v))
-
-
-def _is_lang(v: Any) -> bool:
-    return isinstance(v, str) and bool(v) and v.replace("-", "").replace("_", "").isalnum()
 
 
 def _language_files(files: list[str], lang: str, source: bool, where: str) -> list[str]:
@@ -173,48 +152,13 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
     spec = _task(task)
     if vqa_mode not in ("generative", "classifier"):
         raise ConfigError(f"vqa_mode={vqa_mode!r}: expected 'generative' or 'classifier'")
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"expected a mapping, got {type(data).__name__}", "data")
-    known = data_keys()
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key{hint} Known keys: {', '.join(known)}", f"data.{key}")
+    from zoo.train.config_checks import check_section, data_checks  # noqa: PLC0415
+
+    check_section("data", data, data_checks())  # keys and values, as mmzoo train checks them when it loads the file
     cfg = {**_DEFAULTS, **spec.data_defaults,
            **{k: v for k, v in data.items() if v is not None or k == "video"}}
-    for key, value in cfg.items():
-        kind = known[key]
-        bad = (
-            (kind == _POS and not (_is_int(value) and value > 0))
-            or (kind == _INT and not _is_int(value))
-            or (kind == _BOOL and not (isinstance(value, bool) or (key == "video" and value is None)))
-            or (kind == _STR and not isinstance(value, str))
-            or (kind == _FLOAT and not (isinstance(value, (int, float)) and not isinstance(value, bool)))
-            or (key in _CHOICES and value not in _CHOICES[key])
-            or (key == "train" and not _is_files(value))
-            or (key in ("val", "test") and not (_is_files(value) or (
-                isinstance(value, Mapping) and value and all(isinstance(n, str) and _is_files(f)
-                                                             for n, f in value.items()))))
-            or (key == "languages" and not (isinstance(value, list) and value and all(_is_lang(v) for v in value)
-                                            and len(set(value)) == len(value)))
-            or (key == "few_shot" and not (isinstance(value, Mapping) and all(
-                _is_lang(k) and _is_int(v) and v > 0 for k, v in value.items())))
-            or (key == "translation" and not (_is_lang(value) or (
-                isinstance(value, list) and value and all(_is_lang(v) for v in value))))
-        )
-        if bad:
-            raise ConfigError(f"expected {kind}, got {type(value).__name__} {value!r}", f"data.{key}")
-    if cfg["num_workers"] < 0:
-        raise ConfigError(f"expected a non-negative int, got {cfg['num_workers']}", "data.num_workers")
     scale = cfg["crop_scale"]
-    if not (isinstance(scale, (list, tuple)) and len(scale) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
-            and 0.0 < scale[0] <= scale[1] <= 1.0):
-        raise ConfigError(f"expected {DATA_KEYS['crop_scale']}, got {scale!r}", "data.crop_scale")
     cfg["crop_scale"] = [float(v) for v in scale]
-    if not 0.0 <= float(cfg["mask_prob"]) <= 1.0:
-        raise ConfigError(f"expected a probability in [0, 1], got {cfg['mask_prob']}", "data.mask_prob")
     if "root" not in cfg:
         raise ConfigError("missing: the media folder the annotation paths are relative to", "data.root")
     try:

@@ -34,7 +34,7 @@ __all__ = ["train", "load_task_config", "AtomicCheckpointIO", "TASK_CONFIG_KEYS"
 TASK_CONFIG_KEYS = {
     "task": None,
     "model": {"name", "task", "pretrained", "pretrained_strict", "overrides"},
-    "data": None,  # validated by the data module
+    "data": None,  # its keys come with the side streams: zoo.train.config_checks.data_checks
     "optim": {"lr", "weight_decay", "vision_lr", "text_lr", "fusion_lr", "new_params", "new_param_lr_mult", "warmup",
               "betas", "eps", "fused"},
     "trainer": {"max_epochs", "max_steps", "precision", "accumulate_grad_batches", "gradient_clip_val", "strategy",
@@ -53,6 +53,8 @@ def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> 
     (``model.name: mine.yaml``) not found from the current folder is looked for next to the task config."""
     import difflib  # noqa: PLC0415
 
+    from zoo.train.config_checks import unknown_key  # noqa: PLC0415
+
     path = task_config_path(path)
     cfg = load_config(path, overrides)
     for section, value in cfg.items():
@@ -67,9 +69,7 @@ def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> 
             raise ConfigError(f"expected a mapping, got {type(value).__name__}", section, path)
         for key in value:
             if key not in allowed:
-                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-                hint = f"; did you mean {close[0]!r}? Accepted" if close else "; accepted"
-                raise ConfigError(f"unknown key {key!r}{hint}: {', '.join(sorted(allowed))}", f"{section}.{key}", path)
+                raise unknown_key(section, key, allowed, path)
     from zoo.train.config_checks import check_task_config  # noqa: PLC0415
     from zoo.tasks import list_tasks  # noqa: PLC0415
 
@@ -84,7 +84,7 @@ def load_task_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> 
     if isinstance(name, str) and name.endswith((".yaml", ".yml")) and not os.path.isabs(name) \
             and not os.path.isfile(name) and (Path(path).parent / name).is_file():
         cfg["model"]["name"] = str(Path(path).parent / name)  # a model file next to the task config
-    check_task_config(cfg, path)  # every value of the model/optim/trainer/train/evaluation sections
+    check_task_config(cfg, path)  # every value of the model/data/optim/trainer/train/evaluation sections
     cfg["_file"] = str(path)
     return cfg
 
