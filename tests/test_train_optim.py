@@ -90,11 +90,12 @@ def test_training_logs_each_loss_at_the_batch_size_and_the_epochs_skipped_sample
     Lightning guesses from the first tensor it finds: here the flattened answers, 5 rows); the samples the batches
     dropped are logged once at the epoch's end as train/skipped_samples, then counted afresh."""
     from types import SimpleNamespace
+    from typing import ClassVar
 
     from zoo.train.module import TaskModule
 
     class Fixed(torch.nn.Module):
-        task_heads = {"vqa": ()}
+        task_heads: ClassVar[dict] = {"vqa": ()}
 
         def vqa_loss(self, batch):
             return {"loss": torch.tensor(0.5), "vqa": torch.tensor(0.5), "per_sample": torch.ones(3)}
