@@ -141,3 +141,13 @@ def test_the_old_side_stream_table_is_the_registry():
     assert data.SIDE_STREAMS is zoo.SIDE_STREAMS
     with pytest.raises(AttributeError, match="has no attribute 'read_nothing'"):
         data.read_nothing  # noqa: B018
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_declared_tokenizer_part_is_the_models_text_part(family):
+    """``tokenizer_part`` names the config part the model reads text with (``model.text``, the language model for
+    the LM families): what an export writes under ``tokenizer/`` and points back at."""
+    model = zoo.create_model(f"{family}-tiny", device="meta")
+    key = type(model).tokenizer_part
+    assert getattr(model, key) is model.text
+    assert key in model.zoo_config["model"]

@@ -669,12 +669,16 @@ def read_json(path: str | os.PathLike, error: type[Exception] = ConfigError) -> 
 
 
 def _with_tokenizer(config: dict, folder: str) -> dict:
-    """Point the part whose tokenizer the export holds at the exported folder: the text encoder, or for the
-    language-model families (whose ``model.text`` is the LM) the ``lm`` part."""
-    for key in ("text", "lm"):
-        part = config.get("model", {}).get(key)
-        if isinstance(part, dict) and "tokenizer" in part:
-            return {**config, "model": {**config["model"], key: {**part, "tokenizer": folder}}}
+    """Point the part whose tokenizer the export holds (the model class's ``tokenizer_part``) at the exported
+    folder."""
+    from zoo.registry import MODELS  # noqa: PLC0415
+
+    tree = config.get("model", {})
+    cls = MODELS.get(tree["type"]) if isinstance(tree.get("type"), str) and tree["type"] in MODELS else None
+    key = getattr(cls, "tokenizer_part", "text")
+    part = tree.get(key)
+    if isinstance(part, dict) and "tokenizer" in part:
+        return {**config, "model": {**tree, key: {**part, "tokenizer": folder}}}
     return config
 
 

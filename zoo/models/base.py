@@ -59,6 +59,7 @@ class ZooModel(nn.Module):
       says more (X²-VLM's one text stack whose last layers are fusion layers);
     - ``official_converter``: the function turning an official checkpoint of the family into an export, found by
       ``mmzoo convert FAMILY`` (and listed by ``mmzoo convert --list``) through the model registry;
+    - ``tokenizer_part``: the part whose tokenizer the model reads text with;
     - ``preprocess_defaults`` / :meth:`processor`: its image preprocessing (the official recipe) and how its batches
       are built (:mod:`zoo.processing`).
     """
@@ -77,6 +78,9 @@ class ZooModel(nn.Module):
     #: the family's official image preprocessing (``mean``, ``std``, ``interpolation``, ``resize_mode``), over the
     #: vision part's own and under the model file's ``preprocess:`` section (:meth:`preprocess_config`)
     preprocess_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: the part (a key of the model config) whose tokenizer is the model's: what an export writes under
+    #: ``tokenizer/`` and points back at, and what ``text.tokenizer: data`` builds for
+    tokenizer_part: ClassVar[str] = "text"
     #: the :class:`zoo.processing.Processor` subclass :meth:`processor` returns (families that build their own
     #: batches set their own)
     processor_class: ClassVar[type | None] = None

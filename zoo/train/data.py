@@ -980,9 +980,7 @@ def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | o
     text.tokenizer = str(folder)
     if hasattr(text, "_tokenizer_cache"):
         text._tokenizer_cache = None
-    # the part's key in the model config: `text`, or e.g. `lm` for the language-model families (model.text is the LM)
-    key = next((name for name, child in model.named_children() if child is text), "text") \
-        if hasattr(model, "named_children") else "text"
+    key = getattr(model, "tokenizer_part", "text")  # the part's key in the model config (e.g. `lm` for an LM family)
     config = getattr(model, "zoo_config", None)
     if isinstance(config, dict) and isinstance(config.get("model"), dict) \
             and isinstance(config["model"].get(key), dict):

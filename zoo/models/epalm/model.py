@@ -110,6 +110,7 @@ class EPALM(ZooModel):
     open_ended_vqa = True  # answers are generated: the answer list the training module passes is not used
     causal_captioning = True  # captioning batches need raw captions, no [MASK] inputs (CaptionTrainCollator)
     processor_class = TextBatchProcessor  # text batches: questions, answers and captions as strings
+    tokenizer_part = "lm"  # the language model's tokenizer
     #: the official recipe: CLIP's mean / std, bicubic square resize (eP-ALM ``dataset/__init__.py``)
     preprocess_defaults = CLIP_PREPROCESS
     task_heads = {"vqa": (), "captioning": ()}  # the language model answers and captions

@@ -100,6 +100,7 @@ class MultiModalGPT(ZooModel):
     #: image processor, for training too): CLIP's mean / std, bicubic, shorter side resized then centre-cropped
     preprocess_defaults = {**CLIP_PREPROCESS, "resize_mode": "shortest"}
     processor_class = TextBatchProcessor  # text batches: questions, answers and captions as strings
+    tokenizer_part = "lm"  # the language model's tokenizer
     task_heads = {"vqa": (), "captioning": ()}  # the language model answers and captions
 
     def __init__(
