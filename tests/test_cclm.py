@@ -522,6 +522,10 @@ def test_official_checkpoints_are_recognised():
         assert describe_official_checkpoint({**retrieval, "text_decoder.cls.x": torch.empty(1)})["task"] == "vqa"
     with pytest.raises(WeightsError, match="no 'text_encoder.' keys"):
         describe_official_checkpoint({"vision_encoder.x": torch.empty(1)})
+    # the original layout (text_encoder.*, no cross_encoder.*) without the Swin table that tells its window
+    with pytest.raises(WeightsError, match=r"^not an official CCLM checkpoint: no Swin 'vision_encoder\.layers\.0\."
+                                           r"blocks\.0\.attn\.relative_position_bias_table'$"):
+        describe_official_checkpoint({"text_encoder.bert.embeddings.word_embeddings.weight": torch.empty(1)})
 
 
 def test_xvnli_class_order_is_the_official_label_mapper():

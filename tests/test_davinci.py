@@ -8,6 +8,7 @@ import inspect
 import json
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -90,7 +91,8 @@ def test_official_layout_converts_onto_ours_exactly(base_meta):
 
 def test_converter_refuses_unknown_keys_and_maps_task_heads():
     state = {"visual_encoder.pos_embed": torch.zeros(1, 5, 8), "encoder.foo.bar": torch.zeros(1)}
-    with pytest.raises(WeightsError, match="encoder.foo.bar"):
+    with pytest.raises(WeightsError, match=r"^1 official DaVinci key\(s\) have no mapping and are not in the dropped "
+                                           r"list: encoder\.foo\.bar$"):
         convert_official_state_dict(state)
     nlvr = {"davinci.vision_proj.weight": torch.zeros(4, 8), "cls_head.0.weight": torch.zeros(4, 8),
             "cls_head.2.weight": torch.zeros(2, 4)}
@@ -461,6 +463,61 @@ def test_convert_official_checkpoint_end_to_end(tmp_path):
         assert torch.equal(model.pretrain_losses(batch)["loss"], again.pretrain_losses(batch)["loss"])
 
 
+# our prefix -> the official one (the converter's rules read backwards), first match wins
+_TO_OFFICIAL = [("vision.cls_token", "visual_encoder.cls_token"), ("vision.pos_embed", "visual_encoder.pos_embed"),
+                ("vision.trunk.", "visual_encoder."), ("vision_proj.", "vision_proj."), ("text.", "encoder."),
+                ("text_decoder.decoder.bert.", "text_decoder.bert."), ("text_decoder.cls.", "text_decoder.cls.")]
+_FROM_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _to_taming(key: str, value: torch.Tensor, levels: int) -> tuple[str, torch.Tensor]:
+    """A diffusers VQModel key → the taming VQGAN's (convert_taming_state_dict read backwards; attention weights
+    back to 1×1 convolution kernels)."""
+    key = key.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out.", "norm_out.")
+    if m := re.match(r"^(.*)attentions\.(\d+)\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)$", key):
+        key = f"{m[1]}attentions.{m[2]}.{_FROM_ATTN[m[3]]}.{m[4]}"
+        value = value[:, :, None, None] if value.dim() == 2 else value
+    key = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", key)
+    key = key.replace("mid_block.attentions.0.", "mid.attn_1.")
+    key = re.sub(r"^encoder\.down_blocks\.(\d+)\.", r"encoder.down.\1.", key)
+    key = re.sub(r"^decoder\.up_blocks\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.", key)
+    key = re.sub(r"\.(down|up)\.(\d+)\.resnets\.", r".\1.\2.block.", key)
+    key = re.sub(r"\.(down|up)\.(\d+)\.attentions\.", r".\1.\2.attn.", key)
+    key = re.sub(r"\.(down|up)samplers\.0\.conv\.", r".\1sample.conv.", key)
+    return key, value
+
+
+def test_convert_official_checkpoint_at_another_resolution_with_its_vqgan(tmp_path):
+    """`mmzoo convert davinci`: an official-layout pre-training checkpoint at a resolution other than the named
+    model's default (davinci-tiny's weights built at 96 px under the official names, its VQGAN under ``d_vae.model.*``
+    in the taming layout) is read, its resolution told from the position table, converted, built as the named model at
+    that resolution with the image tokenizer and exported; the export holds every tensor of the model it came from."""
+    from zoo.models.davinci import convert_official_checkpoint
+
+    torch.manual_seed(5)
+    model = zoo.create_model("davinci-tiny", **{"vision.img_size": 96})
+    assert model.vision.grid == (6, 6) and model.image_tokenizer is not None
+    official = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("image_tokenizer.vq."):
+            name, value = _to_taming(key[len("image_tokenizer.vq."):], value, model.image_tokenizer.levels)
+            official["d_vae.model." + name] = value.clone()
+            continue
+        ours, theirs = next((o, t) for o, t in _TO_OFFICIAL if key.startswith(o))
+        official[theirs + key[len(ours):]] = value.clone()
+    assert sum(k.startswith("d_vae.model.encoder.down.") for k in official) > 0
+    torch.save({"model": official}, tmp_path / "official.pth")
+    report = convert_official_checkpoint(str(tmp_path / "official.pth"), str(tmp_path / "export"), model="davinci-tiny")
+    assert (report["model"], report["task"], report["image_size"], report["image_tokenizer"]) == \
+        ("davinci-tiny", None, 96, True)
+    assert report["dropped"] == [] and report["tensors"] == len(official)
+    again = zoo.from_pretrained(tmp_path / "export")
+    assert again.vision.grid == (6, 6)
+    state = again.state_dict()
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
 def test_forward_is_the_prefix_lm_pass():
     """model(images, ids, mask): encoder over [image ; text] and decoder logits over the same text — equal to the
     pieces called one by one (what `mmzoo bench model davinci-base` times)."""
@@ -605,3 +662,4 @@ def test_ve_class_order_is_official():
     assert list(DaVinci.ve_labels) == sorted(order, key=order.get)
     model = zoo.create_model("davinci-tiny", ve_head=True, device="meta")
     assert {name: i for i, name in enumerate(model.ve_labels)} == order
+

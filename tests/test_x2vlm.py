@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import torch
@@ -451,3 +452,9 @@ def test_convert_official_checkpoint_end_to_end(tmp_path, name, task, frames):
     with pytest.raises(WeightsError, match="neither base .* name the registered model"):
         convert_official_checkpoint(str(tmp_path / "official.pth"), str(tmp_path / "unnamed"))
     assert not (tmp_path / "unnamed").exists()
+    # a checkpoint that converts but does not fit the named model: the error names the file and that it was converted
+    missing = next(k for k in official if k.startswith("text_encoder.bert.encoder."))
+    torch.save({"model": {k: v for k, v in official.items() if k != missing}}, tmp_path / "partial.pth")
+    with pytest.raises(WeightsError, match="^" + re.escape(f"{tmp_path / 'partial.pth'} (converted) does not fit ")):
+        convert_official_checkpoint(str(tmp_path / "partial.pth"), str(tmp_path / "partial"), model=name)
+    assert not (tmp_path / "partial").exists()
