@@ -18,14 +18,14 @@ def _load(tmp_path, data: str, extra: str = "") -> dict:
 
 @pytest.mark.parametrize(("data", "key", "message"), [
     ("{root: shapes, batch_size: 0}", "data.batch_size", "expected an integer >= 1 or null, got int 0"),
-    ("{root: shapes, on_bad_sample: ignore}", "data.on_bad_sample", "expected 'error' or 'skip' or null, got str "
-                                                                     "'ignore'"),
-    ("{root: shapes, crop_scale: [0.8, 0.5]}", "data.crop_scale", "expected [low, high] with 0 < low <= high <= 1 or "
-                                                                   "null, got list [0.8, 0.5]"),
+    ("{root: shapes, on_bad_sample: ignore}", "data.on_bad_sample",
+     "expected 'error' or 'skip' or null, got str 'ignore'"),
+    ("{root: shapes, crop_scale: [0.8, 0.5]}", "data.crop_scale",
+     "expected [low, high] with 0 < low <= high <= 1 or null, got list [0.8, 0.5]"),
     ("{root: shapes, mask_prob: 1.5}", "data.mask_prob", "expected a number in [0, 1] or null, got float 1.5"),
     ("{root: shapes, train: []}", "data.train", "expected a file or a list of files or null, got list []"),
-    ("{root: shapes, languages: [de, de]}", "data.languages", "expected a list of distinct language codes such as "
-                                                               "['en', 'de'] or null, got list ['de', 'de']"),
+    ("{root: shapes, languages: [de, de]}", "data.languages",
+     "expected a list of distinct language codes such as ['en', 'de'] or null, got list ['de', 'de']"),
     ("{root: shapes, parallel_weight: heavy}", "data.parallel_weight", "expected a number or null, got str 'heavy'"),
 ])
 def test_data_values_are_errors_at_load_naming_file_and_key(tmp_path, data, key, message):

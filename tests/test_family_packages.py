@@ -35,9 +35,7 @@ def _prose_lines(tree: ast.AST) -> set[int]:
     lines: set[int] = set()
     for node in ast.walk(tree):
         value = None
-        if isinstance(node, ast.Expr):
-            value = node.value
-        elif isinstance(node, ast.Assign) and any(
+        if isinstance(node, ast.Expr) or isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Name) and (t.id == "__doc__" or t.id.endswith("_DOC")) for t in node.targets):
             value = node.value
         if value is None:
@@ -136,7 +134,7 @@ def test_moved_names_still_resolve(old, name, new):
 
 
 def test_the_old_side_stream_table_is_the_registry():
-    import zoo.train.data as data
+    from zoo.train import data
 
     assert data.SIDE_STREAMS is zoo.SIDE_STREAMS
     with pytest.raises(AttributeError, match="has no attribute 'read_nothing'"):

@@ -153,9 +153,9 @@ def test_training_data_export_and_predict_use_the_models_preprocessing(tmp_path)
 def test_language_model_families_get_text_batches(name, tmp_path):
     """Their processor's VQA batches carry the questions, answers and weights as text (nothing to decode) and their
     captioning training batches the captions; captioning evaluation batches are the task's own."""
+    from zoo.data.collate import CaptionEvalCollator
     from zoo.data.shapes import generate_shapes
     from zoo.modules.lm.processing import TextCaptionCollator, TextVQACollator
-    from zoo.data.collate import CaptionEvalCollator
     from zoo.train.run import _datamodule
 
     torch.manual_seed(0)
@@ -201,3 +201,25 @@ def test_mmgpt_trains_on_the_answer_of_highest_weight():
         loss = model.vqa_loss(both)["loss"]
         assert torch.equal(loss, model.vqa_loss(red)["loss"])
         assert not torch.equal(loss, model.vqa_loss(blue)["loss"])
+
+
+def test_text_batches_give_the_lm_families_the_answers_the_decoded_ids_gave(tmp_path):
+    """Before the LM families took text batches they decoded the collator's answer ids (``[CLS] answer [SEP]`` made
+    with the data's word-level tokenizer) back to strings. On the shapes data that round trip is the identity for
+    every answer, so the text path trains on the same strings (the eP-ALM rows of BENCHMARKS.md stand)."""
+    from transformers import AutoTokenizer
+
+    from zoo.data.collate import decode_texts, encode_answer_list
+    from zoo.data.datasets import VQADataset
+    from zoo.data.shapes import generate_shapes, shapes_tokenizer
+
+    shapes = generate_shapes(tmp_path / "shapes", num_train_images=40, num_val_images=8, num_test_images=8,
+                             image_size=48, num_videos=0)  # with its languages: the data's word-level tokenizer
+    tok = AutoTokenizer.from_pretrained(str(shapes_tokenizer(shapes)))
+    answers = sorted({a for split in ("train", "val", "test")
+                      for _, _, rec in VQADataset([str(shapes / f"vqa_{split}.json")], str(shapes), image_size=48,
+                                                  train=split == "train").records
+                      for a in ([rec["answer"]] if isinstance(rec["answer"], str) else rec["answer"])})
+    assert len(answers) > 10
+    ids, mask = encode_answer_list(tok, answers)
+    assert decode_texts(tok, ids, mask, tok.pad_token_id) == answers
