@@ -16,6 +16,7 @@ from PIL import Image
 
 from zoo.data.datasets import SKIP_REASONS, DataError, VQADataset
 from zoo.data.transforms import to_rgb
+from zoo.spec import ConfigError
 from zoo.train.data import TaskDataModule, resolve_data_tokenizer
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 220, 20)}
@@ -214,6 +215,12 @@ def test_the_answer_list_is_checked(root):
     _write(root / "answers.json", ["red", "\ud800"])
     with pytest.raises(DataError, match=r"answers.json: record 1: 'answer' is not valid Unicode text"):
         TaskDataModule("vqa", _data(root), None, image_size=32).check()
+
+
+def test_a_missing_answer_list_names_the_key_and_the_file(root):
+    """A data.answer_list that names no file is a ConfigError at data.answer_list that gives the path it looked at."""
+    with pytest.raises(ConfigError, match=rf"^data\.answer_list: file not found: {re.escape(str(root / 'gone.json'))}$"):
+        TaskDataModule("vqa", _data(root, answer_list="gone.json"), None, image_size=32)
 
 
 @pytest.mark.parametrize("case", ["answer-int", "answer-list-of-ints", "lone-surrogate", "question-of-blanks",
