@@ -424,6 +424,31 @@ def validate(node: Any, kind: str, path: str = "model", file: Any = None) -> Non
         raise ConfigError(f"missing required argument(s) {', '.join(missing)} for {kind} {name!r}", path, file)
 
 
+def accepts(node: Any, kind: str, path: str) -> bool:
+    """Whether the ``kind`` part config ``node`` takes the dotted ``path``: a parameter of its registered class, of a
+    part inside it (``vqa.pad_token_id`` in a model), or a key inside a mapping parameter (``lm.config.vocab_size``,
+    a transformers config). Nothing is built or raised; an unknown type takes nothing."""
+    head, _, rest = path.partition(".")
+    if not isinstance(node, Mapping) or not isinstance(node.get("type"), str) or kind not in REGISTRIES:
+        return False
+    try:
+        obj = REGISTRIES[kind].get(node["type"])
+    except (UnknownNameError, TypeError):
+        return False
+    params, hints, var_kw = _signature(obj)
+    if head not in params:
+        return var_kw and not rest
+    if not rest:
+        return True
+    ann = hints.get(head, params[head].annotation)
+    kinds = [k for a in (typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,))
+             if (k := _part_kind(a)) is not None]
+    sub_kind = kinds[0] if kinds else None
+    if sub_kind is None:
+        return isinstance(node.get(head), Mapping)
+    return accepts(node.get(head), sub_kind, rest)
+
+
 def _build_value(value: Any, ann: Any, path: str, file: Any) -> Any:
     kind = _part_kind(ann)
     if kind is not None and isinstance(value, Mapping):

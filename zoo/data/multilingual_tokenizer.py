@@ -35,7 +35,7 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<s>", "<pad>", "</s>", "<unk>")
 MASK_TOKEN = "<mask>"
 
 
-def _train(sentences: list[str], vocab_size: int, model: str):
+def _train(sentences: list[str], vocab_size: int | None, model: str):
     from tokenizers import Tokenizer, decoders, models, trainers  # noqa: PLC0415
 
     if model == "words":
@@ -66,11 +66,12 @@ def _pre_tokenizer():
     ])
 
 
-def _word_unigram(sentences: list[str], vocab_size: int):
+def _word_unigram(sentences: list[str], vocab_size: int | None):
     """A Unigram model whose pieces are the corpus's words (``▁word``, most frequent first) and every character it
     uses (words scored by log relative frequency, characters below every word): built, not trained, so each word the vocabulary holds is one token (the
     Unigram trainer, on a corpus of a few hundred words in three languages, keeps few whole words) and one corpus
-    gives the same file every time. Words beyond the budget fall back to characters; nothing is ``<unk>``."""
+    gives the same file every time. Words beyond the budget (``vocab_size``; None: no budget) fall back to
+    characters; nothing is ``<unk>``."""
     from collections import Counter  # noqa: PLC0415
 
     from tokenizers import Tokenizer, decoders, models  # noqa: PLC0415
@@ -82,7 +83,7 @@ def _word_unigram(sentences: list[str], vocab_size: int):
         for piece, _ in pre.pre_tokenize_str(sentence):
             words[piece] += 1
             chars.update(piece)
-    budget = vocab_size - len(SPECIAL_TOKENS)
+    budget = vocab_size - len(SPECIAL_TOKENS) if vocab_size is not None else len(chars) + len(words)
     if len(chars) > budget:
         raise ValueError(f"vocab_size={vocab_size}: the corpus uses {len(chars)} characters, more than the "
                          f"{budget} pieces after the special tokens")
@@ -103,7 +104,7 @@ def _word_unigram(sentences: list[str], vocab_size: int):
 def build_multilingual_tokenizer(
     sentences: Iterable[str],
     out_dir: str | os.PathLike,
-    vocab_size: int = 512,
+    vocab_size: int | None = 512,
     model: Literal["unigram", "words", "bpe"] = "unigram",
     model_max_length: int = 512,
 ) -> Path:
@@ -114,7 +115,7 @@ def build_multilingual_tokenizer(
         out_dir: folder to write (created; existing tokenizer files are replaced).
         vocab_size: size of the learnt vocabulary INCLUDING the four leading special tokens; ``<mask>`` comes on top,
             so ``len(tokenizer) <= vocab_size + 1`` (a tiny corpus may yield fewer pieces). A model's ``vocab_size``
-            must be at least ``len(tokenizer)``.
+            must be at least ``len(tokenizer)``. None (``model="words"`` only): every word of the corpus, no cap.
         model: ``"unigram"`` (SentencePiece Unigram trained as XLM-R's), ``"words"`` (a Unigram vocabulary of the
             corpus's whole words and characters, built directly: for small closed-vocabulary corpora) or ``"bpe"``.
         model_max_length: written to ``tokenizer_config.json`` (XLM-R: 512).
@@ -124,7 +125,9 @@ def build_multilingual_tokenizer(
     texts = [s for s in sentences if isinstance(s, str) and s.strip()]
     if not texts:
         raise ValueError("build_multilingual_tokenizer needs at least one non-empty sentence")
-    if vocab_size < len(SPECIAL_TOKENS) + 1:
+    if vocab_size is None and model != "words":
+        raise ValueError(f"vocab_size=None: only model='words' has a natural size, got model={model!r}")
+    if vocab_size is not None and vocab_size < len(SPECIAL_TOKENS) + 1:
         raise ValueError(f"vocab_size={vocab_size}: must exceed the {len(SPECIAL_TOKENS)} special tokens")
     tok = _train(texts, vocab_size, model)
     for i, token in enumerate(SPECIAL_TOKENS):

@@ -59,7 +59,8 @@ class ZooModel(nn.Module):
       says more (X²-VLM's one text stack whose last layers are fusion layers);
     - ``official_converter``: the function turning an official checkpoint of the family into an export, found by
       ``mmzoo convert FAMILY`` (and listed by ``mmzoo convert --list``) through the model registry;
-    - ``tokenizer_part``: the part whose tokenizer the model reads text with;
+    - ``tokenizer_part``: the part whose tokenizer the model reads text with, and ``tokenizer_fields`` /
+      :meth:`tokenizer_settings`: the config values that follow a data-built tokenizer (vocabulary rows, special ids);
     - ``preprocess_defaults`` / :meth:`processor`: its image preprocessing (the official recipe) and how its batches
       are built (:mod:`zoo.processing`).
     """
@@ -84,6 +85,42 @@ class ZooModel(nn.Module):
     #: the :class:`zoo.processing.Processor` subclass :meth:`processor` returns (families that build their own
     #: batches set their own)
     processor_class: ClassVar[type | None] = None
+    #: model-config paths that follow the tokenizer when it is the data's own (``tokenizer: data``, resolved before
+    #: the model is built: :func:`zoo.train.data.prepare_data_tokenizer`) → what of it each takes: ``rows`` (its
+    #: length with :meth:`tokenizer_added_tokens`, rounded up to a multiple of 128), ``pad``, ``bos`` or ``eos`` (its
+    #: special ids). A path the config's parts do not take (a head it does not build, a classifier head in place of an
+    #: answer decoder) is skipped.
+    tokenizer_fields: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def config_value(cls, model_cfg: Mapping[str, Any], name: str) -> Any:
+        """Argument ``name`` of the model as ``model_cfg`` would build it: the config's value, else the default of
+        the class's ``__init__``."""
+        import inspect  # noqa: PLC0415
+
+        if name in model_cfg:
+            return model_cfg[name]
+        return inspect.signature(cls.__init__).parameters[name].default
+
+    @classmethod
+    def tokenizer_added_tokens(cls, model_cfg: Mapping[str, Any]) -> list[str]:
+        """The tokens a model built from ``model_cfg`` adds to its tokenizer (each needs an embedding row)."""
+        return []
+
+    @classmethod
+    def tokenizer_template_texts(cls, model_cfg: Mapping[str, Any]) -> list[str]:
+        """Text a model built from ``model_cfg`` writes around the data (a prompt template): a tokenizer built from
+        the data for it also gets these words."""
+        return []
+
+    @classmethod
+    def tokenizer_settings(cls, model_cfg: Mapping[str, Any], facts: Mapping[str, int]) -> dict[str, int]:
+        """The values of :attr:`tokenizer_fields` for a tokenizer described by ``facts`` (``rows``, ``pad``,
+        ``bos``, ``eos``): path → value, for the parts ``model_cfg`` builds."""
+        from zoo.spec import accepts  # noqa: PLC0415
+
+        return {path: int(facts[what]) for path, what in cls.tokenizer_fields.items()
+                if what in facts and accepts(model_cfg, "model", path)}
 
     def preprocess_config(self) -> Any:
         """The model's :class:`zoo.processing.PreprocessConfig`: its input resolution and, layered, the vision part's

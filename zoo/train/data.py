@@ -79,7 +79,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from zoo.data.side import side_stream, side_stream_names
 from zoo.spec import ConfigError
 
-__all__ = ["DataReport", "TaskDataModule", "data_keys", "resolve_data_tokenizer"]
+__all__ = ["VOCAB_MULTIPLE", "DataReport", "TaskDataModule", "data_keys", "prepare_data_tokenizer",
+           "resolve_data_tokenizer", "tokenizer_facts"]
 
 # names that moved: the side-stream readers, into the families that read them (zoo.data.side), by stream
 _MOVED = {"read_parallel": "parallel", "read_instructions": "language"}
@@ -352,6 +353,8 @@ class TaskDataModule(L.LightningDataModule):
         self._side_skipped: dict[str, list[tuple[str, int, str]]] = {}
         self._checked: dict[str, int] = {}  # data set key -> distinct media files its check opened
         self._checking: tuple[bool | None, dict[str, Any]] | None = None  # (progress, seen) while check() builds
+        #: media file → its problem (None: it opened) for every file :meth:`check` opened
+        self.media_results: dict[str, str | None] = {}
         self._model: Any = None
 
     @property
@@ -667,7 +670,8 @@ class TaskDataModule(L.LightningDataModule):
             self._side_skipped[key] = skipped or []
         return self._side[key]
 
-    def check(self, splits: Sequence[str] | None = None, progress: bool | None = None) -> DataReport:
+    def check(self, splits: Sequence[str] | None = None, progress: bool | None = None,
+              media: Mapping[str, str | None] | None = None) -> DataReport:
         """Check all the data before training starts: the answer list, every record of every split (``splits``:
         default all; each named evaluation set) and of the side streams (``data.parallel``, ``data.language``, with
         the training split), and every media file the records name, opened (:meth:`zoo.data.datasets.
@@ -675,7 +679,9 @@ class TaskDataModule(L.LightningDataModule):
         once, a tqdm bar on stderr above 2,000 files or with ``progress=True``). A bad record or file raises
         :class:`zoo.data.datasets.DataError` naming the annotation file, the record's index and the problem; with
         ``on_bad_sample: skip`` it is left out and counted per split and reason (:meth:`skipped_counts`). The data
-        sets stay built for training and evaluation (no file is read twice). Returns what was checked."""
+        sets stay built for training and evaluation (no file is read twice). ``media``: the :attr:`media_results` of
+        an earlier check of the same data (another data module's, before the model was built), not opened again.
+        Returns what was checked."""
         from zoo.data.datasets import answer_vocabulary  # noqa: PLC0415
 
         wanted = SPLITS if splits is None else tuple(dict.fromkeys(_split_of(s) for s in splits))
@@ -685,7 +691,8 @@ class TaskDataModule(L.LightningDataModule):
             if self._answer_list is None:
                 self._answer_list = answers
             report.answers = len(answers)
-        seen: dict[str, Any] = {}
+        seen = self.media_results
+        seen.update(media or {})
         for split in wanted:
             if not self.cfg.get(split):
                 continue
@@ -929,55 +936,69 @@ def _knows_every_word(folder: Path, texts: Sequence[str]) -> bool:
     return all(len(ids) == 1 for ids in (e.ids for e in tok.encode_batch(words, add_special_tokens=False)))
 
 
+#: a data-built tokenizer's embedding rows are its length rounded up to this multiple (Megatron-LM's default
+#: ``make-vocab-size-divisible-by``: matrix sizes the kernels tile evenly); the shapes tokenizer's 408 tokens → 512
+VOCAB_MULTIPLE = 128
+
+
+def _data_tokenizer_folder(data: Mapping[str, Any], corpus: Sequence[str], model_texts: Sequence[str],
+                           out_dir: str | os.PathLike, vocab_size: int | None) -> Path:
+    """The folder of the data's own tokenizer: the data folder's ``tokenizer_xlmr/`` when there is one, it knows every
+    word of ``corpus`` and the model writes no texts of its own (``model_texts``), else one built from ``corpus`` and
+    ``model_texts`` into ``out_dir/tokenizer_data`` (``vocab_size``: its cap; None: every word), once per run."""
+    from zoo.data.shapes import TOKENIZER_DIR  # noqa: PLC0415
+
+    root = data.get("root")
+    folder = Path(root) / TOKENIZER_DIR if root else None
+    if folder is not None and (folder / "tokenizer.json").is_file() and not model_texts \
+            and _knows_every_word(folder, corpus):
+        return folder
+    from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer  # noqa: PLC0415
+
+    if not corpus:
+        raise ConfigError("text.tokenizer: data needs texts in the data files (questions, captions, answers)",
+                          "data.train")
+    folder = Path(out_dir) / "tokenizer_data"
+    if not (folder / "tokenizer.json").is_file():  # built once per run (deterministic), then renamed into place
+        import shutil  # noqa: PLC0415
+        import tempfile  # noqa: PLC0415
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tokenizer_data.", dir=folder.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; it is an ordinary output folder
+        build_multilingual_tokenizer(list(corpus) + list(model_texts), tmp, vocab_size=vocab_size, model="words")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process (a distributed rank) put the same tokenizer there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | os.PathLike,
                            task: str = "vqa", datamodule: TaskDataModule | None = None) -> None:
-    """``text.tokenizer: data`` (alias ``shapes``): the data's own word-level tokenizer, for models trained from
-    scratch on a small closed vocabulary. It is the data folder's ``tokenizer_xlmr/`` when there is one (the shapes
-    generator writes it, :func:`zoo.data.shapes.shapes_tokenizer`) and it has a token for every word of the data's
-    texts (the shapes tokenizer knows the words of the captions and questions, not those of the visual-entailment and
-    NLVR sentences), else one built from the texts of the data section's files (questions, captions, sentences,
-    answers, the answer list; :func:`zoo.data.multilingual_tokenizer.
+    """``text.tokenizer: data`` (alias ``shapes``) for a model already built: the data's own word-level tokenizer,
+    for models trained from scratch on a small closed vocabulary. It is the data folder's ``tokenizer_xlmr/`` when
+    there is one (the shapes generator writes it, :func:`zoo.data.shapes.shapes_tokenizer`) and it has a token for
+    every word of the data's texts (the shapes tokenizer knows the words of the captions and questions, not those of
+    the visual-entailment and NLVR sentences), else one built from the texts of the data section's files (questions,
+    captions, sentences, answers, the answer list; :func:`zoo.data.multilingual_tokenizer.
     build_multilingual_tokenizer` with ``model="words"``) into ``out_dir/tokenizer_data``, sized to the text part's
     ``vocab_size``. A model with ``tokenizer_texts()`` (text it writes around the data, e.g. a prompt template) always
     gets one built from the data's texts and those. The texts come from records the readers checked
     (:meth:`TaskDataModule.tokenizer_texts`; ``datamodule``: the data module :meth:`TaskDataModule.check` has checked,
     whose records are used as they are, else one is made from ``data`` and ``task``). Call before
-    ``model.text.get_tokenizer()``; the model config then names the folder."""
+    ``model.text.get_tokenizer()``; the model config then names the folder. ``mmzoo train`` resolves the tokenizer
+    before it builds the model instead, and sizes the model to it (:func:`prepare_data_tokenizer`)."""
     text = getattr(model, "text", None)
     if getattr(text, "tokenizer", None) not in ("data", "shapes"):
         return
-    from zoo.data.shapes import TOKENIZER_DIR  # noqa: PLC0415
-
-    root = data.get("root")
-    folder = Path(root) / TOKENIZER_DIR if root else None
     # texts the model writes around the data (MultiModal-GPT's instruction template): their words join the vocabulary,
     # else a word-level tokenizer spells them letter by letter (the template alone was 120 tokens)
     model_texts = list(model.tokenizer_texts()) if hasattr(model, "tokenizer_texts") else []
     corpus = datamodule.tokenizer_texts() if datamodule is not None else _data_texts(task, data)
-    if folder is None or not (folder / "tokenizer.json").is_file() or model_texts \
-            or not _knows_every_word(folder, corpus):
-        from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer  # noqa: PLC0415
-
-        if not corpus:
-            raise ConfigError("text.tokenizer: data needs texts in the data files (questions, captions, answers)",
-                              "data.train")
-        folder = Path(out_dir) / "tokenizer_data"
-        if not (folder / "tokenizer.json").is_file():  # built once per run (deterministic), then renamed into place
-            import shutil  # noqa: PLC0415
-            import tempfile  # noqa: PLC0415
-
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".tokenizer_data.", dir=folder.parent))
-            tmp.chmod(0o755)  # mkdtemp makes it private; it is an ordinary output folder
-            # room for <mask> and the tokens the model adds itself (eP-ALM's </a>, MultiModal-GPT's <image>, ...)
-            extra = 1 + len(getattr(text, "special_tokens", None) or ())
-            build_multilingual_tokenizer(corpus + model_texts, tmp, vocab_size=_vocab_rows(text) - extra,
-                                         model="words")
-            try:
-                tmp.rename(folder)
-            except OSError:  # another process (a distributed rank) put the same tokenizer there first
-                shutil.rmtree(tmp, ignore_errors=True)
-    text.tokenizer = str(folder)
+    # room for <mask> and the tokens the model adds itself (eP-ALM's </a>, MultiModal-GPT's <image>, ...)
+    extra = 1 + len(getattr(text, "special_tokens", None) or ())
+    text.tokenizer = str(_data_tokenizer_folder(data, corpus, model_texts, out_dir, _vocab_rows(text) - extra))
     if hasattr(text, "_tokenizer_cache"):
         text._tokenizer_cache = None
     key = getattr(model, "tokenizer_part", "text")  # the part's key in the model config (e.g. `lm` for an LM family)
@@ -985,3 +1006,59 @@ def resolve_data_tokenizer(model: Any, data: Mapping[str, Any], out_dir: str | o
     if isinstance(config, dict) and isinstance(config.get("model"), dict) \
             and isinstance(config["model"].get(key), dict):
         config["model"][key]["tokenizer"] = text.tokenizer  # checkpoints name the real folder
+
+
+def tokenizer_facts(folder: str | os.PathLike, added: Sequence[str] = ()) -> dict[str, int]:
+    """What a model's config takes from the tokenizer in ``folder`` with the tokens ``added`` (those it lacks): its
+    embedding ``rows`` (its length, rounded up to a multiple of :data:`VOCAB_MULTIPLE`), ``tokens`` (its length) and
+    the ids of its special tokens (``pad``, ``bos``, ``eos``, ``mask``; the XLM-R layout's ``<s>``, ``<pad>``,
+    ``</s>``, ``<mask>``)."""
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    vocab = tok.get_vocab()
+    tokens = len(tok) + len({t for t in added if t not in vocab})
+    facts = {"tokens": tokens, "rows": -(-tokens // VOCAB_MULTIPLE) * VOCAB_MULTIPLE}
+    for name in ("pad", "bos", "eos", "mask"):
+        value = getattr(tok, f"{name}_token_id", None)
+        if value is not None:
+            facts[name] = int(value)
+    return facts
+
+
+def prepare_data_tokenizer(model_tree: dict, cls: Any, data: Mapping[str, Any], out_dir: str | os.PathLike,
+                           task: str = "vqa", explicit: Sequence[str] = (), file: str | None = None,
+                           datamodule: TaskDataModule | None = None) -> Path | None:
+    """``tokenizer: data`` (alias ``shapes``) in the tokenizer part (``cls.tokenizer_part``) of the model config
+    ``model_tree``, resolved before the model is built: the data's own tokenizer (:func:`_data_tokenizer_folder`,
+    every word of the checked records and of the model's template texts, no cap), written into the part's
+    ``tokenizer``, and the values of ``cls.tokenizer_fields`` (vocabulary rows, special ids) set from it
+    (:meth:`zoo.models.base.ZooModel.tokenizer_settings`). A path in ``explicit`` (set by the task config's
+    ``model.overrides``) keeps its value if the tokenizer fits: rows at least its length, ids equal to its own; else
+    a ConfigError naming the key and ``file``. Returns the folder (None: the part names another tokenizer; nothing
+    changes). ``model_tree`` is changed in place."""
+    key = getattr(cls, "tokenizer_part", "text")
+    part = model_tree.get(key)
+    if not isinstance(part, dict) or part.get("tokenizer") not in ("data", "shapes"):
+        return None
+    template = list(cls.tokenizer_template_texts(model_tree)) if hasattr(cls, "tokenizer_template_texts") else []
+    corpus = datamodule.tokenizer_texts() if datamodule is not None else _data_texts(task, data)
+    folder = _data_tokenizer_folder(data, corpus, template, out_dir, None)
+    part["tokenizer"] = str(folder)
+    added = list(cls.tokenizer_added_tokens(model_tree)) + list(part.get("special_tokens") or [])
+    facts = tokenizer_facts(folder, added)
+    for path, value in cls.tokenizer_settings(model_tree, facts).items():
+        *parents, leaf = path.split(".")
+        node = model_tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        if path in explicit and node.get(leaf) != value:
+            given, least = node.get(leaf), value - (facts["rows"] - facts["tokens"])  # rows: no rounding needed
+            if not (leaf == "vocab_size" and isinstance(given, int) and not isinstance(given, bool)
+                    and given >= least):
+                need = f"at least {least} rows" if leaf == "vocab_size" else f"its id {value}"
+                raise ConfigError(f"{given!r} does not fit the data's tokenizer ({folder}): expected {need}, or "
+                                  "leave the key out to derive it", f"model.{path}", file)
+            continue
+        node[leaf] = value
+    return folder

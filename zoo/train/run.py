@@ -341,6 +341,16 @@ def _check_model_for_task(model, task: str, mcfg: Mapping[str, Any], file: str |
                       f"it (see `mmzoo info {name}`)", key, file)
 
 
+def _dotted_keys(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The leaf keys of a (possibly nested, possibly dotted) override mapping, dotted: ``{"text": {"vocab_size": 1},
+    "vqa.pad_token_id": 0}`` → ``["text.vocab_size", "vqa.pad_token_id"]``."""
+    keys: list[str] = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        keys += _dotted_keys(value, path + ".") if isinstance(value, Mapping) and value else [path]
+    return keys
+
+
 def _datamodule(task: str, cfg: Mapping[str, Any], model, tokenizer):
     """The data module for ``model``: the config's data section at the model's resolution and VQA head kind."""
     from zoo.models.base import input_resolution  # noqa: PLC0415
@@ -396,6 +406,19 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
         raise blame_overrides(exc) from None
     # what the model can do, told from the very config built below, before building it
     _check_model_for_task(resolved["model"], task, mcfg, cfg.get("_file"))
+    from zoo.registry import MODELS  # noqa: PLC0415
+    from zoo.train.data import TaskDataModule, prepare_data_tokenizer  # noqa: PLC0415
+
+    data = resolve_data(cfg.get("data") or {})  # `root: shapes` → the generated folder (made on first use)
+    # every record and media file, before the model is built and before the run folder exists (the model's own data
+    # module reads the records again for its transforms; no media file is opened twice)
+    checked = TaskDataModule(task, data, None, vqa_mode="classifier", image_size=1)
+    print(checked.check())
+    # `text.tokenizer: data` → the data's word-level tokenizer, from the checked records, before the model is built:
+    # the vocabulary rows and special ids the family's tokenizer_fields name are set from it
+    prepare_data_tokenizer(resolved["model"], MODELS.get(resolved["model"]["type"]), data, run_dir, task,
+                           explicit=_dotted_keys(mcfg.get("overrides") or {}), file=cfg.get("_file"),
+                           datamodule=checked)
     try:
         model = zoo.create_model(resolved, pretrained=mcfg.get("pretrained"),
                                  pretrained_strict=mcfg.get("pretrained_strict"))
@@ -414,13 +437,8 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
         for part in (getattr(model, "vision", None), getattr(model, "text", None), getattr(model, "fusion", None)):
             if part is not None and hasattr(part, "set_grad_checkpointing"):
                 part.set_grad_checkpointing(True)
-    from zoo.train.data import resolve_data_tokenizer  # noqa: PLC0415
-
-    data = resolve_data(cfg.get("data") or {})  # `root: shapes` → the generated folder (made on first use)
-    dm = _datamodule(task, {**cfg, "data": data}, model, None)  # the tokenizer comes after the data check
-    print(dm.check())  # every record and media file, before the data tokenizer and before the run folder exists
-    # `text.tokenizer: data` → the data's word-level tokenizer, from the checked records
-    resolve_data_tokenizer(model, data, run_dir, task, datamodule=dm)
+    dm = _datamodule(task, {**cfg, "data": data}, model, None)
+    dm.check(media=checked.media_results)
     tokenizer = dm.tokenizer = model.text.get_tokenizer()
     dm.task_spec.prepare_model(model, dm, cfg.get("_file"))  # e.g. VQA: the answers travel with the checkpoints
     module = TaskModule(model, task, cfg.get("optim"), cfg.get("evaluation"))

@@ -60,9 +60,10 @@ Keys: ``vision.trunk.*`` / ``vision.{cls_token,pos_embed}``, ``vision_proj.*``, 
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -349,6 +350,20 @@ class DaVinci(ZooModel):
     # VQA and captioning decode with the shared decoder; VE and NLVR need their MLP heads built
     #: the official recipe: CLIP's mean / std, bicubic square resize (DaVinci ``dataset/__init__.py``)
     preprocess_defaults = CLIP_PREPROCESS
+    # a data-built tokenizer (`text.tokenizer: data`) sizes the text embedding and the decoder, whose vocabulary is
+    # the text ids followed by the image codes (decoder.vocab_size: see tokenizer_settings)
+    tokenizer_fields: ClassVar[Mapping[str, str]] = {"text.vocab_size": "rows", "text.pad_token_id": "pad", "decoder.pad_token_id": "pad",
+                        "decoder.bos_token_id": "bos", "decoder.eos_token_id": "eos"}
+
+    @classmethod
+    def tokenizer_settings(cls, model_cfg: Mapping[str, Any], facts: Mapping[str, int]) -> dict[str, int]:
+        settings = super().tokenizer_settings(model_cfg, facts)
+        text, decoder = model_cfg.get("text"), model_cfg.get("decoder")
+        if isinstance(text, Mapping) and isinstance(decoder, Mapping):  # the image codes follow the text ids
+            codes = text.get("visual_vocab_size", inspect.signature(DaVinciEncoder).parameters["visual_vocab_size"].default)
+            settings["decoder.vocab_size"] = settings["text.vocab_size"] + int(codes)
+        return settings
+
     task_heads = {"vqa": (), "captioning": (), "ve": ("ve_head",), "nlvr": ("nlvr_head",), "pretrain": ()}
 
     def __init__(

@@ -43,7 +43,7 @@ Differences from the official code, on purpose:
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -111,6 +111,12 @@ class EPALM(ZooModel):
     causal_captioning = True  # captioning batches need raw captions, no [MASK] inputs (CaptionTrainCollator)
     processor_class = TextBatchProcessor  # text batches: questions, answers and captions as strings
     tokenizer_part = "lm"  # the language model's tokenizer
+    tokenizer_fields: ClassVar[Mapping[str, str]] = {"lm.config.vocab_size": "rows", "lm.config.pad_token_id": "pad",
+                        "lm.config.bos_token_id": "bos", "lm.config.eos_token_id": "eos"}
+
+    @classmethod
+    def tokenizer_added_tokens(cls, model_cfg: Mapping[str, Any]) -> list[str]:
+        return [cls.config_value(model_cfg, "answer_token")]  # added when built (official </a>)
     #: the official recipe: CLIP's mean / std, bicubic square resize (eP-ALM ``dataset/__init__.py``)
     preprocess_defaults = CLIP_PREPROCESS
     task_heads = {"vqa": (), "captioning": ()}  # the language model answers and captions

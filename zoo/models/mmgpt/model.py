@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -101,6 +101,8 @@ class MultiModalGPT(ZooModel):
     preprocess_defaults = {**CLIP_PREPROCESS, "resize_mode": "shortest"}
     processor_class = TextBatchProcessor  # text batches: questions, answers and captions as strings
     tokenizer_part = "lm"  # the language model's tokenizer
+    tokenizer_fields: ClassVar[Mapping[str, str]] = {"lm.config.vocab_size": "rows", "vocab_size": "rows", "lm.config.pad_token_id": "pad",
+                        "lm.config.bos_token_id": "bos", "lm.config.eos_token_id": "eos"}
     task_heads = {"vqa": (), "captioning": ()}  # the language model answers and captions
 
     def __init__(
@@ -327,8 +329,15 @@ class MultiModalGPT(ZooModel):
     def tokenizer_texts(self) -> list[str]:
         """The text this model writes around the data (the instruction templates, the caption instruction): a
         tokenizer built from the data for it (``lm.tokenizer: data``) also gets these words."""
-        return [instruction_prompt("", image=True), instruction_prompt("", image=False, input="x"),
-                chat_prompt([("", "x"), ("", None)]), instruction_prompt(self.caption_instruction)]
+        return _template_texts(self.caption_instruction)
+
+    @classmethod
+    def tokenizer_template_texts(cls, model_cfg: Mapping[str, Any]) -> list[str]:
+        return _template_texts(cls.config_value(model_cfg, "caption_instruction"))
+
+    @classmethod
+    def tokenizer_added_tokens(cls, model_cfg: Mapping[str, Any]) -> list[str]:
+        return [END_OF_CHUNK, IMAGE_TOKEN]  # added when built (official: the Flamingo special tokens)
 
     def encode_language(self, records: Sequence[Mapping[str, str]]) -> dict[str, Tensor]:
         """Language-only instruction records ``{instruction, input, output}`` (:func:`zoo.train.data.
@@ -439,3 +448,9 @@ def _pad(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[Tens
             labels[i, :len(lab)] = torch.tensor(lab, dtype=torch.long)
     labels[:, 0] = -100
     return ids, mask, labels
+
+
+def _template_texts(caption_instruction: str) -> list[str]:
+    """The instruction templates and the caption instruction, whose words a data-built tokenizer gets."""
+    return [instruction_prompt("", image=True), instruction_prompt("", image=False, input="x"),
+            chat_prompt([("", "x"), ("", None)]), instruction_prompt(caption_instruction)]

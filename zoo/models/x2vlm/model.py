@@ -23,7 +23,7 @@ The checkpoint converter from the official layout is :mod:`zoo.models.x2vlm.conv
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,11 @@ class X2VLM(ZooModel):
 
     #: the official recipe: CLIP's mean / std, bicubic square resize (X2-VLM ``dataset/__init__.py``)
     preprocess_defaults = CLIP_PREPROCESS
+    # a data-built tokenizer (`text.tokenizer: data`) sizes the text stack and every head that reads or writes its ids
+    tokenizer_fields: ClassVar[Mapping[str, str]] = {"text.vocab_size": "rows", "text.pad_token_id": "pad", "mlm.vocab_size": "rows",
+                        "vqa.vocab_size": "rows", "vqa.pad_token_id": "pad", "vqa.bos_token_id": "bos",
+                        "vqa.eos_token_id": "eos", "caption.vocab_size": "rows", "caption.mask_token_id": "mask",
+                        "caption.eos_token_id": "eos"}
     task_heads = {"vqa": ("vqa",), "retrieval": ("itc", "itm"), "captioning": ("caption",), "nlvr": ("nlvr",),
                   "pretrain": ("itc", "itm")}
 
