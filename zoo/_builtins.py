@@ -16,6 +16,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "video": "zoo.modules.vision.video",
         "resnet_grid": "zoo.models.davinci.resnet_grid",
         "vqgan": "zoo.models.davinci.vqgan",
+        "univl_video": "zoo.models.univl.parts",
     },
     "text_encoder": {
         "hf": "zoo.modules.text.hf",
@@ -24,6 +25,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     },
     "fusion": {
         "cross_attention": "zoo.modules.fusion.cross_attention",
+        "univl_cross": "zoo.models.univl.parts",
     },
     "adapter": {
         "linear": "zoo.modules.adapters.linear",
@@ -41,6 +43,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "bbox": "zoo.heads.box",
         "nlvr": "zoo.heads.nlvr",
         "vqa_generative": "zoo.heads.vqa",
+        "univl_decoder": "zoo.models.univl.parts",
+        "univl_mfm": "zoo.models.univl.parts",
     },
     "model": {
         "fusion_encoder": "zoo.models.fusion_encoder",
@@ -49,6 +53,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "davinci": "zoo.models.davinci.model",
         "cclm": "zoo.models.cclm.model",
         "mmgpt": "zoo.models.mmgpt.model",
+        "univl": "zoo.models.univl.model",
     },
     "dataset": {
         "vqa": "zoo.data.datasets",

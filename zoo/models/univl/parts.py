@@ -1,0 +1,357 @@
+"""UniVL's own parts: the video encoder over clip features, the cross encoder, the caption decoder and the masked
+frame head.
+
+Official code: microsoft/UniVL @8db88f3, ``modules/module_visual.py`` (``VisualModel``), ``modules/module_cross.py``
+(``CrossModel``), ``modules/module_decoder.py`` (``DecoderModel``), and ``NormalizeVideo`` in ``modules/modeling.py``.
+
+Every layer of the three stacks is a post-LayerNorm BERT layer (self-attention → [cross-attention] → GELU feed-forward,
+LayerNorm eps 1e-12), so they are :class:`zoo.modules.layers.TransformerLayer` on the framework's attention op. The
+official layers add ``-10000`` to masked attention scores; the op uses the dtype's most negative finite value, which
+gives the same probabilities wherever a query has at least one visible key (``exp(-10000)`` is 0 in float32). A
+query that sees no key at all (a padded decoder position whose whole prefix is padding) is averaged uniformly here and
+by the raw scores in the official code; such positions are padding and carry no label.
+
+Hand-written: the embeddings (a linear projection of features instead of a token table; the cross encoder's position
+and token-type embeddings added on top of already encoded states), the poolers, the FT-Align score layer, the decoder
+wiring (its word and position tables and its output projection are the text encoder's) and the MFM head whose output
+matrix is the video projection.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from zoo.modules.layers import LayerStack, TransformerLayer, init_bert_weights
+from zoo.modules.outputs import EncoderOutput
+from zoo.registry import FUSIONS, HEADS, VISION_ENCODERS
+from zoo.spec import ConfigError
+
+__all__ = ["UniVLCrossEncoder", "UniVLDecoder", "UniVLFrameHead", "UniVLVideoEncoder"]
+
+
+def _bert_layers(num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int, *, eps: float,
+                 attn_drop: float, drop: float, decoder: bool = False) -> LayerStack:
+    if hidden_size % num_heads:
+        raise ConfigError(f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}")
+    if num_layers < 1:
+        raise ConfigError(f"num_layers={num_layers}: at least one layer")
+    return LayerStack([
+        TransformerLayer(hidden_size, num_heads, intermediate_size, cross_attention=decoder, causal=decoder, eps=eps,
+                         attn_drop=attn_drop, drop=drop)
+        for _ in range(num_layers)
+    ])
+
+
+class _Pooler(nn.Module):
+    """``tanh(dense(states[:, 0]))`` (key ``dense``), BERT's pooler."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.dense = nn.Linear(width, width)
+
+    def forward(self, states: Tensor) -> Tensor:
+        return torch.tanh(self.dense(states[:, 0]))
+
+
+def _check_mask(mask: Tensor | None, shape: tuple[int, int], what: str) -> Tensor | None:
+    if mask is not None and tuple(mask.shape) != shape:
+        raise ValueError(f"{what} must have shape {shape} (1 = real, 0 = padding); got {tuple(mask.shape)}")
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# video encoder
+# ---------------------------------------------------------------------------------------------------------------------
+class _VideoEmbeddings(nn.Module):
+    """Features → ``proj`` (Linear feature_dim → width) + learned frame positions → LayerNorm → dropout
+    (official ``VisualEmbeddings``, whose projection is named ``word_embeddings``)."""
+
+    def __init__(self, feature_dim: int, width: int, max_frames: int, eps: float, drop: float):
+        super().__init__()
+        self.proj = nn.Linear(feature_dim, width)
+        self.position_embeddings = nn.Embedding(max_frames, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=eps)
+        self.dropout = nn.Dropout(drop)
+
+    def forward(self, features: Tensor) -> Tensor:
+        n = features.shape[1]
+        if n > self.position_embeddings.num_embeddings:
+            raise ValueError(f"{n} frames but the video encoder has {self.position_embeddings.num_embeddings} "
+                             "frame positions (max_frames)")
+        positions = self.position_embeddings(torch.arange(n, device=features.device))
+        return self.dropout(self.LayerNorm(self.proj(features) + positions))
+
+
+@VISION_ENCODERS.register("univl_video")
+class UniVLVideoEncoder(nn.Module):
+    """Video encoder over pre-extracted clip features ``(B, T, feature_dim)`` (one S3D vector per second).
+
+    ``norm`` (LayerNorm over the raw features, the official top-level ``normalize_video``) → ``embeddings`` →
+    ``num_layers`` bidirectional BERT layers under the frame mask → ``pooler`` (built as in the official
+    ``VisualModel``, which never uses it).
+
+    Args:
+        feature_dim: width of the input features (1024 for the official S3D features).
+        hidden_size, num_layers, num_heads, intermediate_size: the stack (official 768, 6, 12, 3072).
+        max_frames: rows of the frame position table (official ``visual-base`` config: 512).
+        hidden_dropout, attention_dropout, layer_norm_eps: as BERT.
+        initializer_range: std of the normal initialisation (official 0.02).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int = 1024,
+        hidden_size: int = 768,
+        num_layers: int = 6,
+        num_heads: int = 12,
+        intermediate_size: int = 3072,
+        max_frames: int = 512,
+        hidden_dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+    ):
+        super().__init__()
+        self.width = hidden_size
+        self.feature_dim = feature_dim
+        self.norm = nn.LayerNorm(feature_dim, eps=layer_norm_eps)
+        self.embeddings = _VideoEmbeddings(feature_dim, hidden_size, max_frames, layer_norm_eps, hidden_dropout)
+        self.encoder = _bert_layers(num_layers, hidden_size, num_heads, intermediate_size, eps=layer_norm_eps,
+                                    attn_drop=attention_dropout, drop=hidden_dropout)
+        self.pooler = _Pooler(hidden_size)
+        init_bert_weights(self, initializer_range)
+
+    def normalize(self, features: Tensor) -> Tensor:
+        """The LayerNorm over each frame's raw features (official ``modeling.py:NormalizeVideo.forward``); also the
+        targets of the masked frame model."""
+        if features.dim() != 3 or features.shape[-1] != self.feature_dim:
+            raise ValueError(f"expected features (batch, frames, {self.feature_dim}); got {tuple(features.shape)}")
+        return self.norm(features.float() if not features.is_floating_point() else features)
+
+    def forward(self, features: Tensor, mask: Tensor | None = None, *, normalized: bool = False) -> EncoderOutput:
+        """``features`` ``(B, T, feature_dim)``, ``mask`` ``(B, T)`` (1 = frame, 0 = padding) → ``EncoderOutput``
+        (tokens ``(B, T, width)``, pooled = the pooler's output, mask). ``normalized``: the features went through
+        :meth:`normalize` already (official ``module_visual.py:VisualModel.forward`` after ``NormalizeVideo``)."""
+        x = features if normalized else self.normalize(features)
+        mask = _check_mask(mask, tuple(x.shape[:2]), "the frame mask")
+        x, _, _, _ = self.encoder(self.embeddings(x), mask)
+        return EncoderOutput(tokens=x, pooled=self.pooler(x), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# cross encoder
+# ---------------------------------------------------------------------------------------------------------------------
+class _CrossEmbeddings(nn.Module):
+    """States + position (0 .. L+T-1 over the concatenation) + token type (0 text, 1 video) → LayerNorm → dropout
+    (official ``module_cross.py:CrossEmbeddings``)."""
+
+    def __init__(self, width: int, max_positions: int, type_vocab_size: int, eps: float, drop: float):
+        super().__init__()
+        self.position_embeddings = nn.Embedding(max_positions, width)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=eps)
+        self.dropout = nn.Dropout(drop)
+
+    def forward(self, states: Tensor, token_types: Tensor) -> Tensor:
+        n = states.shape[1]
+        if n > self.position_embeddings.num_embeddings:
+            raise ValueError(f"{n} text tokens and frames but the cross encoder has "
+                             f"{self.position_embeddings.num_embeddings} positions (max_position_embeddings)")
+        positions = self.position_embeddings(torch.arange(n, device=states.device))
+        return self.dropout(self.LayerNorm(states + positions + self.token_type_embeddings(token_types)))
+
+
+@FUSIONS.register("univl_cross")
+class UniVLCrossEncoder(nn.Module):
+    """The cross encoder over ``[text states ; video states]``: position and token-type embeddings, ``num_layers``
+    bidirectional BERT layers, BERT's pooler on the first (text CLS) state, and ``similarity_dense`` (Linear
+    width → 1), the FT-Align score of a (text, video) pair from the pooled state.
+
+    Args:
+        hidden_size, num_layers, num_heads, intermediate_size: the stack (official ``cross-base``: 768, 2 layers as
+            the scripts set, 12, 3072).
+        max_position_embeddings: positions over text + frames (official 1024).
+        type_vocab_size: token types (official 2: 0 text, 1 video).
+        hidden_dropout, attention_dropout, layer_norm_eps, initializer_range: as BERT.
+    """
+
+    TEXT_TYPE, VIDEO_TYPE = 0, 1
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_layers: int = 2,
+        num_heads: int = 12,
+        intermediate_size: int = 3072,
+        max_position_embeddings: int = 1024,
+        type_vocab_size: int = 2,
+        hidden_dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+    ):
+        super().__init__()
+        if type_vocab_size < 2:
+            raise ConfigError(f"type_vocab_size={type_vocab_size}: text and video need two token types")
+        self.width = hidden_size
+        self.embeddings = _CrossEmbeddings(hidden_size, max_position_embeddings, type_vocab_size, layer_norm_eps,
+                                           hidden_dropout)
+        self.encoder = _bert_layers(num_layers, hidden_size, num_heads, intermediate_size, eps=layer_norm_eps,
+                                    attn_drop=attention_dropout, drop=hidden_dropout)
+        self.pooler = _Pooler(hidden_size)
+        self.similarity_dense = nn.Linear(hidden_size, 1)
+        init_bert_weights(self, initializer_range)
+
+    def token_types(self, text_mask: Tensor, video_mask: Tensor) -> Tensor:
+        """``(B, L + T)``: 0 over the text positions, 1 over the frames (official ``modeling.py:_get_cross_output``)."""
+        return torch.cat([torch.full_like(text_mask, self.TEXT_TYPE, dtype=torch.long),
+                          torch.full_like(video_mask, self.VIDEO_TYPE, dtype=torch.long)], dim=1)
+
+    def forward(self, text_states: Tensor, text_mask: Tensor, video_states: Tensor, video_mask: Tensor) -> EncoderOutput:
+        """Fused states of the concatenation (official ``modeling.py:UniVL._get_cross_output`` →
+        ``module_cross.py:CrossModel.forward``): tokens ``(B, L + T, width)``, pooled ``(B, width)``, mask
+        ``(B, L + T)``."""
+        if text_states.shape[0] != video_states.shape[0]:
+            raise ValueError(f"{text_states.shape[0]} texts but {video_states.shape[0]} videos: the cross encoder "
+                             "fuses aligned pairs")
+        _check_mask(text_mask, tuple(text_states.shape[:2]), "the text attention mask")
+        _check_mask(video_mask, tuple(video_states.shape[:2]), "the frame mask")
+        mask = torch.cat([text_mask, video_mask], dim=1)
+        x = self.embeddings(torch.cat([text_states, video_states], dim=1), self.token_types(text_mask, video_mask))
+        x, _, _, _ = self.encoder(x, mask)
+        return EncoderOutput(tokens=x, pooled=self.pooler(x), mask=mask)
+
+    def score(self, pooled: Tensor) -> Tensor:
+        """FT-Align logit of each pooled pair state ``(N, width)`` → ``(N,)`` (official ``similarity_dense``)."""
+        return self.similarity_dense(pooled).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# decoder
+# ---------------------------------------------------------------------------------------------------------------------
+class _DecoderEmbeddings(nn.Module):
+    """Word + position (0 .. L-1) → LayerNorm → dropout; both tables are the text encoder's once the model ties them
+    (official ``module_decoder.py:DecoderEmbeddings``)."""
+
+    def __init__(self, vocab_size: int, width: int, max_positions: int, eps: float, drop: float):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, width)
+        self.position_embeddings = nn.Embedding(max_positions, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=eps)
+        self.dropout = nn.Dropout(drop)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        n = input_ids.shape[1]
+        if n > self.position_embeddings.num_embeddings:
+            raise ValueError(f"{n} caption tokens but the decoder has {self.position_embeddings.num_embeddings} "
+                             "positions")
+        positions = self.position_embeddings(torch.arange(n, device=input_ids.device))
+        return self.dropout(self.LayerNorm(self.word_embeddings(input_ids) + positions))
+
+
+@HEADS.register("univl_decoder")
+class UniVLDecoder(nn.Module):
+    """The caption decoder: ``num_layers`` layers of causal self-attention → cross-attention to the cross encoder's
+    states → FFN, then BERT's LM prediction head (``classifier``, the shared ``mlm`` head).
+
+    The word and position tables and the output matrix are those of the text encoder (:meth:`tie_to`, called by the
+    model), as the official ``DecoderModel`` receives BERT's ``word_embeddings`` / ``position_embeddings`` weights.
+
+    Args:
+        hidden_size, num_layers, num_heads, intermediate_size: the stack (official ``decoder-base`` with the scripts'
+            3 layers: 768, 3, 12, 3072).
+        vocab_size: output vocabulary (bert-base-uncased: 30522); max_position_embeddings: the text encoder's (512).
+        hidden_dropout, attention_dropout, layer_norm_eps, initializer_range: as BERT.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_layers: int = 3,
+        num_heads: int = 12,
+        intermediate_size: int = 3072,
+        vocab_size: int = 30522,
+        max_position_embeddings: int = 512,
+        hidden_dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+    ):
+        super().__init__()
+        from zoo.heads.mlm import MLMHead
+
+        self.width = hidden_size
+        self.vocab_size = vocab_size
+        self.embeddings = _DecoderEmbeddings(vocab_size, hidden_size, max_position_embeddings, layer_norm_eps,
+                                             hidden_dropout)
+        self.stack = _bert_layers(num_layers, hidden_size, num_heads, intermediate_size, eps=layer_norm_eps,
+                                  attn_drop=attention_dropout, drop=hidden_dropout, decoder=True)
+        init_bert_weights(self, initializer_range)
+        self.classifier = MLMHead(hidden_size, vocab_size, layer_norm_eps, initializer_range=initializer_range)
+
+    def tie_to(self, word_embeddings: nn.Embedding, position_embeddings: nn.Embedding) -> None:
+        """Share the text encoder's word and position tables (and the word table as the output matrix)."""
+        for mine, theirs, what in ((self.embeddings.word_embeddings, word_embeddings, "word"),
+                                   (self.embeddings.position_embeddings, position_embeddings, "position")):
+            if tuple(mine.weight.shape) != tuple(theirs.weight.shape):
+                raise ConfigError(f"cannot tie the decoder's {what} table {tuple(mine.weight.shape)} to the text "
+                                  f"encoder's {tuple(theirs.weight.shape)}: vocab_size / max_position_embeddings / "
+                                  "hidden_size differ")
+            mine.weight = theirs.weight
+        self.classifier.tie_to(word_embeddings)
+
+    def forward(self, input_ids: Tensor, input_mask: Tensor, encoder_states: Tensor, encoder_mask: Tensor) -> Tensor:
+        """Teacher-forced logits ``(B, L, vocab)`` of the next token at each caption position (official
+        ``module_decoder.py:DecoderModel.forward``: causal self-attention limited to the caption's real tokens,
+        cross-attention to the real text tokens and frames)."""
+        _check_mask(input_mask, tuple(input_ids.shape), "the caption mask")
+        x, _, _, _ = self.stack(self.embeddings(input_ids), input_mask, encoder_states, encoder_mask, causal=True)
+        return self.classifier.logits(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# masked frame model head
+# ---------------------------------------------------------------------------------------------------------------------
+class _Transform(nn.Module):
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(width, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.LayerNorm(nn.functional.gelu(self.dense(x)))
+
+
+@HEADS.register("univl_mfm")
+class UniVLFrameHead(nn.Module):
+    """The masked frame model head of stage II pre-training: dense → GELU → LayerNorm → ``@ weight + bias`` back to
+    the feature width, where ``weight`` ``(width, feature_dim)`` is the video encoder's projection matrix
+    (:meth:`tie_to`; official ``module_visual.py:VisualOnlyMLMHead`` on the ``word_embeddings`` Linear's weight).
+
+    Args:
+        hidden_size: width of the cross encoder's states; feature_dim: width of the clip features (1024).
+        layer_norm_eps, initializer_range: as BERT.
+    """
+
+    def __init__(self, hidden_size: int = 768, feature_dim: int = 1024, layer_norm_eps: float = 1e-12,
+                 initializer_range: float = 0.02):
+        super().__init__()
+        self.width = hidden_size
+        self.feature_dim = feature_dim
+        self.transform = _Transform(hidden_size, layer_norm_eps)
+        self.weight = nn.Parameter(torch.empty(hidden_size, feature_dim))
+        self.bias = nn.Parameter(torch.zeros(feature_dim))
+        init_bert_weights(self, initializer_range)
+        nn.init.normal_(self.weight, std=initializer_range)
+
+    def tie_to(self, projection: nn.Linear) -> None:
+        """Share the video projection's weight ``(width, feature_dim)`` as the output matrix."""
+        if tuple(projection.weight.shape) != tuple(self.weight.shape):
+            raise ConfigError(f"cannot tie the frame head {tuple(self.weight.shape)} to the video projection "
+                              f"{tuple(projection.weight.shape)}: hidden_size / feature_dim differ")
+        self.weight = projection.weight
+
+    def forward(self, states: Tensor) -> Tensor:
+        """``(..., width)`` → predicted features ``(..., feature_dim)``."""
+        return self.transform(states) @ self.weight + self.bias
