@@ -407,30 +407,40 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     # what the model can do, told from the very config built below, before building it
     _check_model_for_task(resolved["model"], task, mcfg, cfg.get("_file"))
     from zoo.registry import MODELS  # noqa: PLC0415
+    from zoo.train.config_checks import check_against_model  # noqa: PLC0415
     from zoo.train.data import TaskDataModule, prepare_data_tokenizer  # noqa: PLC0415
 
-    data = resolve_data(cfg.get("data") or {})  # `root: shapes` → the generated folder (made on first use)
-    # every record and media file, before the model is built and before the run folder exists (the model's own data
-    # module reads the records again for its transforms; no media file is opened twice)
-    checked = TaskDataModule(task, data, None, vqa_mode="classifier", image_size=1)
-    print(checked.check())
-    # `text.tokenizer: data` → the data's word-level tokenizer, from the checked records, before the model is built:
-    # the vocabulary rows and special ids the family's tokenizer_fields name are set from it
-    prepare_data_tokenizer(resolved["model"], MODELS.get(resolved["model"]["type"]), data, run_dir, task,
-                           explicit=_dotted_keys(mcfg.get("overrides") or {}), file=cfg.get("_file"),
-                           datamodule=checked)
-    try:
-        model = zoo.create_model(resolved, pretrained=mcfg.get("pretrained"),
-                                 pretrained_strict=mcfg.get("pretrained_strict"))
-    except ConfigError as exc:
-        raise blame_overrides(exc) from None
-    _check_model_for_task(model, task, mcfg, cfg.get("_file"))
-    from zoo.train.config_checks import check_against_model  # noqa: PLC0415
-    check_against_model(model, cfg)  # the values again; optim.new_params and train.freeze name this model's parameters
+    def build(model_cfg: dict):
+        try:
+            built = zoo.create_model(model_cfg, pretrained=mcfg.get("pretrained"),
+                                     pretrained_strict=mcfg.get("pretrained_strict"))
+        except ConfigError as exc:
+            raise blame_overrides(exc) from None
+        _check_model_for_task(built, task, mcfg, cfg.get("_file"))
+        check_against_model(built, cfg)  # the values again; optim.new_params and train.freeze name its parameters
+        return built
+
+    # every error of the model config (widths, weights, parameter names) before any data is read
+    model = build(resolved)
     report = getattr(model, "load_report", None)
-    if report:
+    if report:  # the same parts load into the model built again below
         print(f"initialised from {mcfg['pretrained']} part by part: new {', '.join(report['new']) or 'none'}; "
               f"left out of the file {', '.join(report['left_out']) or 'none'}")
+    data = resolve_data(cfg.get("data") or {})  # `root: shapes` → the generated folder (made on first use)
+    # every record and media file, before the run folder exists (the model's data module reads the records again
+    # for its transforms; no media file is opened twice)
+    checked = TaskDataModule(task, data, None, vqa_mode="classifier", image_size=1)
+    print(checked.check())
+    # `text.tokenizer: data` → the data's word-level tokenizer, from the checked records; the vocabulary rows and
+    # special ids the family's tokenizer_fields name are set from it, and the model is built again to its size from
+    # the same random stream (reseeded: the first build drew from it), so it is the model a config naming those
+    # values would have built
+    if prepare_data_tokenizer(resolved["model"], MODELS.get(resolved["model"]["type"]), data, run_dir, task,
+                              explicit=_dotted_keys(mcfg.get("overrides") or {}), file=cfg.get("_file"),
+                              datamodule=checked) is not None:
+        del model
+        L.seed_everything(int(tcfg.get("seed", 0)), workers=True, verbose=False)
+        model = build(resolved)
     if tcfg.get("freeze"):
         apply_freeze(model, list(tcfg["freeze"]))
     if tcfg.get("grad_checkpointing"):
