@@ -61,7 +61,7 @@ def family_names_in_code(path: Path) -> list[tuple[int, str]]:
 
 
 def test_the_family_list_is_the_packages():
-    assert FAMILIES == ["cclm", "davinci", "epalm", "mmgpt", "x2vlm"]
+    assert FAMILIES == ["cclm", "davinci", "epalm", "mmgpt", "univl", "x2vlm"]
 
 
 def test_generic_code_names_no_family():
