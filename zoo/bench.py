@@ -211,3 +211,153 @@ def format_model_table(r: dict) -> str:
             notes.append(f"{kind}: speed-up of the fused attention backend (auto) over math attention = "
                          f"{math / fp32:.2f}× (math time / auto time)")
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []))
+
+
+# ------------------------------------------------------------------------------------------------------------ video
+
+
+def _long_clip(path, frames: int, size: int) -> None:
+    """A ``frames``-frame clip of a square crossing a ``size``-pixel frame, written as the shapes videos are."""
+    import numpy as np  # noqa: PLC0415
+
+    from zoo.data.shapes import _video_codec, _write_video  # noqa: PLC0415
+
+    side = max(4, size // 8)
+
+    def frame(i: int):
+        img = np.zeros((size, size, 3), dtype=np.uint8)
+        x = int((size - side) * i / max(1, frames - 1))
+        img[size // 2 - side // 2:size // 2 + side // 2, x:x + side] = (220, 40, 40)
+        return img
+
+    _write_video(path, (frame(i) for i in range(frames)), size, _video_codec())
+
+
+def _decode_all(path: str, backend: str) -> int:
+    """Decode every frame of ``path`` with ``backend``; the number of frames."""
+    from zoo.data.video import _av_open, _decord_reader  # noqa: PLC0415
+
+    if backend == "decord":
+        reader = _decord_reader(path)
+        return int(reader.get_batch(list(range(len(reader)))).shape[0])
+    with _av_open(path) as container:  # as the reader does: every frame decoded and converted to RGB
+        return sum(1 for f in container.decode(video=0) if f.to_ndarray(format="rgb24") is not None)
+
+
+def video_backends() -> list[str]:
+    """The video readers (:data:`zoo.data.video.VIDEO_BACKENDS`) installed here."""
+    import importlib.util  # noqa: PLC0415
+
+    from zoo.data.video import VIDEO_BACKENDS  # noqa: PLC0415
+
+    return [b for b in VIDEO_BACKENDS if importlib.util.find_spec(b) is not None]
+
+
+def bench_video(clips: list, num_frames: int = 8, repeat: int = 3, long_frames: int = 300, long_size: int = 224,
+                workdir=None) -> list[dict]:
+    """Decoding speed of each installed video reader: on ``clips`` (the shapes videos) reading ``num_frames`` sampled
+    frames per clip as training does (:func:`zoo.data.video.read_video_frames`) and decoding every frame, and on one
+    longer generated clip (``long_frames`` frames of ``long_size`` pixels) the same two. Medians of ``repeat`` runs;
+    one row per (reader, clip set, mode) with frames per second."""
+    import random  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from zoo.data.video import count_frames, read_video_frames  # noqa: PLC0415
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        long_path = str(Path(tmp) / "long.mp4")
+        _long_clip(long_path, long_frames, long_size)
+        sets = [(f"shapes clips ({len(clips)})", [str(c) for c in clips]),
+                (f"long clip ({long_frames} frames, {long_size} px)", [long_path])]
+        for backend in video_backends():
+            for label, paths in sets:
+                total = sum(count_frames(p, backend) for p in paths)
+
+                def sampled(paths=paths, backend=backend):
+                    rng = random.Random(0)
+                    for p in paths:
+                        read_video_frames(p, num_frames, training=True, backend=backend, rng=rng)
+
+                def full(paths=paths, backend=backend):
+                    for p in paths:
+                        _decode_all(p, backend)
+
+                t_sampled = time_fn(sampled, repeat=repeat, warmup=1)
+                t_full = time_fn(full, repeat=repeat, warmup=1)
+                rows.append({"backend": backend, "clips": label, "mode": f"{num_frames} sampled frames per clip",
+                             "frames": len(paths) * num_frames, "seconds": t_sampled,
+                             "fps": len(paths) * num_frames / t_sampled})
+                rows.append({"backend": backend, "clips": label, "mode": "every frame", "frames": total,
+                             "seconds": t_full, "fps": total / t_full})
+    return rows
+
+
+def bench_video_step(config: str = "videoqa-shapes", batches: int = 8, overrides=()) -> dict:
+    """The share of a training step spent loading video: the task config's model and data (video cache off, so every
+    batch decodes its clips), ``batches`` training batches after one warm-up, each timed as loading (the data
+    loader's ``next``) and the step (forward, backward, AdamW). Medians per batch and the loading share of the median
+    batch (median loading / (median loading + median step))."""
+    import statistics  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    import zoo  # noqa: PLC0415
+    from zoo.factory import resolve_config  # noqa: PLC0415
+    from zoo.registry import MODELS  # noqa: PLC0415
+    from zoo.train.data import prepare_data_tokenizer  # noqa: PLC0415
+    from zoo.train.module import TaskModule  # noqa: PLC0415
+    from zoo.train.run import _datamodule, _dotted_keys, load_task_config, resolve_data  # noqa: PLC0415
+
+    cfg = load_task_config(config, ["data.cache_images=false", "data.num_workers=0", *overrides])
+    torch.manual_seed(0)
+    mcfg = cfg["model"]
+    resolved = resolve_config(mcfg["name"], mcfg.get("task"), model_overrides=dict(mcfg.get("overrides") or {}))
+    data = resolve_data(cfg["data"])
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_data_tokenizer(resolved["model"], MODELS.get(resolved["model"]["type"]), data, tmp, cfg["task"],
+                               explicit=_dotted_keys(mcfg.get("overrides") or {}))
+        model = zoo.create_model(resolved)
+        dm = _datamodule(cfg["task"], {**cfg, "data": data}, model, None)
+        dm.tokenizer = model.text.get_tokenizer()
+        dm.task_spec.prepare_model(model, dm, cfg.get("_file"))
+        module = TaskModule(model, cfg["task"], cfg.get("optim"), cfg.get("evaluation"))
+        dm.setup("fit")
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        model.train()
+        loader = iter(dm.train_dataloader())
+        load, step = [], []
+        for i in range(batches + 1):
+            t0 = time.perf_counter()
+            batch = next(loader)
+            t1 = time.perf_counter()
+            loss = module(batch)["loss"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            t2 = time.perf_counter()
+            if i:  # the first batch warms up
+                load.append(t1 - t0)
+                step.append(t2 - t1)
+    return {"config": config, "model": mcfg["name"], "batch_size": int(dm.cfg["batch_size"]),
+            "frames": int(dm.cfg.get("num_frames") or 0), "batches": batches,
+            "load_s": statistics.median(load), "step_s": statistics.median(step),
+            "load_share": statistics.median(load) / (statistics.median(load) + statistics.median(step)),
+            "threads": torch.get_num_threads()}
+
+
+def format_video_table(rows: list[dict], step: dict | None, header: str) -> str:
+    lines = [header, "", "| reader | clips | frames read | frames | median s | frames/s |",
+             "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {r['backend']} | {r['clips']} | {r['mode']} | {r['frames']} | {r['seconds']:.3f} | {r['fps']:.0f} |"
+              for r in rows]
+    if step is not None:
+        lines += ["", f"Training step of {step['config']} ({step['model']}, batch {step['batch_size']} × "
+                      f"{step['frames']} frames, video cache off, {step['threads']} threads; median of "
+                      f"{step['batches']} batches): loading {step['load_s'] * 1000:.1f} ms, step "
+                      f"{step['step_s'] * 1000:.1f} ms, loading share {100 * step['load_share']:.1f}%"]
+    return "\n".join(lines)

@@ -127,6 +127,23 @@ def _cmd_bench(args) -> int:
                              repeat=args.repeat or 3, backward=not args.forward_only)
         print(format_model_table(result))
         return 0
+    if args.what == "video":
+        import torch  # noqa: PLC0415
+
+        from zoo.bench import bench_video, bench_video_step, format_video_table, video_backends  # noqa: PLC0415
+        from zoo.data.shapes import generate_shapes  # noqa: PLC0415
+
+        if not video_backends():
+            raise SystemExit("mmzoo bench video: no video reader installed (pip install 'mmzoo[video]')")
+        clips = sorted((generate_shapes() / "videos").glob("**/*.mp4"))
+        if not clips:
+            raise SystemExit("mmzoo bench video: the shapes dataset has no videos")
+        args.repeat = args.repeat or 3
+        rows = bench_video(clips, num_frames=args.frames, repeat=args.repeat)
+        step = None if args.no_step else bench_video_step(args.name or "videoqa-shapes")
+        print(format_video_table(rows, step, f"Video decoding, {torch.get_num_threads()} threads; median of "
+                                             f"{args.repeat} runs"))
+        return 0
     raise SystemExit(f"mmzoo bench: unknown benchmark {args.what!r}")
 
 
@@ -455,9 +472,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed for a registered model built with random weights")
     s.set_defaults(fn=_cmd_chat)
 
-    s = sub.add_parser("bench", help="benchmarks: attention | model NAME")
-    s.add_argument("what", choices=["attention", "model"])
-    s.add_argument("name", nargs="?", default=None, help="model name (bench model)")
+    s = sub.add_parser("bench", help="benchmarks: attention | model NAME | video [TASK_CONFIG]")
+    s.add_argument("what", choices=["attention", "model", "video"])
+    s.add_argument("name", nargs="?", default=None,
+                   help="model name (bench model); task config whose training step is timed (bench video)")
+    s.add_argument("--frames", type=int, default=8, help="frames sampled per clip (bench video)")
+    s.add_argument("--no-step", action="store_true", help="bench video: decoding only, no training step")
     s.add_argument("--image-size", type=int, default=None)
     s.add_argument("--tokens", type=int, default=40)
     s.add_argument("--forward-only", action="store_true")
