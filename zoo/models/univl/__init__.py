@@ -1,6 +1,6 @@
 """UniVL (video and language over pre-extracted clip features): the model (:mod:`.model`), its own parts — video
-encoder, cross encoder, caption decoder, masked frame head (:mod:`.parts`) — and the official-checkpoint converter
-(:mod:`.convert`).
+encoder, cross encoder, caption decoder, masked frame head (:mod:`.parts`) —, its similarity losses (:mod:`.losses`),
+the stage II input masking (:mod:`.masking`) and the official-checkpoint converter (:mod:`.convert`).
 
 Shared with other families: the ``hf`` text encoder (BERT), the ``mlm`` head and the BERT layers of
 :mod:`zoo.modules.layers`."""
@@ -13,6 +13,8 @@ from zoo.models.univl.convert import (
     convert_official_state_dict,
     describe_official_checkpoint,
 )
+from zoo.models.univl.losses import cross_en, max_margin_ranking, mil_nce
+from zoo.models.univl.masking import mask_frames, mask_tokens, stage_two_masking
 from zoo.models.univl.model import UniVL, mean_pooled_similarity
 from zoo.models.univl.parts import UniVLCrossEncoder, UniVLDecoder, UniVLFrameHead, UniVLVideoEncoder
 
@@ -25,6 +27,12 @@ __all__ = [
     "UniVLVideoEncoder",
     "convert_official_checkpoint",
     "convert_official_state_dict",
+    "cross_en",
     "describe_official_checkpoint",
+    "mask_frames",
+    "mask_tokens",
+    "max_margin_ranking",
     "mean_pooled_similarity",
+    "mil_nce",
+    "stage_two_masking",
 ]

@@ -21,7 +21,19 @@ pre-training, ``--do_pretrain --stage_two``: 199,535,989).
 
 Input: features ``(B, T, 1024)`` (one vector per second; at most 48 frames in fine-tuning, 64 in pre-training) with a
 frame mask ``(B, T)`` for ragged lengths, and WordPiece text with its attention mask. The framework's tasks read
-pixels, not clip features, so this family declares no task (``task_heads`` is empty); its objectives are methods.
+pixels, not clip features, so this family declares no task (``task_heads`` is empty); its objectives are methods:
+:meth:`UniVL.pretrain_loss` (stage I / II, inputs masked by :func:`zoo.models.univl.masking.stage_two_masking`),
+:meth:`UniVL.retrieval_loss` (FT-Joint / FT-Align) and :meth:`UniVL.decoder_loss` (captioning); the similarity losses
+are in :mod:`zoo.models.univl.losses`.
+
+Optimiser groups: the official ``prep_optimizer`` (``main_pretrain.py:173-195``, the same in the fine-tuning scripts)
+gives parameters whose name contains ``"bert."`` the learning rate ``lr × coef_lr`` (``--coef_lr`` 0.1, but 1.0
+whenever ``--init_model`` is given: ``main_pretrain.py:383-385``) and every other one ``lr``. Here those are the
+``text`` part (:meth:`~zoo.models.base.ZooModel.param_part`'s generic rule; the word and position tables the decoder
+and the MLM head share are named under ``text`` first, as under ``bert`` officially), so a config writes
+``optim: {lr: 1.0e-4, text_lr: 1.0e-5}``. Weight decay: officially 0.01 except on names containing ``bias`` or
+``LayerNorm``; here every one-dimensional parameter is exempt, which differs only on ``vision.norm.weight`` (the
+official ``normalize_video.visual_norm2d.weight``, decayed there).
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.models.base import ZooModel
+from zoo.models.univl.losses import cross_en, max_margin_ranking, mil_nce
 from zoo.modules.outputs import EncoderOutput
 from zoo.registry import MODELS
 from zoo.spec import ConfigError, Part, check_width
@@ -42,6 +55,12 @@ __all__ = ["UniVL", "mean_pooled_similarity"]
 
 #: the label the official decoder and MLM losses ignore (``CrossEntropyLoss(ignore_index=-1)``)
 IGNORE_INDEX = -1
+
+
+def _caption_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of ``(B, L, vocab)`` logits against ``(B, L)`` labels, ``-1`` ignored."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long(),
+                           ignore_index=IGNORE_INDEX)
 
 
 def mean_pooled_similarity(text_states: Tensor, text_mask: Tensor, video_states: Tensor, video_mask: Tensor,
@@ -208,33 +227,37 @@ class UniVL(ZooModel):
 
     def decoder_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Caption loss: the mean cross-entropy of the teacher-forced logits against ``output_caption_ids``
-        (``-1`` = ignored, the official ``decoder_loss_fct = CrossEntropyLoss(ignore_index=-1)`` in
-        ``modeling.py:UniVL.forward``). ``batch``: ``input_ids``, ``attention_mask`` (the transcript or the text
-        input), ``video``, ``video_mask``, ``input_caption_ids``, ``decoder_mask``, ``output_caption_ids``; optional
-        ``token_type_ids``. Returns ``{"loss", "logits"}``."""
+        (``-1`` = ignored, the official ``decoder_loss_fct = CrossEntropyLoss(ignore_index=-1)``, modeling.py:168 and
+        :253). The official loaders pad ``output_caption_ids`` with 0, not -1 (``dataloader_howto100m.py:212-215``,
+        ``dataloader_youcook_caption.py:152-155``), so padded positions are trained to predict id 0 ([PAD]); a data
+        pipeline that pads with 0 reproduces that, one that pads with -1 leaves them out. ``batch``: ``input_ids``,
+        ``attention_mask`` (the transcript or the text input), ``video``, ``video_mask``, ``input_caption_ids``,
+        ``decoder_mask``, ``output_caption_ids``; optional ``token_type_ids``. Returns ``{"loss", "logits"}``."""
         text = self.encode_text(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         frames = self.encode_video(batch["video"], batch.get("video_mask"))
         logits = self.decoder_logits(text.tokens, batch["attention_mask"], frames.tokens, frames.mask,
                                      batch["input_caption_ids"], batch["decoder_mask"])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                               batch["output_caption_ids"].reshape(-1).long(), ignore_index=IGNORE_INDEX)
-        return {"loss": loss, "logits": logits}
+        return {"loss": _caption_nll(logits, batch["output_caption_ids"]), "logits": logits}
 
     # -- stage II pre-training heads -----------------------------------------------------------------------------
     def mlm_loss(self, text_cross_states: Tensor, token_labels: Tensor) -> Tensor:
         """Masked language model on the cross encoder's text states (official
-        ``modeling.py:UniVL._calculate_mlm_loss``): cross-entropy at the labelled tokens (``-1`` = ignored)."""
+        ``modeling.py:UniVL._calculate_mlm_loss``): the mean cross-entropy at the labelled tokens (``-1`` =
+        ignored). A batch without any labelled token gives 0 (officially NaN, the mean of nothing; it happens when
+        every text of a small batch is emptied by the video-modality enhancement)."""
         self._require(mlm=self.mlm)
         logits = self.mlm.logits(text_cross_states)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), token_labels.reshape(-1).long(),
-                               ignore_index=IGNORE_INDEX)
+        labels = token_labels.reshape(-1).long()
+        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels, ignore_index=IGNORE_INDEX,
+                                reduction="sum")
+        return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
     def mfm_loss(self, video_cross_states: Tensor, normalized_video: Tensor, video_mask: Tensor,
                  video_labels_index: Tensor) -> Tensor:
         """Masked frame model, NCE over every real frame of the batch (official
         ``modeling.py:UniVL._calculate_mfm_loss``): each predicted frame scores every normalised frame of the
         batch by dot product (pairs with a padded frame excluded); the loss is ``-log softmax`` of its own frame,
-        averaged over the masked frames (``video_labels_index != -1``)."""
+        averaged over the masked frames (``video_labels_index != -1``; none masked gives 0, officially NaN)."""
         self._require(mfm=self.mfm)
         pred = self.mfm(video_cross_states).reshape(-1, normalized_video.shape[-1])
         target = normalized_video.reshape(-1, normalized_video.shape[-1])
@@ -242,4 +265,93 @@ class UniVL(ZooModel):
         real = video_mask.reshape(-1).to(logits.dtype)
         logits = logits + (1.0 - real[:, None] * real[None, :]) * -1e8
         nll = -torch.diagonal(F.log_softmax(logits, dim=-1))
-        return nll[video_labels_index.reshape(-1) != IGNORE_INDEX].mean()
+        masked = video_labels_index.reshape(-1) != IGNORE_INDEX
+        return nll[masked].sum() / masked.sum().clamp(min=1)
+
+    # -- training objectives -------------------------------------------------------------------------------------
+    def similarity_loss(self, sim: Tensor, n_pair: int = 1, *, margin: float = 0.1, hard_negative_rate: float = 0.5,
+                        negative_weighting: bool = True) -> Tensor:
+        """The official loss of a square (texts, videos) similarity matrix outside stage II's cross encoder:
+        MIL-NCE with ``use_mil`` and the max-margin ranking loss without (``modeling.py:172-184``). ``use_mil`` also
+        turns the L2 normalisation of the mean-pooled similarity off (``modeling.py:386-388``), so here it is
+        ``not normalize_similarity``: the pre-training models (not normalised) take MIL-NCE as the published scripts
+        (``--sampled_use_mil``), the retrieval variants (normalised) the max-margin loss as the fine-tuning scripts.
+        Defaults: ``main_pretrain.py:50-52`` (margin 0.1, hard-negative rate 0.5, negative weighting on)."""
+        if not self.normalize_similarity:
+            return mil_nce(sim, n_pair)
+        return max_margin_ranking(sim, margin, n_pair, hard_negative_rate, negative_weighting)
+
+    @staticmethod
+    def _pairs(batch: Mapping[str, Any], n_pair: int | None) -> tuple[dict[str, Any], int]:
+        """``batch`` with ``(B, n_pair, ...)`` tensors flattened to ``(B·n_pair, ...)`` video-major (the official
+        ``view(-1, ...)``, ``modeling.py:192-196``), and ``n_pair``."""
+        ids = batch["input_ids"]
+        if ids.dim() == 3:
+            if n_pair not in (None, ids.shape[1]):
+                raise ValueError(f"n_pair={n_pair} but input_ids has {ids.shape[1]} clips per example")
+            flat = {k: v.flatten(0, 1) if torch.is_tensor(v) else v for k, v in batch.items()}
+            return flat, ids.shape[1]
+        return dict(batch), n_pair or 1
+
+    def retrieval_loss(self, batch: Mapping[str, Tensor], *, margin: float = 0.1) -> dict[str, Tensor]:
+        """Retrieval fine-tuning (``main_task_retrieval.py``, ``modeling.py:207-211``): :meth:`similarity_loss` of the
+        FT-Joint matrix, or with a cross encoder (``--train_sim_after_cross``) of the FT-Align matrix — every text
+        fused with every video. One clip per example (``n_pair`` 1, the scripts' default). ``batch``: ``input_ids``,
+        ``attention_mask``, ``video``, ``video_mask``; optional ``token_type_ids``. Returns ``{"loss", "sim"}``."""
+        text = self.encode_text(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        frames = self.encode_video(batch["video"], batch.get("video_mask"))
+        score = self.align_scores if self.fusion is not None else self.joint_similarity
+        sim = score(text.tokens, batch["attention_mask"], frames.tokens, frames.mask)
+        return {"loss": self.similarity_loss(sim, margin=margin), "sim": sim}
+
+    def pretrain_loss(self, batch: Mapping[str, Tensor], *, n_pair: int | None = None, margin: float = 0.1,
+                      hard_negative_rate: float = 0.5, negative_weighting: bool = True) -> dict[str, Tensor]:
+        """The official pre-training loss (``modeling.py:205-269``), every term with weight 1.
+
+        Stage I (a model without the cross encoder): ``joint`` — :meth:`similarity_loss` of the mean-pooled
+        similarity. Stage II (the ``pretrain`` variant), in the official order of the sum:
+
+        - ``mlm``: :meth:`mlm_loss` on the text half of the cross encoder over the masked text and masked video;
+        - ``mfm``: :meth:`mfm_loss` on the video half of that pass, against the LayerNorm'd unmasked features;
+        - ``joint``: :meth:`similarity_loss` of the mean-pooled similarity of the unmasked text and video;
+        - ``decoder``: the caption loss of the decoder over the cross encoder of the masked pair (the masked
+          ``input_caption_ids`` in, ``output_caption_ids`` out);
+        - ``align``: :func:`~zoo.models.univl.losses.cross_en` of the FT-Align matrix of the masked texts and videos
+          (every text fused with every video).
+
+        ``batch``: ``input_ids``, ``attention_mask``, ``video``, ``video_mask`` (optional ``token_type_ids``), each
+        ``(B, [n_pair,] ...)``; stage II adds what :func:`~zoo.models.univl.masking.stage_two_masking` returns
+        (``masked_input_ids``, ``token_labels``, ``masked_video``, ``video_labels_index``, the masked
+        ``input_caption_ids``) and ``decoder_mask``, ``output_caption_ids``. ``n_pair``: clips per video, read from a
+        ``(B, n_pair, L)`` ``input_ids`` (the official ``--n_pair``, 3 in the published scripts). Returns the terms
+        and their sum under ``loss``.
+        """
+        batch, n_pair = self._pairs(batch, n_pair)
+        mask, types = batch["attention_mask"], batch.get("token_type_ids")
+        text = self.encode_text(batch["input_ids"], mask, types)
+        frames = self.encode_video(batch["video"], batch.get("video_mask"))
+        vmask = frames.mask
+        joint = self.similarity_loss(self.joint_similarity(text.tokens, mask, frames.tokens, vmask), n_pair,
+                                     margin=margin, hard_negative_rate=hard_negative_rate,
+                                     negative_weighting=negative_weighting)
+        if self.fusion is None:
+            return {"loss": joint, "joint": joint}
+        self._require(decoder=self.decoder, mlm=self.mlm, mfm=self.mfm)
+        masked_text = self.encode_text(batch["masked_input_ids"], mask, types).tokens
+        masked_frames = self.encode_video(batch["masked_video"], vmask).tokens
+        fused = self.cross(masked_text, mask, masked_frames, vmask).tokens
+        n_tokens = mask.shape[1]
+        terms = {
+            "mlm": self.mlm_loss(fused[:, :n_tokens], batch["token_labels"]),
+            "mfm": self.mfm_loss(fused[:, n_tokens:], self.vision.normalize(batch["video"]), vmask,
+                                 batch["video_labels_index"]),
+            "joint": joint,
+            "decoder": _caption_nll(self.decoder_logits(masked_text, mask, masked_frames, vmask,
+                                                        batch["input_caption_ids"], batch["decoder_mask"]),
+                                    batch["output_caption_ids"]),
+            "align": cross_en(self.align_scores(masked_text, mask, masked_frames, vmask)),
+        }
+        total = terms["mlm"]
+        for name in ("mfm", "joint", "decoder", "align"):
+            total = total + terms[name]
+        return {"loss": total, **terms}
