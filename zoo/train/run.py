@@ -313,12 +313,17 @@ def _plot_curves(metrics_csv: Path, out_png: Path) -> None:
 
 
 def resolve_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The data section with ``root: shapes`` replaced by the embedded dataset's folder (generated on first use)."""
+    """The data section with ``root: shapes`` (``shapes-video``) replaced by the embedded dataset's folder (generated
+    on first use)."""
     data = dict(data)
     if data.get("root") == "shapes":
         from zoo.data.shapes import generate_shapes  # noqa: PLC0415
 
         data["root"] = str(generate_shapes())
+    elif data.get("root") == "shapes-video":
+        from zoo.data.shapes_video import generate_shapes_video  # noqa: PLC0415
+
+        data["root"] = str(generate_shapes_video())
     return data
 
 
