@@ -696,7 +696,10 @@ def _video_codec() -> str:
     raise RuntimeError("PyAV has neither the mpeg4 nor an h264 encoder; the shapes videos cannot be written")
 
 
-def _write_video(path: Path, frames, size: int, codec: str) -> None:
+def _write_video(path: Path, frames, size: int, codec: str, key_frames_only: bool = False) -> None:
+    """Frames → a bit-exact mp4 (one thread, fixed quality). ``key_frames_only``: every frame a key frame (predicted
+    frames carry a colour change of a small shape only halfway, as the encoder's motion search looks at brightness
+    only)."""
     import av
     import numpy as np
 
@@ -707,7 +710,7 @@ def _write_video(path: Path, frames, size: int, codec: str) -> None:
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1  # one thread: the same bytes on every machine
         quality = {"qscale": "2"} if codec == "mpeg4" else {"crf": "12", "preset": "medium"}
-        stream.options = {**quality, "flags": "+bitexact"}
+        stream.options = {**quality, "flags": "+bitexact", **({"g": "1"} if key_frames_only else {})}
         for image in frames:
             frame = av.VideoFrame.from_ndarray(np.asarray(image), format="rgb24")
             for packet in stream.encode(frame):

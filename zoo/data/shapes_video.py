@@ -110,6 +110,7 @@ from zoo.data.shapes import (
     _render,
     _ten_answers,
     _video_codec,
+    _write_video,
     mmzoo_home,
 )
 
@@ -335,24 +336,9 @@ def _apart(a: list[tuple[float, float]], b: list[tuple[float, float]], gap: floa
 
 
 def _write_clip(path: Path, frames: list, size: int, codec: str) -> None:
-    """As :func:`zoo.data.shapes._write_video` (bit-exact mp4, one thread, the same quality), with every frame a key
-    frame: predicted frames carried a colour change of a small shape only halfway (a purple circle turning blue
-    decoded as a colour halfway between the two), as the encoder's motion search looks at brightness only."""
-    import av
-    import numpy as np
-
-    with av.open(str(path), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream(codec, rate=_VIDEO_FPS)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = 1  # one thread: the same bytes on every machine
-        quality = {"qscale": "2"} if codec == "mpeg4" else {"crf": "12", "preset": "medium"}
-        stream.options = {**quality, "flags": "+bitexact", "g": "1"}
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(image), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    """As the shapes videos, with every frame a key frame: predicted frames carried a colour change of a small shape
+    only halfway (a purple circle turning blue decoded as a colour halfway between the two)."""
+    _write_video(path, frames, size, codec, key_frames_only=True)
 
 
 def _frames(objects: list[dict[str, Any]], frames: int, size: int) -> list:
