@@ -63,24 +63,26 @@ def _check_mask(mask: Tensor | None, shape: tuple[int, int], what: str) -> Tenso
 # ---------------------------------------------------------------------------------------------------------------------
 # video encoder
 # ---------------------------------------------------------------------------------------------------------------------
-class _VideoEmbeddings(nn.Module):
-    """Features → ``proj`` (Linear feature_dim → width) + learned frame positions → LayerNorm → dropout
-    (official ``VisualEmbeddings``, whose projection is named ``word_embeddings``)."""
+class _Embeddings(nn.Module):
+    """``layer`` (a Linear over features or a word table, registered under ``name``) + learned positions 0 .. L-1 →
+    LayerNorm → dropout: the official ``VisualEmbeddings`` (projection named ``word_embeddings`` there, ``proj`` here)
+    and ``module_decoder.py:DecoderEmbeddings``. ``what`` names the sequence in the too-long error."""
 
-    def __init__(self, feature_dim: int, width: int, max_frames: int, eps: float, drop: float):
+    def __init__(self, name: str, layer: nn.Module, width: int, max_positions: int, eps: float, drop: float,
+                 what: str):
         super().__init__()
-        self.proj = nn.Linear(feature_dim, width)
-        self.position_embeddings = nn.Embedding(max_frames, width)
+        self._input_name, self._what = name, what
+        setattr(self, name, layer)
+        self.position_embeddings = nn.Embedding(max_positions, width)
         self.LayerNorm = nn.LayerNorm(width, eps=eps)
         self.dropout = nn.Dropout(drop)
 
-    def forward(self, features: Tensor) -> Tensor:
-        n = features.shape[1]
-        if n > self.position_embeddings.num_embeddings:
-            raise ValueError(f"{n} frames but the video encoder has {self.position_embeddings.num_embeddings} "
-                             "frame positions (max_frames)")
-        positions = self.position_embeddings(torch.arange(n, device=features.device))
-        return self.dropout(self.LayerNorm(self.proj(features) + positions))
+    def forward(self, x: Tensor) -> Tensor:
+        n, limit = x.shape[1], self.position_embeddings.num_embeddings
+        if n > limit:
+            raise ValueError(f"{n} {self._what[0]} but the {self._what[1]} has {limit} positions")
+        positions = self.position_embeddings(torch.arange(n, device=x.device))
+        return self.dropout(self.LayerNorm(getattr(self, self._input_name)(x) + positions))
 
 
 @VISION_ENCODERS.register("univl_video")
@@ -116,7 +118,8 @@ class UniVLVideoEncoder(nn.Module):
         self.width = hidden_size
         self.feature_dim = feature_dim
         self.norm = nn.LayerNorm(feature_dim, eps=layer_norm_eps)
-        self.embeddings = _VideoEmbeddings(feature_dim, hidden_size, max_frames, layer_norm_eps, hidden_dropout)
+        self.embeddings = _Embeddings("proj", nn.Linear(feature_dim, hidden_size), hidden_size, max_frames,
+                                      layer_norm_eps, hidden_dropout, ("frames", "video encoder (max_frames)"))
         self.encoder = _bert_layers(num_layers, hidden_size, num_heads, intermediate_size, eps=layer_norm_eps,
                                     attn_drop=attention_dropout, drop=hidden_dropout)
         self.pooler = _Pooler(hidden_size)
@@ -230,26 +233,6 @@ class UniVLCrossEncoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 # decoder
 # ---------------------------------------------------------------------------------------------------------------------
-class _DecoderEmbeddings(nn.Module):
-    """Word + position (0 .. L-1) → LayerNorm → dropout; both tables are the text encoder's once the model ties them
-    (official ``module_decoder.py:DecoderEmbeddings``)."""
-
-    def __init__(self, vocab_size: int, width: int, max_positions: int, eps: float, drop: float):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(vocab_size, width)
-        self.position_embeddings = nn.Embedding(max_positions, width)
-        self.LayerNorm = nn.LayerNorm(width, eps=eps)
-        self.dropout = nn.Dropout(drop)
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        n = input_ids.shape[1]
-        if n > self.position_embeddings.num_embeddings:
-            raise ValueError(f"{n} caption tokens but the decoder has {self.position_embeddings.num_embeddings} "
-                             "positions")
-        positions = self.position_embeddings(torch.arange(n, device=input_ids.device))
-        return self.dropout(self.LayerNorm(self.word_embeddings(input_ids) + positions))
-
-
 @HEADS.register("univl_decoder")
 class UniVLDecoder(nn.Module):
     """The caption decoder: ``num_layers`` layers of causal self-attention → cross-attention to the cross encoder's
@@ -283,8 +266,9 @@ class UniVLDecoder(nn.Module):
 
         self.width = hidden_size
         self.vocab_size = vocab_size
-        self.embeddings = _DecoderEmbeddings(vocab_size, hidden_size, max_position_embeddings, layer_norm_eps,
-                                             hidden_dropout)
+        self.embeddings = _Embeddings("word_embeddings", nn.Embedding(vocab_size, hidden_size), hidden_size,
+                                      max_position_embeddings, layer_norm_eps, hidden_dropout,
+                                      ("caption tokens", "decoder"))
         self.stack = _bert_layers(num_layers, hidden_size, num_heads, intermediate_size, eps=layer_norm_eps,
                                   attn_drop=attention_dropout, drop=hidden_dropout, decoder=True)
         init_bert_weights(self, initializer_range)
