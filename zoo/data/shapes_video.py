@@ -81,7 +81,6 @@ same version and parameters is returned as is.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 import shutil
@@ -107,6 +106,7 @@ from zoo.data.shapes import (
     _dump,
     _lock,
     _Object,
+    _read_manifest,
     _render,
     _ten_answers,
     _video_codec,
@@ -571,15 +571,6 @@ def _generate_into(folder: Path, params: dict[str, int]) -> dict[str, Any]:
                 "question_types": {t: types[t] for t in TEMPORAL_QUESTION_TYPES + STATIC_QUESTION_TYPES}}
     _dump(folder / MANIFEST, manifest)  # last: its presence means "complete"
     return manifest
-
-
-def _read_manifest(root: Path) -> dict | None:
-    try:
-        with open(root / MANIFEST, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
 
 
 def _is_complete(root: Path, params: dict[str, int]) -> bool:
