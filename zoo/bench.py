@@ -300,31 +300,19 @@ def bench_video_step(config: str = "videoqa-shapes", batches: int = 8, overrides
     loader's ``next``) and the step (forward, backward, AdamW). Medians per batch and the loading share of the median
     batch (median loading / (median loading + median step))."""
     import statistics  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
     import time  # noqa: PLC0415
 
     import torch  # noqa: PLC0415
 
-    import zoo  # noqa: PLC0415
-    from zoo.factory import resolve_config  # noqa: PLC0415
-    from zoo.registry import MODELS  # noqa: PLC0415
-    from zoo.train.data import prepare_data_tokenizer  # noqa: PLC0415
     from zoo.train.module import TaskModule  # noqa: PLC0415
-    from zoo.train.run import _datamodule, _dotted_keys, load_task_config, resolve_data  # noqa: PLC0415
+    from zoo.train.run import load_task_config, model_and_data  # noqa: PLC0415
 
     cfg = load_task_config(config, ["data.cache_images=false", "data.num_workers=0", *overrides])
     torch.manual_seed(0)
     mcfg = cfg["model"]
-    resolved = resolve_config(mcfg["name"], mcfg.get("task"), model_overrides=dict(mcfg.get("overrides") or {}))
-    data = resolve_data(cfg["data"])
-    import tempfile  # noqa: PLC0415
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prepare_data_tokenizer(resolved["model"], MODELS.get(resolved["model"]["type"]), data, tmp, cfg["task"],
-                               explicit=_dotted_keys(mcfg.get("overrides") or {}))
-        model = zoo.create_model(resolved)
-        dm = _datamodule(cfg["task"], {**cfg, "data": data}, model, None)
-        dm.tokenizer = model.text.get_tokenizer()
-        dm.task_spec.prepare_model(model, dm, cfg.get("_file"))
+    with tempfile.TemporaryDirectory() as tmp:  # the run folder, for a tokenizer built from the data
+        model, dm = model_and_data(cfg, tmp)  # the model and data `mmzoo train` would train
         module = TaskModule(model, cfg["task"], cfg.get("optim"), cfg.get("evaluation"))
         dm.setup("fit")
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

@@ -441,9 +441,8 @@ def accepts(node: Any, kind: str, path: str) -> bool:
     if not rest:
         return True
     ann = hints.get(head, params[head].annotation)
-    kinds = [k for a in (typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,))
-             if (k := _part_kind(a)) is not None]
-    sub_kind = kinds[0] if kinds else None
+    options = typing.get_args(ann) if typing.get_origin(ann) in (Union, types.UnionType) else (ann,)  # X | None
+    sub_kind = next((kind for option in options if (kind := _part_kind(option)) is not None), None)
     if sub_kind is None:
         return isinstance(node.get(head), Mapping)
     return accepts(node.get(head), sub_kind, rest)

@@ -80,7 +80,7 @@ from zoo.data.side import side_stream, side_stream_names
 from zoo.spec import ConfigError
 
 __all__ = ["VOCAB_MULTIPLE", "DataReport", "TaskDataModule", "data_keys", "prepare_data_tokenizer",
-           "resolve_data_tokenizer", "tokenizer_facts"]
+           "resolve_data_tokenizer", "tokenizer_facts", "wants_data_tokenizer"]
 
 # names that moved: the side-stream readers, into the families that read them (zoo.data.side), by stream
 _MOVED = {"read_parallel": "parallel", "read_instructions": "language"}
@@ -1026,6 +1026,13 @@ def tokenizer_facts(folder: str | os.PathLike, added: Sequence[str] = ()) -> dic
     return facts
 
 
+def wants_data_tokenizer(model_tree: Mapping[str, Any], cls: Any) -> bool:
+    """Whether the model config ``model_tree`` of the family ``cls`` asks for the data's own tokenizer (``tokenizer:
+    data``, alias ``shapes``, in its ``tokenizer_part``)."""
+    part = model_tree.get(cls.tokenizer_part)
+    return isinstance(part, Mapping) and part.get("tokenizer") in ("data", "shapes")
+
+
 def prepare_data_tokenizer(model_tree: dict, cls: Any, data: Mapping[str, Any], out_dir: str | os.PathLike,
                            task: str = "vqa", explicit: Sequence[str] = (), file: str | None = None,
                            datamodule: TaskDataModule | None = None) -> Path | None:
@@ -1037,11 +1044,10 @@ def prepare_data_tokenizer(model_tree: dict, cls: Any, data: Mapping[str, Any], 
     ``model.overrides``) keeps its value if the tokenizer fits: rows at least its length, ids equal to its own; else
     a ConfigError naming the key and ``file``. Returns the folder (None: the part names another tokenizer; nothing
     changes). ``model_tree`` is changed in place."""
-    key = getattr(cls, "tokenizer_part", "text")
-    part = model_tree.get(key)
-    if not isinstance(part, dict) or part.get("tokenizer") not in ("data", "shapes"):
+    if not wants_data_tokenizer(model_tree, cls):
         return None
-    template = list(cls.tokenizer_template_texts(model_tree)) if hasattr(cls, "tokenizer_template_texts") else []
+    part = model_tree[cls.tokenizer_part]
+    template = list(cls.tokenizer_template_texts(model_tree))
     corpus = datamodule.tokenizer_texts() if datamodule is not None else _data_texts(task, data)
     folder = _data_tokenizer_folder(data, corpus, template, out_dir, None)
     part["tokenizer"] = str(folder)

@@ -369,14 +369,84 @@ def _datamodule(task: str, cfg: Mapping[str, Any], model, tokenizer):
     return dm
 
 
+def model_and_data(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[Any, Any]:
+    """The model and the checked data module ``mmzoo train`` trains for the loaded task config ``cfg`` (seeded by the
+    caller): the model built from the config as written (every model-config error — widths, weights, the parameter
+    names of ``optim`` / ``train`` — before any data is read), the data checked (every record and media file, before
+    the run folder is written), and with ``tokenizer: data`` the data's tokenizer resolved from the checked records
+    (into ``run_dir`` when one is built), the config values the family's ``tokenizer_fields`` name set from it and
+    the model built again to its size after reseeding (``train.seed``: the same random stream as a single build)."""
+    import lightning as L  # noqa: PLC0415
+
+    import zoo  # noqa: PLC0415
+    from zoo.factory import resolve_config  # noqa: PLC0415
+    from zoo.registry import MODELS  # noqa: PLC0415
+    from zoo.train.config_checks import check_against_model  # noqa: PLC0415
+    from zoo.train.data import TaskDataModule, prepare_data_tokenizer, wants_data_tokenizer  # noqa: PLC0415
+
+    task, mcfg = cfg["task"], cfg["model"]
+
+    def blame_overrides(exc: ConfigError) -> ConfigError:
+        from zoo.hub import WeightsError  # noqa: PLC0415
+
+        if not mcfg.get("overrides") or isinstance(exc, WeightsError):
+            return exc
+        # the error names the model's own file and key; the change that caused it is this config's
+        return ConfigError(f"{exc.message} (the model as changed by the model.overrides of "
+                           f"{cfg.get('_file') or 'the task config'})", exc.path, exc.file)
+
+    try:
+        resolved = resolve_config(mcfg["name"], mcfg.get("task"), model_overrides=dict(mcfg.get("overrides") or {}))
+    except ConfigError as exc:
+        raise blame_overrides(exc) from None
+    # what the model can do, told from the very config built below, before building it
+    _check_model_for_task(resolved["model"], task, mcfg, cfg.get("_file"))
+
+    def build(model_cfg: dict):
+        try:
+            built = zoo.create_model(model_cfg, pretrained=mcfg.get("pretrained"),
+                                     pretrained_strict=mcfg.get("pretrained_strict"))
+        except ConfigError as exc:
+            raise blame_overrides(exc) from None
+        _check_model_for_task(built, task, mcfg, cfg.get("_file"))
+        check_against_model(built, cfg)  # the values again; optim.new_params and train.freeze name its parameters
+        return built
+
+    model = build(resolved)
+    report = getattr(model, "load_report", None)
+    if report:  # the same parts load into a model built again below
+        print(f"initialised from {mcfg['pretrained']} part by part: new {', '.join(report['new']) or 'none'}; "
+              f"left out of the file {', '.join(report['left_out']) or 'none'}")
+    data = resolve_data(cfg.get("data") or {})  # `root: shapes` → the generated folder (made on first use)
+    cls = MODELS.get(resolved["model"]["type"])
+    checked = None
+    if wants_data_tokenizer(resolved["model"], cls):
+        # the data's word-level tokenizer comes from checked records, and a built one is written into the run folder:
+        # the data is checked first, by a data module that needs no model (the model's own one below reads the
+        # records again for its transforms; no media file is opened twice)
+        checked = TaskDataModule(task, data, None, vqa_mode="classifier", image_size=1)
+        print(checked.check())
+        prepare_data_tokenizer(resolved["model"], cls, data, run_dir, task,
+                               explicit=_dotted_keys(mcfg.get("overrides") or {}), file=cfg.get("_file"),
+                               datamodule=checked)
+        del model
+        L.seed_everything(int((cfg.get("train") or {}).get("seed", 0)), workers=True, verbose=False)
+        model = build(resolved)
+    dm = _datamodule(task, {**cfg, "data": data}, model, None)
+    report = dm.check(media=checked.media_results if checked is not None else None)
+    if checked is None:
+        print(report)
+    dm.tokenizer = model.text.get_tokenizer()
+    dm.task_spec.prepare_model(model, dm, cfg.get("_file"))  # e.g. VQA: the answers travel with the checkpoints
+    return model, dm
+
+
 def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), resume: bool = False) -> dict[str, Any]:
     """Fine-tune, evaluate and export as the config says; returns the results (also written to results.json)."""
     import lightning as L  # noqa: PLC0415
     from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: PLC0415
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: PLC0415
 
-    import zoo  # noqa: PLC0415
-    from zoo.factory import resolve_config  # noqa: PLC0415
     from zoo.train.module import TaskModule  # noqa: PLC0415
     from zoo.train.optim import apply_freeze  # noqa: PLC0415
 
@@ -394,68 +464,15 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     _check_writable(run_dir)
     L.seed_everything(int(tcfg.get("seed", 0)), workers=True, verbose=False)
 
-    mcfg = cfg["model"]
-
-    def blame_overrides(exc: ConfigError) -> ConfigError:
-        from zoo.hub import WeightsError  # noqa: PLC0415
-
-        if not mcfg.get("overrides") or isinstance(exc, WeightsError):
-            return exc
-        # the error names the model's own file and key; the change that caused it is this config's
-        return ConfigError(f"{exc.message} (the model as changed by the model.overrides of "
-                           f"{cfg.get('_file') or 'the task config'})", exc.path, exc.file)
-
-    try:
-        resolved = resolve_config(mcfg["name"], mcfg.get("task"), model_overrides=dict(mcfg.get("overrides") or {}))
-    except ConfigError as exc:
-        raise blame_overrides(exc) from None
-    # what the model can do, told from the very config built below, before building it
-    _check_model_for_task(resolved["model"], task, mcfg, cfg.get("_file"))
-    from zoo.registry import MODELS  # noqa: PLC0415
-    from zoo.train.config_checks import check_against_model  # noqa: PLC0415
-    from zoo.train.data import TaskDataModule, prepare_data_tokenizer  # noqa: PLC0415
-
-    def build(model_cfg: dict):
-        try:
-            built = zoo.create_model(model_cfg, pretrained=mcfg.get("pretrained"),
-                                     pretrained_strict=mcfg.get("pretrained_strict"))
-        except ConfigError as exc:
-            raise blame_overrides(exc) from None
-        _check_model_for_task(built, task, mcfg, cfg.get("_file"))
-        check_against_model(built, cfg)  # the values again; optim.new_params and train.freeze name its parameters
-        return built
-
-    # every error of the model config (widths, weights, parameter names) before any data is read
-    model = build(resolved)
-    report = getattr(model, "load_report", None)
-    if report:  # the same parts load into the model built again below
-        print(f"initialised from {mcfg['pretrained']} part by part: new {', '.join(report['new']) or 'none'}; "
-              f"left out of the file {', '.join(report['left_out']) or 'none'}")
-    data = resolve_data(cfg.get("data") or {})  # `root: shapes` → the generated folder (made on first use)
-    # every record and media file, before the run folder exists (the model's data module reads the records again
-    # for its transforms; no media file is opened twice)
-    checked = TaskDataModule(task, data, None, vqa_mode="classifier", image_size=1)
-    print(checked.check())
-    # `text.tokenizer: data` → the data's word-level tokenizer, from the checked records; the vocabulary rows and
-    # special ids the family's tokenizer_fields name are set from it, and the model is built again to its size from
-    # the same random stream (reseeded: the first build drew from it), so it is the model a config naming those
-    # values would have built
-    if prepare_data_tokenizer(resolved["model"], MODELS.get(resolved["model"]["type"]), data, run_dir, task,
-                              explicit=_dotted_keys(mcfg.get("overrides") or {}), file=cfg.get("_file"),
-                              datamodule=checked) is not None:
-        del model
-        L.seed_everything(int(tcfg.get("seed", 0)), workers=True, verbose=False)
-        model = build(resolved)
+    model, dm = model_and_data(cfg, run_dir)
+    tokenizer = dm.tokenizer
     if tcfg.get("freeze"):
         apply_freeze(model, list(tcfg["freeze"]))
     if tcfg.get("grad_checkpointing"):
         for part in (getattr(model, "vision", None), getattr(model, "text", None), getattr(model, "fusion", None)):
             if part is not None and hasattr(part, "set_grad_checkpointing"):
                 part.set_grad_checkpointing(True)
-    dm = _datamodule(task, {**cfg, "data": data}, model, None)
-    dm.check(media=checked.media_results)
-    tokenizer = dm.tokenizer = model.text.get_tokenizer()
-    dm.task_spec.prepare_model(model, dm, cfg.get("_file"))  # e.g. VQA: the answers travel with the checkpoints
+    mcfg = cfg["model"]
     module = TaskModule(model, task, cfg.get("optim"), cfg.get("evaluation"))
 
     trainer_cfg = {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 5,
