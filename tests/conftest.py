@@ -23,6 +23,14 @@ def load_reference(name: str) -> dict:
         return json.load(fh)
 
 
+def official_default(key: str):
+    """A value of the official-defaults table (tests/reference/official_defaults.json), asserting that it names the
+    official source it was read from."""
+    entry = load_reference("official_defaults")["values"][key]
+    assert entry["source"], key
+    return entry["value"]
+
+
 def reference_shapes(name: str, prefix: str = "") -> dict[str, tuple[int, ...]]:
     """``{key without prefix: shape}`` for the state-dict entries of a reference layout that start with ``prefix``."""
     return {k[len(prefix):]: tuple(s) for k, s in load_reference(name)["state_dict"] if k.startswith(prefix)}

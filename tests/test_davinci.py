@@ -5,7 +5,6 @@ on the tiny config, and the export round trip."""
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import random
 import re
@@ -13,9 +12,10 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import fit_steps, load_reference
+from conftest import official_default as _official
 
 import zoo
-from conftest import REFERENCE_DIR, fit_steps, load_reference
 from zoo.hub import WeightsError
 from zoo.models.base import count_parameters
 from zoo.models.davinci import (
@@ -538,11 +538,6 @@ def test_forward_is_the_prefix_lm_pass():
 # image codes ↔ token ids, caption label smoothing, VE class order: against the official values
 # (tests/reference/official_defaults.json, each with its file and line in shizhediao/DaVinci)
 # ---------------------------------------------------------------------------------------------------------------------
-def _official(key: str):
-    with open(REFERENCE_DIR / "official_defaults.json", encoding="utf-8") as fh:
-        entry = json.load(fh)["values"][key]
-    assert entry["source"], key
-    return entry["value"]
 
 
 def test_code_token_ids_both_ways(tiny):

@@ -7,24 +7,15 @@ Every test names in its docstring the one-line bug it catches.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 
 import pytest
 import torch
+from conftest import official_default as official
 
-from conftest import REFERENCE_DIR
 from zoo.factory import build_part, resolve_config
 from zoo.heads.contrastive import ContrastiveHead, itc_loss
 from zoo.heads.matching import MatchingHead
-
-
-def official(key: str):
-    """A value of the official-defaults table (asserting that it names its source)."""
-    with open(REFERENCE_DIR / "official_defaults.json", encoding="utf-8") as fh:
-        entry = json.load(fh)["values"][key]
-    assert entry["source"], key
-    return entry["value"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -186,7 +177,6 @@ def test_itm_predict_is_the_softmax_match_probability_float64():
         loss_match = head(x, labels=torch.full((6,), match))["loss"]
     torch.testing.assert_close(p, torch.full((6,), 1 / (1 + math.exp(-6.0)), dtype=torch.float64))
     assert float(loss_match) == pytest.approx(math.log1p(math.exp(-6.0)), rel=1e-12)
-
 
 
 # ---------------------------------------------------------------------------------------------------------------------

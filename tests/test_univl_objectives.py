@@ -9,28 +9,20 @@ Every test names in its docstring the one-line bug it catches.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import random
 from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import REFERENCE_DIR, load_reference
+from conftest import load_reference
+from conftest import official_default as official
 
 import zoo
 from zoo.models.univl import UniVL, convert_official_state_dict
 from zoo.models.univl.losses import cross_en, max_margin_ranking, mil_nce
 from zoo.models.univl.masking import mask_frames, mask_tokens, stage_two_masking
 from zoo.train.optim import param_groups, part_of
-
-
-def official(key: str):
-    """A value of the official-defaults table (asserting that it names its source)."""
-    with open(REFERENCE_DIR / "official_defaults.json", encoding="utf-8") as fh:
-        entry = json.load(fh)["values"][key]
-    assert entry["source"], key
-    return entry["value"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
