@@ -435,6 +435,92 @@ def test_video_items(root, tok, backend):
     assert frames.shape == (4, 3, SIZE, SIZE) and not torch.allclose(frames[0], frames[1], atol=0.1)
 
 
+def _raw_pixels(image: Image.Image) -> torch.Tensor:
+    """A transform that keeps the decoded pixels (3, H, W) so that each frame's colour can be told."""
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float()
+
+
+def _frame_colours(frames: torch.Tensor) -> list[str]:
+    """The COLOURS name nearest to each frame's mean colour."""
+    means = frames.mean(dim=(2, 3))
+    return [min(COLOURS, key=lambda n: sum((float(m[c]) - COLOURS[n][c]) ** 2 for c in range(3))) for m in means]
+
+
+def test_frame_ablations_repeat_one_frame_or_shuffle_the_order(root):
+    # v1.mp4: red green blue yellow gray red; 3 frames by segments of 2 in evaluation: frames 0, 2, 4
+    f = str(root / "video_qa.json")
+    plain = VQADataset(f, str(root), SIZE, train=False, num_frames=3, video_backend="av", transform=_raw_pixels)
+    assert _frame_colours(plain[0]["image"]) == ["red", "blue", "gray"]
+    one = VQADataset(f, str(root), SIZE, train=False, num_frames=3, video_backend="av", transform=_raw_pixels)
+    one.set_frame_ablation("one_frame")
+    assert _frame_colours(one[0]["image"]) == ["blue"] * 3  # the middle sampled frame, every time
+    assert torch.equal(one[0]["image"][0], plain[0]["image"][1])
+    shuffled = VQADataset(f, str(root), SIZE, train=False, num_frames=3, video_backend="av", transform=_raw_pixels)
+    shuffled.set_frame_ablation("shuffled")
+    orders = [_frame_colours(shuffled[0]["image"]) for _ in range(3)]
+    assert orders[0] == orders[1] == orders[2]  # evaluation: one order per item, every evaluation
+    assert sorted(orders[0]) == ["blue", "gray", "red"]
+    # item 1 is another clip; its order comes from its own index: seeds 0 and 1 give other permutations of 3
+    assert torch.randperm(3, generator=torch.Generator().manual_seed(0)).tolist() != \
+        torch.randperm(3, generator=torch.Generator().manual_seed(1)).tolist()
+    # training: a random frame repeated / a random order, drawn from torch's generator
+    train = VQADataset(f, str(root), SIZE, train=True, num_frames=3, video_backend="av", transform=_raw_pixels)
+    train.set_frame_ablation("one_frame")
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        colours = _frame_colours(train[0]["image"])
+        assert len(set(colours)) == 1
+        seen.add(colours[0])
+    assert len(seen) >= 2 and seen <= {"red", "green", "blue", "yellow", "gray"}
+    train.set_frame_ablation("shuffled")
+    orders = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        orders.add(tuple(_frame_colours(train[0]["image"])))
+    assert len(orders) >= 2
+    with pytest.raises(ValueError, match="frame_ablation='reversed'"):
+        train.set_frame_ablation("reversed")
+
+
+def test_frame_ablation_is_a_checked_data_key(root, tok):
+    from zoo.train.data import TaskDataModule
+
+    video = {"root": str(root), "train": "video_qa.json", "num_frames": 3, "video_backend": "av"}
+    ds = TaskDataModule("vqa", {**video, "frame_ablation": "one_frame"}, tok, image_size=SIZE).dataset("train")
+    assert ds.frame_ablation == "one_frame"
+    with pytest.raises(ConfigError, match="data.frame_ablation") as info:
+        TaskDataModule("vqa", {**video, "frame_ablation": "reverse"}, tok, image_size=SIZE)
+    assert "one_frame" in str(info.value) and "shuffled" in str(info.value)
+    images = TaskDataModule("vqa", {"root": str(root), "train": "vqa_train.json", "frame_ablation": "shuffled"},
+                            tok, image_size=SIZE)
+    with pytest.raises(ConfigError, match=r"data.frame_ablation.*records name images"):
+        images.dataset("train")
+
+
+def test_question_types_travel_to_per_type_accuracy(root, tok, tmp_path):
+    from zoo.tasks import get_task
+
+    recs = [{"question_id": 1, "question": "which way?", "video": "videos/v1.mp4", "answer": "left",
+             "question_type": "direction"},
+            {"question_id": 2, "question": "what colour?", "video": "videos/v2.mp4", "answer": "blue",
+             "question_type": "colour"}]
+    ds = VQADataset(_write(tmp_path / "typed.json", recs), str(root), SIZE, train=False, num_frames=2,
+                    video_backend="av")
+    batch = VQACollator(tok, answers=False)([ds[0], ds[1]])
+    assert batch["question_type"] == ["direction", "colour"]
+    assert "question_type" not in VQACollator(tok, answers=False)([_vqa(root)[0]])  # untyped records: no key
+    bad = VQADataset(_write(tmp_path / "badtype.json", [{**recs[0], "question_type": 3}]), str(root), SIZE,
+                     train=False, num_frames=2, video_backend="av", on_bad_sample="skip")
+    assert bad.skipped and "'question_type' must be a string, got int" in bad.skipped[0][2]
+    outputs = [{"prediction": ["left", "red", "left"], "answers": [["left"] * 10, ["blue"] * 10, ["right"] * 10],
+                "question_type": ["direction", "colour", "direction"]}]
+    metrics = get_task("vqa").compute_metrics(None, outputs)
+    assert metrics == pytest.approx({"vqa_acc": 100 / 3, "vqa_acc_direction": 50.0, "vqa_acc_colour": 0.0})
+    assert get_task("vqa").compute_metrics(None, [{k: v for k, v in outputs[0].items() if k != "question_type"}]) \
+        == pytest.approx({"vqa_acc": 100 / 3})
+
+
 # --------------------------------------------------------------------------------------------------- bad data
 def _bad_file(root: Path, name: str, records) -> str:
     return _write(root / "bad" / name, records)

@@ -114,7 +114,8 @@ def _stack_images(items: Sequence[Mapping[str, Any]]) -> Tensor:
 
 class VQACollator:
     """VQA items → ``images, question_ids, question_mask, question_id, all_answers, questions, answers, num_skipped``
-    (``questions``: the question strings; ``answers``: per question its distinct answers, ``[]`` without) plus
+    (``questions``: the question strings; ``answers``: per question its distinct answers, ``[]`` without), with
+    ``question_type`` (one string or None per item) when some item has a type, plus
 
     - ``mode="generative"``: ``answer_ids, answer_mask`` (all answers flattened), ``weights`` (float, flattened),
       ``answers_per_question`` (long, one count per question);
@@ -147,6 +148,8 @@ class VQACollator:
             "questions": [x["question"] for x in items], "answers": [list(x.get("answers") or []) for x in items],
             "num_skipped": skipped,
         }
+        if any(x.get("question_type") is not None for x in items):
+            batch["question_type"] = [x.get("question_type") for x in items]
         if not self.answers or not all(x["answers"] for x in items):
             return batch
         if self.mode == "generative":

@@ -75,6 +75,7 @@ __all__ = [
     "CaptionEvalDataset",
     "CaptionTrainDataset",
     "DataError",
+    "FRAME_ABLATIONS",
     "NLVRDataset",
     "SKIP_REASONS",
     "RetrievalEvalDataset",
@@ -119,6 +120,7 @@ class DataError(ValueError):
 
 
 #: the kinds of bad sample that ``on_bad_sample="skip"`` counts (:func:`problem_kind`)
+FRAME_ABLATIONS = ("one_frame", "shuffled")  # _AnnotationDataset.set_frame_ablation
 SKIP_REASONS = ("not an object", "missing key", "wrong type", "empty text", "invalid text", "bad value",
                 "missing media", "unreadable media")
 
@@ -433,6 +435,34 @@ class _AnnotationDataset(Dataset):
         """
         self._image_cache = {} if enable else None
 
+    #: see :meth:`set_frame_ablation`
+    frame_ablation: str | None = None
+
+    def set_frame_ablation(self, ablation: str | None) -> None:
+        """Take the order or the number of a video's frames away, to measure what a model gets from time:
+
+        - ``"one_frame"``: one of the sampled frames, repeated ``num_frames`` times (training: a uniformly random one
+          of them; evaluation: the middle one, ``frames[T // 2]``) — what a single-image model sees;
+        - ``"shuffled"``: the sampled frames in a random order (training: from torch's generator, as the other
+          augmentations; evaluation: a permutation drawn from a generator seeded with the item's index, so every
+          evaluation of the set sees the same orders);
+        - None: the frames as sampled, in time order.
+
+        Blank frames are ``data.blank_images`` (the transform). Images are left as they are."""
+        if ablation not in (None, *FRAME_ABLATIONS):
+            raise ValueError(f"frame_ablation={ablation!r}: expected one of {', '.join(FRAME_ABLATIONS)} or None")
+        self.frame_ablation = ablation
+
+    def _ablate_frames(self, i: int, frames: Tensor) -> Tensor:
+        t = frames.shape[0]
+        if self.frame_ablation == "one_frame":
+            k = int(torch.randint(t, ())) if self.train else t // 2
+            return frames[k:k + 1].expand_as(frames).clone()
+        if self.frame_ablation == "shuffled":
+            generator = None if self.train else torch.Generator().manual_seed(i)
+            return frames[torch.randperm(t, generator=generator)]
+        return frames
+
     # -- the data check ------------------------------------------------------------------------------------------
     def media_files(self, rec: Mapping) -> list[str]:
         """The media files a (checked) record names, as they are opened."""
@@ -559,7 +589,7 @@ class _AnnotationDataset(Dataset):
             warnings.warn(f"skipped a bad sample: {exc}", RuntimeWarning, stacklevel=2)
             return None
 
-    def _visual(self, file: str, idx: int, rec: Mapping, texts: Iterable[str] = ()) -> Tensor:
+    def _visual(self, file: str, idx: int, rec: Mapping, texts: Iterable[str] = (), i: int = 0) -> Tensor:
         """The transformed image ``(3, H, W)`` or video ``(T, 3, H, W)``; the careful flip when ``hflip`` is on."""
         flip = self.train and self.hflip and float(torch.rand(())) < 0.5 and not _mentions_left_right(texts)
         path = self.media_path(rec)
@@ -572,7 +602,7 @@ class _AnnotationDataset(Dataset):
                                            rng=rng)
             except VideoReadError as exc:
                 raise DataError(file, idx, f"cannot read video: {exc}") from None
-            images = [Image.fromarray(f.numpy()) for f in frames]
+            images = [Image.fromarray(f.numpy()) for f in self._ablate_frames(i, frames)]
             if flip:
                 images = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]
             return transform_frames(self.transform, images)
@@ -630,11 +660,14 @@ _COMMON_DOC = """
 # ---------------------------------------------------------------------------------------------------------------------
 @DATASETS.register("vqa")
 class VQADataset(_AnnotationDataset):
-    __doc__ = ("""VQA / video QA records → ``{image, question, answers, weights, question_id, all_answers}``.
+    __doc__ = ("""VQA / video QA records → ``{image, question, answers, weights, question_id, all_answers,
+    question_type}``.
 
     ``answers`` are the distinct answers, ``weights`` their official weights (:func:`answer_weights`),
     ``all_answers`` the raw annotation list (for VQA accuracy; ``[]`` for a record without answers, allowed in
-    evaluation only). ``max_words`` defaults to the official 30 (training) / 50 (evaluation).
+    evaluation only); ``question_type`` the record's optional ``question_type`` string (None without: evaluation
+    reports the accuracy of each type present). ``max_words`` defaults to the official 30 (training) / 50
+    (evaluation).
     """ + _COMMON_DOC)
 
     def __init__(
@@ -670,17 +703,19 @@ class VQADataset(_AnnotationDataset):
             return _Problem("missing key 'answer' (training records need answers)", "missing key")
         if "question_id" in rec or not self.train:
             problem = _check_id(rec, "question_id")
-        if problem is None and "dataset" in rec and not isinstance(rec["dataset"], str):
-            problem = _Problem(f"'dataset' must be a string, got {_type_name(rec['dataset'])}", "wrong type")
+        for key in ("dataset", "question_type"):
+            if problem is None and key in rec and not isinstance(rec[key], str):
+                problem = _Problem(f"'{key}' must be a string, got {_type_name(rec[key])}", "wrong type")
         return problem
 
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
         raw = rec.get("answer")
         all_answers = [] if raw is None else ([raw] if isinstance(raw, str) else list(raw))
         answers, weights = answer_weights(raw, rec.get("dataset")) if raw is not None else ([], [])
-        image = self._visual(file, idx, rec, [rec["question"], *all_answers])
+        image = self._visual(file, idx, rec, [rec["question"], *all_answers], i=i)
         return {"image": image, "question": pre_question(rec["question"], self.max_words), "answers": answers,
-                "weights": weights, "question_id": rec.get("question_id", i), "all_answers": all_answers}
+                "weights": weights, "question_id": rec.get("question_id", i), "all_answers": all_answers,
+                "question_type": rec.get("question_type")}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -823,7 +858,7 @@ class _PairDataset(_AnnotationDataset):
         return len(self.img_ids)
 
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
-        image = self._visual(file, idx, rec, [rec["caption"]])
+        image = self._visual(file, idx, rec, [rec["caption"]], i=i)
         caption = pre_caption(rec["caption"], self.max_words) if self.clean else rec["caption"]
         item = {"image": image, "caption": caption, "image_id": self.img_ids[rec[self._id_key(rec)]]}
         if "bbox" in rec:  # a region phrase: its box, normalised (cx, cy, w, h) as the box head predicts
@@ -944,7 +979,7 @@ class RetrievalEvalDataset(_AnnotationDataset):
             self.img2txt.append(ids)
 
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
-        return {"image": self._visual(file, idx, rec, rec["caption"]), "index": i}
+        return {"image": self._visual(file, idx, rec, rec["caption"], i=i), "index": i}
 
 
 @DATASETS.register("caption_eval")
@@ -993,7 +1028,7 @@ class CaptionEvalDataset(_AnnotationDataset):
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
         caps = rec.get("caption", [])
         caps = [caps] if isinstance(caps, str) else list(caps)
-        return {"image": self._visual(file, idx, rec, caps), "image_id": self.image_ids[i], "captions": caps}
+        return {"image": self._visual(file, idx, rec, caps, i=i), "image_id": self.image_ids[i], "captions": caps}
 
 
 def _probe_image(path: str) -> str | None:

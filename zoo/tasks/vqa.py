@@ -1,4 +1,5 @@
-"""VQA: a question about an image (or video) → an answer; scored by the VQAv2 accuracy (``vqa_acc``, percent).
+"""VQA: a question about an image (or video) → an answer; scored by the VQAv2 accuracy (``vqa_acc``, percent), and
+per question type (``vqa_acc_{type}``) when the records carry a ``question_type`` (the shapes-video questions do).
 
 Three kinds of model answer (declared by the model, never probed from the data): an answer **classifier** over a
 fixed vocabulary (``generative_vqa`` false: the data's answer vocabulary is the head's classes), a **generative head
@@ -88,11 +89,23 @@ class VQATask(Task):
         else:
             out = m.vqa_predict(batch["images"], batch["question_ids"], batch["question_mask"],
                                 answers=dm.answer_vocab)
-        return {"question_id": list(batch["question_id"]), "prediction": out["answer"],
-                "answers": list(batch["all_answers"])}
+        out = {"question_id": list(batch["question_id"]), "prediction": out["answer"],
+               "answers": list(batch["all_answers"])}
+        if "question_type" in batch:
+            out["question_type"] = list(batch["question_type"])
+        return out
 
     def compute_metrics(self, module: Any, outputs: list[dict], name: str | None = None) -> dict[str, float]:
         from zoo.metrics.vqa import vqa_accuracy  # noqa: PLC0415
 
-        scores = [vqa_accuracy(p, a) for o in outputs for p, a in zip(o["prediction"], o["answers"])]
-        return {"vqa_acc": 100.0 * sum(scores) / len(scores)}
+        scores, by_type = [], {}
+        for o in outputs:
+            types = o.get("question_type") or [None] * len(o["prediction"])
+            for p, a, kind in zip(o["prediction"], o["answers"], types):
+                scores.append(vqa_accuracy(p, a))
+                if kind is not None:
+                    by_type.setdefault(kind, []).append(scores[-1])
+        metrics = {"vqa_acc": 100.0 * sum(scores) / len(scores)}
+        for kind in sorted(by_type):  # records with a question_type: the accuracy of each type
+            metrics[f"vqa_acc_{kind}"] = 100.0 * sum(by_type[kind]) / len(by_type[kind])
+        return metrics

@@ -259,6 +259,7 @@ DATA_CHECKS: dict[str, Check] = {
     "data.classifier_targets": exactly("vqa_score", "weights") | NULL,
     "data.crop_scale": Check(_is_crop_scale, "[low, high] with 0 < low <= high <= 1") | NULL,
     "data.blank_images": BOOL | NULL,
+    "data.frame_ablation": exactly("one_frame", "shuffled") | NULL,
     "data.cache_images": BOOL | NULL,
     "data.languages": LANGUAGES | NULL,
     "data.few_shot": FEW_SHOT | NULL,

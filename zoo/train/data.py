@@ -20,7 +20,10 @@ Data keys (defaults in brackets): ``root`` (media folder; annotation paths are r
 [vqa_score] (VQA classifier); ``crop_scale`` [[0.5, 1.0], the official fine-tuning ``RandomResizedCrop`` scale;
 ``[1.0, 1.0]`` keeps the whole image, which synthetic scenes whose answers depend on every object need] and
 ``blank_images`` [false: true replaces every image or video frame by a constant grey one, in training and evaluation
-alike — the question-only (or text-only) ablation that shows what a model gets from the pixels]; ``cache_images``
+alike — the question-only (or text-only) ablation that shows what a model gets from the pixels]; ``frame_ablation``
+[none: ``one_frame`` repeats one of a video's sampled frames, ``shuffled`` puts them in a random order, in training and
+evaluation alike — the ablations that show what a video model gets from time;
+:meth:`zoo.data.datasets._AnnotationDataset.set_frame_ablation`]; ``cache_images``
 [false: true keeps each image in memory after its first read, transformed when the transform has no randomness — for
 small data sets read for many epochs; see :meth:`zoo.data.datasets._AnnotationDataset.cache_images`].
 
@@ -122,7 +125,7 @@ _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 
                              "randaugment": True, "drop_last": True, "prompt": "a picture of ", "max_masks": 18,
                              "mask_prob": 0.6, "classifier_targets": "vqa_score",
                              "crop_scale": [0.5, 1.0], "blank_images": False,
-                             "cache_images": False}
+                             "frame_ablation": None, "cache_images": False}
 # a task's own defaults over these: its data_defaults (zoo.tasks; pre-training masks as the official configs)
 
 
@@ -442,6 +445,11 @@ class TaskDataModule(L.LightningDataModule):
                               "data.crop_scale: [1.0, 1.0] and data.hflip: false", "data.crop_scale")
         if c["cache_images"]:
             dataset.cache_images()
+        if c["frame_ablation"]:
+            if not dataset.video:
+                raise ConfigError(f"data.frame_ablation={c['frame_ablation']!r} takes time away from videos, but the "
+                                  f"{key} records name images", "data.frame_ablation")
+            dataset.set_frame_ablation(c["frame_ablation"])
         if train and c.get("translation"):
             dataset = _WithTranslation(dataset, c["translation"])
         return dataset
