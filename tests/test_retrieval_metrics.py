@@ -8,7 +8,8 @@ import torch
 
 from zoo.metrics.retrieval import rerank_scores, retrieval_recall
 
-KEYS = ["txt_r1", "txt_r5", "txt_r10", "txt_r_mean", "img_r1", "img_r5", "img_r10", "img_r_mean", "r_mean"]
+KEYS = ["txt_r1", "txt_r5", "txt_r10", "txt_r_mean", "img_r1", "img_r5", "img_r10", "img_r_mean", "r_mean",
+        "txt_mdr", "txt_mnr", "img_mdr", "img_mnr"]
 
 
 def _data(n_img, caps, seed):
@@ -35,6 +36,10 @@ def _brute_force(s_i2t, s_t2i, txt2img, img2txt):
             out[f"{name}_r{k}"] = 100.0 * sum(r < k for r in ranks) / len(ranks)
         out[f"{name}_r_mean"] = (out[f"{name}_r1"] + out[f"{name}_r5"] + out[f"{name}_r10"]) / 3
     out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    for name, ranks in (("txt", txt_ranks), ("img", img_ranks)):  # 1-based, numpy's median (UniVL metrics.py)
+        ranks = [min(r, len(s_t2i)) + 1 for r in ranks] if name == "txt" else [r + 1 for r in ranks]
+        out[f"{name}_mdr"] = float(np.median(ranks))
+        out[f"{name}_mnr"] = float(np.mean(ranks))
     return out
 
 
@@ -67,10 +72,12 @@ def test_recall_perfect_and_reversed():
         pos[i, t] = 1.0
     noise = rng.uniform(0, 0.5, size=pos.shape)
     perfect = retrieval_recall(pos + noise, (pos + noise).T, txt2img, img2txt)
-    assert all(v == 100.0 for v in perfect.values())
+    assert all(perfect[k] == 100.0 for k in KEYS if "_r" in k)
+    assert all(perfect[k] == 1.0 for k in ("txt_mdr", "txt_mnr", "img_mdr", "img_mnr"))
     # positives below every negative: each image's captions rank 95..99, each text's image ranks 19
     reversed_ = retrieval_recall(-pos + noise, (-pos + noise).T, txt2img, img2txt)
-    assert all(v == 0.0 for v in reversed_.values())
+    assert all(reversed_[k] == 0.0 for k in KEYS if "_r" in k)
+    assert reversed_["txt_mdr"] == reversed_["txt_mnr"] == 96.0 and reversed_["img_mdr"] == reversed_["img_mnr"] == 20.0
 
 
 def test_recall_hand_case():
@@ -97,6 +104,10 @@ def test_recall_hand_case():
     assert r["img_r5"] == 100.0
     assert r["txt_r_mean"] == pytest.approx((100 / 3 + 200) / 3)
     assert r["r_mean"] == pytest.approx(((100 / 3 + 200) / 3 + 250 / 3) / 2)
+    # 1-based ranks: image -> text 1, 2, 5; text -> image 1, 3, 1, 2, 1, 3 (median of an even count: mean of the two
+    # middle ones, as numpy's)
+    assert (r["txt_mdr"], r["txt_mnr"]) == pytest.approx((2.0, 8 / 3))
+    assert (r["img_mdr"], r["img_mnr"]) == pytest.approx((1.5, 11 / 6))
 
 
 def test_recall_ties_rank_larger_index_first():
@@ -113,6 +124,8 @@ def test_recall_ties_rank_larger_index_first():
     r = retrieval_recall(s, s, [11] * 12, [[]] * 11 + [list(range(12))])
     assert r["img_r1"] == 100.0
     assert r["txt_r1"] == r["txt_r10"] == pytest.approx(100 / 12)
+    # the 11 caption-less images rank after all 12 texts (13); image 11's best caption is first
+    assert (r["txt_mdr"], r["txt_mnr"]) == pytest.approx((13.0, (1 + 11 * 13) / 12))
     r = retrieval_recall(s, s, [0] * 12, [list(range(12))] + [[]] * 11)
     assert r["img_r10"] == 0.0  # image 0 loses every tie: rank 11
 

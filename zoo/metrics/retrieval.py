@@ -1,4 +1,5 @@
-"""Image–text retrieval evaluation: recall@K and the two-stage (ITC → ITM) re-ranking of X²-VLM.
+"""Image–text and video–text retrieval evaluation: recall@K, median and mean rank, and the two-stage (ITC → ITM)
+re-ranking of X²-VLM.
 
 Facts from the official code (Retrieval.py in zengyan-97/X2-VLM: ``evaluation`` and ``itm_eval``):
 
@@ -78,7 +79,10 @@ def retrieval_recall(score_i2t: Any, score_t2i: Any, txt2img: Any, img2txt: Any,
         img2txt: for each image, the indices of its captions (sequence of sequences or dict keyed by image index).
             An image without captions counts as a miss, as in the official code.
 
-    Returns ``txt_r1, txt_r5, txt_r10, txt_r_mean, img_r1, img_r5, img_r10, img_r_mean, r_mean`` as floats.
+    Returns ``txt_r1, txt_r5, txt_r10, txt_r_mean, img_r1, img_r5, img_r10, img_r_mean, r_mean`` and the median and
+    mean rank of each direction ``txt_mdr, txt_mnr, img_mdr, img_mnr`` (1-based, as video retrieval reports them:
+    UniVL's ``metrics.py``, MdR ``np.median(ranks) + 1`` — the mean of the two middle ranks for an even count — and
+    MnR ``np.mean(ranks) + 1``; an image without captions counts as rank ``N_texts + 1``) as floats.
     """
     s_i2t, s_t2i = _as_tensor(score_i2t), _as_tensor(score_t2i)
     if s_i2t.dim() != 2 or s_t2i.dim() != 2 or s_i2t.shape != s_t2i.shape[::-1]:
@@ -110,6 +114,10 @@ def retrieval_recall(score_i2t: Any, score_t2i: Any, txt2img: Any, img2txt: Any,
             out[f"{prefix}_r{k}"] = recall(ranks, k)
         out[f"{prefix}_r_mean"] = sum(out[f"{prefix}_r{k}"] for k in _KS) / len(_KS)
     out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    for prefix, ranks, n in (("txt", best, n_txt), ("img", img_ranks, n_img)):
+        one_based = ranks.clamp(max=n).double() + 1  # an image without captions ranks after every text
+        out[f"{prefix}_mdr"] = one_based.quantile(0.5).item() if one_based.numel() else float("nan")
+        out[f"{prefix}_mnr"] = one_based.mean().item() if one_based.numel() else float("nan")
     return out
 
 
