@@ -13,14 +13,19 @@ import math
 import pytest
 import torch
 
+import zoo
+from zoo.models.base import count_parameters
 from zoo.modules.temporal import (
     LOSS_NAMES,
     NUM_FLOW_CLASSES,
     TemporalHeads,
     TemporalSSLConfig,
     flow_direction_labels,
+    frames_to_uint8,
     temporal_losses,
 )
+from zoo.modules.vision.beit import BEiTv2Encoder
+from zoo.modules.vision.video import VideoEncoder
 from zoo.spec import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -310,3 +315,312 @@ def test_official_key_map_covers_every_parameter():
     names = {key.split(".")[0] for key in TemporalHeads(D, T).state_dict()}
     assert names == mapped
     assert set(LOSS_NAMES) == {"order", "debias", "flow"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the video encoder's switch and X²-VLM's training loss
+# ---------------------------------------------------------------------------------------------------------------------
+def _image_encoder(kind: str = "beit_v2"):
+    """A tiny image encoder at 32 px with 8 px patches: ``beit_v2`` (token 0 = mean of the patches, then 16 patches)
+    or a timm ViT with a CLS token and 2 register tokens before its 16 patches."""
+    torch.manual_seed(0)
+    if kind == "beit_v2":
+        return BEiTv2Encoder(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4, drop_path_rate=0.0)
+    from zoo.modules.vision.timm_encoder import TimmEncoder
+
+    return TimmEncoder(
+        "vit_tiny_patch16_224",
+        img_size=32,
+        model_kwargs={
+            "patch_size": 8,
+            "embed_dim": 32,
+            "depth": 1,
+            "num_heads": 4,
+            "reg_tokens": 2,
+            "no_embed_class": True,
+        },
+    )
+
+
+def _video_encoder(temporal_ssl=None, kind: str = "beit_v2") -> VideoEncoder:
+    image = _image_encoder(kind)
+    torch.manual_seed(1)
+    return VideoEncoder(image, num_frames=3, combine="temporal_attention", num_heads=4, temporal_ssl=temporal_ssl)
+
+
+def _nonzero_temporal_layer(encoder: VideoEncoder) -> None:
+    """The temporal layer's zero-initialised output projections made non-zero, so that it changes the tokens."""
+    for p in encoder.temporal.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+
+
+def test_temporal_ssl_off_by_default_adds_nothing():
+    """Without ``temporal_ssl`` (or with ``enabled: false``) the encoder has exactly the parameters, state-dict keys
+    and outputs of the encoder before the switch existed, and no ``frame_tokens``; enabled, it adds the heads' keys
+    under ``temporal_heads.`` and nothing else, and its tokens and pooled vector are unchanged (the heads are read by
+    the training loss only). The packaged video model has no heads either (official counts: tests/test_x2vlm.py).
+
+    Catches the heads built whatever ``enabled`` says (extra parameters in every official video model), and the
+    switch changing the combined tokens (frame tokens taken from, or written back into, the pooled path)."""
+    plain, off = _video_encoder(), _video_encoder({"enabled": False, "weights": {"flow": 0.5}})
+    on = _video_encoder({"enabled": True})
+    assert plain.temporal_heads is None and off.temporal_heads is None
+    assert plain.state_dict().keys() == off.state_dict().keys()
+    assert not any("temporal_heads" in k for k in plain.state_dict())
+    assert count_parameters(plain) == count_parameters(off)
+    heads = {f"temporal_heads.{k}" for k in TemporalHeads(32, 3).state_dict()}
+    assert set(on.state_dict()) == set(plain.state_dict()) | heads
+    assert count_parameters(on) == count_parameters(plain) + count_parameters(TemporalHeads(32, 3))
+    for enc in (plain, off, on):
+        enc.load_state_dict(plain.state_dict(), strict=enc is not on)
+        _nonzero_temporal_layer(enc)
+    on.temporal.load_state_dict(plain.temporal.state_dict())
+    off.temporal.load_state_dict(plain.temporal.state_dict())
+    frames = torch.randn(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a, b, c = plain.eval()(frames), off.eval()(frames), on.eval()(frames)
+    assert a.frame_tokens is None and b.frame_tokens is None and c.frame_tokens is not None
+    for x in (b, c):
+        assert torch.equal(x.tokens, a.tokens) and torch.equal(x.pooled, a.pooled)
+
+    model = zoo.create_model("x2vlm-tiny-video", task="vqa_cls")
+    assert model.vision.temporal_heads is None and not model.vision.temporal_ssl.enabled
+    assert not any("temporal" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["beit_v2", "timm"])
+def test_frame_tokens_are_the_image_encoder_per_frame(kind):
+    """``frame_tokens`` ``(B, T, P, D)`` = the image encoder run on each frame on its own, patch tokens only (beit_v2:
+    without its token 0, the mean; timm ViT: without CLS and registers), before the frame position embedding and the
+    temporal layer; the flow patch size is the encoder's (8) when not given.
+
+    Catches the tokens taken after the frame position embedding or the temporal layer, the pooled / CLS / register
+    positions kept (P + 1 or P + 3 tokens), and batch and time unflattened in the wrong order (``(T, B)``)."""
+    enc = _video_encoder({"enabled": True}, kind).eval()
+    _nonzero_temporal_layer(enc)
+    assert enc.temporal_ssl.patch_size == 8
+    frames = torch.randn(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = enc(frames).frame_tokens
+        prefix = 1 if kind == "beit_v2" else enc.image_encoder.num_prefix_tokens
+        assert prefix == (1 if kind == "beit_v2" else 3)
+        for t in range(3):
+            alone = enc.image_encoder(frames[:, t]).tokens
+            assert alone.shape[1] == prefix + 16
+            torch.testing.assert_close(got[:, t], alone[:, prefix:], rtol=1e-5, atol=1e-5)
+    assert got.shape == (2, 3, 16, 32)
+
+
+def test_a_patch_size_other_than_the_encoders_is_a_config_error_at_its_key():
+    """``vision.temporal_ssl.patch_size`` must be the image encoder's patch size (the flow labels are one per output
+    token); a model built with it names the key, as it names a bad weight; temporal SSL on an X²-VLM without a VQA head
+    (where it trains) is an error, not a silent no-op.
+
+    Catches a patch size that is accepted and then averages the flow over the wrong squares (the labels would still
+    fit the token grid when the frame is a multiple of both)."""
+    with pytest.raises(ConfigError) as info:
+        _video_encoder({"enabled": True, "patch_size": 16})
+    assert info.value.path == "vision.temporal_ssl.patch_size" and "patch size 8" in info.value.message
+    assert _video_encoder({"enabled": True, "patch_size": 8}).temporal_ssl.patch_size == 8
+    assert _video_encoder({"enabled": False, "patch_size": 16}).temporal_heads is None  # off: not checked
+    with pytest.raises(ConfigError, match=r"vision\.temporal_ssl\.patch_size"):
+        zoo.create_model(
+            "x2vlm-tiny-video",
+            task="vqa_cls",
+            **{"vision.image_encoder.patch_size": 8, "vision.temporal_ssl": {"enabled": True, "patch_size": 16}},
+        )
+    with pytest.raises(ConfigError, match=r"vision\.temporal_ssl\.weights"):
+        zoo.create_model("x2vlm-tiny-video", task="vqa_cls", **{"vision.temporal_ssl": {"weights": {"motion": 1}}})
+    with pytest.raises(ConfigError, match=r"vision\.temporal_ssl\.enabled.*no vqa head"):
+        zoo.create_model("x2vlm-tiny-video", task="retrieval", **{"vision.temporal_ssl": {"enabled": True}})
+
+
+# a tiny X²-VLM video QA model; no dropout anywhere, so a training-mode forward is repeatable; a temporal layer (made
+# non-zero below) so that the answer depends on the frame order (avgpool, or the identity layer at init, would not)
+TINY_VIDEO = {
+    "vision.image_encoder.patch_size": 8,
+    "vision.combine": "temporal_attention",
+    "vision.num_heads": 4,
+    "text.hidden_dropout": 0.0,
+    "text.attention_dropout": 0.0,
+}
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def _tiny_video_qa(temporal_ssl: dict):
+    torch.manual_seed(0)
+    model = zoo.create_model("x2vlm-tiny-video", task="vqa_cls", **TINY_VIDEO, **{"vision.temporal_ssl": temporal_ssl})
+    _nonzero_temporal_layer(model.vision)
+    return model
+
+
+def _textured_clip(batch: int = 2, frames: int = 3, seed: int = 4) -> torch.Tensor:
+    """``(B, T, 3, 64, 64)`` uint8: a random texture whose upper half moves right and lower half moves down, 3 pixels a
+    frame (the flow labels then hold several classes)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(0, 256, (batch, 3, 16, 16), generator=g, dtype=torch.uint8)
+    base = base.repeat_interleave(4, -1).repeat_interleave(4, -2)  # 4x4 blocks: trackable texture
+    out = torch.empty(batch, frames, 3, 64, 64, dtype=torch.uint8)
+    for t in range(frames):
+        out[:, t, :, :32] = base.roll(3 * t, dims=-1)[:, :, :32]
+        out[:, t, :, 32:] = base.roll(3 * t, dims=-2)[:, :, 32:]
+    return out
+
+
+def _video_qa_batch(model, clip: torch.Tensor) -> dict:
+    mean = torch.tensor(CLIP_MEAN).reshape(3, 1, 1)
+    std = torch.tensor(CLIP_STD).reshape(3, 1, 1)
+    q = torch.randint(5, 200, (clip.shape[0], 6), generator=torch.Generator().manual_seed(5))
+    return {
+        "images": (clip.float() / 255 - mean) / std,
+        "question_ids": q,
+        "question_mask": torch.ones_like(q),
+        "targets": torch.tensor([1, 3]),
+    }
+
+
+def test_x2vlm_vqa_loss_adds_the_weighted_temporal_terms_in_training_only():
+    """Training mode: ``loss`` = the classifier's VQA loss + Σ weight · term, each term equal to ``temporal_losses``
+    recomputed from the model's own parts with the config's label smoothing (0.1, not the default 0.2), flow labels of
+    the uint8 clip itself (the normalisation undone with the model's CLIP mean / std) and the same generator; the
+    de-bias logits are the classifier's on ``images[:, perm]``. Evaluation mode: the plain VQA loss and logits.
+
+    Catches the frames un-normalised with another mean / std (or not at all: the labels differ), the default label
+    smoothing used instead of the config's, a weight applied to the wrong term, the task loss left out of ``loss``,
+    the permutation drawn from the global generator, and the terms added at evaluation."""
+    weights = {"order": 0.5, "flow": 2.0, "debias": 0.25}
+    model = _tiny_video_qa({"enabled": True, "weights": weights, "label_smoothing": 0.1})
+    pre = model.preprocess_config()
+    assert (pre.mean, pre.std) == (CLIP_MEAN, CLIP_STD)
+    clip = _textured_clip()
+    batch = _video_qa_batch(model, clip)
+    assert torch.equal(frames_to_uint8(batch["images"], pre.mean, pre.std), clip)
+    labels = flow_direction_labels(clip, patch_size=8)
+    assert labels.unique().numel() >= 3  # the texture moves two ways: the flow term is not trivial
+
+    model.train()
+    seen = []
+    hook = model.vision.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    torch.manual_seed(123)
+    got = model.vqa_loss(batch, generator=torch.Generator().manual_seed(11))
+    hook.remove()
+    assert set(got) == {"logits", "loss", "task", "temporal", "order", "flow", "debias"}
+
+    images, ids, mask = batch["images"], batch["question_ids"], batch["question_mask"]
+    perm = torch.randperm(3, generator=torch.Generator().manual_seed(11))
+    assert not torch.equal(perm, torch.arange(3))
+    with torch.no_grad():
+        tokens = model.encode_image(images).frame_tokens
+        task = model.vqa(model.encode_question(images, ids, mask)[:, 0], batch["targets"])["loss"]
+        want = temporal_losses(
+            model.vision.temporal_heads, tokens, labels, label_smoothing=0.1,
+            generator=torch.Generator().manual_seed(11),
+            classify_shuffled=lambda p: model.vqa(model.encode_question(images[:, p], ids, mask)[:, 0])["logits"],
+        )  # fmt: skip
+        shuffled = model.vqa(model.encode_question(images[:, perm], ids, mask)[:, 0])["logits"].double()
+    assert want["debias"].item() == pytest.approx(-shuffled.log_softmax(-1).mean().item(), rel=1e-5)
+    # the de-bias forward saw the generator's permutation (the global one after manual_seed(123) is (1, 2, 0))
+    assert len(seen) == 2 and torch.equal(seen[0], images) and torch.equal(seen[1], images[:, perm])
+    for name in ("order", "flow", "debias"):
+        assert got[name].item() == pytest.approx(want[name].item(), rel=1e-5), name
+    assert got["task"].item() == pytest.approx(task.item(), rel=1e-5)
+    total = task + sum(weights[name] * want[name] for name in weights)
+    assert got["loss"].item() == pytest.approx(total.item(), rel=1e-5)
+    assert got["temporal"].item() == pytest.approx((total - task).item(), rel=1e-5)
+
+    model.eval()
+    plain = model.vqa_loss(batch)
+    assert set(plain) == {"logits", "loss"}
+    assert plain["loss"].item() == pytest.approx(task.item(), rel=1e-5)
+
+
+def test_a_zero_weight_skips_its_term(monkeypatch):
+    """``debias: 0``: one vision forward per step (no shuffled clip) and no ``debias`` key; ``flow: 0``: no flow labels
+    computed; ``order: 0``: the order head never runs. The default weights run the vision part twice.
+
+    Catches a zero-weight term computed and multiplied by 0 (the de-bias forward costs a second pass of the whole
+    model; the flow labels an OpenCV call per frame pair)."""
+    batch = _video_qa_batch(None, _textured_clip())
+
+    def calls(model, **patches):
+        count = {"vision": 0, "order": 0}
+        model.vision.register_forward_hook(lambda *a: count.__setitem__("vision", count["vision"] + 1))
+        model.vision.temporal_heads.order_head.register_forward_hook(
+            lambda *a: count.__setitem__("order", count["order"] + 1)
+        )
+        out = model.train().vqa_loss(batch)
+        return count, out
+
+    count, out = calls(_tiny_video_qa({"enabled": True}))
+    assert count == {"vision": 2, "order": 1} and {"order", "flow", "debias"} <= set(out)
+    count, out = calls(_tiny_video_qa({"enabled": True, "weights": {"debias": 0}}))
+    assert count == {"vision": 1, "order": 1} and "debias" not in out and {"order", "flow"} <= set(out)
+    assert out["loss"].item() == pytest.approx((out["task"] + out["order"] + out["flow"]).item(), rel=1e-6)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("flow labels computed for a zero flow weight")
+
+    monkeypatch.setattr("zoo.modules.temporal.flow_direction_labels", forbidden)
+    count, out = calls(_tiny_video_qa({"enabled": True, "weights": {"flow": 0, "order": 0, "debias": 0}}))
+    assert count == {"vision": 1, "order": 0}
+    assert set(out) == {"logits", "loss", "task", "temporal"} and out["temporal"].item() == 0.0
+    assert out["loss"].item() == pytest.approx(out["task"].item(), rel=1e-6)
+
+
+def test_gradients_reach_the_temporal_heads_and_the_encoder():
+    """Every parameter of ``temporal_heads`` gets a non-zero gradient from ``loss``, and the temporal terms alone reach
+    the image encoder (the frame tokens are not detached).
+
+    Catches the frame tokens detached (the backbone would learn nothing from the temporal objectives) and a head
+    left out of the loss (its parameters without gradient: also an unused-parameter error under DDP)."""
+    model = _tiny_video_qa({"enabled": True}).train()
+    batch = _video_qa_batch(model, _textured_clip())
+    out = model.vqa_loss(batch)
+    (out["order"] + out["flow"]).backward(retain_graph=True)  # not debias: its own forward reaches the encoder anyway
+    patch = model.vision.image_encoder.patch_embed.proj.weight
+    assert patch.grad is not None and patch.grad.abs().sum() > 0
+    model.zero_grad()
+    out["loss"].backward()
+    for name, p in model.vision.temporal_heads.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_generative_vqa_trains_order_and_flow():
+    """With the generative answer decoder (no answer classes) the temporal terms are order and flow; a de-bias weight
+    above 0 is a config error at its key.
+
+    Catches the generative path silently dropping the temporal terms, or running a de-bias term it has no classes
+    for."""
+    video = {
+        "_replace_": True,
+        "type": "video",
+        "num_frames": 3,
+        "image_encoder": {
+            "type": "beit_v2",
+            "img_size": 64,
+            "patch_size": 8,
+            "embed_dim": 64,
+            "depth": 1,
+            "num_heads": 4,
+            "drop_path_rate": 0.0,
+        },
+    }
+    with pytest.raises(ConfigError, match=r"vision\.temporal_ssl\.weights\.debias"):
+        zoo.create_model("x2vlm-tiny", task="vqa", vision={**video, "temporal_ssl": {"enabled": True}})
+    torch.manual_seed(0)
+    model = zoo.create_model(
+        "x2vlm-tiny", task="vqa", vision={**video, "temporal_ssl": {"enabled": True, "weights": {"debias": 0}}}
+    )
+    assert model.generative_vqa
+    batch = _video_qa_batch(model, _textured_clip())
+    answers = torch.tensor([[101, 20, 102, 0], [101, 21, 102, 0], [101, 22, 21, 102]])
+    batch.update(
+        answer_ids=answers,
+        answer_mask=(answers != 0).long(),
+        weights=torch.tensor([1.0, 0.5, 0.5]),
+        answers_per_question=torch.tensor([1, 2]),
+    )
+    out = model.train().vqa_loss(batch)
+    assert {"order", "flow"} <= set(out) and "debias" not in out
+    assert out["loss"].item() == pytest.approx((out["task"] + out["order"] + out["flow"]).item(), rel=1e-6)
+    assert not {"order", "flow", "task", "temporal"} & set(model.eval().vqa_loss(batch))

@@ -19,6 +19,8 @@ class EncoderOutput:
     mask: ``(B, N)`` 1 = real token, 0 = padding; None when every token is real (images).
     hidden_states: the input of the first layer and the output of every layer, when requested.
     attentions: per-layer attention probabilities ``(B, H, N, M)``, when requested (math backend).
+    frame_tokens: ``(B, T, P, D)`` per-frame patch tokens of a video encoder, before anything combines the frames
+        (only when the encoder's temporal self-supervision is on: :mod:`zoo.modules.temporal`).
     """
 
     tokens: Tensor
@@ -26,6 +28,7 @@ class EncoderOutput:
     mask: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
+    frame_tokens: Tensor | None = None
 
     def __iter__(self) -> Iterator[Tensor | None]:
         return (getattr(self, f.name) for f in fields(self))

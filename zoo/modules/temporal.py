@@ -26,6 +26,11 @@ task output only (``vit.py:323-324``): the heads are unused there.
 model owns; :meth:`TemporalSSLConfig.objective` computes the task loss and the three terms with its one label
 smoothing and returns their weighted sum.
 
+In the zoo the switch is the ``temporal_ssl`` argument of the ``video`` vision encoder
+(:class:`zoo.modules.vision.video.VideoEncoder`): enabled, the encoder owns the :class:`TemporalHeads` and returns the
+per-frame patch tokens (``EncoderOutput.frame_tokens``); a family's training loss adds :func:`temporal_ssl_loss`
+(flow labels from the frames it received, the weighted terms) to its own task loss — X²-VLM's ``vqa_loss`` does.
+
 Line numbers refer to github.com/alinlab/temporal-selfsupervision at commit 42097b4 (files
 ``research_platform/models/timesformer/vit.py``, ``train.py``, ``research_platform/datasets/ssv2/ssv2_webm.py``).
 """
@@ -33,7 +38,7 @@ Line numbers refer to github.com/alinlab/temporal-selfsupervision at commit 4209
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -52,8 +57,10 @@ __all__ = [
     "TemporalHeads",
     "TemporalSSLConfig",
     "flow_direction_labels",
+    "frames_to_uint8",
     "smoothed_cross_entropy",
     "temporal_losses",
+    "temporal_ssl_loss",
     "uniform_cross_entropy",
 ]
 
@@ -251,6 +258,7 @@ def temporal_losses(
     label_smoothing: float = 0.2,
     generator: torch.Generator | None = None,
     classify_shuffled: Callable[[Tensor], Tensor] | None = None,
+    order: bool = True,
 ) -> dict[str, Tensor]:
     """The three temporal losses, unweighted.
 
@@ -265,13 +273,16 @@ def temporal_losses(
             official ``np.random.permutation`` it may be the identity).
         classify_shuffled: ``perm -> task logits (B, K)`` of the model on ``video[:, perm]`` (backbone and task head,
             training mode, with gradients): the de-bias term. None skips ``debias``.
+        order: False skips ``order``.
 
     Returns:
         ``{"order": …, "flow": …, "debias": …}`` (scalars; the skipped ones absent).
     """
     b, t = frame_tokens.shape[:2]
-    target = torch.arange(t, device=frame_tokens.device).expand(b, t)
-    out = {"order": smoothed_cross_entropy(heads.order_logits(frame_tokens), target, label_smoothing)}
+    out: dict[str, Tensor] = {}
+    if order:
+        target = torch.arange(t, device=frame_tokens.device).expand(b, t)
+        out["order"] = smoothed_cross_entropy(heads.order_logits(frame_tokens), target, label_smoothing)
     if classify_shuffled is not None:
         perm = torch.randperm(t, generator=generator)
         out["debias"] = uniform_cross_entropy(classify_shuffled(perm.to(frame_tokens.device)))
@@ -378,13 +389,91 @@ class TemporalSSLConfig:
                     label_smoothing=self.label_smoothing,
                     generator=generator,
                     classify_shuffled=classify_shuffled if w["debias"] else None,
+                    order=bool(w["order"]),
                 )
             )
-            if not w["order"]:
-                out.pop("order")
         total = task
         for name in LOSS_NAMES:
             if name in out:
                 total = total + self.weights[name] * out[name]
         out["loss"] = total
         return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a video model's training loss
+# ---------------------------------------------------------------------------------------------------------------------
+def frames_to_uint8(frames: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """Normalised frames ``(..., 3, H, W)`` (``(x / 255 - mean) / std``) back to ``uint8`` pixels in ``[0, 255]``
+    (rounded, clamped), on the CPU: the input :func:`flow_direction_labels` takes."""
+    x = frames.detach().float().cpu()
+    m = torch.as_tensor(mean, dtype=torch.float32).reshape(3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).reshape(3, 1, 1)
+    return (x * s + m).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def temporal_ssl_loss(
+    encoder: nn.Module,
+    frames: Tensor,
+    frame_tokens: Tensor | None,
+    classify_shuffled: Callable[[Tensor], Tensor] | None,
+    mean: Sequence[float] | Tensor,
+    std: Sequence[float] | Tensor,
+    generator: torch.Generator | None = None,
+    flow_labels: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The weighted temporal terms a video model adds to its task loss in training (any family; the encoder is a
+    :class:`zoo.modules.vision.video.VideoEncoder` built with ``temporal_ssl: {enabled: true, ...}``).
+
+    Args:
+        encoder: owns ``temporal_ssl`` (a :class:`TemporalSSLConfig`) and ``temporal_heads`` (:class:`TemporalHeads`).
+        frames: ``(B, T, 3, H, W)`` the frames the model received, normalised with ``mean`` / ``std``.
+        frame_tokens: ``(B, T, P, D)`` the encoder's ``EncoderOutput.frame_tokens`` of those frames.
+        classify_shuffled: ``perm -> task logits (B, K)`` of the whole model (training mode, with gradients) on
+            ``frames[:, perm]``; may be None only when the ``debias`` weight is 0.
+        mean, std: the model's normalisation (``model.preprocess_config()``), to undo it for the flow.
+        generator: draws the de-bias permutation (None: torch's global generator).
+        flow_labels: precomputed :func:`flow_direction_labels` (from a data pipeline); None computes them here.
+
+    Returns:
+        ``{"order", "flow", "debias"}`` (unweighted; a term whose weight is 0 is absent: not computed — no flow
+        labels, no second forward) and ``"temporal"``: ``Σ weights[name] · name`` (``train.py:182``; zero when every
+        weight is 0). The caller adds ``temporal`` to its task loss. ``order`` and ``flow`` use the config's
+        ``label_smoothing`` (``train.py:156-158``); the task loss stays the model's own.
+
+    The flow labels are computed from the frames the model received: un-normalised with ``mean`` / ``std``, rounded
+    to ``uint8`` and then normalised as the official code does (:func:`flow_direction_labels`), with the config's
+    ``patch_size`` (the encoder's). They therefore see the data transform's resize, crop, flip and augmentation, as
+    the official labels do: ``ssv2_webm.py`` runs RandAugment, ``tensor_normalize`` (``:225-226``) and
+    ``spatial_sampling`` (random resized crop and flip) before the flow (``:251-260``). With crops and augmentation
+    off (``videoqa-temporal-ssl-shapes``) they are the flow of the resized clip. The only departure is the rounding
+    to whole pixel values (at most half a level of 255). They are computed on the CPU
+    with OpenCV in the training step (one Farneback call per frame pair; cheap at the shapes' 64 px, a cost to
+    measure at 224 px, where passing ``flow_labels`` from the collate function moves it into the data workers).
+    """
+    cfg = getattr(encoder, "temporal_ssl", None)
+    heads = getattr(encoder, "temporal_heads", None)
+    if not isinstance(cfg, TemporalSSLConfig) or not cfg.enabled or heads is None:
+        raise ValueError(f"{type(encoder).__name__} has no temporal self-supervision (temporal_ssl.enabled: true)")
+    if frame_tokens is None:
+        raise ValueError("temporal_ssl: the encoder output carries no frame_tokens")
+    w = cfg.weights
+    if w["debias"] and classify_shuffled is None:
+        raise ValueError("temporal_ssl: the de-bias loss has weight > 0 but no classify_shuffled was given")
+    if w["flow"] and flow_labels is None:
+        flow_labels = flow_direction_labels(frames_to_uint8(frames, mean, std), cfg.patch_size)
+    out = temporal_losses(
+        heads,
+        frame_tokens,
+        flow_labels if w["flow"] else None,
+        label_smoothing=cfg.label_smoothing,
+        generator=generator,
+        classify_shuffled=classify_shuffled if w["debias"] else None,
+        order=bool(w["order"]),
+    )
+    total = frame_tokens.new_zeros((), dtype=torch.float32)
+    for name in LOSS_NAMES:
+        if name in out:
+            total = total + w[name] * out[name]
+    out["temporal"] = total
+    return out

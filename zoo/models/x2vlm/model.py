@@ -18,6 +18,10 @@ process with soft targets for repeated images; ITM on the positive pair plus one
 negative text per pair, sampled from softmax(similarity) in the local batch (positives excluded); MLM through the full
 stack with the image, predicted at the masked positions; box L1 + GIoU from the fused CLS of region texts.
 
+Temporal self-supervision (:mod:`zoo.modules.temporal`, "Time Is MattEr"): with a ``video`` vision part built with
+``temporal_ssl: {enabled: true}``, ``vqa_loss`` in training adds the frame-order, flow and de-bias terms to the VQA
+loss (the de-bias forward reruns the question on the shuffled clip); evaluation and prediction are unchanged.
+
 The checkpoint converter from the official layout is :mod:`zoo.models.x2vlm.convert`.
 """
 
@@ -31,6 +35,7 @@ from torch import Tensor
 
 from zoo.models.base import CLIP_PREPROCESS, ZooModel
 from zoo.modules.outputs import EncoderOutput
+from zoo.modules.temporal import LOSS_NAMES, temporal_ssl_loss
 from zoo.registry import MODELS
 from zoo.spec import ConfigError, Part, check_width
 
@@ -121,6 +126,20 @@ class X2VLM(ZooModel):
         for head in (mlm, caption):  # the LM prediction heads share the word embeddings, as the official BertForMaskedLM
             if head is not None:
                 head.tie_to(text.embeddings.word_embeddings)
+        self._check_temporal_ssl()
+
+    def _check_temporal_ssl(self) -> None:
+        """Temporal self-supervision trains in ``vqa_loss``: it needs a VQA head, and the de-bias term a classifier
+        (its target is the uniform distribution over the answer classes, ``train.py:174-179``)."""
+        ssl = getattr(self.vision, "temporal_ssl", None)
+        if ssl is None or not ssl.enabled:
+            return
+        if self.vqa is None:
+            raise ConfigError("X²-VLM trains the temporal objectives in vqa_loss only; this model has no vqa head "
+                              "(build it for the vqa task, or leave temporal_ssl off)", "vision.temporal_ssl.enabled")
+        if self.generative_vqa and ssl.weights["debias"]:
+            raise ConfigError("the de-bias term needs answer-class logits (a classifier VQA head); the generative head "
+                              "trains order and flow only: set it to 0", "vision.temporal_ssl.weights.debias")
 
     # -- the model contract (zoo.models.base.ZooModel) ------------------------------------------------------------
     def param_part(self, name: str) -> str:
@@ -258,7 +277,9 @@ class X2VLM(ZooModel):
     # -- VQA -----------------------------------------------------------------------------------------------------
     def encode_question(self, images: Tensor, question_ids: Tensor, question_mask: Tensor) -> Tensor:
         """Fused question states (the text stack over the question, attending to the image)."""
-        image = self.encode_image(images)
+        return self._question_states(self.encode_image(images), question_ids, question_mask)
+
+    def _question_states(self, image: EncoderOutput, question_ids: Tensor, question_mask: Tensor) -> Tensor:
         return self.text(question_ids, question_mask, mode="full", vision_tokens=image.tokens,
                          vision_mask=image.mask).tokens
 
@@ -266,19 +287,42 @@ class X2VLM(ZooModel):
     def generative_vqa(self) -> bool:
         return self.vqa is not None and hasattr(self.vqa, "rank_answers")
 
-    def vqa_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def vqa_loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """VQA loss on ``images``, ``question_ids``, ``question_mask`` and
 
         - generative head: ``answer_ids``, ``answer_mask``, ``weights`` (one per answer), ``answers_per_question`` (k);
         - classifier head (answer vocabulary, also video QA): ``targets`` — soft scores ``(B, num_answers)`` or class
           indices ``(B,)`` — on the fused CLS state.
+
+        With temporal self-supervision on (video vision part, ``temporal_ssl.enabled``) and the model in training
+        mode, :func:`zoo.modules.temporal.temporal_ssl_loss` adds its terms: ``loss`` = the VQA loss (under
+        ``task``) + ``temporal`` (the weighted sum of ``order``, ``flow``, ``debias``, each reported unweighted). The
+        de-bias forward encodes the question again on ``images[:, perm]`` and takes the classifier's logits;
+        ``generator`` draws ``perm``; ``batch["flow_labels"]``, when a pipeline gives it, replaces the labels computed
+        from the frames.
         """
         self._require(vqa=self.vqa)
-        states = self.encode_question(batch["images"], batch["question_ids"], batch["question_mask"])
+        images, ids, mask = batch["images"], batch["question_ids"], batch["question_mask"]
+        image = self.encode_image(images)
+        states = self._question_states(image, ids, mask)
         if self.generative_vqa:
-            return self.vqa(states, batch["question_mask"], batch["answer_ids"], batch["answer_mask"],
-                            weights=batch.get("weights"), k=batch.get("answers_per_question"))
-        return self.vqa(states[:, 0], batch["targets"])
+            out = self.vqa(states, mask, batch["answer_ids"], batch["answer_mask"],
+                           weights=batch.get("weights"), k=batch.get("answers_per_question"))
+        else:
+            out = self.vqa(states[:, 0], batch["targets"])
+        if not (self.training and image.frame_tokens is not None):
+            return out
+
+        def classify_shuffled(perm: Tensor) -> Tensor:
+            return self.vqa(self.encode_question(images[:, perm], ids, mask)[:, 0])["logits"]
+
+        pre = self.preprocess_config()
+        terms = temporal_ssl_loss(self.vision, images, image.frame_tokens,
+                                  None if self.generative_vqa else classify_shuffled, pre.mean, pre.std,
+                                  generator=generator, flow_labels=batch.get("flow_labels"))
+        extra = {name: terms[name] for name in LOSS_NAMES if name in terms}
+        return {**out, **extra, "task": out["loss"], "temporal": terms["temporal"],
+                "loss": out["loss"] + terms["temporal"]}
 
     @torch.no_grad()
     def vqa_predict(self, images: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor | None = None,

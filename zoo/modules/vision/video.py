@@ -16,6 +16,17 @@ projections start at zero, so at initialisation it equals ``avgpool``.
 position embedding, averaged over frames, or passed through the temporal layer as one more token position); for
 ``beit_v2`` it therefore equals ``tokens[:, 0]`` as for images.
 
+Temporal self-supervision (``temporal_ssl: {enabled: true, ...}``, :mod:`zoo.modules.temporal`, "Time Is MattEr"):
+the encoder owns ``temporal_heads`` (:class:`~zoo.modules.temporal.TemporalHeads`: frame-order head and flow module)
+and returns ``frame_tokens`` ``(B, T, P, D)``: the image encoder's output tokens of each frame, patch tokens only
+(the last ``P = (H / p) · (W / p)`` of each frame's sequence: every image encoder puts its pooled / CLS / register
+positions before the patches, ``beit_v2`` its mean token), before the frame position embedding, the temporal layer and
+the mean over frames — the official heads read the per-frame tokens after the final norm, before pooling
+(``vit.py:328-341``). The flow labels' ``patch_size`` is the image encoder's (taken from its patch embedding when not
+given; a different value is a ConfigError at ``vision.temporal_ssl.patch_size``). The objective itself is the
+family's training loss (:func:`zoo.modules.temporal.temporal_ssl_loss`). Disabled (the default) nothing is added:
+parameters, state-dict keys and outputs are those of the encoder without it.
+
 Frame count: with ``frame_pos`` the input must have exactly ``num_frames`` frames (a ``ValueError`` says so; sample
 ``num_frames`` frames per video — the embedding is not interpolated). Without ``frame_pos`` any number of frames works.
 ``hidden_states`` (when asked) are the image encoder's, over the ``B*F`` frame batch.
@@ -23,6 +34,7 @@ Frame count: with ``frame_pos`` the input must have exactly ``num_frames`` frame
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Literal
 
@@ -32,6 +44,7 @@ from torch import Tensor, nn
 
 from zoo.modules.attention import attention
 from zoo.modules.outputs import EncoderOutput
+from zoo.modules.temporal import TemporalHeads, TemporalSSLConfig
 from zoo.registry import VISION_ENCODERS
 from zoo.spec import ConfigError, Part
 
@@ -69,6 +82,50 @@ class TemporalAttentionLayer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _patch_size(image_encoder: nn.Module) -> int | None:
+    """The square patch size of a ViT-like image encoder (its ``patch_embed.patch_size`` or ``patch_size``, on the
+    encoder or the timm / open_clip model it wraps), None when it has none or a non-square one."""
+    for owner in (image_encoder, getattr(image_encoder, "model", None), getattr(image_encoder, "visual", None)):
+        if owner is None:
+            continue
+        size = getattr(getattr(owner, "patch_embed", None), "patch_size", None)
+        if size is None:
+            size = getattr(owner, "patch_size", None)
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
+        if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+            return int(size[0])
+        if size is not None:
+            return None
+    return None
+
+
+def _temporal_config(node: dict | None, image_encoder: nn.Module) -> TemporalSSLConfig:
+    """``temporal_ssl`` parsed, its ``patch_size`` the image encoder's; errors at ``vision.temporal_ssl.KEY``."""
+    try:
+        cfg = TemporalSSLConfig.from_dict(node)
+    except ConfigError as exc:  # the video encoder is the model's vision part in every family
+        raise ConfigError(exc.message, f"vision.{exc.path}" if exc.path else "vision.temporal_ssl") from None
+    if not cfg.enabled:
+        return cfg
+    own = _patch_size(image_encoder)
+    if "patch_size" not in (node or {}):
+        if own is None:
+            raise ConfigError(
+                f"the image encoder {type(image_encoder).__name__} has no square patch size to take: "
+                "give the size of its output token grid",
+                "vision.temporal_ssl.patch_size",
+            )
+        return dataclasses.replace(cfg, patch_size=own)
+    if own is not None and cfg.patch_size != own:
+        raise ConfigError(
+            f"{cfg.patch_size} differs from the image encoder's patch size {own}: the flow labels are "
+            "one per output patch (leave it out to take the encoder's)",
+            "vision.temporal_ssl.patch_size",
+        )
+    return cfg
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # encoder
 # ---------------------------------------------------------------------------------------------------------------------
@@ -81,6 +138,9 @@ class VideoEncoder(nn.Module):
         combine: ``avgpool`` (X²-VLM) or ``temporal_attention`` (one transformer layer over frames, then the mean).
         frame_pos: add the learnable frame position embedding (X²-VLM ``add_frame_pos``).
         num_heads: attention heads of the temporal layer (``temporal_attention`` only).
+        temporal_ssl: ``{enabled, weights, label_smoothing, patch_size}``
+            (:class:`zoo.modules.temporal.TemporalSSLConfig`; None: off). Enabled: ``temporal_heads`` and
+            ``frame_tokens`` (see the module docstring).
     """
 
     is_video = True  # models check this to accept (B, T, C, H, W) input
@@ -92,6 +152,7 @@ class VideoEncoder(nn.Module):
         combine: Literal["avgpool", "temporal_attention"] = "avgpool",
         frame_pos: bool = True,
         num_heads: int = 8,
+        temporal_ssl: dict | None = None,
     ):
         super().__init__()
         width = getattr(image_encoder, "width", None)
@@ -114,6 +175,13 @@ class VideoEncoder(nn.Module):
         else:
             self.register_parameter("absolute_frame_pos_embed", None)
         self.temporal = TemporalAttentionLayer(width, num_heads) if combine == "temporal_attention" else None
+        self.temporal_ssl = _temporal_config(temporal_ssl, image_encoder)
+        if self.temporal_ssl.enabled:
+            if num_frames < 2:
+                raise ConfigError("the temporal objectives need num_frames >= 2", "vision.temporal_ssl.enabled")
+            self.temporal_heads = TemporalHeads(width, num_frames)
+        else:
+            self.temporal_heads = None  # a plain attribute: no parameters, no state-dict keys
 
     def preprocess_defaults(self) -> dict | None:
         """The frame encoder's own preprocessing (every frame goes through it)."""
@@ -133,6 +201,7 @@ class VideoEncoder(nn.Module):
         kwargs = {"output_hidden_states": True} if output_hidden_states else {}
         out = self.image_encoder(frames.flatten(0, 1), **kwargs)
         tokens = out.tokens.unflatten(0, (b, t))  # (B, T, P, D)
+        frame_tokens = self._patch_tokens(tokens, frames) if self.temporal_heads is not None else None
         pooled = out.pooled.unflatten(0, (b, t)).unsqueeze(2)  # (B, T, 1, D)
         x = torch.cat((pooled, tokens), dim=2)  # pooled travels as token position 0
         if self.absolute_frame_pos_embed is not None:
@@ -141,7 +210,22 @@ class VideoEncoder(nn.Module):
             p, d = x.shape[2], x.shape[3]
             x = self.temporal(x.transpose(1, 2).reshape(b * p, t, d)).reshape(b, p, t, d).transpose(1, 2)
         x = x.mean(dim=1)  # (B, 1 + P, D)
-        return EncoderOutput(tokens=x[:, 1:], pooled=x[:, 0], hidden_states=out.hidden_states)
+        return EncoderOutput(
+            tokens=x[:, 1:], pooled=x[:, 0], hidden_states=out.hidden_states, frame_tokens=frame_tokens
+        )
+
+    def _patch_tokens(self, tokens: Tensor, frames: Tensor) -> Tensor:
+        """The last ``(H / p) · (W / p)`` tokens of each frame: its patch tokens, in row-major order."""
+        p = self.temporal_ssl.patch_size
+        height, width = frames.shape[-2:]
+        n = (height // p) * (width // p)
+        if height % p or width % p or tokens.shape[2] < n:
+            raise ValueError(
+                f"temporal_ssl: the image encoder gives {tokens.shape[2]} tokens per {height}x{width} frame, not one "
+                f"per {p}x{p} patch ({n}); the temporal objectives need a ViT-like encoder with one output token per "
+                "patch"
+            )
+        return tokens[:, :, tokens.shape[2] - n :]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.image_encoder.set_grad_checkpointing(enable)
