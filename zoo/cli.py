@@ -1,4 +1,5 @@
-"""The ``mmzoo`` command: list | info | demo | data | train | eval | predict | export | convert | chat | bench.
+"""The ``mmzoo`` command: list | info | demo | data | features | train | eval | predict | export | convert | chat |
+bench.
 
 Errors the user can fix print one line naming the file, key or argument and exit with status 2, without a
 traceback: bad configs and unknown names (``ConfigError``, ``UnknownNameError``), weights and checkpoints that cannot
@@ -221,12 +222,58 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_data(args) -> int:
+    if args.name == "convert":
+        from zoo.data.video_annotations import convert_msrvtt, convert_youcook  # noqa: PLC0415
+        from zoo.spec import ConfigError  # noqa: PLC0415
+
+        if args.dataset == "msrvtt":
+            written = convert_msrvtt(args.annotations, args.out, train_csv=args.train_csv, val_csv=args.val_csv,
+                                     test_csv=args.test_csv)
+        else:
+            if args.test_csv is not None:
+                raise ConfigError("YouCookII's official splits are train and val: expected --train-csv and / or "
+                                  "--val-csv", "--test-csv")
+            if args.train_csv is None and args.val_csv is None:
+                raise ConfigError("expected --train-csv youcookii_train.csv and / or --val-csv youcookii_val.csv "
+                                  "(the pickle holds the videos of both splits)", "--train-csv")
+            written = convert_youcook(args.annotations, args.out, train_csv=args.train_csv, val_csv=args.val_csv)
+        print(f"{args.dataset} records written to {args.out}")
+        print(_table([[name, count] for name, count in written.items()], ["file", "records"]))
+        return 0
     from zoo.data.shapes import describe_shapes, generate_shapes  # noqa: PLC0415
 
     root = generate_shapes(args.root, seed=args.seed, force=args.force)
     info = describe_shapes(root)
     print(f"shapes dataset at {root}")
     print(_table([[name, count] for name, count in sorted(info["files"].items())], ["file", "entries"]))
+    return 0
+
+
+def _cmd_features(args) -> int:
+    from zoo.data.features import (  # noqa: PLC0415
+        check_extraction,
+        extract_features,
+        frame_encoder,
+        videos_of,
+        write_features,
+    )
+    from zoo.spec import ConfigError  # noqa: PLC0415
+
+    if args.out is None and args.npy_dir is None:
+        raise ConfigError("expected --out FILE (the features pickle) and / or --npy-dir DIR", "--out")
+    check_extraction(args.fps, args.batch_size)
+    if args.image_size is not None and args.image_size < 1:
+        raise ConfigError(f"expected a positive integer, got {args.image_size}", "--image-size")
+    videos = videos_of(args.annotations, args.root)  # every record read before the encoder is built
+    encoder, preprocess = frame_encoder(args.encoder, args.pretrained, args.image_size)
+    features = extract_features(encoder, preprocess, videos, fps=args.fps, batch_size=args.batch_size,
+                                device=args.device, backend=args.video_backend,
+                                progress=None if not args.quiet else False)
+    write_features(features, args.out, args.npy_dir)
+    widths = sorted({v.shape[1] for v in features.values()})
+    rows = sum(v.shape[0] for v in features.values())
+    print(f"{len(features):,} videos, {rows:,} vectors of {', '.join(map(str, widths))} values "
+          f"({args.fps:g} per second) → " + " and ".join(str(p) for p in (args.out, args.npy_dir) if p is not None))
     return 0
 
 
@@ -394,12 +441,44 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the run's checkpoints/last.ckpt")
     s.set_defaults(fn=_cmd_train)
 
-    s = sub.add_parser("data", help="generate the embedded 'shapes' dataset (done automatically on first use)")
-    s.add_argument("name", choices=["shapes"])
-    s.add_argument("--root", default=None, help="folder (default: $MMZOO_HOME/datasets/shapes-v3)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--force", action="store_true", help="regenerate even if present")
-    s.set_defaults(fn=_cmd_data)
+    s = sub.add_parser("data", help="shapes: generate the embedded dataset (done automatically on first use); "
+                                    "convert: official video annotations (MSRVTT, YouCookII) to records")
+    data_sub = s.add_subparsers(dest="name", required=True)
+    d = data_sub.add_parser("shapes", help="generate the embedded 'shapes' dataset")
+    d.add_argument("--root", default=None, help="folder (default: $MMZOO_HOME/datasets/shapes-v3)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--force", action="store_true", help="regenerate even if present")
+    d.set_defaults(fn=_cmd_data)
+    d = data_sub.add_parser("convert", help="UniVL's MSRVTT / YouCookII annotations → {prefix}_{split}.json records "
+                                            "(read with data.video_features)")
+    d.add_argument("dataset", choices=["msrvtt", "youcook"])
+    d.add_argument("annotations", help="msrvtt: MSRVTT_data.json; youcook: youcookii_data.pickle (read without running "
+                                       "code)")
+    d.add_argument("--train-csv", default=None,
+                   help="msrvtt: MSRVTT_train.9k.csv (retrieval); youcook: youcookii_train.csv")
+    d.add_argument("--val-csv", default=None, help="youcook: youcookii_val.csv; msrvtt: a csv of video ids")
+    d.add_argument("--test-csv", default=None, help="msrvtt: MSRVTT_JSFUSION_test.csv (retrieval)")
+    d.add_argument("--out", required=True, help="folder for the JSON files (msrvtt without a csv: the official "
+                                                "captioning split 6513 / 497 / 2990)")
+    d.set_defaults(fn=_cmd_data)
+
+    s = sub.add_parser("features", help="pre-extracted video features (UniVL's input): a frozen image encoder over "
+                                        "one frame per second → {video_id: (T, D)} pickle")
+    s.add_argument("encoder", help="timm:NAME or open_clip:NAME (a vision encoder), or a registered model name or "
+                                   "model file (its vision part and preprocessing)")
+    s.add_argument("annotations", nargs="+", help="annotation files whose video records are read")
+    s.add_argument("--root", default=None, help="the folder the records' video paths are relative to (data.root)")
+    s.add_argument("--out", default=None, help="the features pickle {video_id: float32 (T, D)} (official layout)")
+    s.add_argument("--npy-dir", default=None, help="also (or instead) a folder of <video_id>.npy")
+    s.add_argument("--fps", type=float, default=1.0, help="feature vectors per second of video (official: 1)")
+    s.add_argument("--batch-size", type=int, default=64, help="frames per forward pass")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    s.add_argument("--pretrained", default=None, help="the encoder's weights (a local file; for a model: its weights "
+                                                      "file or export folder)")
+    s.add_argument("--image-size", type=int, default=None, help="input resolution (default: the encoder's)")
+    s.add_argument("--video-backend", default="decord", choices=["decord", "av"])
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_features)
 
     s = sub.add_parser("eval", parents=[trust],
                        help="evaluate an export, run folder or checkpoint on a task config's data")

@@ -29,7 +29,9 @@ Differences from the official readers, on purpose: one ``media_root`` instead of
 images under it); the careful horizontal flip (skipped when the question, an answer or the caption contains "left" or
 "right") is off by default (``hflip``), and also covers retrieval and captioning, which the official flips blindly; a
 video's frames share one flip and one set of random transform parameters (:func:`zoo.data.transforms.transform_frames`);
-videos are files read with decord or PyAV (:mod:`zoo.data.video`), not JSON lists of base64 frames.
+videos are files read with decord or PyAV (:mod:`zoo.data.video`), not JSON lists of base64 frames, or pre-extracted
+clip features (:meth:`_AnnotationDataset.set_video_features`, :mod:`zoo.data.features`: UniVL's input), looked up by
+the record's ``feature_id``, ``video_id`` or video file name.
 
 Bad data never makes a silent wrong batch. A malformed record (not an object, a missing key, a wrong type, empty
 answers or captions, a question or caption with nothing left after the official clean-up, text that is not valid
@@ -453,6 +455,19 @@ class _AnnotationDataset(Dataset):
             raise ValueError(f"frame_ablation={ablation!r}: expected one of {', '.join(FRAME_ABLATIONS)} or None")
         self.frame_ablation = ablation
 
+    #: see :meth:`set_video_features`
+    video_features: Any = None
+
+    def set_video_features(self, features: Any) -> None:
+        """Read each video record's pre-extracted features (a :class:`zoo.data.features.VideoFeatures`) instead of
+        decoding its file: the item's ``image`` is then a ``(max_frames, D)`` float32 tensor whose rows after the
+        video's own are zeros (padding), and the data check looks each record's id up in the features instead of
+        opening its video. The frame ablations act on the real rows; flips and augmentation do not apply. None: decode
+        frames again."""
+        if features is not None and not self.video:
+            raise ValueError("video features replace the frames of videos, but these records name images")
+        self.video_features = features
+
     def _ablate_frames(self, i: int, frames: Tensor) -> Tensor:
         t = frames.shape[0]
         if self.frame_ablation == "one_frame":
@@ -479,10 +494,19 @@ class _AnnotationDataset(Dataset):
 
         ``progress``: a tqdm bar on stderr (None: when more than 2,000 distinct files are opened); ``seen``: results
         by path shared between data sets (a file named by several records or splits is opened once). Returns the
-        number of distinct media files this call opened."""
+        number of distinct media files this call opened. With :meth:`set_video_features` each record's features are
+        looked up instead (:meth:`zoo.data.features.VideoFeatures.problem`: the id is there, a 2-D array of the
+        file's row width, a clip with rows), one check per distinct id and clip."""
         seen = {} if seen is None else seen
-        todo = list(dict.fromkeys(p for _, _, rec in self.records for p in self.media_files(rec) if p not in seen))
-        probe = self._probe_video if self.video else _probe_image
+        feats = self.video_features
+        files = self.media_files if feats is None else (lambda rec: [feats.check_key(rec)])
+        todo: dict[str, Mapping] = {}  # what to open (a file, or an id in the video features) → a record naming it
+        for _, _, rec in self.records:
+            for p in files(rec):
+                if p not in seen:
+                    todo.setdefault(p, rec)
+        probe = (lambda p: feats.problem(todo[p])) if feats is not None else \
+            self._probe_video if self.video else _probe_image
         if todo:
             from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
@@ -497,7 +521,7 @@ class _AnnotationDataset(Dataset):
                     bar.update(1)
         bad: dict[int, str] = {}
         for pos, (file, idx, rec) in enumerate(self.records):
-            problem = next((seen[p] for p in self.media_files(rec) if seen.get(p)), None)
+            problem = next((seen[p] for p in files(rec) if seen.get(p)), None)
             if problem is None:
                 continue
             if self.on_bad_sample == "error":
@@ -590,7 +614,10 @@ class _AnnotationDataset(Dataset):
             return None
 
     def _visual(self, file: str, idx: int, rec: Mapping, texts: Iterable[str] = (), i: int = 0) -> Tensor:
-        """The transformed image ``(3, H, W)`` or video ``(T, 3, H, W)``; the careful flip when ``hflip`` is on."""
+        """The transformed image ``(3, H, W)`` or video ``(T, 3, H, W)``; the careful flip when ``hflip`` is on; a
+        video's features ``(max_frames, D)`` with :meth:`set_video_features`."""
+        if self.video and self.video_features is not None:
+            return self.video_features.read(file, idx, rec, lambda rows: self._ablate_frames(i, rows))
         flip = self.train and self.hflip and float(torch.rand(())) < 0.5 and not _mentions_left_right(texts)
         path = self.media_path(rec)
         if self.video:

@@ -7,10 +7,15 @@ frames: cyclically in evaluation, all frames plus random extra ones in training 
 
 Readers return ``(T, H, W, 3)`` uint8 tensors. decord seeks to the sampled frames; PyAV decodes the stream in order and
 keeps the sampled ones. A missing or unreadable file raises :class:`VideoReadError` naming the file.
+
+Feature extraction (``mmzoo features``, :mod:`zoo.data.features`) reads frames by time instead: one per ``1 / fps``
+seconds (:func:`second_frame_indices`, :func:`read_frames_per_second`), as the official features hold one vector per
+second.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from typing import Literal
@@ -18,7 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["VideoReadError", "sample_frame_indices", "read_video_frames", "count_frames", "VIDEO_BACKENDS"]
+__all__ = ["VideoReadError", "sample_frame_indices", "read_video_frames", "count_frames", "VIDEO_BACKENDS",
+           "second_frame_indices", "read_frames_per_second"]
 
 VIDEO_BACKENDS = ("decord", "av")
 
@@ -116,3 +122,61 @@ def read_video_frames(path: str | os.PathLike, num_frames: int, training: bool =
         raise VideoReadError(f"{path}: the video has no frames")
     ids = sample_frame_indices(len(frames), num_frames, training, rng)
     return torch.stack([torch.from_numpy(frames[i]) for i in ids])
+
+
+def second_frame_indices(num_frames: int, native_fps: float, fps: float = 1.0) -> list[int]:
+    """One frame per window of ``1 / fps`` seconds of a video of ``num_frames`` frames at ``native_fps``: the windows
+    ``[k / fps, (k + 1) / fps)`` that start before the video ends (``ceil(num_frames * fps / native_fps)``, at least
+    one), each giving the frame at its middle, ``int((k + 0.5) * native_fps / fps)`` (the last frame for a last,
+    partial window whose middle lies past the end)."""
+    if num_frames <= 0:
+        raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
+    if not (native_fps > 0 and fps > 0):
+        raise ValueError(f"frame rates must be positive, got native_fps={native_fps!r}, fps={fps!r}")
+    step = native_fps / fps  # frames per window
+    count = max(1, math.ceil(num_frames / step - 1e-9))
+    return [min(int((k + 0.5) * step), num_frames - 1) for k in range(count)]
+
+
+def read_frames_per_second(path: str | os.PathLike, fps: float = 1.0,
+                           backend: Literal["decord", "av"] = "decord") -> Tensor:
+    """The frames :func:`second_frame_indices` picks (``fps`` per second of the video's own frame rate), as a
+    ``(T, H, W, 3)`` uint8 tensor. A video without a frame rate raises :class:`VideoReadError`."""
+    if backend not in VIDEO_BACKENDS:
+        raise ValueError(f"backend={backend!r}: expected one of {', '.join(VIDEO_BACKENDS)}")
+    path = _check_file(path)
+    if backend == "decord":
+        reader = _decord_reader(path)
+        native = float(reader.get_avg_fps() or 0)
+        if len(reader) == 0:
+            raise VideoReadError(f"{path}: the video has no frames")
+        if native <= 0:
+            raise VideoReadError(f"{path}: the video names no frame rate")
+        ids = second_frame_indices(len(reader), native, fps)
+        try:
+            return torch.from_numpy(reader.get_batch(ids).asnumpy())
+        except Exception as exc:  # noqa: BLE001
+            raise VideoReadError(f"{path}: decoding frames {ids} failed ({exc})") from None
+    kept, last, n = [], None, 0
+    with _av_open(path) as container:
+        if not container.streams.video:
+            raise VideoReadError(f"{path}: the file holds no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        native = float(rate) if rate else 0.0
+        if native <= 0:
+            raise VideoReadError(f"{path}: the video names no frame rate")
+        step = native / fps
+        try:
+            for n, frame in enumerate(container.decode(stream), start=1):
+                last, array = frame, None
+                while int((len(kept) + 0.5) * step) == n - 1:  # the middle of the next window (twice when fps > native)
+                    array = frame.to_ndarray(format="rgb24") if array is None else array
+                    kept.append(array)
+        except Exception as exc:  # noqa: BLE001
+            raise VideoReadError(f"{path}: PyAV failed while decoding ({exc})") from None
+    if last is None:
+        raise VideoReadError(f"{path}: the video has no frames")
+    while len(kept) < len(second_frame_indices(n, native, fps)):  # a last, partial window: the last frame
+        kept.append(last.to_ndarray(format="rgb24"))
+    return torch.stack([torch.from_numpy(f) for f in kept])

@@ -27,6 +27,17 @@ evaluation alike — the ablations that show what a video model gets from time;
 [false: true keeps each image in memory after its first read, transformed when the transform has no randomness — for
 small data sets read for many epochs; see :meth:`zoo.data.datasets._AnnotationDataset.cache_images`].
 
+Pre-extracted video features (UniVL's input, :mod:`zoo.data.features`): ``video_features`` [none: frames are decoded]
+is the official features pickle ``{video_id: array (T, D)}`` (read with a restricted unpickler that runs no code), a
+``.npz`` or a folder of ``<video_id>.npy``, resolved as the other paths; every video record then reads its features
+(by its ``feature_id``, ``video_id`` or video file name; ``start`` / ``end`` seconds cut a clip) and an item's
+``image`` is a ``(max_frames, D)`` float32 tensor, zero rows after the video's own (the model tells padding by them).
+``max_frames`` [48, the official fine-tuning value] rows at most; of a longer video ``frame_slice`` [head: the first,
+as UniVL; ``tail``; ``uniform``: evenly spaced, CLIP4Clip's ``slice_framepos``] keeps those; ``feature_rate`` [1.0:
+rows per second, the official ``feature_framerate``] places a clip's rows. The data check looks every record's id
+up. ``blank_images`` makes every item the same input (each row the file's mean row, none padding), ``frame_ablation``
+acts on the real rows; ``num_frames``, ``video_backend``, ``hflip`` and the image augmentation do not apply.
+
 Cross-lingual data (the zero-shot / few-shot protocol of CCLM, IGLUE): ``val`` and ``test`` may be a mapping
 ``{name: file or list}`` (e.g. ``{en: retrieval_test.json, de: retrieval_test.de.json}``): each entry is evaluated on
 its own and the metrics are logged as ``test/de/img_r1`` (results ``{"de/img_r1": ...}``). ``languages`` [none]
@@ -125,7 +136,8 @@ _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 
                              "randaugment": True, "drop_last": True, "prompt": "a picture of ", "max_masks": 18,
                              "mask_prob": 0.6, "classifier_targets": "vqa_score",
                              "crop_scale": [0.5, 1.0], "blank_images": False,
-                             "frame_ablation": None, "cache_images": False}
+                             "frame_ablation": None, "cache_images": False, "video_features": None,
+                             "max_frames": 48, "frame_slice": "head", "feature_rate": 1.0}
 # a task's own defaults over these: its data_defaults (zoo.tasks; pre-training masks as the official configs)
 
 
@@ -175,13 +187,13 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
     if not any(cfg.get(s) for s in SPLITS):
         raise ConfigError("no data: give at least one of train, val, test", "data")
 
-    def resolve(key: str, value: str, index: int | None = None) -> str:
+    def resolve(key: str, value: str, index: int | None = None, folder: bool = False) -> str:
         where = f"data.{key}" + (f"[{index}]" if index is not None else "")
         path = resolve_path(value) if value.startswith(("pkg:", "~", "$")) else None
         path = path if path is not None else (root / value if not os.path.isabs(value) else None)
         full = str(path) if path is not None else value
-        if not os.path.isfile(full):
-            raise ConfigError(f"file not found: {full}", where)
+        if not (os.path.isfile(full) or folder and os.path.isdir(full)):
+            raise ConfigError(f"{'file or folder' if folder else 'file'} not found: {full}", where)
         return full
 
     def resolve_files(key: str, value: str | list[str]) -> list[str]:
@@ -224,6 +236,16 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
             cfg[key] = resolve_files(key, cfg[key])
     if cfg.get("answer_list") is not None:
         cfg["answer_list"] = resolve("answer_list", cfg["answer_list"])
+    if cfg.get("video_features") is None:
+        for key in ("max_frames", "frame_slice", "feature_rate"):
+            if data.get(key) is not None:
+                raise ConfigError("applies to pre-extracted video features: set data.video_features (or leave "
+                                  f"data.{key} out; decoded videos take data.num_frames)", f"data.{key}")
+    elif cfg["video"] is False:
+        raise ConfigError("video features replace the frames of videos, but data.video is false",
+                          "data.video_features")
+    else:
+        cfg["video_features"] = resolve("video_features", cfg["video_features"], folder=True)
     size = cfg.get("image_size", image_size)
     if size is None:
         raise ConfigError("not set: give data.image_size (or build the data module with the model's resolution)",
@@ -359,6 +381,7 @@ class TaskDataModule(L.LightningDataModule):
         #: media file → its problem (None: it opened) for every file :meth:`check` opened
         self.media_results: dict[str, str | None] = {}
         self._model: Any = None
+        self._video_features: Any = None
 
     @property
     def model(self) -> Any:
@@ -434,6 +457,11 @@ class TaskDataModule(L.LightningDataModule):
         few_shot = c.get("few_shot") if train else None
         extra = [f for _, lang_files in few_shot.values() for f in lang_files] if few_shot else []
         dataset = cls(list(files) + extra, **common)
+        if c["video_features"]:
+            if not dataset.video:
+                raise ConfigError(f"video features replace the frames of videos, but the {key} records name images",
+                                  "data.video_features")
+            dataset.set_video_features(self.video_features)
         if self._checking is not None:  # check(): every media file opened before the views below pick records
             progress, seen = self._checking
             self._checked[key] = dataset.check_media(progress, desc=f"checking {key} media", seen=seen)
@@ -453,6 +481,21 @@ class TaskDataModule(L.LightningDataModule):
         if train and c.get("translation"):
             dataset = _WithTranslation(dataset, c["translation"])
         return dataset
+
+    @property
+    def video_features(self) -> Any:
+        """The :class:`zoo.data.features.VideoFeatures` every split's video records read (``data.video_features``;
+        None without), one for the data module: the features file is read once."""
+        if self.cfg["video_features"] is None:
+            return None
+        if self._video_features is None:
+            from zoo.data.features import VideoFeatures  # noqa: PLC0415
+
+            c = self.cfg
+            self._video_features = VideoFeatures(c["video_features"], max_frames=c["max_frames"],
+                                                 frame_slice=c["frame_slice"], rate=float(c["feature_rate"]),
+                                                 blank=c["blank_images"])
+        return self._video_features
 
     def image_transform(self, train: bool) -> Callable[[Any], torch.Tensor]:
         """PIL image → tensor of one split: the model's preprocessing (:attr:`preprocess`) with the data section's
