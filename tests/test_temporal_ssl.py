@@ -391,13 +391,13 @@ def test_temporal_ssl_off_by_default_adds_nothing():
 @pytest.mark.parametrize("kind", ["beit_v2", "timm"])
 def test_frame_tokens_are_the_image_encoder_per_frame(kind):
     """``frame_tokens`` ``(B, T, P, D)`` = the image encoder run on each frame on its own, patch tokens only (beit_v2:
-    without its token 0, the mean; timm ViT: without CLS and registers), before the frame position embedding and the
-    temporal layer; the flow patch size is the encoder's (8) when not given.
+    without its token 0, the mean; timm ViT: without CLS and registers), plus that frame's position embedding, through
+    the temporal layer (the identity at initialisation); their mean over frames is the encoder's output patch tokens
+    (with a temporal layer that is not the identity); the flow patch size is the encoder's (8) when not given.
 
-    Catches the tokens taken after the frame position embedding or the temporal layer, the pooled / CLS / register
-    positions kept (P + 1 or P + 3 tokens), and batch and time unflattened in the wrong order (``(T, B)``)."""
+    Catches the tokens taken before the frame position embedding or before the temporal layer, the pooled / CLS /
+    register positions kept (P + 1 or P + 3 tokens), and batch and time unflattened in the wrong order (``(T, B)``)."""
     enc = _video_encoder({"enabled": True}, kind).eval()
-    _nonzero_temporal_layer(enc)
     assert enc.temporal_ssl.patch_size == 8
     frames = torch.randn(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -407,7 +407,12 @@ def test_frame_tokens_are_the_image_encoder_per_frame(kind):
         for t in range(3):
             alone = enc.image_encoder(frames[:, t]).tokens
             assert alone.shape[1] == prefix + 16
-            torch.testing.assert_close(got[:, t], alone[:, prefix:], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got[:, t], alone[:, prefix:] + enc.absolute_frame_pos_embed[0, t],
+                                       rtol=1e-5, atol=1e-5)
+        _nonzero_temporal_layer(enc)
+        out = enc(frames)
+        torch.testing.assert_close(out.frame_tokens.mean(1), out.tokens[:, -16:], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(out.frame_tokens, got, atol=1e-3)  # the temporal layer acted on them
     assert got.shape == (2, 3, 16, 32)
 
 

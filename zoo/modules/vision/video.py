@@ -20,9 +20,12 @@ Temporal self-supervision (``temporal_ssl: {enabled: true, ...}``, :mod:`zoo.mod
 the encoder owns ``temporal_heads`` (:class:`~zoo.modules.temporal.TemporalHeads`: frame-order head and flow module)
 and returns ``frame_tokens`` ``(B, T, P, D)``: the image encoder's output tokens of each frame, patch tokens only
 (the last ``P = (H / p) · (W / p)`` of each frame's sequence: every image encoder puts its pooled / CLS / register
-positions before the patches, ``beit_v2`` its mean token), before the frame position embedding, the temporal layer and
-the mean over frames — the official heads read the per-frame tokens after the final norm, before pooling
-(``vit.py:328-341``). The flow labels' ``patch_size`` is the image encoder's (taken from its patch embedding when not
+positions before the patches, ``beit_v2`` its mean token), after the frame position embedding and the temporal layer,
+before the mean over frames — the official heads read the per-frame tokens of a backbone that added the time
+embedding at its input and attended across frames in every block, after the final norm, before pooling
+(``vit.py`` ``prepare_tokens``, ``forward_features``, ``:328-341``). Taken before the frame position, each frame's
+tokens would not know their index and the order head could only guess from content (measured: its loss stayed at
+``ln T``). The flow labels' ``patch_size`` is the image encoder's (taken from its patch embedding when not
 given; a different value is a ConfigError at ``vision.temporal_ssl.patch_size``). The objective itself is the
 family's training loss (:func:`zoo.modules.temporal.temporal_ssl_loss`). Disabled (the default) nothing is added:
 parameters, state-dict keys and outputs are those of the encoder without it.
@@ -201,7 +204,6 @@ class VideoEncoder(nn.Module):
         kwargs = {"output_hidden_states": True} if output_hidden_states else {}
         out = self.image_encoder(frames.flatten(0, 1), **kwargs)
         tokens = out.tokens.unflatten(0, (b, t))  # (B, T, P, D)
-        frame_tokens = self._patch_tokens(tokens, frames) if self.temporal_heads is not None else None
         pooled = out.pooled.unflatten(0, (b, t)).unsqueeze(2)  # (B, T, 1, D)
         x = torch.cat((pooled, tokens), dim=2)  # pooled travels as token position 0
         if self.absolute_frame_pos_embed is not None:
@@ -209,6 +211,9 @@ class VideoEncoder(nn.Module):
         if self.temporal is not None:
             p, d = x.shape[2], x.shape[3]
             x = self.temporal(x.transpose(1, 2).reshape(b * p, t, d)).reshape(b, p, t, d).transpose(1, 2)
+        # the per-frame tokens the temporal objectives read: after the frame position and the temporal layer (the
+        # official heads read tokens that carry the time embedding and have attended across frames), before the mean
+        frame_tokens = self._patch_tokens(x[:, :, 1:], frames) if self.temporal_heads is not None else None
         x = x.mean(dim=1)  # (B, 1 + P, D)
         return EncoderOutput(
             tokens=x[:, 1:], pooled=x[:, 0], hidden_states=out.hidden_states, frame_tokens=frame_tokens
