@@ -458,6 +458,40 @@ def test_videos_are_opened_by_the_check(root, backend):
     assert dm.dataset("train")[0]["image"].shape[1:] == (3, 32, 32)  # the good clip is read: (frames, 3, 32, 32)
 
 
+@pytest.mark.parametrize("backend", ["av", "decord"])
+def test_empty_and_too_short_videos_are_bad_samples(root, backend):
+    """An empty video file and a clip with fewer frames than ``data.min_frames`` fail the check with the
+    file and record named (skip: counted as unreadable media); without ``min_frames`` the 3-frame clip is sampled."""
+    pytest.importorskip(backend)
+    av = pytest.importorskip("av")
+    (root / "empty.mp4").write_bytes(b"")  # PyAV writes no file for a stream without frames: an empty file
+    for name, values in (("three.mp4", (0, 128, 255)),):
+        with av.open(str(root / name), mode="w") as container:
+            stream = container.add_stream("mpeg4", rate=8)
+            stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+            for value in values:
+                frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), value, np.uint8), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    qa = {"question_id": 0, "question": "what moves?", "answer": "a square", "video": "three.mp4"}
+    file = _write(root / "short_qa.json", [qa, {**qa, "question_id": 1, "video": "empty.mp4"}])
+    data = {"root": str(root), "train": "short_qa.json", "video_backend": backend, "batch_size": 1, "num_frames": 4}
+    with pytest.raises(DataError, match=rf"^{re.escape(file)}: record 1: cannot read video: .*empty.mp4"):
+        TaskDataModule("vqa", data, None, image_size=32).check()
+    with pytest.raises(DataError, match=rf"^{re.escape(file)}: record 0: cannot read video: .*three.mp4: the video "
+                                        r"is too short: 3 frame\(s\), fewer than data.min_frames=4"):
+        TaskDataModule("vqa", {**data, "min_frames": 4}, None, image_size=32).check()
+    dm = TaskDataModule("vqa", {**data, "on_bad_sample": "skip"}, None, image_size=32)
+    assert dm.check().skipped == {"train": {"unreadable media": 1}}
+    assert dm.dataset("train")[0]["image"].shape[:2] == (4, 3)  # 3 frames sampled into 4, one repeated
+    dm = TaskDataModule("vqa", {**data, "on_bad_sample": "skip", "min_frames": 4}, None, image_size=32)
+    assert dm.check().skipped == {"train": {"unreadable media": 2}}
+    with pytest.raises(ConfigError, match="data.min_frames"):
+        TaskDataModule("vqa", {**data, "min_frames": 0}, None, image_size=32)
+
+
 def test_the_media_check_shows_a_progress_bar_when_asked(root, capsys):
     TaskDataModule("vqa", _data(root), None, image_size=32).check(progress=True)
     err = capsys.readouterr().err

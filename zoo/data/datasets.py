@@ -121,8 +121,8 @@ class DataError(ValueError):
         return (DataError, (self.file, self.index, self.problem) if self.file is not None else (self.problem,))
 
 
-#: the kinds of bad sample that ``on_bad_sample="skip"`` counts (:func:`problem_kind`)
 FRAME_ABLATIONS = ("one_frame", "shuffled")  # _AnnotationDataset.set_frame_ablation
+#: the kinds of bad sample that ``on_bad_sample="skip"`` counts (:func:`problem_kind`)
 SKIP_REASONS = ("not an object", "missing key", "wrong type", "empty text", "invalid text", "bad value",
                 "missing media", "unreadable media")
 
@@ -439,6 +439,11 @@ class _AnnotationDataset(Dataset):
 
     #: see :meth:`set_frame_ablation`
     frame_ablation: str | None = None
+    #: the data check's shortest acceptable video, in frames (``data.min_frames``; a shorter one is a bad sample: a
+    #: DataError naming the file and record, or with ``on_bad_sample="skip"`` a counted "unreadable media" skip).
+    #: The default 1 refuses only empty videos: a clip with fewer frames than ``num_frames`` is otherwise sampled with
+    #: repeated frames, the official rule (:func:`zoo.data.video.sample_frame_indices`).
+    min_frames: int = 1
 
     def set_frame_ablation(self, ablation: str | None) -> None:
         """Take the order or the number of a video's frames away, to measure what a model gets from time:
@@ -556,12 +561,21 @@ class _AnnotationDataset(Dataset):
             return _Problem(f"cannot read video: {exc}", "missing media")
         try:
             if self.video_backend == "decord":
-                if len(_decord_reader(path)) == 0:
-                    raise VideoReadError(f"{path}: the video has no frames")
+                found = len(_decord_reader(path))
             else:
                 with _av_open(path) as container:
                     if not container.streams.video:
                         raise VideoReadError(f"{path}: the file holds no video stream")
+                    found = 0  # decoded up to min_frames: a container's frame count may be missing or wrong
+                    for _ in container.decode(video=0):
+                        found += 1
+                        if found >= self.min_frames:
+                            break
+            if found == 0:
+                raise VideoReadError(f"{path}: the video has no frames")
+            if found < self.min_frames:
+                raise VideoReadError(f"{path}: the video is too short: {found} frame(s), fewer than "
+                                     f"data.min_frames={self.min_frames}")
         except VideoReadError as exc:
             return _Problem(f"cannot read video: {exc}", "unreadable media")
         except Exception as exc:  # noqa: BLE001 - container libraries raise their own errors

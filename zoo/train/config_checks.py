@@ -260,6 +260,7 @@ DATA_CHECKS: dict[str, Check] = {
     "data.crop_scale": Check(_is_crop_scale, "[low, high] with 0 < low <= high <= 1") | NULL,
     "data.blank_images": BOOL | NULL,
     "data.frame_ablation": exactly("one_frame", "shuffled") | NULL,
+    "data.min_frames": POSITIVE | NULL,
     "data.cache_images": BOOL | NULL,
     "data.video_features": TEXT | NULL,
     "data.max_frames": POSITIVE | NULL,

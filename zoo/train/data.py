@@ -23,7 +23,9 @@ Data keys (defaults in brackets): ``root`` (media folder; annotation paths are r
 alike — the question-only (or text-only) ablation that shows what a model gets from the pixels]; ``frame_ablation``
 [none: ``one_frame`` repeats one of a video's sampled frames, ``shuffled`` puts them in a random order, in training and
 evaluation alike — the ablations that show what a video model gets from time;
-:meth:`zoo.data.datasets._AnnotationDataset.set_frame_ablation`]; ``cache_images``
+:meth:`zoo.data.datasets._AnnotationDataset.set_frame_ablation`]; ``min_frames`` [1: the data check refuses videos with
+fewer frames — by default only empty ones; a clip shorter than ``num_frames`` is otherwise sampled with repeated frames,
+the official rule]; ``cache_images``
 [false: true keeps each image in memory after its first read, transformed when the transform has no randomness — for
 small data sets read for many epochs; see :meth:`zoo.data.datasets._AnnotationDataset.cache_images`].
 
@@ -136,7 +138,7 @@ _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 
                              "randaugment": True, "drop_last": True, "prompt": "a picture of ", "max_masks": 18,
                              "mask_prob": 0.6, "classifier_targets": "vqa_score",
                              "crop_scale": [0.5, 1.0], "blank_images": False,
-                             "frame_ablation": None, "cache_images": False, "video_features": None,
+                             "frame_ablation": None, "min_frames": 1, "cache_images": False, "video_features": None,
                              "max_frames": 48, "frame_slice": "head", "feature_rate": 1.0}
 # a task's own defaults over these: its data_defaults (zoo.tasks; pre-training masks as the official configs)
 
@@ -457,6 +459,7 @@ class TaskDataModule(L.LightningDataModule):
         few_shot = c.get("few_shot") if train else None
         extra = [f for _, lang_files in few_shot.values() for f in lang_files] if few_shot else []
         dataset = cls(list(files) + extra, **common)
+        dataset.min_frames = c["min_frames"]
         if c["video_features"]:
             if not dataset.video:
                 raise ConfigError(f"video features replace the frames of videos, but the {key} records name images",
