@@ -417,6 +417,27 @@ def test_video_avgpool_equals_mean_of_frame_encodings():
     assert torch.equal(out.pooled, out.tokens[:, 0])  # beit_v2: pooled stays token 0
 
 
+def test_video_concat_keeps_every_frame_in_order():
+    """``combine: concat``: token 0 the pooled vector (mean over frames of each frame's pooled + position), then frame
+    0's tokens + its frame position, frame 1's, ... (float64 reference from each frame on its own). Catches the frames
+    interleaved by token (a transpose), the position left out, or the summary token missing."""
+    image = _randomize(BEiTv2Encoder(**TINY_BEIT)).eval()
+    video = VideoEncoder(image, num_frames=3, combine="concat").eval()
+    frames = _frames()
+    with torch.no_grad():
+        out = video(frames)
+        per_frame = [image(frames[:, f]) for f in range(3)]
+    pos = video.absolute_frame_pos_embed.detach().double()  # (1, 3, 1, D)
+    tokens = torch.cat([o.tokens.double() + pos[:, f] for f, o in enumerate(per_frame)], dim=1)
+    pooled = sum(o.pooled.double() + pos[0, f] for f, o in enumerate(per_frame)) / 3
+    assert out.tokens.shape == (2, 1 + 3 * 17, 32)
+    assert _max_diff(out.tokens.double()[:, 1:], tokens) < 1e-5
+    assert _max_diff(out.pooled.double(), pooled) < 1e-5
+    assert torch.equal(out.tokens[:, 0], out.pooled)  # token 0: the video's summary, as avgpool's
+    with pytest.raises(ConfigError, match="'avgpool', 'temporal_attention' or 'concat'"):
+        VideoEncoder(image, combine="stack")
+
+
 def test_video_of_one_repeated_image_with_zero_frame_pos_is_the_image_encoding():
     image = _randomize(BEiTv2Encoder(**TINY_BEIT)).eval()
     video = VideoEncoder(image, num_frames=3).eval()

@@ -10,7 +10,11 @@ different frame count fills the first ``min(F, F')`` frames (the official loader
 Hand-written (nothing in timm / transformers does this): the frame loop, the position embedding, the pooling and the
 optional ``temporal_attention`` combine: one pre-norm transformer layer (self-attention over the ``F`` frames of each
 token position on :func:`zoo.modules.attention.attention`, then an MLP) before the mean over frames. Its output
-projections start at zero, so at initialisation it equals ``avgpool``.
+projections start at zero, so at initialisation it equals ``avgpool``. ``concat`` keeps every frame: the tokens are
+``(B, 1 + T · N, D)``, the pooled vector (the mean over frames, as ``avgpool``'s, so token 0 stays the video's summary
+as X²-VLM's image CLS is) and then each frame's ``N`` tokens frame after frame, each carrying its frame's position
+embedding: the cross-attention of a fusion sees every frame's patches and can compare them (``T`` times the tokens to
+attend to).
 
 ``pooled`` is combined exactly like the tokens (the image encoder's pooled vector of each frame plus that frame's
 position embedding, averaged over frames, or passed through the temporal layer as one more token position); for
@@ -138,7 +142,8 @@ class VideoEncoder(nn.Module):
     Args:
         image_encoder: any vision encoder (``beit_v2`` in X²-VLM).
         num_frames: frames per video (X²-VLM stage 2: 3); the size of the frame position embedding.
-        combine: ``avgpool`` (X²-VLM) or ``temporal_attention`` (one transformer layer over frames, then the mean).
+        combine: ``avgpool`` (X²-VLM), ``temporal_attention`` (one transformer layer over frames, then the mean) or
+            ``concat`` (no pooling: every frame's tokens, each with its frame position, one after the other).
         frame_pos: add the learnable frame position embedding (X²-VLM ``add_frame_pos``).
         num_heads: attention heads of the temporal layer (``temporal_attention`` only).
         temporal_ssl: ``{enabled, weights, label_smoothing, patch_size}``
@@ -152,7 +157,7 @@ class VideoEncoder(nn.Module):
         self,
         image_encoder: Part["vision_encoder"],
         num_frames: int = 3,
-        combine: Literal["avgpool", "temporal_attention"] = "avgpool",
+        combine: Literal["avgpool", "temporal_attention", "concat"] = "avgpool",
         frame_pos: bool = True,
         num_heads: int = 8,
         temporal_ssl: dict | None = None,
@@ -163,8 +168,8 @@ class VideoEncoder(nn.Module):
             raise ConfigError(f"image_encoder {type(image_encoder).__name__} has no integer 'width' attribute")
         if num_frames <= 0:
             raise ConfigError(f"num_frames must be positive, got {num_frames}")
-        if combine not in ("avgpool", "temporal_attention"):
-            raise ConfigError(f"combine must be 'avgpool' or 'temporal_attention', got {combine!r}")
+        if combine not in ("avgpool", "temporal_attention", "concat"):
+            raise ConfigError(f"combine must be 'avgpool', 'temporal_attention' or 'concat', got {combine!r}")
         if combine == "temporal_attention" and (num_heads <= 0 or width % num_heads):
             raise ConfigError(f"num_heads {num_heads} must divide the image encoder's width {width}")
         self.image_encoder = image_encoder
@@ -214,6 +219,10 @@ class VideoEncoder(nn.Module):
         # the per-frame tokens the temporal objectives read: after the frame position and the temporal layer (the
         # official heads read tokens that carry the time embedding and have attended across frames), before the mean
         frame_tokens = self._patch_tokens(x[:, :, 1:], frames) if self.temporal_heads is not None else None
+        if self.combine == "concat":  # pooled, then every frame's tokens frame after frame: (B, 1 + T * N, D)
+            pooled_mean = x[:, :, 0].mean(dim=1)
+            return EncoderOutput(tokens=torch.cat((pooled_mean.unsqueeze(1), x[:, :, 1:].flatten(1, 2)), dim=1),
+                                 pooled=pooled_mean, hidden_states=out.hidden_states, frame_tokens=frame_tokens)
         x = x.mean(dim=1)  # (B, 1 + P, D)
         return EncoderOutput(
             tokens=x[:, 1:], pooled=x[:, 0], hidden_states=out.hidden_states, frame_tokens=frame_tokens
