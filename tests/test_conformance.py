@@ -29,13 +29,15 @@ from zoo.factory import resolve_config
 from zoo.spec import ConfigError
 from zoo.tasks import config_problem, get_task, list_tasks
 
-TINY = ["x2vlm-tiny", "x2vlm-tiny-video", "cclm-tiny", "davinci-tiny", "epalm-tiny", "mmgpt-tiny", "demo-tiny"]
+TINY = ["x2vlm-tiny", "x2vlm-tiny-video", "cclm-tiny", "davinci-tiny", "epalm-tiny", "mmgpt-tiny", "demo-tiny",
+        "univl-tiny"]
 # the shapes files of each task (train, evaluation); video models read the video files
 FILES = {"vqa": ("vqa_train.json", "vqa_test.json"), "retrieval": ("retrieval_train.json", "retrieval_test.json"),
          "captioning": ("caption_train.json", "caption_test.json"), "ve": ("ve_train.json", "ve_test.json"),
          "nlvr": ("nlvr_train.json", "nlvr_test.json"), "pretrain": ("retrieval_train.json", "retrieval_test.json")}
 VIDEO_FILES = {"vqa": ("video_qa_train.json", "video_qa_test.json"),
                "retrieval": ("video_retrieval_train.json", "video_retrieval_test.json"),
+               "captioning": ("video_retrieval_train.json", "video_retrieval_test.json"),
                "pretrain": ("video_retrieval_train.json", "video_retrieval_test.json")}
 
 
@@ -45,7 +47,8 @@ def _variants(name: str) -> list[str | None]:
 
 def _declared() -> list[tuple[str, str | None, str]]:
     """Each tiny model × each task one of its variants declares, built once: the variant named after the task (or
-    declaring it, ``xvnli`` for ``ve``), else the base model; and the classifier VQA variants (another head kind)."""
+    declaring it, ``xvnli`` for ``ve``), else the base model; and the classifier VQA variants (another head kind) and
+    UniVL's FT-Align retrieval variant (another scoring: the cross encoder over every pair)."""
     out = []
     for name in TINY:
         variants = _variants(name)
@@ -55,6 +58,7 @@ def _declared() -> list[tuple[str, str | None, str]]:
             if able:
                 out.append((name, task if task in able else None if None in able else able[0], task))
         out += [(name, v, "vqa") for v in variants if v == "vqa_cls"]
+        out += [(name, v, "retrieval") for v in variants if v == "retrieval_align"]
     return list(dict.fromkeys(out))
 
 

@@ -17,6 +17,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "resnet_grid": "zoo.models.davinci.resnet_grid",
         "vqgan": "zoo.models.davinci.vqgan",
         "univl_video": "zoo.models.univl.parts",
+        "univl_pixel_grid": "zoo.models.univl.parts",
     },
     "text_encoder": {
         "hf": "zoo.modules.text.hf",

@@ -27,7 +27,7 @@ from zoo.modules.outputs import EncoderOutput
 from zoo.registry import FUSIONS, HEADS, VISION_ENCODERS
 from zoo.spec import ConfigError
 
-__all__ = ["UniVLCrossEncoder", "UniVLDecoder", "UniVLFrameHead", "UniVLVideoEncoder"]
+__all__ = ["UniVLCrossEncoder", "UniVLDecoder", "UniVLFrameHead", "UniVLPixelGrid", "UniVLVideoEncoder"]
 
 
 def _bert_layers(num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int, *, eps: float,
@@ -101,6 +101,12 @@ class UniVLVideoEncoder(nn.Module):
         initializer_range: std of the normal initialisation (official 0.02).
     """
 
+    #: a video encoder: the model reads videos (clip features, or frames through its frame encoder)
+    is_video = True
+    #: the side of the frames the model takes when a frame encoder feeds this encoder (set by the model from the
+    #: frame encoder; :func:`zoo.models.base.input_resolution` reads it); None: clip features, no images
+    image_size: int | None = None
+
     def __init__(
         self,
         feature_dim: int = 1024,
@@ -140,6 +146,37 @@ class UniVLVideoEncoder(nn.Module):
         mask = _check_mask(mask, tuple(x.shape[:2]), "the frame mask")
         x, _, _, _ = self.encoder(self.embeddings(x), mask)
         return EncoderOutput(tokens=x, pooled=self.pooler(x), mask=mask)
+
+
+@VISION_ENCODERS.register("univl_pixel_grid")
+class UniVLPixelGrid(nn.Module):
+    """A parameter-free frame encoder: each frame average-pooled to ``grid × grid`` cells, the cell colours flattened
+    (channel-major) into one vector of ``3 · grid²`` values, its ``pooled`` output (``tokens`` is that one vector).
+
+    A stand-in for the official S3D clip features where no pretrained video tower is available (synthetic data,
+    offline tests): it keeps where each colour is at the resolution of a cell, which a frozen randomly initialised
+    tower loses — a random ViT or ResNet pools its patch states into a vector that hardly depends on where things
+    are (the frame position embedding is small next to the patch embedding at initialisation, convolutions are
+    translation-equivariant), so motion cannot be read from it.
+
+    Args:
+        grid: cells per side (16: 4-pixel cells at 64 px, 768 values per frame).
+        image_size: the side of the frames it is given (the data pipeline resizes to it; any size pools to the grid).
+    """
+
+    def __init__(self, grid: int = 16, image_size: int = 64):
+        super().__init__()
+        if grid < 1 or image_size < grid:
+            raise ConfigError(f"grid={grid}, image_size={image_size}: need 1 <= grid <= image_size")
+        self.grid, self.image_size = grid, image_size
+        self.width = 3 * grid * grid
+
+    def forward(self, images: Tensor) -> EncoderOutput:
+        """``images`` ``(B, 3, H, W)`` → pooled ``(B, 3·grid²)`` (tokens: the same as one token)."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
+        pooled = nn.functional.adaptive_avg_pool2d(images, self.grid).flatten(1)
+        return EncoderOutput(tokens=pooled[:, None], pooled=pooled)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
