@@ -376,3 +376,41 @@ def test_a_data_tokenizer_sizes_the_word_table_and_every_part_tied_to_it():
     model = zoo.create_model("univl-tiny", task="captioning", device="meta",
                              **{"text.config.vocab_size": 384, "decoder.vocab_size": 384})
     assert model.decoder.embeddings.word_embeddings.weight is model.text.get_input_embeddings().weight
+
+
+def test_mmzoo_train_reads_official_features_end_to_end(tmp_path):
+    """The feature path through ``mmzoo train``'s own function: shapes-video records, a features pickle in the official
+    layout ``{video_id: (T, D)}`` and univl-tiny without a frame encoder (no image preprocessing to ask for, no image
+    side; random rows per clip). The run trains, evaluates every test clip against every caption and exports. Catches the data module asking a feature model for
+    its image preprocessing (the error this path raised) or decoding the videos instead of reading the rows."""
+    import json
+    import pickle
+
+    import numpy as np
+
+    from zoo.data.shapes_video import generate_shapes_video
+    from zoo.train.run import load_task_config, train
+
+    root = generate_shapes_video(tmp_path / "clips", num_train=12, num_val=6, num_test=6)
+    rng = np.random.default_rng(0)
+    feats = {}
+    for split in ("train", "val", "test"):
+        for rec in json.loads((root / f"video_retrieval_{split}.json").read_text()):
+            stem = rec["video"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            rows = feats.setdefault(stem, rng.normal(size=(5, 32)).astype("float32"))
+            if "video_id" in rec:
+                feats[str(rec["video_id"])] = rows
+    with open(tmp_path / "feats.pickle", "wb") as fh:
+        pickle.dump(feats, fh)
+    for path in root.glob("videos/*/*.mp4"):
+        path.unlink()  # the features replace the videos: nothing may decode them
+    cfg = load_task_config("retrieval-univl-video-shapes", [
+        f"data.root={root}", f"data.video_features={tmp_path / 'feats.pickle'}", "data.max_frames=8",
+        "data.batch_size=8", "data.eval_batch_size=8", "trainer.max_epochs=1", f"train.output_dir={tmp_path / 'runs'}",
+        "trainer.enable_progress_bar=false"])
+    cfg["model"]["overrides"] = {"frame_encoder": None, "text.tokenizer": "data"}
+    results = train(cfg)
+    assert set(results["test"]) >= {"img_r1", "img_r10", "img_mdr", "img_mnr", "txt_r1", "r_mean"}
+    assert results["test"]["img_r10"] == 100.0  # 6 test clips: every caption's clip within the top 10
+    export = tmp_path / "runs" / "retrieval-univl-video-shapes" / "export"
+    assert json.loads((export / "config.json").read_text())["model"].get("frame_encoder") is None

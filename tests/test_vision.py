@@ -642,3 +642,39 @@ def test_initializer_range_scales_bert_parts():
                                  encoder_width=64, max_position_embeddings=32, initializer_range=std)
         w = head.decoder.bert.embeddings.word_embeddings.weight.detach()
         assert float(w[1:].std()) == pytest.approx(std, rel=0.03)
+
+
+def test_an_image_models_vision_weights_start_a_video_model(tmp_path):
+    """``pretrained_parts: [vision]``: an image X²-VLM's vision encoder loads into a video X²-VLM's ``image_encoder``
+    (how the official video models start from the image pre-training); the frame positions keep their initialisation
+    (warned), the text side and heads are not loaded (another vocabulary), and the report says so. A part the file or
+    the model lacks is a ConfigError naming ``pretrained_parts``. Catches the image keys left unmapped (a load that
+    silently keeps random weights), the frame embedding overwritten, or parts beyond the named ones loaded."""
+    import zoo
+
+    shared = {"vision.image_encoder.patch_size": 8, "vision.image_encoder.use_abs_pos_emb": True}
+    image = zoo.create_model("x2vlm-tiny", task="vqa_cls", **{"vision.patch_size": 8, "vision.use_abs_pos_emb": True})
+    image.save_pretrained(tmp_path / "image")
+    fresh = zoo.create_model("x2vlm-tiny-video", task="vqa_cls", **shared)
+    torch.manual_seed(0)
+    before = zoo.create_model("x2vlm-tiny-video", task="vqa_cls", **shared)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="vision: image encoder weights loaded into image_encoder; "
+                                         "absolute_frame_pos_embed keep their initialisation"):
+        video = zoo.create_model("x2vlm-tiny-video", task="vqa_cls", pretrained=tmp_path / "image",
+                                 pretrained_parts=["vision"], **shared)
+    own = image.vision.state_dict()
+    got = video.vision.image_encoder.state_dict()
+    assert set(got) == set(own) and all(torch.equal(got[k], own[k]) for k in own)
+    assert not torch.equal(fresh.vision.image_encoder.patch_embed.proj.weight, got["patch_embed.proj.weight"])
+    assert torch.equal(video.vision.absolute_frame_pos_embed, before.vision.absolute_frame_pos_embed)
+    assert all(torch.equal(a, b) for a, b in zip(video.text.parameters(), before.text.parameters()))
+    assert video.load_report == {"new": ["text", "vqa"], "left_out": ["text", "vqa"]}
+    assert video.zoo_config["pretrained_parts"] == ["vision"]
+    with pytest.raises(ConfigError, match="'fusion' is not a part of .*image") as info:
+        zoo.create_model("x2vlm-tiny-video", task="vqa_cls", pretrained=tmp_path / "image",
+                         pretrained_parts=["fusion"], **shared)
+    assert info.value.path == "pretrained_parts"
+    with pytest.raises(ConfigError, match="expected a list of part names"):
+        zoo.create_model("x2vlm-tiny-video", task="vqa_cls", pretrained=tmp_path / "image", pretrained_parts="vision",
+                         **shared)

@@ -48,6 +48,7 @@ MODEL_FILE_KEYS = {
     "preprocess": (dict,),
     "pretrained": (str, type(None)),
     "pretrained_strict": (bool,),
+    "pretrained_parts": (list, type(None)),
     "task": (str, type(None)),
     "imports": (list,),
     "weights": (str,),

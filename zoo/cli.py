@@ -449,7 +449,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--force", action="store_true", help="regenerate even if present")
     d.set_defaults(fn=_cmd_data)
-    d = data_sub.add_parser("convert", help="UniVL's MSRVTT / YouCookII annotations → {prefix}_{split}.json records "
+    d = data_sub.add_parser("convert", help="the MSRVTT / YouCookII benchmark annotations → {prefix}_{split}.json records "
                                             "(read with data.video_features)")
     d.add_argument("dataset", choices=["msrvtt", "youcook"])
     d.add_argument("annotations", help="msrvtt: MSRVTT_data.json; youcook: youcookii_data.pickle (read without running "
@@ -462,7 +462,8 @@ def _parser() -> argparse.ArgumentParser:
                                                 "captioning split 6513 / 497 / 2990)")
     d.set_defaults(fn=_cmd_data)
 
-    s = sub.add_parser("features", help="pre-extracted video features (UniVL's input): a frozen image encoder over "
+    s = sub.add_parser("features", help="pre-extracted video features (one vector per second, as the benchmark feature "
+                                        "pickles): a frozen image encoder over "
                                         "one frame per second → {video_id: (T, D)} pickle")
     s.add_argument("encoder", help="timm:NAME or open_clip:NAME (a vision encoder), or a registered model name or "
                                    "model file (its vision part and preprocessing)")

@@ -123,6 +123,7 @@ def create_model(
     overrides: Iterable[str] = (),
     device: Any = None,
     pretrained_strict: bool | None = None,
+    pretrained_parts: Iterable[str] | None = None,
     **model_overrides: Any,
 ):
     """Build a registered model.
@@ -137,6 +138,9 @@ def create_model(
             whole, parts the file lacks keep their initialisation (the new task head), and the file's parts the
             model lacks (the old task's head) are left out; ``model.load_report`` lists both. Default: the config's
             ``pretrained_strict``, else True (every tensor loaded, nothing left over).
+        pretrained_parts: only these top-level parts of ``pretrained`` are loaded (``["vision"]``: an image model's
+            vision encoder into a video model, whose text side reads another vocabulary), each whole, the others keep
+            their initialisation; implies part-by-part loading. Default: the config's ``pretrained_parts``, else all.
         overrides: ``key.sub=value`` strings relative to the model file (as on the command line).
         device: build directly on this device (``"meta"`` builds without memory).
         **model_overrides: changes to the model tree, ``create_model(name, **{"vision.depth": 2})`` or
@@ -153,22 +157,49 @@ def create_model(
     pretrained = pretrained if pretrained is not None else cfg.get("pretrained")
     strict = pretrained_strict if pretrained_strict is not None else cfg.get("pretrained_strict", True)
     if not isinstance(strict, bool):
-        from zoo.spec import ConfigError  # noqa: PLC0415
-
         raise ConfigError(f"expected true or false, got {strict!r}", "pretrained_strict", cfg.get("_file"))
+    parts = pretrained_parts if pretrained_parts is not None else cfg.get("pretrained_parts")
+    if parts is not None:
+        if isinstance(parts, str) or not all(isinstance(p, str) and p for p in parts) or not parts:
+            raise ConfigError(f"expected a list of part names such as ['vision'], got {parts!r}", "pretrained_parts",
+                              cfg.get("_file"))
+        parts, strict = list(parts), False
     if pretrained is not None:
         cfg["pretrained"] = str(pretrained)
         if not strict:
             cfg["pretrained_strict"] = False  # a rebuild from the config (trainable-only export) loads it alike
+        if parts is not None:
+            cfg["pretrained_parts"] = parts
     _finish(model, cfg)
     if pretrained is not None:
-        from zoo.hub import load_weights, load_weights_by_part  # noqa: PLC0415
+        from zoo.hub import load_state_dict, load_weights, load_weights_by_part  # noqa: PLC0415
 
         if strict:
             load_weights(model, pretrained)
-        else:
+        elif parts is None:
             model.load_report = load_weights_by_part(model, pretrained)
+        else:
+            model.load_report = _load_parts(model, load_state_dict(pretrained), parts, str(pretrained),
+                                            cfg.get("_file"))
     return model
+
+
+def _load_parts(model, state: Mapping, parts: list[str], where: str, file: Any) -> dict[str, list]:
+    """:func:`zoo.hub.load_weights_by_part` of the tensors of ``parts`` only; a part the file or the model lacks is a
+    ConfigError naming ``pretrained_parts``."""
+    from zoo.hub import load_weights_by_part  # noqa: PLC0415
+
+    in_file = {k.split(".", 1)[0] for k in state}
+    in_model = {k.split(".", 1)[0] for k in model.state_dict()}
+    for part in parts:
+        if part not in in_file or part not in in_model:
+            holder = "the model" if part in in_file else where
+            have = sorted(in_model if part in in_file else in_file)
+            raise ConfigError(f"{part!r} is not a part of {holder} (its parts: {', '.join(have)})", "pretrained_parts",
+                              file)
+    report = load_weights_by_part(model, {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}, what=where)
+    report["left_out"] = sorted(in_file - set(parts))
+    return report
 
 
 def build_part(config: Mapping, kind: str):

@@ -315,6 +315,7 @@ CHECKS: dict[str, Check] = {
     "model.task": TEXT | NULL,
     "model.pretrained": TEXT | NULL,
     "model.pretrained_strict": BOOL | NULL,
+    "model.pretrained_parts": strings("vision") | NULL,
     "model.overrides": MAPPING | NULL,
     # optim (AdamW parameter groups and the warm-up/decay schedule, zoo.train.optim)
     "optim.lr": LEARNING_RATE | NULL,

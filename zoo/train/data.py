@@ -249,6 +249,8 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
     else:
         cfg["video_features"] = resolve("video_features", cfg["video_features"], folder=True)
     size = cfg.get("image_size", image_size)
+    if size is None and cfg["video_features"] is not None:  # features replace pixels: no image side to know
+        size = 1
     if size is None:
         raise ConfigError("not set: give data.image_size (or build the data module with the model's resolution)",
                           "data.image_size")
@@ -331,6 +333,16 @@ class _BlankImage:
         return self.image.clone()
 
 
+class _NoPixels:
+    """The transform of a data module whose videos are pre-extracted features (``data.video_features``): never called
+    on a record of such data; a picture reaching it is a bug, said so (picklable for workers)."""
+
+    deterministic = True
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        raise RuntimeError("data.video_features is set: the records' videos are read as feature rows, not pictures")
+
+
 def _split_of(stage: Any) -> str:
     value = str(getattr(stage, "value", stage))
     if value in ("test", "testing", "predict"):
@@ -403,7 +415,7 @@ class TaskDataModule(L.LightningDataModule):
         if getattr(model, "causal_captioning", False):
             self.causal_captioning = True
         self._model = model
-        if callable(getattr(model, "processor", None)):
+        if callable(getattr(model, "processor", None)) and self.cfg["video_features"] is None:
             self._processor = model.processor(self.task)
             if self.preprocess is None and not self._datasets:  # no data set has taken a transform yet
                 self.preprocess = dataclasses.replace(self._processor.config, image_size=self.image_size)
@@ -506,6 +518,8 @@ class TaskDataModule(L.LightningDataModule):
         from zoo.data.transforms import build_image_transform  # noqa: PLC0415
 
         c, pre = self.cfg, self.preprocess
+        if c["video_features"] is not None:  # every record reads feature rows: no picture is transformed
+            return _NoPixels()
         if c["blank_images"]:
             return _BlankImage(self.image_size, *((pre.mean, pre.std) if pre is not None else ()))
         if pre is None:

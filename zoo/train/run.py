@@ -4,7 +4,8 @@ A task config (a YAML file, or the name of one under ``zoo/configs/tasks/``: ``m
 sections::
 
     task: vqa | retrieval | captioning | ve | nlvr
-    model:   {name: x2vlm-tiny, task: vqa, pretrained: null, pretrained_strict: true, overrides: {}}
+    model:   {name: x2vlm-tiny, task: vqa, pretrained: null, pretrained_strict: true, pretrained_parts: null,
+              overrides: {}}
     data:    {root: shapes | FOLDER, train: [...], val: ..., test: ..., answer_list: ..., batch_size: ..., ...}
     optim:   {lr, weight_decay, vision_lr, text_lr, fusion_lr, new_params, new_param_lr_mult, warmup, betas, eps}
     trainer: {max_epochs, precision, accumulate_grad_batches, gradient_clip_val, strategy, devices, accelerator, ...}
@@ -33,7 +34,7 @@ __all__ = ["train", "load_task_config", "AtomicCheckpointIO", "TASK_CONFIG_KEYS"
 
 TASK_CONFIG_KEYS = {
     "task": None,
-    "model": {"name", "task", "pretrained", "pretrained_strict", "overrides"},
+    "model": {"name", "task", "pretrained", "pretrained_strict", "pretrained_parts", "overrides"},
     "data": None,  # its keys come with the side streams: zoo.train.config_checks.data_checks
     "optim": {"lr", "weight_decay", "vision_lr", "text_lr", "fusion_lr", "new_params", "new_param_lr_mult", "warmup",
               "betas", "eps", "fused"},
@@ -362,9 +363,12 @@ def _datamodule(task: str, cfg: Mapping[str, Any], model, tokenizer):
     from zoo.train.data import TaskDataModule  # noqa: PLC0415
 
     vqa_mode = "generative" if getattr(model, "generative_vqa", True) else "classifier"
-    preprocess = model.preprocess_config() if callable(getattr(model, "preprocess_config", None)) else None
-    dm = TaskDataModule(task, resolve_data(cfg.get("data") or {}), tokenizer, vqa_mode=vqa_mode,
-                        image_size=input_resolution(model), preprocess=preprocess)
+    data = resolve_data(cfg.get("data") or {})
+    # pre-extracted video features (data.video_features) replace pictures: no image preprocessing is asked for
+    pixels = not (isinstance(data, Mapping) and data.get("video_features"))
+    preprocess = model.preprocess_config() if pixels and callable(getattr(model, "preprocess_config", None)) else None
+    dm = TaskDataModule(task, data, tokenizer, vqa_mode=vqa_mode,
+                        image_size=input_resolution(model) if pixels else None, preprocess=preprocess)
     dm.task_spec.check_model(model, dm, cfg.get("_file"))
     return dm
 
@@ -405,7 +409,8 @@ def model_and_data(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[
     def build(model_cfg: dict):
         try:
             built = zoo.create_model(model_cfg, pretrained=mcfg.get("pretrained"),
-                                     pretrained_strict=mcfg.get("pretrained_strict"))
+                                     pretrained_strict=mcfg.get("pretrained_strict"),
+                                     pretrained_parts=mcfg.get("pretrained_parts"))
         except ConfigError as exc:
             raise blame_overrides(exc) from None
         _check_model_for_task(built, task, mcfg, cfg.get("_file"))

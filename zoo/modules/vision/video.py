@@ -245,7 +245,11 @@ class VideoEncoder(nn.Module):
         self.image_encoder.set_grad_checkpointing(enable)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """A frame position embedding saved for another frame count fills the first ``min(F, F')`` frames."""
+        """A frame position embedding saved for another frame count fills the first ``min(F, F')`` frames; an image
+        encoder's weights (no ``image_encoder.`` key under this prefix: an image model's vision part) load into
+        :attr:`image_encoder`, the video-only parameters keeping their values — how X²-VLM's video models start from
+        the image pre-training (the official loader fills the frame positions anew)."""
+        self._adopt_image_weights(state_dict, prefix)
         key = prefix + "absolute_frame_pos_embed"
         saved = state_dict.get(key)
         own = self.absolute_frame_pos_embed
@@ -259,6 +263,27 @@ class VideoEncoder(nn.Module):
             adapted[:, :n] = saved[:, :n].to(adapted.dtype)
             state_dict[key] = adapted
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+    def _adopt_image_weights(self, state_dict, prefix: str) -> None:
+        ours = [k for k in state_dict if k.startswith(prefix)]
+        if not ours or any(k.startswith(prefix + "image_encoder.") for k in ours):
+            return
+        video_only = {name for name, _ in self.named_children() if name != "image_encoder"}
+        video_only |= {name for name, _ in self.named_parameters(recurse=False)}
+        image_keys = [k for k in ours if k[len(prefix):].split(".", 1)[0] not in video_only]
+        if not image_keys:
+            return
+        for k in image_keys:
+            state_dict[prefix + "image_encoder." + k[len(prefix):]] = state_dict.pop(k)
+        kept = []
+        for name, tensor in self.state_dict().items():
+            if not name.startswith("image_encoder.") and prefix + name not in state_dict:
+                state_dict[prefix + name] = tensor
+                kept.append(name.split(".", 1)[0])
+        if kept:
+            warnings.warn(f"{prefix.rstrip('.') or 'video encoder'}: image encoder weights loaded into image_encoder; "
+                          f"{', '.join(dict.fromkeys(kept))} keep their initialisation", stacklevel=3)
 
 
 VISION_ENCODERS.register("video")(VideoEncoder)
