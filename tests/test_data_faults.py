@@ -429,21 +429,26 @@ def test_other_modes_convert_as_pil_does(mode):
     assert out.mode == "RGB" and np.array_equal(np.asarray(out), np.asarray(image.convert("RGB")))
 
 
+def _write_grey_clip(av, path: Path, values) -> None:
+    """An mpeg4 clip of 32 px frames, one uniform grey level per frame."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for value in values:
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), value, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
 @pytest.mark.parametrize("backend", ["av", "decord"])
 def test_videos_are_opened_by_the_check(root, backend):
     """A video record's container is opened by the check: a good clip passes, a missing file is 'missing media', a
     file that is no video 'unreadable media' (error: a DataError naming the record)."""
     pytest.importorskip(backend)
     av = pytest.importorskip("av")
-    with av.open(str(root / "clip.mp4"), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=8)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for value in (0, 128, 255):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), value, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    _write_grey_clip(av, root / "clip.mp4", (0, 128, 255))
     qa = {"question_id": 0, "question": "what moves?", "answer": "a square", "video": "clip.mp4"}
     records = [qa, {**qa, "question_id": 1, "video": "nope.mp4"}, {**qa, "question_id": 2, "video": "broken.mp4"}]
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 and then nothing that decodes")
@@ -465,16 +470,7 @@ def test_empty_and_too_short_videos_are_bad_samples(root, backend):
     pytest.importorskip(backend)
     av = pytest.importorskip("av")
     (root / "empty.mp4").write_bytes(b"")  # PyAV writes no file for a stream without frames: an empty file
-    for name, values in (("three.mp4", (0, 128, 255)),):
-        with av.open(str(root / name), mode="w") as container:
-            stream = container.add_stream("mpeg4", rate=8)
-            stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-            for value in values:
-                frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), value, np.uint8), format="rgb24")
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+    _write_grey_clip(av, root / "three.mp4", (0, 128, 255))
     qa = {"question_id": 0, "question": "what moves?", "answer": "a square", "video": "three.mp4"}
     file = _write(root / "short_qa.json", [qa, {**qa, "question_id": 1, "video": "empty.mp4"}])
     data = {"root": str(root), "train": "short_qa.json", "video_backend": backend, "batch_size": 1, "num_frames": 4}

@@ -375,28 +375,32 @@ class TemporalSSLConfig:
         """
         task = smoothed_cross_entropy(task_logits, labels, self.label_smoothing)
         out: dict[str, Tensor] = {"task": task}
+        out["loss"] = task
         if self.enabled:
-            w = self.weights
-            if w["flow"] and flow_labels is None:
-                raise ValueError("temporal_ssl: the flow loss has weight > 0 but no flow labels were given")
-            if w["debias"] and classify_shuffled is None:
-                raise ValueError("temporal_ssl: the de-bias loss has weight > 0 but no classify_shuffled was given")
-            out.update(
-                temporal_losses(
-                    heads,
-                    frame_tokens,
-                    flow_labels if w["flow"] else None,
-                    label_smoothing=self.label_smoothing,
-                    generator=generator,
-                    classify_shuffled=classify_shuffled if w["debias"] else None,
-                    order=bool(w["order"]),
-                )
-            )
-        total = task
-        for name in LOSS_NAMES:
-            if name in out:
-                total = total + self.weights[name] * out[name]
-        out["loss"] = total
+            out.update(self.terms(heads, frame_tokens, flow_labels, classify_shuffled, generator))
+            out["loss"] = task + out.pop("temporal")
+        return out
+
+    def terms(
+        self,
+        heads: TemporalHeads,
+        frame_tokens: Tensor,
+        flow_labels: Tensor | None,
+        classify_shuffled: Callable[[Tensor], Tensor] | None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """The terms whose weight is not 0 (unweighted, with the shared label smoothing) and ``"temporal"``, their
+        weighted sum; a term with weight > 0 whose input is missing (flow labels, the de-bias callback) is an error."""
+        w = self.weights
+        if w["flow"] and flow_labels is None:
+            raise ValueError("temporal_ssl: the flow loss has weight > 0 but no flow labels were given")
+        if w["debias"] and classify_shuffled is None:
+            raise ValueError("temporal_ssl: the de-bias loss has weight > 0 but no classify_shuffled was given")
+        out = temporal_losses(heads, frame_tokens, flow_labels if w["flow"] else None,
+                              label_smoothing=self.label_smoothing, generator=generator,
+                              classify_shuffled=classify_shuffled if w["debias"] else None, order=bool(w["order"]))
+        out["temporal"] = sum((w[name] * out[name] for name in LOSS_NAMES if name in out),
+                              start=frame_tokens.new_zeros((), dtype=torch.float32))
         return out
 
 
@@ -457,23 +461,6 @@ def temporal_ssl_loss(
         raise ValueError(f"{type(encoder).__name__} has no temporal self-supervision (temporal_ssl.enabled: true)")
     if frame_tokens is None:
         raise ValueError("temporal_ssl: the encoder output carries no frame_tokens")
-    w = cfg.weights
-    if w["debias"] and classify_shuffled is None:
-        raise ValueError("temporal_ssl: the de-bias loss has weight > 0 but no classify_shuffled was given")
-    if w["flow"] and flow_labels is None:
+    if cfg.weights["flow"] and flow_labels is None:
         flow_labels = flow_direction_labels(frames_to_uint8(frames, mean, std), cfg.patch_size)
-    out = temporal_losses(
-        heads,
-        frame_tokens,
-        flow_labels if w["flow"] else None,
-        label_smoothing=cfg.label_smoothing,
-        generator=generator,
-        classify_shuffled=classify_shuffled if w["debias"] else None,
-        order=bool(w["order"]),
-    )
-    total = frame_tokens.new_zeros((), dtype=torch.float32)
-    for name in LOSS_NAMES:
-        if name in out:
-            total = total + w[name] * out[name]
-    out["temporal"] = total
-    return out
+    return cfg.terms(heads, frame_tokens, flow_labels, classify_shuffled, generator)
