@@ -265,5 +265,8 @@ def test_the_runs_recall_is_what_its_export_computes(runs, family, shapes):
         for k in (1, 5, 10):
             mine[f"{side}_r{k}"] = 100.0 * int((ranks < k).sum()) / len(ranks)
         mine[f"{side}_r_mean"] = sum(mine[f"{side}_r{k}"] for k in (1, 5, 10)) / 3
+        mine[f"{side}_mdr"] = float((ranks.double() + 1).median()) if len(ranks) % 2 else \
+            float((ranks.double() + 1).sort().values[len(ranks) // 2 - 1:len(ranks) // 2 + 1].mean())
+        mine[f"{side}_mnr"] = float((ranks.double() + 1).mean())
     mine["r_mean"] = (mine["txt_r_mean"] + mine["img_r_mean"]) / 2
     assert runs[RUN]["test"] == pytest.approx(mine, abs=1e-9)

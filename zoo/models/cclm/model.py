@@ -169,8 +169,8 @@ class CCLM(X2VLM):
         return self.fuse(self.encode_text(input_ids, attention_mask).tokens, attention_mask, context.tokens,
                          context.mask)
 
-    def encode_question(self, images: Tensor, question_ids: Tensor, question_mask: Tensor) -> Tensor:
-        return self.encode_fused(question_ids, question_mask, self.encode_image(images)).tokens
+    def _question_states(self, image: EncoderOutput, question_ids: Tensor, question_mask: Tensor) -> Tensor:
+        return self.encode_fused(question_ids, question_mask, image).tokens
 
     def _check_text_context(self) -> None:
         width = self.fusion.encoder_width if self.fusion is not None else self.text.encoder_width
