@@ -364,11 +364,12 @@ def _datamodule(task: str, cfg: Mapping[str, Any], model, tokenizer):
 
     vqa_mode = "generative" if getattr(model, "generative_vqa", True) else "classifier"
     data = resolve_data(cfg.get("data") or {})
-    # pre-extracted video features (data.video_features) replace pictures: no image preprocessing is asked for
-    pixels = not (isinstance(data, Mapping) and data.get("video_features"))
+    # pre-extracted video features (data.video_features) replace pictures: no image preprocessing is asked for (the
+    # data module needs no image side then either)
+    pixels = not data.get("video_features")
     preprocess = model.preprocess_config() if pixels and callable(getattr(model, "preprocess_config", None)) else None
-    dm = TaskDataModule(task, data, tokenizer, vqa_mode=vqa_mode,
-                        image_size=input_resolution(model) if pixels else None, preprocess=preprocess)
+    dm = TaskDataModule(task, data, tokenizer, vqa_mode=vqa_mode, image_size=input_resolution(model),
+                        preprocess=preprocess)
     dm.task_spec.check_model(model, dm, cfg.get("_file"))
     return dm
 
