@@ -787,3 +787,34 @@ def test_datasets_are_registered():
 
     assert DATASETS.get("vqa") is VQADataset and DATASETS.get("retrieval_eval") is RetrievalEvalDataset
     assert {"retrieval_train", "caption_train", "caption_eval"} <= set(DATASETS.names())
+
+
+@pytest.mark.parametrize("backend", ["av", "decord"])
+def test_cached_clips_give_the_frames_the_file_gives(root, tmp_path, backend):
+    if backend == "decord":
+        pytest.importorskip("decord")
+    import shutil
+
+    # a copy of the data whose video is deleted after the first read: the cache must serve every later read
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    f = str(copy / "video_qa.json")
+    plain = VQADataset(f, str(copy), SIZE, train=True, num_frames=3, video_backend=backend, transform=_raw_pixels)
+    cached = VQADataset(f, str(copy), SIZE, train=True, num_frames=3, video_backend=backend, transform=_raw_pixels)
+    cached.cache_images()
+    expected, got = [], []
+    for seed in range(6):  # training draws one frame per segment: the same draws from the same torch seed
+        torch.manual_seed(seed)
+        expected.append(plain[0]["image"])
+    for seed in range(6):
+        torch.manual_seed(seed)
+        got.append(cached[0]["image"])
+        if seed == 0:
+            (copy / "videos" / "v1.mp4").unlink()
+    assert len({tuple(_frame_colours(e)) for e in expected}) >= 2  # the draws differ from seed to seed
+    for a, b in zip(expected, got, strict=True):
+        assert torch.equal(a, b)
+    ev = VQADataset(f, str(copy), SIZE, train=False, num_frames=3, video_backend=backend, transform=_raw_pixels)
+    ev.cache_images()
+    ev._image_cache.update(cached._image_cache)  # the clip decoded above: the file is gone
+    assert _frame_colours(ev[0]["image"]) == ["red", "blue", "gray"]

@@ -432,8 +432,10 @@ class _AnnotationDataset(Dataset):
 
         With a deterministic transform (evaluation; training without crop, flip or augmentation — see
         :func:`zoo.data.transforms.build_image_transform`) the transformed tensor is kept, otherwise the decoded image
-        and the random transform runs on each read. Each loader worker process holds its own cache. Videos are not
-        cached.
+        and the random transform runs on each read. A video is kept as every one of its decoded frames
+        (:func:`zoo.data.video.read_video_clip`; about ``frames × H × W × 3`` bytes per clip: for short, small clips),
+        from which each read samples its frames as from the file (the same frames for the same random state). Each
+        loader worker process holds its own cache.
         """
         self._image_cache = {} if enable else None
 
@@ -635,12 +637,18 @@ class _AnnotationDataset(Dataset):
         flip = self.train and self.hflip and float(torch.rand(())) < 0.5 and not _mentions_left_right(texts)
         path = self.media_path(rec)
         if self.video:
-            from zoo.data.video import VideoReadError, read_video_frames  # noqa: PLC0415
+            from zoo.data.video import VideoReadError, read_video_clip, read_video_frames  # noqa: PLC0415
 
             rng = random.Random(int(torch.randint(2**62, ())))
+            cache = self._image_cache
             try:
+                clip = None
+                if cache is not None:
+                    clip = cache.get(path)
+                    if clip is None:
+                        clip = cache[path] = read_video_clip(path, backend=self.video_backend)
                 frames = read_video_frames(path, self.num_frames, training=self.train, backend=self.video_backend,
-                                           rng=rng)
+                                           rng=rng, clip=clip)
             except VideoReadError as exc:
                 raise DataError(file, idx, f"cannot read video: {exc}") from None
             images = [Image.fromarray(f.numpy()) for f in self._ablate_frames(i, frames)]

@@ -99,10 +99,18 @@ def _av_open(path: str):
 
 
 def read_video_frames(path: str | os.PathLike, num_frames: int, training: bool = False,
-                      backend: Literal["decord", "av"] = "decord", rng: random.Random | None = None) -> Tensor:
-    """``num_frames`` frames sampled with :func:`sample_frame_indices`, as a ``(T, H, W, 3)`` uint8 tensor."""
+                      backend: Literal["decord", "av"] = "decord", rng: random.Random | None = None,
+                      clip: Tensor | None = None) -> Tensor:
+    """``num_frames`` frames sampled with :func:`sample_frame_indices`, as a ``(T, H, W, 3)`` uint8 tensor.
+
+    ``clip``: the video's every frame already decoded (:func:`read_video_clip`, e.g. kept in memory between epochs):
+    the same frames are taken from it for the same ``rng`` state, and the file is not opened."""
     if backend not in VIDEO_BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {', '.join(VIDEO_BACKENDS)}")
+    if clip is not None:
+        if len(clip) == 0:
+            raise VideoReadError(f"{os.fspath(path)}: the video has no frames")
+        return clip[sample_frame_indices(len(clip), num_frames, training, rng)]
     path = _check_file(path)
     if backend == "decord":
         reader = _decord_reader(path)
@@ -122,6 +130,30 @@ def read_video_frames(path: str | os.PathLike, num_frames: int, training: bool =
         raise VideoReadError(f"{path}: the video has no frames")
     ids = sample_frame_indices(len(frames), num_frames, training, rng)
     return torch.stack([torch.from_numpy(frames[i]) for i in ids])
+
+
+def read_video_clip(path: str | os.PathLike, backend: Literal["decord", "av"] = "decord") -> Tensor:
+    """Every frame of a video as a ``(N, H, W, 3)`` uint8 tensor (for short clips read many times: the frames
+    :func:`read_video_frames` samples are then indexed from it)."""
+    if backend not in VIDEO_BACKENDS:
+        raise ValueError(f"backend={backend!r}: expected one of {', '.join(VIDEO_BACKENDS)}")
+    path = _check_file(path)
+    if backend == "decord":
+        reader = _decord_reader(path)
+        if len(reader) == 0:
+            raise VideoReadError(f"{path}: the video has no frames")
+        try:
+            return torch.from_numpy(reader.get_batch(list(range(len(reader)))).asnumpy())
+        except Exception as exc:  # noqa: BLE001
+            raise VideoReadError(f"{path}: decoding its {len(reader)} frames failed ({exc})") from None
+    with _av_open(path) as container:
+        try:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        except Exception as exc:  # noqa: BLE001
+            raise VideoReadError(f"{path}: PyAV failed while decoding ({exc})") from None
+    if not frames:
+        raise VideoReadError(f"{path}: the video has no frames")
+    return torch.stack([torch.from_numpy(f) for f in frames])
 
 
 def second_frame_indices(num_frames: int, native_fps: float, fps: float = 1.0) -> list[int]:
