@@ -474,6 +474,17 @@ def test_video_frame_count_and_temporal_attention(monkeypatch):
     with torch.no_grad():
         assert _max_diff(out.tokens, avg(frames).tokens) > 1e-3
     _assert_backward_reaches(temporal, out, image.patch_embed.proj.weight)
+    # time: with the frame position embedding at zero, the layer's own time embedding alone tells a clip from the clip
+    # played backwards (without it the layer is equivariant to frame order and the mean after it invariant)
+    temporal.eval()
+    with torch.no_grad():
+        temporal.absolute_frame_pos_embed.zero_()
+        forward, backward = temporal(frames).tokens, temporal(frames.flip(1)).tokens
+        assert _max_diff(forward, backward) > 1e-2
+        temporal.temporal.time_embed.zero_()
+        assert _max_diff(temporal(frames).tokens, temporal(frames.flip(1)).tokens) < 1e-5
+    with pytest.raises(ValueError, match="built for 3 frames, got 4"):
+        temporal.temporal(torch.zeros(2, 4, 32))
     with pytest.raises(ConfigError, match="num_heads 5 must divide"):
         VideoEncoder(image, combine="temporal_attention", num_heads=5)
 
@@ -678,3 +689,54 @@ def test_an_image_models_vision_weights_start_a_video_model(tmp_path):
     with pytest.raises(ConfigError, match="expected a list of part names"):
         zoo.create_model("x2vlm-tiny-video", task="vqa_cls", pretrained=tmp_path / "image", pretrained_parts="vision",
                          **shared)
+
+
+def test_text_weights_load_by_token_into_another_vocabulary(tmp_path):
+    """``pretrained_parts: [vision, text]`` from an export whose tokenizer differs from the model's: every token both
+    vocabularies hold gets its row from the file (at its own id in the model's vocabulary, which differs), the tokens
+    the file lacks keep the model's initialisation, and the other text weights load as they are; the generative head's
+    token-indexed tensors (decoder word embeddings, prediction bias) are moved alike. Catches rows copied by id
+    instead of by token, new tokens overwritten, or the head's vocabulary-sized tensors left in the file's order."""
+    import zoo
+    from zoo.data.multilingual_tokenizer import build_multilingual_tokenizer
+    from zoo.hub import vocabulary_keys
+
+    a = build_multilingual_tokenizer(["a red circle moves left"] * 3 + ["the blue square is small"], tmp_path / "a",
+                                     vocab_size=None, model="words")
+    b = build_multilingual_tokenizer(["the square turns red"] * 3 + ["a green circle appears"], tmp_path / "b",
+                                     vocab_size=None, model="words")
+
+    def make(folder, **kw):
+        from zoo.train.data import tokenizer_facts
+
+        facts = tokenizer_facts(folder)
+        return zoo.create_model("x2vlm-tiny", task="vqa", **{
+            "text.tokenizer": str(folder), "text.vocab_size": facts["rows"], "text.pad_token_id": facts["pad"],
+            "vqa.vocab_size": facts["rows"], "vqa.pad_token_id": facts["pad"], "vqa.bos_token_id": facts["bos"],
+            "vqa.eos_token_id": facts["eos"]}, **kw)
+
+    source = make(a)
+    source.save_pretrained(tmp_path / "export")
+    torch.manual_seed(3)
+    fresh = make(b)
+    torch.manual_seed(3)
+    model = make(b, pretrained=tmp_path / "export", pretrained_parts=["vision", "text", "vqa"])
+    va, vb = source.text.get_tokenizer().get_vocab(), model.text.get_tokenizer().get_vocab()
+    shared = sorted(set(va) & set(vb))
+    moved = [t for t in shared if va[t] != vb[t]]
+    new = sorted(set(vb) - set(va))
+    assert "▁square" in moved and "▁red" in shared and "▁turns" in new and "▁green" in new  # the case is real
+    keys = vocabulary_keys(model, 128)
+    assert {"text.embeddings.word_embeddings.weight", "vqa.decoder.bert.embeddings.word_embeddings.weight",
+            "vqa.cls.predictions.bias", "vqa.cls.predictions.decoder.weight"} <= set(keys)
+    src, got, init = source.state_dict(), model.state_dict(), fresh.state_dict()
+    for key in keys:
+        for t in shared:
+            assert torch.equal(got[key][vb[t]], src[key][va[t]]), (key, t)
+        for t in new:
+            assert torch.equal(got[key][vb[t]], init[key][vb[t]]), (key, t)
+    assert torch.equal(got["text.encoder.layer.0.attention.self.query.weight"],
+                       src["text.encoder.layer.0.attention.self.query.weight"])
+    report = model.load_report["vocabulary"]
+    assert report["copied"] == len(shared) and report["tokens"] == len(vb) and report["new"] == \
+        sorted(new, key=vb.__getitem__)

@@ -95,8 +95,11 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time (each then with one math thread)")
     ap.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
     ap.add_argument("--table-only", action="store_true", help="print the table of the runs already there")
-    ap.add_argument("extra", nargs="*", help="KEY=VALUE overrides for every run (after --)")
-    args = ap.parse_args()
+    argv = sys.argv[1:]
+    # the overrides after "--" are split off here: argparse gives a positional list that follows options nothing
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.extra = extra
     variants = [v for v in args.only.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -139,8 +139,11 @@ def create_model(
             model lacks (the old task's head) are left out; ``model.load_report`` lists both. Default: the config's
             ``pretrained_strict``, else True (every tensor loaded, nothing left over).
         pretrained_parts: only these top-level parts of ``pretrained`` are loaded (``["vision"]``: an image model's
-            vision encoder into a video model, whose text side reads another vocabulary), each whole, the others keep
-            their initialisation; implies part-by-part loading. Default: the config's ``pretrained_parts``, else all.
+            vision encoder into a video model), each whole, the others keep their initialisation; implies part-by-part
+            loading. When ``pretrained`` is an export whose tokenizer differs from the model's, the token-indexed
+            tensors (word embeddings, LM heads) load by token (:func:`zoo.hub.transfer_vocabulary`: the rows of the
+            tokens both hold are copied, the model's other tokens keep their initialisation; ``load_report
+            ["vocabulary"]`` counts them). Default: the config's ``pretrained_parts``, else all.
         overrides: ``key.sub=value`` strings relative to the model file (as on the command line).
         device: build directly on this device (``"meta"`` builds without memory).
         **model_overrides: changes to the model tree, ``create_model(name, **{"vision.depth": 2})`` or
@@ -197,8 +200,20 @@ def _load_parts(model, state: Mapping, parts: list[str], where: str, file: Any) 
             have = sorted(in_model if part in in_file else in_file)
             raise ConfigError(f"{part!r} is not a part of {holder} (its parts: {', '.join(have)})", "pretrained_parts",
                               file)
-    report = load_weights_by_part(model, {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}, what=where)
+    from pathlib import Path  # noqa: PLC0415
+
+    from zoo.hub import TOKENIZER_DIR, transfer_vocabulary  # noqa: PLC0415
+
+    kept = {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}
+    vocabulary = None
+    folder = Path(where) / TOKENIZER_DIR
+    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+        # an export: its tokenizer tells which row is which token, so another vocabulary loads by token
+        vocabulary = transfer_vocabulary(model, kept, folder, what=where)
+    report = load_weights_by_part(model, kept, what=where)
     report["left_out"] = sorted(in_file - set(parts))
+    if vocabulary is not None:
+        report["vocabulary"] = vocabulary
     return report
 
 

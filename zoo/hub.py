@@ -570,6 +570,75 @@ def load_weights_by_part(model, source: str | os.PathLike | Mapping, *, what: st
     return {"new": sorted(model_parts - file_parts), "left_out": sorted(file_parts - model_parts)}
 
 
+def vocabulary_keys(model, rows: int) -> list[str]:
+    """The state-dict keys of ``model`` whose first axis is indexed by token id, for a vocabulary of ``rows`` rows:
+    the weights of its embeddings of ``rows`` entries (word embeddings; position and token-type tables have other
+    sizes and are skipped by name), the weights and biases of its linear maps to ``rows`` outputs (LM heads) and a
+    bias vector of ``rows`` values held by a module directly (BERT's prediction-head bias)."""
+    from torch import nn  # noqa: PLC0415
+
+    keys: list[str] = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if "position" in name or "token_type" in name:
+            continue
+        if isinstance(module, nn.Embedding) and module.num_embeddings == rows:
+            keys.append(prefix + "weight")
+        elif isinstance(module, nn.Linear) and module.out_features == rows:
+            keys += [prefix + "weight"] + ([prefix + "bias"] if module.bias is not None else [])
+        else:
+            keys += [prefix + n for n, p in module.named_parameters(recurse=False)
+                     if n == "bias" and p.dim() == 1 and p.shape[0] == rows]
+    return keys
+
+
+def transfer_vocabulary(model, state: dict, tokenizer_folder: str | os.PathLike, what: str = "the weights file"
+                        ) -> dict[str, Any] | None:
+    """Rewrite the token-indexed tensors of ``state`` (weights saved with the tokenizer in ``tokenizer_folder``) to
+    ``model``'s own tokenizer, in place: the row of each token both vocabularies hold is copied to the token's id in
+    the model's vocabulary; the model's tokens the file's vocabulary lacks keep the model's initialisation — how a
+    model trained on one vocabulary starts on data with another (``tokenizer.add_tokens`` + ``resize_token_embeddings``
+    of transformers, by token string, so that ids may also move). Returns ``{"copied", "tokens", "new": [first new
+    tokens], "keys"}``, or None when nothing changes (same vocabulary and rows, or a model without a tokenizer
+    part). The token-indexed keys are those of :func:`vocabulary_keys` for the file's and the model's row counts."""
+    part = getattr(model, getattr(model, "tokenizer_part", "text"), None)
+    if part is None or not hasattr(part, "get_tokenizer") or not hasattr(part, "get_input_embeddings"):
+        return None
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    rows = int(part.get_input_embeddings().num_embeddings)
+    own = model.state_dict()
+    keys = [k for k in vocabulary_keys(model, rows) if k in state]
+    if not keys:
+        return None
+    try:
+        theirs = AutoTokenizer.from_pretrained(str(tokenizer_folder)).get_vocab()
+    except Exception as exc:  # noqa: BLE001 - tokenizers raise several error types for bad folders
+        raise WeightsError(f"{tokenizer_folder}: the tokenizer saved with {what} cannot be read ({exc})") from None
+    ours = part.get_tokenizer().get_vocab()
+    file_rows = {int(state[k].shape[0]) for k in keys}
+    if ours == theirs and file_rows == {rows}:
+        return None
+    if len(file_rows) != 1:
+        raise WeightsError(f"{what}: its token-indexed tensors {', '.join(keys)} have different row counts "
+                           f"({sorted(file_rows)})")
+    (old_rows,) = file_rows
+    pairs = [(j, theirs[t]) for t, j in ours.items() if t in theirs and theirs[t] < old_rows and j < rows]
+    new = [t for t, j in sorted(ours.items(), key=lambda kv: kv[1]) if t not in theirs]
+    if pairs:
+        import torch  # noqa: PLC0415
+
+        to_ids = torch.tensor([j for j, _ in pairs])
+        from_ids = torch.tensor([i for _, i in pairs])
+        for key in keys:
+            if state[key].shape[1:] != own[key].shape[1:]:
+                continue  # another width: the shape check of the load names it
+            out = own[key].detach().clone().to(state[key].dtype)
+            out[to_ids] = state[key][from_ids]
+            state[key] = out
+    return {"copied": len(pairs), "tokens": len(ours), "new": new[:20], "keys": keys}
+
+
 def _storage_key(tensor) -> tuple:
     return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
 

@@ -380,7 +380,9 @@ def model_and_data(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[
     names of ``optim`` / ``train`` — before any data is read), the data checked (every record and media file, before
     the run folder is written), and with ``tokenizer: data`` the data's tokenizer resolved from the checked records
     (into ``run_dir`` when one is built), the config values the family's ``tokenizer_fields`` name set from it and
-    the model built again to its size after reseeding (``train.seed``: the same random stream as a single build)."""
+    the model built again to its size after reseeding (``train.seed``: the same random stream as a single build);
+    the pretrained weights then load into that second build only (a vocabulary transfer needs the model's
+    tokenizer), after the data check."""
     import lightning as L  # noqa: PLC0415
 
     import zoo  # noqa: PLC0415
@@ -407,9 +409,9 @@ def model_and_data(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[
     # what the model can do, told from the very config built below, before building it
     _check_model_for_task(resolved["model"], task, mcfg, cfg.get("_file"))
 
-    def build(model_cfg: dict):
+    def build(model_cfg: dict, load: bool = True):
         try:
-            built = zoo.create_model(model_cfg, pretrained=mcfg.get("pretrained"),
+            built = zoo.create_model(model_cfg, pretrained=mcfg.get("pretrained") if load else None,
                                      pretrained_strict=mcfg.get("pretrained_strict"),
                                      pretrained_parts=mcfg.get("pretrained_parts"))
         except ConfigError as exc:
@@ -418,15 +420,14 @@ def model_and_data(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[
         check_against_model(built, cfg)  # the values again; optim.new_params and train.freeze name its parameters
         return built
 
-    model = build(resolved)
-    report = getattr(model, "load_report", None)
-    if report:  # the same parts load into a model built again below
-        print(f"initialised from {mcfg['pretrained']} part by part: new {', '.join(report['new']) or 'none'}; "
-              f"left out of the file {', '.join(report['left_out']) or 'none'}")
-    data = resolve_data(cfg.get("data") or {})  # `root: shapes` → the generated folder (made on first use)
     cls = MODELS.get(resolved["model"]["type"])
+    data_tokenizer = wants_data_tokenizer(resolved["model"], cls)
+    # with the data's tokenizer the weights load into the model built to its size below (a vocabulary transfer needs
+    # the model's tokenizer)
+    model = build(resolved, load=not data_tokenizer)
+    data = resolve_data(cfg.get("data") or {})  # `root: shapes` → the generated folder (made on first use)
     checked = None
-    if wants_data_tokenizer(resolved["model"], cls):
+    if data_tokenizer:
         # the data's word-level tokenizer comes from checked records, and a built one is written into the run folder:
         # the data is checked first, by a data module that needs no model (the model's own one below reads the
         # records again for its transforms; no media file is opened twice)
@@ -438,6 +439,14 @@ def model_and_data(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[
         del model
         L.seed_everything(int((cfg.get("train") or {}).get("seed", 0)), workers=True, verbose=False)
         model = build(resolved)
+    report = getattr(model, "load_report", None)
+    if report:
+        print(f"initialised from {mcfg['pretrained']} part by part: new {', '.join(report['new']) or 'none'}; "
+              f"left out of the file {', '.join(report['left_out']) or 'none'}")
+        if report.get("vocabulary"):
+            v = report["vocabulary"]
+            print(f"vocabulary: {v['copied']:,} of the model's {v['tokens']:,} tokens copied from the file's by "
+                  f"token; new: {' '.join(v['new']) or 'none'}{' ...' if len(v['new']) >= 20 else ''}")
     dm = _datamodule(task, {**cfg, "data": data}, model, None)
     report = dm.check(media=checked.media_results if checked is not None else None)
     if checked is None:

@@ -9,8 +9,8 @@ different frame count fills the first ``min(F, F')`` frames (the official loader
 
 Hand-written (nothing in timm / transformers does this): the frame loop, the position embedding, the pooling and the
 optional ``temporal_attention`` combine: one pre-norm transformer layer (self-attention over the ``F`` frames of each
-token position on :func:`zoo.modules.attention.attention`, then an MLP) before the mean over frames. Its output
-projections start at zero, so at initialisation it equals ``avgpool``. ``concat`` keeps every frame: the tokens are
+token position on :func:`zoo.modules.attention.attention`, with its own time embedding at the attention's input, then
+an MLP) before the mean over frames. Its output projections start at zero, so at initialisation it equals ``avgpool``. ``concat`` keeps every frame: the tokens are
 ``(B, 1 + T · N, D)``, the pooled vector (the mean over frames, as ``avgpool``'s, so token 0 stays the video's summary
 as X²-VLM's image CLS is) and then each frame's ``N`` tokens frame after frame, each carrying its frame's position
 embedding: the cross-attention of a fusion sees every frame's patches and can compare them (``T`` times the tokens to
@@ -62,15 +62,22 @@ __all__ = ["TemporalAttentionLayer", "VideoEncoder"]
 # blocks
 # ---------------------------------------------------------------------------------------------------------------------
 class TemporalAttentionLayer(nn.Module):
-    """Pre-norm transformer layer over time: ``x + proj(attn(norm1(x)))``, then ``x + mlp(norm2(x))``; x is (N, T, D).
+    """Pre-norm transformer layer over time: ``x + proj(attn(norm1(x) + time_embed))``, then ``x + mlp(norm2(x))``; x
+    is (N, T, D).
 
-    ``proj`` and the MLP's output layer start at zero: the layer is the identity at initialisation.
+    ``time_embed`` ``(1, T, D)`` (normal, std 1: the scale of the normalised tokens it is added to) tells the attention
+    which frame each token comes from. Without it the layer is equivariant to a permutation of the frames and the mean
+    after it invariant: a clip and the clip played backwards give the same video tokens (the frame position embedding
+    of X²-VLM, std 0.02 against tokens of unit scale, breaks the tie too weakly to learn from; measured: direction,
+    order and "what colour did it become" stayed at chance). It enters the attention's input only, not the residual
+    stream, and ``proj`` and the MLP's output layer start at zero: the layer is the identity at initialisation.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, num_frames: int = 1):
         super().__init__()
         self.num_heads = num_heads
         self.attn_backend: str | None = None
+        self.time_embed = nn.Parameter(torch.randn(1, num_frames, dim))
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -83,7 +90,9 @@ class TemporalAttentionLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).reshape(n, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        if t != self.time_embed.shape[1]:
+            raise ValueError(f"the temporal layer was built for {self.time_embed.shape[1]} frames, got {t}")
+        q, k, v = self.qkv(self.norm1(x) + self.time_embed).reshape(n, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         a = attention(q, k, v, backend=self.attn_backend)
         x = x + self.proj(a.transpose(1, 2).reshape(n, t, d))
         return x + self.mlp(self.norm2(x))
@@ -145,6 +154,10 @@ class VideoEncoder(nn.Module):
         combine: ``avgpool`` (X²-VLM), ``temporal_attention`` (one transformer layer over frames, then the mean) or
             ``concat`` (no pooling: every frame's tokens, each with its frame position, one after the other).
         frame_pos: add the learnable frame position embedding (X²-VLM ``add_frame_pos``).
+        frame_pos_std: its initial standard deviation (X²-VLM: 0.02, which after ``avgpool`` only shifts every token
+            alike). With ``concat`` the frame position is what tells one frame's tokens from another's in the fusion's
+            cross-attention: at 0.02 against tokens of unit scale it is all but invisible to it, and a value near the
+            tokens' own scale (1.0) lets a query pick "the square in the last frame" from the start.
         num_heads: attention heads of the temporal layer (``temporal_attention`` only).
         temporal_ssl: ``{enabled, weights, label_smoothing, patch_size}``
             (:class:`zoo.modules.temporal.TemporalSSLConfig`; None: off). Enabled: ``temporal_heads`` and
@@ -159,6 +172,7 @@ class VideoEncoder(nn.Module):
         num_frames: int = 3,
         combine: Literal["avgpool", "temporal_attention", "concat"] = "avgpool",
         frame_pos: bool = True,
+        frame_pos_std: float = 0.02,
         num_heads: int = 8,
         temporal_ssl: dict | None = None,
     ):
@@ -179,10 +193,13 @@ class VideoEncoder(nn.Module):
         self.image_size = getattr(image_encoder, "image_size", None)
         if frame_pos:
             self.absolute_frame_pos_embed = nn.Parameter(torch.zeros(1, num_frames, 1, width))
-            trunc_normal_(self.absolute_frame_pos_embed, std=0.02)
+            if not frame_pos_std >= 0:
+                raise ConfigError(f"frame_pos_std must be >= 0, got {frame_pos_std!r}", "frame_pos_std")
+            trunc_normal_(self.absolute_frame_pos_embed, std=frame_pos_std)  # timm's cut at ±2, as the official
         else:
             self.register_parameter("absolute_frame_pos_embed", None)
-        self.temporal = TemporalAttentionLayer(width, num_heads) if combine == "temporal_attention" else None
+        self.temporal = (TemporalAttentionLayer(width, num_heads, num_frames=num_frames)
+                         if combine == "temporal_attention" else None)
         self.temporal_ssl = _temporal_config(temporal_ssl, image_encoder)
         if self.temporal_ssl.enabled:
             if num_frames < 2:
