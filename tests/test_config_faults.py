@@ -340,15 +340,37 @@ def test_a_model_built_without_the_task_head_names_the_config_file():
                                   "to the variant that builds it (see `mmzoo info x2vlm-tiny`)")
 
 
-def test_train_prints_what_a_part_by_part_load_left_out(tmp_path, capsys):
-    """Weights of the NLVR variant loaded part by part into the VQA variant: train() says which parts are new and
-    which the file held for nothing (printed right after the build; the missing data folder stops it there)."""
-    source = tmp_path / "nlvr.pt"
+def test_train_prints_what_a_part_by_part_load_left_out(tmp_path, capsys, monkeypatch):
+    """Weights of the NLVR variant (an export with BERT's tokenizer) loaded part by part into the VQA variant, which
+    reads the data's own word tokenizer: train() says which parts are new, which the file held for nothing, and how
+    many of the data tokenizer's tokens got their row from the file (only characters: a word of the shapes vocabulary,
+    "▁red", is another string than BERT's piece "red", and the special tokens differ too). The weights load
+    after the data check, into the model built to the data's tokenizer (stopped right after the report)."""
+    import zoo.train.run as run
+    from zoo.data.shapes import generate_shapes
+
+    root = generate_shapes(tmp_path / "shapes", num_train_images=4, num_val_images=2, num_test_images=2)
+    source = tmp_path / "nlvr"
     cfg = load_task_config(VQA, [f"model.pretrained={source}", "model.pretrained_strict=false",
-                                 f"train.output_dir={tmp_path}", "train.name=run", f"data.root={tmp_path / 'no-data'}"])
-    shared = {k: v for k, v in cfg["model"]["overrides"].items() if not k.startswith("vqa.")}  # vision and text
-    torch.save(zoo.create_model("x2vlm-tiny", task="nlvr", **shared).state_dict(), source)
-    with pytest.raises(ConfigError) as info:
+                                 f"train.output_dir={tmp_path}", "train.name=run", f"data.root={root}"])
+    shared = {k: v for k, v in cfg["model"]["overrides"].items()
+              if not k.startswith("vqa.") and k != "text.tokenizer"}  # vision and text, BERT's tokenizer
+    zoo.create_model("x2vlm-tiny", task="nlvr", **shared).save_pretrained(source)
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped after the load")
+
+    monkeypatch.setattr(run, "_datamodule", stop)
+    with pytest.raises(RuntimeError, match="stopped after the load"):
         train(cfg)
-    assert info.value.path == "data.root"
-    assert f"initialised from {source} part by part: new vqa; left out of the file nlvr\n" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.index("data check:") < out.index(f"initialised from {source} part by part: new vqa; left out of the "
+                                                "file nlvr\n")
+    from transformers import AutoTokenizer
+
+    ours = AutoTokenizer.from_pretrained(str(root / "tokenizer_xlmr")).get_vocab()
+    theirs = AutoTokenizer.from_pretrained(str(source / "tokenizer")).get_vocab()
+    shared = set(ours) & set(theirs)  # single characters: the data tokenizer's spelling-out pieces, BERT's pieces
+    assert "▁red" in ours and "▁red" not in theirs and "red" in theirs and 0 < len(shared) < 100
+    assert f"vocabulary: {len(shared)} of the model's {len(ours)} tokens copied from the file's by token; new: " \
+        "<s> <pad> </s> <unk> ▁a" in out

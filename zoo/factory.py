@@ -140,7 +140,8 @@ def create_model(
             ``pretrained_strict``, else True (every tensor loaded, nothing left over).
         pretrained_parts: only these top-level parts of ``pretrained`` are loaded (``["vision"]``: an image model's
             vision encoder into a video model), each whole, the others keep their initialisation; implies part-by-part
-            loading. When ``pretrained`` is an export whose tokenizer differs from the model's, the token-indexed
+            loading. When ``pretrained`` is an export whose tokenizer differs from the model's (and the load is part by part:
+            ``pretrained_parts`` or ``pretrained_strict=False``), the token-indexed
             tensors (word embeddings, LM heads) load by token (:func:`zoo.hub.transfer_vocabulary`: the rows of the
             tokens both hold are copied, the model's other tokens keep their initialisation; ``load_report
             ["vocabulary"]`` counts them). Default: the config's ``pretrained_parts``, else all.
@@ -180,7 +181,11 @@ def create_model(
         if strict:
             load_weights(model, pretrained)
         elif parts is None:
-            model.load_report = load_weights_by_part(model, pretrained)
+            state = load_state_dict(pretrained)
+            vocabulary = _by_token(model, state, str(pretrained))
+            model.load_report = load_weights_by_part(model, state, what=str(pretrained))
+            if vocabulary is not None:
+                model.load_report["vocabulary"] = vocabulary
         else:
             model.load_report = _load_parts(model, load_state_dict(pretrained), parts, str(pretrained),
                                             cfg.get("_file"))
@@ -200,21 +205,26 @@ def _load_parts(model, state: Mapping, parts: list[str], where: str, file: Any) 
             have = sorted(in_model if part in in_file else in_file)
             raise ConfigError(f"{part!r} is not a part of {holder} (its parts: {', '.join(have)})", "pretrained_parts",
                               file)
-    from pathlib import Path  # noqa: PLC0415
-
-    from zoo.hub import TOKENIZER_DIR, transfer_vocabulary  # noqa: PLC0415
-
     kept = {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}
-    vocabulary = None
-    folder = Path(where) / TOKENIZER_DIR
-    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
-        # an export: its tokenizer tells which row is which token, so another vocabulary loads by token
-        vocabulary = transfer_vocabulary(model, kept, folder, what=where)
+    vocabulary = _by_token(model, kept, where)
     report = load_weights_by_part(model, kept, what=where)
     report["left_out"] = sorted(in_file - set(parts))
     if vocabulary is not None:
         report["vocabulary"] = vocabulary
     return report
+
+
+def _by_token(model, state: dict, where: str) -> dict | None:
+    """:func:`zoo.hub.transfer_vocabulary` of ``state`` (changed in place) when ``where`` is an export folder with its
+    tokenizer: the tokenizer tells which row is which token, so weights of another vocabulary load by token."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from zoo.hub import TOKENIZER_DIR, transfer_vocabulary  # noqa: PLC0415
+
+    folder = Path(where) / TOKENIZER_DIR
+    if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()):
+        return None
+    return transfer_vocabulary(model, state, folder, what=where)
 
 
 def build_part(config: Mapping, kind: str):
