@@ -818,3 +818,21 @@ def test_cached_clips_give_the_frames_the_file_gives(root, tmp_path, backend):
     ev.cache_images()
     ev._image_cache.update(cached._image_cache)  # the clip decoded above: the file is gone
     assert _frame_colours(ev[0]["image"]) == ["red", "blue", "gray"]
+
+
+def test_caption_records_carry_their_transcripts_to_the_batch(root, tok, tmp_path):
+    """A caption record's optional ``transcript`` (UniVL's YouCookII input) travels as it is into the item and, when
+    any item of a batch has one, into ``transcripts`` ("" for the others), in training (both collators) and
+    evaluation; one that is not a string is a DataError naming the key. Catches the field dropped on the way."""
+    train_recs = [dict(RET_TRAIN[0], transcript="now we cut"), RET_TRAIN[1]]
+    train = CaptionTrainDataset(_write(tmp_path / "t.json", train_recs), str(root), SIZE)
+    assert train[0]["transcript"] == "now we cut" and "transcript" not in train[1]
+    for causal in (False, True):
+        batch = CaptionTrainCollator(tok, causal=causal)([train[0], train[1]])
+        assert batch["transcripts"] == ["now we cut", ""]
+    assert "transcripts" not in CaptionTrainCollator(tok)([train[1], train[1]])
+    ev = CaptionEvalDataset(_write(tmp_path / "e.json", [dict(CAP_VAL[0], transcript="")] + CAP_VAL[1:]), str(root),
+                            SIZE)
+    assert CaptionEvalCollator()([ev[0], ev[1]])["transcripts"] == ["", ""]
+    with pytest.raises(DataError, match=r"record 0: 'transcript' must be a string, got list"):
+        CaptionEvalDataset(_write(tmp_path / "bad.json", [dict(CAP_VAL[0], transcript=["a"])]), str(root), SIZE)

@@ -414,3 +414,68 @@ def test_mmzoo_train_reads_official_features_end_to_end(tmp_path):
     assert results["test"]["img_r10"] == 100.0  # 6 test clips: every caption's clip within the top 10
     export = tmp_path / "runs" / "retrieval-univl-video-shapes" / "export"
     assert json.loads((export / "config.json").read_text())["model"].get("frame_encoder") is None
+
+
+def test_a_transcript_is_the_text_encoders_input_cls_tokens_sep():
+    """With ``transcripts`` the caption loss and beam search read ``[CLS] tokens [SEP]`` of each transcript (tokens cut
+    to ``max_words - 1`` with the [CLS], the official YouCookII caption loader) instead of ``[CLS] [SEP]``, padded to
+    ``max_words``; an empty transcript is the empty text. Checked against the loss computed from inputs built here
+    from the tokenizer's ids, and a wrong count of transcripts is refused. Catches transcripts ignored, a missing
+    [SEP], or the cut at the wrong length."""
+    model = _model("captioning")
+    tok = model.tokenizer()
+    frames = _frames(2)
+    ids, mask = _texts([5, 6])
+    long = " ".join(["cut the onion and fry it"] * 10)
+    transcripts = ["add salt to the pan", long]
+    with torch.no_grad():
+        got = model.caption_loss({"images": frames, "input_ids": ids, "attention_mask": mask,
+                                  "transcripts": transcripts})
+        plain = model.caption_loss({"images": frames, "input_ids": ids, "attention_mask": mask})
+        rows = [[101] + tok.encode(transcripts[0], add_special_tokens=False) + [102],
+                ([101] + tok.encode(long, add_special_tokens=False))[: model.max_words - 1] + [102]]
+        assert len(rows[1]) == model.max_words and len(rows[0]) < 10
+        text = torch.zeros(2, model.max_words, dtype=torch.long)
+        text_mask = torch.zeros_like(text)
+        for b, row in enumerate(rows):
+            text[b, : len(row)], text_mask[b, : len(row)] = torch.tensor(row), 1
+        features, vmask = model.video_inputs(frames)
+        video = model.encode_video(features, vmask)
+        logits = model.decoder_logits(model.encode_text(text, text_mask).tokens, text_mask, video.tokens, video.mask,
+                                      ids[:, :-1], mask[:, 1:])
+        torch.testing.assert_close(got["logits"], logits)
+        assert (got["logits"] - plain["logits"]).abs().max() > 1e-3
+        empty = model.caption_loss({"images": frames, "input_ids": ids, "attention_mask": mask,
+                                    "transcripts": ["", ""]})
+        torch.testing.assert_close(empty["logits"], plain["logits"])
+        assert model.generate_caption_ids(frames, num_beams=2, max_length=5, transcripts=["", ""]) == \
+            model.generate_caption_ids(frames, num_beams=2, max_length=5)
+    with pytest.raises(ValueError, match="1 transcripts for 2 videos"):
+        model.generate_caption_ids(frames, transcripts=["one"])
+
+
+def test_the_captioning_task_passes_transcripts_to_a_model_that_reads_them():
+    """Evaluation batches with ``transcripts``: the captioning task hands them to UniVL's ``generate_captions`` (the
+    captions equal a direct call with them, and differ from the call without, on weights where the text input
+    matters) and warns once for a model that reads none (X²-VLM), whose captions it writes from the images."""
+    from types import SimpleNamespace
+
+    from zoo.tasks.captioning import CaptioningTask, reads_transcripts
+
+    model = _model("captioning")
+    frames = _frames(2)
+    task = CaptioningTask()
+    module = SimpleNamespace(model=model, evaluation={"num_beams": 1, "max_length": 6})
+    batch = {"images": frames, "image_id": [0, 1], "captions": [["a"], ["b"]],
+             "transcripts": ["add salt to the pan", "fry the onion"]}
+    with torch.no_grad():
+        model.fusion.apply(lambda m: m.weight.data.mul_(3.0) if isinstance(m, torch.nn.Linear) else None)
+        got = task.predict_batch(module, batch)["prediction"]
+        direct = model.generate_captions(frames, num_beams=1, max_length=6, transcripts=batch["transcripts"])
+        without = model.generate_captions(frames, num_beams=1, max_length=6)
+    assert got == direct and got != without
+    image_model = zoo.create_model("x2vlm-tiny", task="captioning").eval()
+    assert reads_transcripts(model) and not reads_transcripts(image_model)
+    images = {**batch, "images": torch.randn(2, 3, 64, 64)}
+    with pytest.warns(UserWarning, match="transcripts, which X2VLM does not read"):
+        task.predict_batch(SimpleNamespace(model=image_model, evaluation={"num_beams": 1, "max_length": 4}), images)

@@ -271,13 +271,21 @@ class SentenceLabelCollator:
         return batch
 
 
+def _with_transcripts(batch: dict[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``transcripts`` (one string per item, ``""`` for an item without one) when any item has a ``transcript``."""
+    if any("transcript" in x for x in items):
+        batch["transcripts"] = [x.get("transcript", "") for x in items]
+    return batch
+
+
 class CaptionTrainCollator:
     """Captioning training items → ``images, image_ids, captions`` + the caption inputs of
     :func:`zoo.heads.caption.build_caption_inputs` (``input_ids_masked, attention_mask, position_ids, masked_pos,
     masked_ids, masked_weight``) + ``num_skipped``. Defaults: the official COCO captioning config.
 
     ``causal=True`` (models with ``causal_captioning``, e.g. eP-ALM, whose tokenizer may have no [MASK]): no
-    masked-LM inputs; ``input_ids`` / ``attention_mask`` of the captions (``max_tokens``) and the raw ``captions``."""
+    masked-LM inputs; ``input_ids`` / ``attention_mask`` of the captions (``max_tokens``) and the raw ``captions``.
+    Items with a ``transcript`` add ``transcripts`` (raw strings; the model that reads them tokenizes them)."""
 
     def __init__(self, tokenizer: Any, prompt: str = "a picture of ", max_tokens: int = 40, max_masks: int = 18,
                  mask_prob: float = 0.6, skipgram_prb: float = 0.2, skipgram_size: int = 3,
@@ -293,9 +301,10 @@ class CaptionTrainCollator:
         items, skipped = _drop_none(items)
         if self.causal:
             ids, mask = tokenize_texts(self.tokenizer, [x["caption"] for x in items], self.options["max_tokens"])
-            return {"images": _stack_images(items), "input_ids": ids, "attention_mask": mask,
-                    "image_ids": torch.tensor([int(x["image_id"]) for x in items], dtype=torch.long),
-                    "captions": [x["caption"] for x in items], "num_skipped": skipped}
+            return _with_transcripts({
+                "images": _stack_images(items), "input_ids": ids, "attention_mask": mask,
+                "image_ids": torch.tensor([int(x["image_id"]) for x in items], dtype=torch.long),
+                "captions": [x["caption"] for x in items], "num_skipped": skipped}, items)
         rng = random.Random(int(torch.randint(2**62, ())))
         examples = [caption_inputs_from_text(self.tokenizer, x["caption"], self.prompt,
                                              mask_whole_word=self.mask_whole_word, rng=rng, **self.options)
@@ -305,17 +314,17 @@ class CaptionTrainCollator:
         batch["image_ids"] = torch.tensor([int(x["image_id"]) for x in items], dtype=torch.long)
         batch["captions"] = [x["caption"] for x in items]
         batch["num_skipped"] = skipped
-        return batch
+        return _with_transcripts(batch, items)
 
 
 class CaptionEvalCollator:
     """Captioning evaluation items → ``images, image_id`` (list), ``captions`` (list of reference lists),
-    ``num_skipped``."""
+    ``num_skipped``, and ``transcripts`` as :class:`CaptionTrainCollator` gives them."""
 
     def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
         items, skipped = _drop_none(items)
-        return {"images": _stack_images(items), "image_id": [x["image_id"] for x in items],
-                "captions": [list(x["captions"]) for x in items], "num_skipped": skipped}
+        return _with_transcripts({"images": _stack_images(items), "image_id": [x["image_id"] for x in items],
+                                  "captions": [list(x["captions"]) for x in items], "num_skipped": skipped}, items)
 
 
 def __getattr__(name: str):

@@ -341,6 +341,13 @@ def _check_str(rec: Mapping, key: str) -> str | None:
     return _text_problem(key, rec[key])
 
 
+def _check_transcript(rec: Mapping) -> str | None:
+    """An optional ``transcript`` (a video's speech as text, UniVL's caption input): a string, which may be empty."""
+    if "transcript" not in rec or isinstance(rec["transcript"], str):
+        return None
+    return _Problem(f"'transcript' must be a string, got {_type_name(rec['transcript'])}", "wrong type")
+
+
 def _check_id(rec: Mapping, key: str) -> str | None:
     if key not in rec:
         return _missing(key)
@@ -890,7 +897,8 @@ class _PairDataset(_AnnotationDataset):
         return "video_id" if self.video and "video_id" in rec and "image_id" not in rec else "image_id"
 
     def _check_record(self, rec: Mapping) -> str | None:
-        problem = self._check_media(rec) or _check_str(rec, "caption") or _check_id(rec, self._id_key(rec))
+        problem = self._check_media(rec) or _check_str(rec, "caption") or _check_id(rec, self._id_key(rec)) \
+            or _check_transcript(rec)
         if problem is None and "bbox" in rec:
             problem = _check_box(rec)
         if problem is None and self.clean:
@@ -910,6 +918,8 @@ class _PairDataset(_AnnotationDataset):
         image = self._visual(file, idx, rec, [rec["caption"]], i=i)
         caption = pre_caption(rec["caption"], self.max_words) if self.clean else rec["caption"]
         item = {"image": image, "caption": caption, "image_id": self.img_ids[rec[self._id_key(rec)]]}
+        if "transcript" in rec:
+            item["transcript"] = rec["transcript"]
         if "bbox" in rec:  # a region phrase: its box, normalised (cx, cy, w, h) as the box head predicts
             x, y, w, h = (float(v) for v in rec["bbox"])
             iw, ih = float(rec["image_w"]), float(rec["image_h"])
@@ -920,6 +930,8 @@ class _PairDataset(_AnnotationDataset):
 _PAIR_DOC = """
     Items ``{image, caption, image_id}``: ``caption`` through :func:`pre_caption` (``max_words``) unless
     ``clean=False``; ``image_id`` the dense index of the record's ``image_id`` (``video_id``) in first-seen order.
+    A record's optional ``transcript`` (a string: the clip's speech, which UniVL's captioner reads beside the video;
+    :mod:`zoo.data.video_annotations` takes it from the YouCookII pickle) is passed on as it is.
     A region record (X²-VLM's region data: a phrase with ``bbox`` ``[x, y, w, h]`` in pixels of an ``image_w`` ×
     ``image_h`` image) adds ``bbox``, normalised ``(cx, cy, w, h)``: the box head's target.
 """
@@ -1036,7 +1048,7 @@ class CaptionEvalDataset(_AnnotationDataset):
     __doc__ = ("""Captioning evaluation: items ``{image, image_id, captions}`` with the raw reference captions.
 
     ``caption`` may be a list or one string (``[]`` when absent: generation without references); ``image_id`` as the
-    module docstring says.
+    module docstring says; an optional ``transcript`` string is passed on as the training pairs pass it.
     """ + _COMMON_DOC)
 
     def __init__(
@@ -1062,7 +1074,7 @@ class CaptionEvalDataset(_AnnotationDataset):
             problem = _check_str_list(rec, "caption", allow_empty=True, allow_str=True)
         if problem is None and "image_id" in rec:
             problem = _check_id(rec, "image_id")
-        return problem
+        return problem or _check_transcript(rec)
 
     def _after_load(self) -> None:
         recs = [rec for _, _, rec in self.records]
@@ -1077,7 +1089,10 @@ class CaptionEvalDataset(_AnnotationDataset):
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
         caps = rec.get("caption", [])
         caps = [caps] if isinstance(caps, str) else list(caps)
-        return {"image": self._visual(file, idx, rec, caps, i=i), "image_id": self.image_ids[i], "captions": caps}
+        item = {"image": self._visual(file, idx, rec, caps, i=i), "image_id": self.image_ids[i], "captions": caps}
+        if "transcript" in rec:
+            item["transcript"] = rec["transcript"]
+        return item
 
 
 def _probe_image(path: str) -> str | None:

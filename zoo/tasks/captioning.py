@@ -5,6 +5,8 @@ raw captions without [MASK] inputs."""
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,6 +24,15 @@ class CaptioningModel(Protocol):
     def caption_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]: ...
 
     def generate_captions(self, images: Tensor, *args: Any, **kwargs: Any) -> list[str]: ...
+
+
+def reads_transcripts(model: Any) -> bool:
+    """Whether ``model.generate_captions`` takes ``transcripts`` (a text per video read beside it, UniVL's
+    captioning with transcript); its ``caption_loss`` then reads a batch's ``transcripts`` too."""
+    try:
+        return "transcripts" in inspect.signature(model.generate_captions).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @TASKS.register("captioning")
@@ -47,6 +58,13 @@ class CaptioningTask(Task):
     def predict_batch(self, module: Any, batch: Mapping[str, Any]) -> dict:
         ev = module.evaluation
         decoding = {k: ev[k] for k in ("num_beams", "max_length", "min_length") if k in ev}
+        if batch.get("transcripts") is not None:  # the records' speech: for a model that reads it (UniVL)
+            if reads_transcripts(module.model):
+                decoding["transcripts"] = batch["transcripts"]
+            elif not getattr(self, "_told_transcripts", False):
+                self._told_transcripts = True
+                warnings.warn(f"the caption records have transcripts, which {type(module.model).__name__} does "
+                              "not read: captions are written from the images alone", UserWarning, stacklevel=2)
         captions = module.model.generate_captions(batch["images"], **decoding)
         return {"image_id": list(batch["image_id"]), "prediction": captions, "references": list(batch["captions"])}
 

@@ -37,8 +37,8 @@ output per frame is the feature; no gradient, evaluation mode, not in the optimi
 every text, so that frames keep their cross-encoder positions whatever the batch (:meth:`UniVL.text_inputs`).
 The task methods follow the official fine-tuning: :meth:`UniVL.retrieval_losses` / :meth:`UniVL.retrieval_scores`
 (``main_task_retrieval.py``: the max-margin loss; every pair scored at evaluation), :meth:`UniVL.caption_loss` /
-:meth:`UniVL.generate_captions` (``main_task_caption.py`` without transcript: the text encoder reads ``[CLS] [SEP]``;
-the decoder loss alone; the official beam search, :func:`beam_search`), :meth:`UniVL.vqa_loss` /
+:meth:`UniVL.generate_captions` (``main_task_caption.py``: the text encoder reads each clip's ``transcript`` when the
+records have one, the YouCookII setting, else ``[CLS] [SEP]``; the decoder loss alone; the official beam search, :func:`beam_search`), :meth:`UniVL.vqa_loss` /
 :meth:`UniVL.vqa_predict`.
 
 Optimiser groups: the official ``prep_optimizer`` (``main_pretrain.py:173-195``, the same in the fine-tuning scripts)
@@ -53,7 +53,7 @@ official ``normalize_video.visual_norm2d.weight``, decayed there).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -579,6 +579,31 @@ class UniVL(ZooModel):
         input_ids = torch.tensor([[ids["cls"], ids["sep"]]] * batch_size, dtype=torch.long, device=device)
         return self.text_inputs(input_ids, torch.ones_like(input_ids))
 
+    def transcript_inputs(self, transcripts: Sequence[str], device: torch.device | None = None
+                          ) -> tuple[Tensor, Tensor]:
+        """The text input of the official caption task with a transcript (``dataloader_youcook_caption.py``): each
+        transcript's tokens after ``[CLS]``, cut to ``max_words - 1`` tokens, then ``[SEP]``; padded with masked
+        positions (:meth:`text_inputs`). An empty transcript gives :meth:`empty_text`'s ``[CLS] [SEP]``."""
+        ids = self.special_ids()
+        tok = self.tokenizer()
+        limit = (self.max_words or 512) - 1
+        rows = [([ids["cls"]] + tok(t, add_special_tokens=False)["input_ids"])[:limit] + [ids["sep"]]
+                for t in transcripts]
+        width = max(len(r) for r in rows)
+        input_ids = torch.tensor([r + [ids["pad"]] * (width - len(r)) for r in rows], dtype=torch.long,
+                                 device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+        return self.text_inputs(input_ids, mask)
+
+    def _caption_text(self, transcripts: Sequence[str] | None, batch_size: int, device: torch.device | None
+                      ) -> tuple[Tensor, Tensor]:
+        if transcripts is None:
+            return self.empty_text(batch_size, device)
+        if len(transcripts) != batch_size:
+            raise ValueError(f"{len(transcripts)} transcripts for {batch_size} videos: give one per video (an empty "
+                             "string for a video without one)")
+        return self.transcript_inputs(transcripts, device)
+
     def _encode_videos(self, images: Tensor) -> EncoderOutput:
         features, video_mask = self.video_inputs(images)
         return self.encode_video(features, video_mask)
@@ -626,15 +651,16 @@ class UniVL(ZooModel):
     def caption_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Caption fine-tuning (official ``main_task_caption.py``: ``--stage_two``, the decoder loss alone) on
         :class:`~zoo.data.collate.CaptionTrainCollator` batches with ``causal=True`` (``images``, ``input_ids``,
-        ``attention_mask`` of ``[CLS] caption [SEP]``): the text encoder reads the empty text (:meth:`empty_text`,
-        the official caption task without transcript), the decoder reads ``[CLS] caption`` and is trained on
+        ``attention_mask`` of ``[CLS] caption [SEP]``, optional ``transcripts``): the text encoder reads the
+        transcripts (:meth:`transcript_inputs`, the official caption task with transcript) or else the empty text
+        (:meth:`empty_text`, without), the decoder reads ``[CLS] caption`` and is trained on
         ``caption [SEP]`` by :meth:`decoder_loss`. Padding is ignored (-1): the official loaders pad the targets with
         0 = ``[PAD]`` and so also train the padded positions to predict ``[PAD]`` (see :meth:`decoder_loss`), which
         here would be a token of the data's vocabulary. Returns ``{"loss", "logits"}``."""
         self._require(fusion=self.fusion, decoder=self.decoder)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         features, video_mask = self.video_inputs(batch["images"])
-        text_ids, text_mask = self.empty_text(ids.shape[0], ids.device)
+        text_ids, text_mask = self._caption_text(batch.get("transcripts"), ids.shape[0], ids.device)
         return self.decoder_loss({
             "input_ids": text_ids, "attention_mask": text_mask, "video": features, "video_mask": video_mask,
             "input_caption_ids": ids[:, :-1], "decoder_mask": mask[:, 1:],
@@ -642,15 +668,16 @@ class UniVL(ZooModel):
 
     @torch.no_grad()
     def generate_caption_ids(self, images: Tensor, num_beams: int = 5, max_length: int = 20,
-                             min_length: int = 0) -> list[list[int]]:
+                             min_length: int = 0, transcripts: Sequence[str] | None = None) -> list[list[int]]:
         """Token ids of one caption per video by :func:`beam_search` (the official: 5 beams, summed log
         probabilities, stop when the best beam ends with ``[SEP]``, at most ``--max_words`` (20) tokens), the
-        decoder reading the cross encoder over the empty text and the video, computed once per video. Each caption
-        is cut before its ``[SEP]`` and before a ``[PAD]`` (the official decoding cuts at both)."""
+        decoder reading the cross encoder over the text input — each video's transcript (one string per video) or
+        the empty text — and the video, computed once per video. Each caption is cut before its ``[SEP]`` and
+        before a ``[PAD]`` (the official decoding cuts at both)."""
         self._require(fusion=self.fusion, decoder=self.decoder)
         special = self.special_ids()
         frames = self._encode_videos(images)
-        text_ids, text_mask = self.empty_text(images.shape[0], frames.tokens.device)
+        text_ids, text_mask = self._caption_text(transcripts, images.shape[0], frames.tokens.device)
         fused = self.cross(self.encode_text(text_ids, text_mask).tokens, text_mask, frames.tokens, frames.mask)
         device = fused.tokens.device
 
@@ -664,11 +691,13 @@ class UniVL(ZooModel):
 
     @torch.no_grad()
     def generate_captions(self, images: Tensor, num_beams: int = 5, max_length: int = 20, min_length: int = 0,
-                          tokenizer: Any = None) -> list[str]:
-        """Captions of ``images`` (frames or clip features): :meth:`generate_caption_ids` decoded with ``tokenizer``
-        (default: the text part's), special tokens dropped."""
+                          tokenizer: Any = None, transcripts: Sequence[str] | None = None) -> list[str]:
+        """Captions of ``images`` (frames or clip features), with each video's transcript when given:
+        :meth:`generate_caption_ids` decoded with ``tokenizer`` (default: the text part's), special tokens
+        dropped."""
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer()
-        ids = self.generate_caption_ids(images, num_beams=num_beams, max_length=max_length, min_length=min_length)
+        ids = self.generate_caption_ids(images, num_beams=num_beams, max_length=max_length, min_length=min_length,
+                                        transcripts=transcripts)
         return [tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
 
     # -- task: video QA ------------------------------------------------------------------------------------------
