@@ -72,3 +72,23 @@ def test_a_duplicate_key_is_one_line_naming_the_file(tmp_path, capsys):
     cfg.write_text(open(CONFIG, encoding="utf-8").read() + "\noptim:\n  lr: 5.0e-4\n")
     line = _fails(capsys, ["train", str(cfg), f"train.output_dir={tmp_path / 'runs'}"])
     assert f"{cfg}" in line and "optim" in line and "duplicate" in line.lower()
+
+
+def test_mmzoo_config_prints_what_a_run_would_use(capsys):
+    """``mmzoo config`` prints the task config with the overrides applied and the model config it builds: emptying
+    ``model.overrides`` reaches the model (x2vlm-tiny's own 16 px patches instead of the shapes config's 8), and a
+    value replaces what it names. ``mmzoo train`` without a config names only the config as missing."""
+    import yaml
+
+    assert main(["config", "vqa-shapes", "model.overrides={}", "trainer.max_epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# ") and out.splitlines()[0].endswith("vqa-shapes.yaml with model.overrides={} "
+                                                                  "trainer.max_epochs=3")
+    cfg = yaml.safe_load(out)
+    assert cfg["model"]["overrides"] == {} and cfg["trainer"]["max_epochs"] == 3
+    assert cfg["resolved_model"]["model"]["vision"]["patch_size"] == 16
+    assert main(["config", "vqa-shapes"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["resolved_model"]["model"]["vision"]["patch_size"] == 8
+    with pytest.raises(SystemExit):
+        main(["train"])
+    assert capsys.readouterr().err.strip().endswith("the following arguments are required: config")

@@ -157,3 +157,32 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     assert cfg["optim"] == {"lr": float("2e-3"), "eps": float("1.0e-8"), "betas": [0.9, 0.98],
                             "vision_lr": float("1E+1"), "note": "1e"}
     assert cfg["name"] == "e5" and cfg["train"]["seed"] == 7 and isinstance(cfg["optim"]["lr"], float)
+
+
+def test_a_command_line_value_replaces_what_it_names():
+    """Command-line overrides: a mapping replaces the mapping (``'model.overrides={}'`` empties it; a merge kept the
+    config's entries), ``~key`` removes a key (and leaves a config without it alone), ``null`` is the value null, and
+    a dotted key written in the config is the key its nested spelling names (a nested twin beside the dotted entry
+    was the bug: the model then saw both). The programmatic mapping form still merges."""
+    from zoo.spec import apply_overrides
+
+    cfg = {"model": {"name": "m", "overrides": {"vision.combine": "avg", "vision.num_frames": 4,
+                                                "text.tokenizer": "data"}},
+           "data": {"aug": {"crop": 1, "flip": True}}}
+    assert apply_overrides(cfg, ["model.overrides={}"])["model"]["overrides"] == {}
+    assert apply_overrides(cfg, ["data.aug={crop: 2}"])["data"]["aug"] == {"crop": 2}
+    assert apply_overrides(cfg, ["~model.overrides.text.tokenizer"])["model"]["overrides"] == \
+        {"vision.combine": "avg", "vision.num_frames": 4}
+    assert apply_overrides(cfg, ["model.overrides.vision.combine=concat"])["model"]["overrides"] == \
+        {"vision.combine": "concat", "vision.num_frames": 4, "text.tokenizer": "data"}
+    assert apply_overrides(cfg, ["model.overrides.vision={combine: concat}"])["model"]["overrides"] == \
+        {"text.tokenizer": "data", "vision": {"combine": "concat"}}
+    assert apply_overrides(cfg, ["data.aug.flip=null", "model.overrides.itm=null"]) == \
+        {"model": {"name": "m", "overrides": {**cfg["model"]["overrides"], "itm": None}},
+         "data": {"aug": {"crop": 1, "flip": None}}}
+    assert apply_overrides(cfg, ["~data.nothing.here", "~data.aug.rotate"]) == cfg
+    assert apply_overrides(cfg, {"data.aug": {"crop": 2}})["data"]["aug"] == {"crop": 2, "flip": True}
+    with pytest.raises(ConfigError, match="a removal is ~key.sub, without a value"):
+        apply_overrides(cfg, ["~data.aug=1"])
+    with pytest.raises(ConfigError, match=r"cannot set data.aug.crop.x: data.aug.crop is a int"):
+        apply_overrides(cfg, ["data.aug.crop.x=1"])

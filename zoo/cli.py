@@ -162,6 +162,30 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_config(args) -> int:
+    print(resolved_config_yaml(args.config, args.overrides), end="")
+    return 0
+
+
+def resolved_config_yaml(config: str, overrides: Sequence[str] = ()) -> str:
+    """The task config ``config`` with ``overrides`` applied and checked (as ``mmzoo train`` loads it), then under
+    ``resolved_model`` the model config it builds: the model file's tree for ``model.task`` with ``model.overrides``
+    applied (a data tokenizer, ``text.tokenizer: data``, is resolved only when a run reads the data)."""
+    import yaml  # noqa: PLC0415
+
+    from zoo.factory import resolve_config  # noqa: PLC0415
+    from zoo.train.run import load_task_config  # noqa: PLC0415
+
+    cfg = load_task_config(config, overrides)
+    file = cfg.pop("_file")
+    mcfg = cfg["model"]
+    model = resolve_config(mcfg["name"], mcfg.get("task"), model_overrides=dict(mcfg.get("overrides") or {}))
+    header = f"# {file}" + (f" with {' '.join(overrides)}" if overrides else "") + "\n"
+    resolved = {"resolved_model": {k: v for k, v in model.items() if not k.startswith("_")}}
+    return header + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, width=120) + \
+        yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True, width=120)
+
+
 def _converters() -> dict[str, object]:
     """Family name → its official-checkpoint converter (``official_converter`` of the registered model class), for
     every registered model that has one, plug-ins included. Imports each model module (only when asked)."""
@@ -437,9 +461,18 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="fine-tune, evaluate and export as a task config says")
     s.add_argument("config", help="a task config: a YAML file, or the name of a packaged one (e.g. vqa-shapes; "
                                   "mmzoo list --tasks)")
-    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.max_epochs=1")
+    # default=[]: argparse counts a "*" positional without a default among the required ones
+    s.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. trainer.max_epochs=1 (a value replaces what it names; ~KEY removes it)")
     s.add_argument("--resume", action="store_true", help="continue from the run's checkpoints/last.ckpt")
     s.set_defaults(fn=_cmd_train)
+
+    s = sub.add_parser("config", help="print a task config as a run would use it: overrides applied, values checked, "
+                                      "and the model config it builds")
+    s.add_argument("config", help="a task config: a YAML file or the name of a packaged one")
+    s.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, as mmzoo train takes them")
+    s.set_defaults(fn=_cmd_config)
 
     s = sub.add_parser("data", help="shapes: generate the embedded dataset (done automatically on first use); "
                                     "convert: official video annotations (MSRVTT, YouCookII) to records")
@@ -485,7 +518,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="evaluate an export, run folder or checkpoint on a task config's data")
     s.add_argument("source", help="export folder, run folder or .ckpt file")
     s.add_argument("config", help="task config naming the data: a YAML file or a task config name")
-    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE")
     s.add_argument("--split", default="test", choices=["val", "test"])
     s.add_argument("--output", default=None, help="JSON file for the results (default: beside the source)")
     s.set_defaults(fn=_cmd_eval)

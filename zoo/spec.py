@@ -218,7 +218,7 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"a.b.c=value"`` -> (["a", "b", "c"], parsed YAML value)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value")
+        raise ConfigError(f"override {text!r} must look like key.sub=value (or ~key.sub to remove the key)")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
@@ -231,27 +231,78 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(config: dict, overrides: Iterable[str] | Mapping[str, Any], file: Any = None) -> dict:
-    """Return a copy of ``config`` with dotted-path overrides applied (strings ``k.s=v`` or a mapping ``{"k.s": v}``)."""
+    """Return a copy of ``config`` with dotted-path overrides applied.
+
+    Command-line strings ``k.s=v`` (:func:`parse_override`) set what they name, as a user reads them: the value
+    replaces the key — a mapping replaces a mapping (``'model.overrides={}'`` empties it), ``null`` is the value null
+    (as in YAML: Lightning's ``trainer.check_val_every_n_epoch=null`` means something of its own, and
+    ``model.overrides.itm=null`` switches a part off) — and ``~k.s`` removes the key (Hydra's spelling): the config
+    then says nothing there and the default applies. A dotted key written in the config is the same key as its nested
+    spelling (``~model.overrides.text.tokenizer`` removes the ``text.tokenizer`` entry of a ``model.overrides``
+    mapping written with dotted keys, and setting ``vision`` there drops its ``vision.*`` entries). A mapping
+    ``{"k.s": v}`` (the programmatic changes of ``create_model(..., vision={...})`` and a task config's
+    ``model.overrides``) merges a mapping value into the mapping it names."""
     out = copy.deepcopy(config)
-    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
-    for key, value in items:
-        parts = key.split(".") if isinstance(key, str) else list(key)
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(
-                    f"cannot set {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is a {type(child).__name__}, "
-                    "not a mapping", file=file
-                )
-            node = child
-        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), Mapping):
-            node[parts[-1]] = deep_merge(node[parts[-1]], value)
-        else:
-            node[parts[-1]] = copy.deepcopy(value)
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            _merge_at(out, key.split(".") if isinstance(key, str) else list(key), value, file)
+    else:
+        for text in overrides:
+            if isinstance(text, str) and text.strip().startswith("~"):
+                key = text.strip()[1:]
+                if not key or "=" in key or any(not part for part in key.split(".")):
+                    raise ConfigError(f"override {text!r}: a removal is ~key.sub, without a value")
+                _replace_at(out, key.split("."), None, file, remove=True)
+            else:
+                parts, value = parse_override(text)
+                _replace_at(out, parts, value, file)
     return out
+
+
+def _merge_at(out: dict, parts: list[str], value: Any, file: Any) -> None:
+    node = out
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(
+                f"cannot set {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is a {type(child).__name__}, not a mapping",
+                file=file,
+            )
+        node = child
+    if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), Mapping):
+        node[parts[-1]] = deep_merge(node[parts[-1]], value)
+    else:
+        node[parts[-1]] = copy.deepcopy(value)
+
+
+def _replace_at(out: dict, parts: list[str], value: Any, file: Any, remove: bool = False) -> None:
+    """One command-line override (see :func:`apply_overrides`): at each mapping the longest dotted run of the
+    remaining key parts that the mapping holds as one key is that key."""
+    node, done = out, 0
+    while True:
+        rest = parts[done:]
+        held = next((j for j in range(len(rest), 0, -1) if ".".join(rest[:j]) in node), 0)
+        step = held or 1
+        key = ".".join(rest[:step])
+        if done + step == len(parts):
+            break
+        child = node.get(key)
+        if child is None:
+            if remove:
+                return  # removing under a key the config lacks: nothing to remove
+            child = node[key] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"cannot set {'.'.join(parts)}: {'.'.join(parts[: done + step])} is a "
+                              f"{type(child).__name__}, not a mapping", file=file)
+        node, done = child, done + step
+    for inner in [k for k in node if isinstance(k, str) and k.startswith(key + ".")]:
+        del node[inner]  # the dotted spellings of what lies inside the key: replaced with it
+    if remove:
+        node.pop(key, None)
+    else:
+        node[key] = _strip(copy.deepcopy(value))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
