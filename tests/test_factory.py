@@ -206,3 +206,20 @@ def test_every_registered_model_and_task_builds_on_meta(name):
         tree = resolve_config(name, task)["model"]
         from_config = [t for t in list_tasks() if config_problem(tree, get_task(t)) is None]
         assert model.supported_tasks() == from_config, (name, task)
+
+
+def test_a_model_without_task_variants_builds_for_the_tasks_it_serves():
+    """eP-ALM's file has no ``tasks`` section: its one model serves VQA and captioning, so ``task="vqa"`` builds it
+    (the same parameters as without a task) and records the task; a task it cannot train on is a ConfigError naming
+    what it can. ``mmzoo info`` reports the resolution of the variant asked for (x2vlm-base's VQA runs at 768)."""
+    import zoo
+    from zoo.models.base import count_parameters
+
+    base = zoo.create_model("epalm-tiny", device="meta")
+    vqa = zoo.create_model("epalm-tiny", task="vqa", device="meta")
+    assert count_parameters(vqa) == count_parameters(base) and vqa.zoo_config["task"] == "vqa"
+    with pytest.raises(ConfigError, match="does not train on 'nlvr'; it trains on captioning, vqa") as info:
+        zoo.create_model("epalm-tiny", task="nlvr", device="meta")
+    assert info.value.path == "task"
+    assert zoo.model_info("x2vlm-base", task="vqa")["default_resolution"] == 768
+    assert zoo.model_info("x2vlm-base")["default_resolution"] == 224

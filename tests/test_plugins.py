@@ -84,6 +84,21 @@ def test_user_encoder_through_imports_key(tmp_path):
     assert "ok user_encoders" in out
 
 
+def test_imports_finds_a_module_next_to_its_config_file(tmp_path):
+    """``imports: [user_encoders]`` with ``user_encoders.py`` beside the YAML file and neither on the import path nor
+    in the working folder (as under the ``mmzoo`` entry point, whose ``sys.path[0]`` is its own bin folder): the
+    folder of the config file is searched first."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "user_encoders.py").write_text(USER_MODULE)
+    cfg = _config(folder, with_imports=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    res = subprocess.run([sys.executable, "-c", CHECK, cfg], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "ok user_encoders" in res.stdout
+
+
 def test_user_encoder_through_entry_point(tmp_path):
     """A separate installed package registers through the ``mmzoo.plugins`` entry-point group."""
     site = install_plugin(tmp_path / "site", "user_encoders", USER_MODULE)

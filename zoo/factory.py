@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from zoo.catalog import MODEL_FILE_KEYS, load_model_config, model_names
@@ -34,10 +35,13 @@ def resolve_config(
     task = task if task is not None else None
     if task is not None:
         tasks = cfg.get("tasks") or {}
-        if task not in tasks:
-            known = ", ".join(sorted(tasks)) or "(none)"
+        if task in tasks:
+            cfg["model"] = deep_merge(cfg["model"], tasks[task] or {})
+        elif tasks:
+            known = ", ".join(sorted(tasks))
             raise ConfigError(f"model {cfg.get('name')!r} has no task {task!r}; tasks: {known}", "tasks", file)
-        cfg["model"] = deep_merge(cfg["model"], tasks[task] or {})
+        # a file without task variants builds one model for every task it serves (eP-ALM, MultiModal-GPT): the
+        # task is checked against what the built model supports (create_model)
         cfg["task"] = task
     cfg = apply_overrides(cfg, overrides, file=file)
     if model_overrides:
@@ -78,10 +82,20 @@ def _import_user_modules(modules: list, file, trusted: bool = True) -> None:
                                "provides it (entry point group mmzoo.plugins) or import it yourself first; or, if you "
                                "trust this file, pass trust_imports=True (mmzoo: --trust-imports)",
                                f"imports[{i}]", file)
+        # a module is looked for next to the config file first (a plug-in file beside its YAML, as `python
+        # script.py` finds modules beside the script), then on the import path
+        folder = str(Path(file).resolve().parent) if isinstance(file, (str, os.PathLike)) and file else None
+        added = folder is not None and folder not in sys.path
+        if added:
+            sys.path.insert(0, folder)
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            raise ConfigError(f"cannot import module {name!r}: {exc}", f"imports[{i}]", file) from None
+            raise ConfigError(f"cannot import module {name!r} (looked for next to the config file and on the "
+                              f"import path): {exc}", f"imports[{i}]", file) from None
+        finally:
+            if added and folder in sys.path:
+                sys.path.remove(folder)
 
 
 def _from_plugin(name: str) -> bool:
@@ -175,6 +189,12 @@ def create_model(
         if parts is not None:
             cfg["pretrained_parts"] = parts
     _finish(model, cfg)
+    task_name = cfg.get("task")
+    if task_name is not None and not (cfg.get("tasks") or {}) and hasattr(model, "supported_tasks") \
+            and task_name not in model.supported_tasks():
+        raise ConfigError(f"model {cfg.get('name')!r} has no task variants and does not train on {task_name!r}; it "
+                          f"trains on {', '.join(model.supported_tasks()) or 'nothing'} as built", "task",
+                          cfg.get("_file"))
     if pretrained is not None:
         from zoo.hub import load_state_dict, load_weights, load_weights_by_part  # noqa: PLC0415
 
@@ -217,8 +237,6 @@ def _load_parts(model, state: Mapping, parts: list[str], where: str, file: Any) 
 def _by_token(model, state: dict, where: str) -> dict | None:
     """:func:`zoo.hub.transfer_vocabulary` of ``state`` (changed in place) when ``where`` is an export folder with its
     tokenizer: the tokenizer tells which row is which token, so weights of another vocabulary load by token."""
-    from pathlib import Path  # noqa: PLC0415
-
     from zoo.hub import TOKENIZER_DIR, transfer_vocabulary  # noqa: PLC0415
 
     folder = Path(where) / TOKENIZER_DIR
@@ -235,7 +253,7 @@ def build_part(config: Mapping, kind: str):
 def model_info(name_or_config: str | os.PathLike | Mapping, task: str | None = None) -> dict:
     """Parameter count, parts, task variants (``tasks``), the tasks it can be trained on as built
     (``supported_tasks``) and default resolution of a model, built on the meta device (no memory)."""
-    from zoo.models.base import count_parameters  # noqa: PLC0415
+    from zoo.models.base import count_parameters, input_resolution  # noqa: PLC0415
 
     cfg = resolve_config(name_or_config, task)
     model = create_model(cfg, device="meta")
@@ -258,6 +276,8 @@ def model_info(name_or_config: str | os.PathLike | Mapping, task: str | None = N
         "parts": parts,
         "tasks": sorted((base.get("tasks") or {}).keys()),
         "supported_tasks": model.supported_tasks() if hasattr(model, "supported_tasks") else [],
-        "default_resolution": cfg.get("default_resolution"),
+        # the side the built model takes (a task variant may change it: x2vlm-base's vqa runs at 768), else the
+        # file's default
+        "default_resolution": input_resolution(model) or cfg.get("default_resolution"),
         "file": cfg.get("_file"),
     }
