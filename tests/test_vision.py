@@ -436,6 +436,18 @@ def test_video_concat_keeps_every_frame_in_order():
     assert torch.equal(out.tokens[:, 0], out.pooled)  # token 0: the video's summary, as avgpool's
     with pytest.raises(ConfigError, match="'avgpool', 'temporal_attention' or 'concat'"):
         VideoEncoder(image, combine="stack")
+    # with the temporal layer: the identity at initialisation, and then frame 0's tokens see frame 2's content at the
+    # same position (without the layer they do not: each frame's tokens are its own encoding)
+    both = VideoEncoder(image, num_frames=3, combine="concat", temporal_layer=True, num_heads=4).eval()
+    both.absolute_frame_pos_embed.data.copy_(video.absolute_frame_pos_embed.data)
+    other = frames.clone()
+    other[:, 2] = torch.randn_like(other[:, 2])
+    with torch.no_grad():
+        assert _max_diff(both(frames).tokens, out.tokens) < 1e-5
+        _randomize(both.temporal, seed=4)
+        n = 17
+        assert _max_diff(both(frames).tokens[:, 1:1 + n], both(other).tokens[:, 1:1 + n]) > 1e-3
+        assert _max_diff(video(frames).tokens[:, 1:1 + n], video(other).tokens[:, 1:1 + n]) == 0
 
 
 def test_video_of_one_repeated_image_with_zero_frame_pos_is_the_image_encoding():

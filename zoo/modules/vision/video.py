@@ -158,7 +158,10 @@ class VideoEncoder(nn.Module):
             alike). With ``concat`` the frame position is what tells one frame's tokens from another's in the fusion's
             cross-attention: at 0.02 against tokens of unit scale it is all but invisible to it, and a value near the
             tokens' own scale (1.0) lets a query pick "the square in the last frame" from the start.
-        num_heads: attention heads of the temporal layer (``temporal_attention`` only).
+        num_heads: attention heads of the temporal layer.
+        temporal_layer: the temporal layer before any ``combine`` (``temporal_attention`` always has it): with
+            ``concat``, every frame's tokens have attended to the same position in the other frames (what changed
+            there) before the fusion sees them.
         temporal_ssl: ``{enabled, weights, label_smoothing, patch_size}``
             (:class:`zoo.modules.temporal.TemporalSSLConfig`; None: off). Enabled: ``temporal_heads`` and
             ``frame_tokens`` (see the module docstring).
@@ -174,6 +177,7 @@ class VideoEncoder(nn.Module):
         frame_pos: bool = True,
         frame_pos_std: float = 0.02,
         num_heads: int = 8,
+        temporal_layer: bool = False,
         temporal_ssl: dict | None = None,
     ):
         super().__init__()
@@ -184,7 +188,8 @@ class VideoEncoder(nn.Module):
             raise ConfigError(f"num_frames must be positive, got {num_frames}")
         if combine not in ("avgpool", "temporal_attention", "concat"):
             raise ConfigError(f"combine must be 'avgpool', 'temporal_attention' or 'concat', got {combine!r}")
-        if combine == "temporal_attention" and (num_heads <= 0 or width % num_heads):
+        temporal_layer = bool(temporal_layer) or combine == "temporal_attention"
+        if temporal_layer and (num_heads <= 0 or width % num_heads):
             raise ConfigError(f"num_heads {num_heads} must divide the image encoder's width {width}")
         self.image_encoder = image_encoder
         self.num_frames = num_frames
@@ -199,7 +204,7 @@ class VideoEncoder(nn.Module):
         else:
             self.register_parameter("absolute_frame_pos_embed", None)
         self.temporal = (TemporalAttentionLayer(width, num_heads, num_frames=num_frames)
-                         if combine == "temporal_attention" else None)
+                         if temporal_layer else None)
         self.temporal_ssl = _temporal_config(temporal_ssl, image_encoder)
         if self.temporal_ssl.enabled:
             if num_frames < 2:
