@@ -152,6 +152,13 @@ class ZooModel(nn.Module):
         :func:`generic_param_part` (``vision.*``, ``text.*``, ``fusion.*``, else ``other``)."""
         return generic_param_part(name)
 
+    def _require(self, **parts: Any) -> None:
+        """A RuntimeError naming the parts (heads) a method needs that this model was built without."""
+        missing = [name for name, part in parts.items() if part is None]
+        if missing:
+            raise RuntimeError(f"this {type(self).__name__} was built without the {', '.join(missing)} part(s) needed "
+                               "here; add them in the config (or use the task variant that has them)")
+
     def supported_tasks(self) -> list[str]:
         """The registered tasks this model, as built, can be trained and evaluated on (its ``task_heads``, the heads
         actually built, and the methods each task's protocol names: :func:`zoo.tasks.supported_tasks`)."""

@@ -2,7 +2,10 @@
 
 The smallest complete assembly of the zoo's contracts (TorchMultimodal's LateFusion in spirit): every part comes from
 a registry by name, widths are checked between parts at build time, and each head is optional. Published families
-(X²-VLM, CCLM, ...) have their own model files; this one serves demos, plugins and quick experiments.
+(X²-VLM, CCLM, ...) have their own model files; this one serves demos, plugins and quick experiments — and trains on
+the framework's tasks with the heads it has: retrieval (ITC on the pooled vectors + ITM with one in-batch hard
+negative each way; evaluation ranks by ITC and re-scores the top ``k`` with ITM, the X²-VLM recipe) and VQA as
+classification over the answer vocabulary (the classifier on the fused CLS state).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zoo.heads.matching import sample_hard_negatives
 from zoo.models.base import ZooModel
 from zoo.modules.outputs import EncoderOutput
 from zoo.registry import MODELS
@@ -34,6 +38,9 @@ class FusionEncoderOutput:
 
 @MODELS.register("fusion_encoder")
 class FusionEncoderModel(ZooModel):
+    task_heads = {"retrieval": ("itc", "itm"), "vqa": ("vqa",)}
+    generative_vqa = False  # the VQA head is a classifier over the data's answer vocabulary
+
     def __init__(
         self,
         vision: Part["vision_encoder"],
@@ -70,3 +77,71 @@ class FusionEncoderModel(ZooModel):
         if self.vqa is not None:
             out.answer_logits = self.vqa(cls)["logits"]
         return out
+
+    # -- tasks ---------------------------------------------------------------------------------------------------
+    def _fused_cls(self, text_tokens: Tensor, attention_mask: Tensor, image: EncoderOutput) -> Tensor:
+        return self.fusion(text_tokens, attention_mask, image.tokens, image.mask).tokens[:, 0]
+
+    def retrieval_losses(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict:
+        """ITC + ITM with hard negatives on :class:`~zoo.data.collate.RetrievalCollator` batches (``image_ids`` mark
+        repeated images: not negatives of each other)."""
+        self._require(itc=self.itc, itm=self.itm)
+        image = self.vision(batch["images"])
+        mask = batch["attention_mask"]
+        text = self.text(batch["input_ids"], mask)
+        image_ids = batch.get("image_ids")
+        itc = self.itc(image.pooled, text.pooled, image_ids)
+        image_neg, text_neg = sample_hard_negatives(itc["image_feat"], itc["text_feat"], self.itc.temperature(),
+                                                    image_ids, generator)
+        bs = image.tokens.shape[0]
+        image_mask = image.mask if image.mask is not None else torch.ones(image.tokens.shape[:2], dtype=torch.long,
+                                                                          device=image.tokens.device)
+        # positives, then (negative image, text) and (image, negative text)
+        cls = self.fusion(torch.cat([text.tokens, text.tokens, text.tokens[text_neg]]),
+                          torch.cat([mask, mask, mask[text_neg]]),
+                          torch.cat([image.tokens, image.tokens[image_neg], image.tokens]),
+                          torch.cat([image_mask, image_mask[image_neg], image_mask])).tokens[:, 0]
+        labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(cls.device)
+        itm = self.itm(cls, labels)["loss"]
+        return {"itc": itc["loss"], "itm": itm, "loss": itc["loss"] + itm}
+
+    @torch.no_grad()
+    def retrieval_scores(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, k: int = 128,
+                         batch_size: int = 64) -> tuple[Tensor, Tensor]:
+        """ITC similarity picks the top ``k`` candidates per query, the ITM match logit re-scores them. Returns
+        (image→text, text→image) score matrices for :func:`zoo.metrics.retrieval.retrieval_recall`."""
+        from zoo.metrics.retrieval import rerank_scores  # noqa: PLC0415
+
+        self._require(itc=self.itc, itm=self.itm)
+        image = [self.vision(x) for x in images.split(batch_size)]
+        text = [self.text(i, m) for i, m in zip(input_ids.split(batch_size), attention_mask.split(batch_size))]
+        tokens = torch.cat([o.tokens for o in image])
+        masks = torch.cat([o.mask if o.mask is not None else torch.ones(o.tokens.shape[:2], dtype=torch.long,
+                                                                        device=o.tokens.device) for o in image])
+        states = torch.cat([o.tokens for o in text])
+        sim = self.itc.embed_image(torch.cat([o.pooled for o in image])) @ \
+            self.itc.embed_text(torch.cat([o.pooled for o in text])).t()
+
+        def itm(image_idx: Tensor, text_idx: Tensor) -> Tensor:
+            cls = self.fusion(states[text_idx], attention_mask[text_idx], tokens[image_idx], masks[image_idx]).tokens
+            return self.itm(cls[:, 0])["logits"][:, 1]
+
+        return rerank_scores(sim, None, k, itm, batch_size=batch_size)
+
+    def vqa_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The classifier's loss on :class:`~zoo.data.collate.VQACollator` batches (``targets``: answer scores)."""
+        self._require(vqa=self.vqa)
+        mask = batch["question_mask"]
+        cls = self._fused_cls(self.text(batch["question_ids"], mask).tokens, mask, self.vision(batch["images"]))
+        return self.vqa(cls, batch["targets"])
+
+    @torch.no_grad()
+    def vqa_predict(self, images: Tensor, question_ids: Tensor, question_mask: Tensor, *args: Any,
+                    answers: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """The classifier's best answer per question: ``{"index", "prob", "answer"}``."""
+        self._require(vqa=self.vqa)
+        cls = self._fused_cls(self.text(question_ids, question_mask).tokens, question_mask, self.vision(images))
+        prob, index = self.vqa.predict(cls, k=1)
+        labels = answers or getattr(self.vqa, "labels", None)
+        return {"index": index[:, 0], "prob": prob[:, 0],
+                "answer": [labels[i] for i in index[:, 0].tolist()] if labels else None}

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.heads.matching import sample_hard_negatives
 from zoo.models.base import CLIP_PREPROCESS, ZooModel
 from zoo.modules.outputs import EncoderOutput
 from zoo.modules.temporal import LOSS_NAMES, temporal_ssl_loss
@@ -48,34 +49,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------------------------
 # objectives
 # ---------------------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def sample_hard_negatives(
-    image_feat: Tensor, text_feat: Tensor, temp: Tensor | float, image_ids: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """One hard negative image per text and one hard negative text per image, as the official ITM sampling.
-
-    Weights are ``softmax(similarity / temp) + 1e-5`` with the positives (same index, or same ``image_ids``) set to 0;
-    one index per row is drawn with ``torch.multinomial``. Returns (image index for each text, text index for each
-    image).
-    """
-    sim_i2t = image_feat @ text_feat.t() / temp
-    w_i2t = F.softmax(sim_i2t.float(), dim=1) + 1e-5
-    w_t2i = F.softmax(sim_i2t.t().float(), dim=1) + 1e-5
-    if image_ids is None:
-        positive = torch.eye(w_i2t.shape[0], dtype=torch.bool, device=w_i2t.device)
-    else:
-        ids = image_ids.view(-1, 1)
-        positive = ids == ids.t()
-    w_i2t = w_i2t.masked_fill(positive, 0)
-    w_t2i = w_t2i.masked_fill(positive, 0)
-    if (w_i2t.sum(1) == 0).any():
-        raise ValueError("ITM hard negatives need at least two different images in the batch")
-    image_neg = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
-    text_neg = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
-    return image_neg, text_neg
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------------------------------
