@@ -29,7 +29,7 @@ def _config(shapes, out, epochs: int):
     cfg["data"].pop("val")
     cfg["data"].pop("test")
     cfg["trainer"].update(max_epochs=epochs, limit_train_batches=2, enable_progress_bar=False, log_every_n_steps=1)
-    cfg["train"].update(output_dir=str(out), name="run", export=False)
+    cfg["train"].update(output_dir=str(out), name="run", export=False, keep_last=-1)  # every epoch's file
     return cfg
 
 
@@ -191,3 +191,36 @@ def test_the_nan_guard_checks_the_optimiser_state(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.ckpt"]
     with pytest.raises(WeightsError, match="bad.ckpt: no such checkpoint"):
         read_checkpoint(tmp_path / "bad.ckpt")
+
+
+def test_retention_keeps_the_newest_epoch_last_and_best(shapes, tmp_path):
+    """The default retention (``train.keep_last: 1``, a best checkpoint on the task's validation metric): after three
+    epochs with validation the run holds ``epoch002.ckpt``, ``last.ckpt`` and ``best.ckpt``, the best holding the
+    epoch whose validation score is the highest of metrics.csv (as results.json says); ``--resume`` never starts from
+    the best file even when it is the newest written. ``keep_last: 2`` keeps two epoch files. Catches every epoch kept
+    (the 5.9 MB per epoch of the main job), the best file written at the wrong epoch, or a resume that goes back."""
+    import csv
+
+    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml")
+    cfg["data"].update(root=str(shapes), batch_size=8)
+    cfg["data"].pop("test")
+    cfg["trainer"].update(max_epochs=3, limit_train_batches=2, enable_progress_bar=False, log_every_n_steps=1,
+                          check_val_every_n_epoch=1)
+    cfg["train"].update(output_dir=str(tmp_path), name="run", export=False)
+    results = train(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "epoch002.ckpt", "last.ckpt"]
+    rows = [r for r in csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv")) if r.get("val/vqa_acc")]
+    scores = [(float(r["val/vqa_acc"]), int(r["step"])) for r in rows]
+    assert len(scores) == 3
+    best_score = max(s for s, _ in scores)
+    first_best_step = min(step for s, step in scores if s == best_score)
+    best = read_checkpoint(ckpts / "best.ckpt")
+    assert best["global_step"] == first_best_step + 1  # saved after the validation of that epoch's last step
+    assert results["best"]["monitor"] == "val/vqa_acc" and results["best"]["score"] == pytest.approx(best_score)
+    os.utime(ckpts / "best.ckpt")  # written last
+    assert newest_checkpoint(tmp_path / "run") == ckpts / "last.ckpt"
+    cfg["train"].update(name="two", keep_last=2, monitor=None)
+    train(cfg)
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == \
+        ["epoch001.ckpt", "epoch002.ckpt", "last.ckpt"]

@@ -356,6 +356,8 @@ CHECKS: dict[str, Check] = {
     "train.grad_checkpointing": BOOL,
     "train.export": BOOL,
     "train.save_every_n_steps": integer(1) | NULL,
+    "train.keep_last": integer(1) | Check(lambda v: v == -1 and not isinstance(v, bool), "-1 (every epoch)"),
+    "train.monitor": TEXT | NULL,
     # evaluation (ranking and decoding)
     "evaluation.k_test": integer(1) | NULL,
     "evaluation.num_beams": integer(1) | NULL,

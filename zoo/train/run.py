@@ -42,7 +42,8 @@ TASK_CONFIG_KEYS = {
                 "devices", "accelerator", "num_nodes", "log_every_n_steps", "val_check_interval",
                 "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "limit_test_batches",
                 "num_sanity_val_steps", "enable_progress_bar", "deterministic"},
-    "train": {"seed", "output_dir", "name", "freeze", "grad_checkpointing", "export", "save_every_n_steps"},
+    "train": {"seed", "output_dir", "name", "freeze", "grad_checkpointing", "export", "save_every_n_steps",
+              "keep_last", "monitor"},
     "evaluation": {"k_test", "num_beams", "max_length", "min_length"},
 }
 
@@ -170,6 +171,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
     return ckpt
 
 
+#: the file of the best validation score (``train.monitor``) in a run's ``checkpoints/``
+BEST_CHECKPOINT = "best.ckpt"
+
+
 def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """The checkpoint files of a run folder (``checkpoints/*.ckpt``: last, per epoch, per step)."""
     folder = Path(run_dir) / "checkpoints"
@@ -187,7 +192,9 @@ def newest_checkpoint(run_dir: str | os.PathLike, log: Any = print, what: str = 
     for orphan in remove_orphans(folder):
         log(f"{what}: removed {orphan}, a temporary file of a writer that was stopped")
     found: list[tuple[int, float, Path]] = []
-    for path in run_checkpoints(run_dir):
+    # the best checkpoint is written after a validation, in the middle of the loop, and holds an epoch's weights
+    # that a later file has gone past: a run continues from the end of its newest epoch or step
+    for path in (p for p in run_checkpoints(run_dir) if p.name != BEST_CHECKPOINT):
         try:
             ckpt = read_checkpoint(path, mmap=True)
         except WeightsError as exc:
@@ -497,9 +504,19 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     # names never get Lightning's "-v1" suffix: a resumed run writes over a file it skipped as unreadable (a new run
     # never shares a folder with an old one), and --resume takes the newest readable file whatever its name, so the
     # step callback needs no last.ckpt of its own
+    # retention (train.keep_last, default 1): the newest epoch files besides last.ckpt, which stays (a run killed while
+    # writing last.ckpt still has the epoch's own file); -1 keeps every epoch
+    keep = int(tcfg.get("keep_last", 1))
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}",
-                                 auto_insert_metric_name=False, save_last=True, save_top_k=-1, every_n_epochs=1,
+                                 auto_insert_metric_name=False, save_last=True, save_top_k=keep,
+                                 monitor="epoch" if keep > 0 else None, mode="max", every_n_epochs=1,
                                  save_on_train_epoch_end=True, enable_version_counter=False)]
+    monitor = _monitor(tcfg, dm, task)
+    if monitor is not None:  # best.ckpt: the weights of the best validation score so far
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename=BEST_CHECKPOINT[:-5],
+                                         auto_insert_metric_name=False, save_last=False, save_top_k=1,
+                                         monitor=monitor, mode="min" if "loss" in monitor else "max",
+                                         save_on_train_epoch_end=False, enable_version_counter=False))
     if tcfg.get("save_every_n_steps"):
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}",
                                          auto_insert_metric_name=False, save_last=False, save_top_k=1,
@@ -528,6 +545,10 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
         if csv_file.is_file():
             _plot_curves(csv_file, run_dir / "curves.png")
             results["curves"] = str(run_dir / "curves.png")
+        best = next((c for c in callbacks[1:] if getattr(c, "monitor", None) == monitor and monitor), None)
+        if best is not None and best.best_model_path:
+            results["best"] = {"checkpoint": best.best_model_path, "monitor": monitor,
+                               "score": float(best.best_model_score)}
         results["skipped"] = dm.skipped_counts()  # {split: {reason: count}} (data.on_bad_sample: skip)
         if dm.cfg["on_bad_sample"] == "skip":
             print(f"skipped samples (data.on_bad_sample: skip):\n{dm.skipped_report()}")
@@ -536,6 +557,21 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
         with atomic_write(run_dir / "results.json", "w") as fh:
             json.dump(results, fh, indent=2, default=float)
     return results
+
+
+def _monitor(tcfg: Mapping[str, Any], dm: Any, task: str) -> str | None:
+    """The metric of the best checkpoint: ``train.monitor`` (``val/NAME``; a bare name gets the ``val/`` prefix;
+    null: no best checkpoint), by default the task's first progress metric on validation (``val/vqa_acc``,
+    ``val/r_mean``, ``val/CIDEr``, ...); None without a validation split."""
+    if "monitor" in tcfg and tcfg["monitor"] is None:
+        return None
+    name = tcfg.get("monitor")
+    if name is None:
+        metrics = getattr(dm.task_spec, "progress_metrics", ()) or ()
+        name = metrics[0] if metrics else None
+    if name is None or not dm.has_split("val"):
+        return None
+    return name if "/" in name else f"val/{name}"
 
 
 def _check_strategy(trainer_cfg: Mapping[str, Any], file: str | None) -> None:
