@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -469,9 +471,13 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: PLC0415
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: PLC0415
 
+    from zoo.models.base import count_parameters  # noqa: PLC0415
     from zoo.train.module import TaskModule  # noqa: PLC0415
     from zoo.train.optim import apply_freeze  # noqa: PLC0415
+    from zoo.train.progress import ProgressLines, quiet_lightning  # noqa: PLC0415
 
+    t0 = time.monotonic()
+    quiet_lightning()
     cfg = load_task_config(config, overrides) if not isinstance(config, Mapping) else dict(config)
     task = cfg["task"]
     _check_strategy({"accelerator": "cpu", **dict(cfg.get("trainer") or {})}, cfg.get("_file"))
@@ -498,7 +504,10 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
     module = TaskModule(model, task, cfg.get("optim"), cfg.get("evaluation"))
 
     trainer_cfg = {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 5,
-                   "num_sanity_val_steps": 0, **dict(cfg.get("trainer") or {})}
+                   "num_sanity_val_steps": 0, "enable_model_summary": False, **dict(cfg.get("trainer") or {})}
+    # a bar redrawn in place on a terminal; plain timestamped lines when the output goes to a file
+    if trainer_cfg.get("enable_progress_bar") is None:
+        trainer_cfg["enable_progress_bar"] = sys.stdout.isatty()
     # one checkpoint per epoch, written when the training epoch ends: Lightning would otherwise save only after
     # validations, so with `check_val_every_n_epoch: N` an interrupted run lost up to N epochs
     # names never get Lightning's "-v1" suffix: a resumed run writes over a file it skipped as unreadable (a new run
@@ -522,12 +531,17 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
                                          auto_insert_metric_name=False, save_last=False, save_top_k=1,
                                          monitor="step", mode="max", enable_version_counter=False,
                                          every_n_train_steps=int(tcfg["save_every_n_steps"])))
+    callbacks.append(_ProgressBar() if trainer_cfg["enable_progress_bar"] else ProgressLines())
+    print(f"model: {type(model).__name__}, {count_parameters(model):,} parameters "
+          f"({count_parameters(model, trainable_only=True):,} trainable)")
     csv_logger = _resumed_csv_logger(run_dir, start) if start is not None else CSVLogger(run_dir, name="logs",
                                                                                             version="")
     loggers = [csv_logger, TensorBoardLogger(run_dir, name="logs", version="tb")]
     trainer = L.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], **trainer_cfg)
+    began = time.monotonic()
     trainer.fit(module, datamodule=dm, ckpt_path=str(start) if start is not None else None)
+    fit_s = time.monotonic() - began
     if dm.has_split("val") and trainer_cfg.get("limit_val_batches", 1) != 0 \
             and getattr(module, "validated_step", None) != trainer.global_step:
         trainer.validate(module, datamodule=dm)  # the last epoch was not a validation epoch (check_val_every_n_epoch)
@@ -549,6 +563,15 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
         if best is not None and best.best_model_path:
             results["best"] = {"checkpoint": best.best_model_path, "monitor": monitor,
                                "score": float(best.best_model_score)}
+        steps = trainer.global_step - (int(read_checkpoint(start, mmap=True).get("global_step") or 0)
+                                       if start is not None else 0)
+        batch = int(dm.cfg.get("batch_size") or 0) * int(trainer_cfg.get("accumulate_grad_batches") or 1)
+        results["time"] = {"fit_s": round(fit_s, 1), "total_s": round(time.monotonic() - t0, 1),
+                           "optimizer_steps": steps,
+                           "samples_per_s": round(steps * batch / fit_s, 2) if fit_s > 0 and batch else None}
+        results["config"] = {k: v for k, v in cfg.items() if k != "_file"}
+        results["config_file"] = cfg.get("_file")
+        results["versions"] = _versions()
         results["skipped"] = dm.skipped_counts()  # {split: {reason: count}} (data.on_bad_sample: skip)
         if dm.cfg["on_bad_sample"] == "skip":
             print(f"skipped samples (data.on_bad_sample: skip):\n{dm.skipped_report()}")
@@ -557,6 +580,50 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
         with atomic_write(run_dir / "results.json", "w") as fh:
             json.dump(results, fh, indent=2, default=float)
     return results
+
+
+def _versions() -> dict[str, str | None]:
+    """The versions a result depends on: Python, the main libraries, mmzoo, and the git commit of the source tree
+    the package runs from (None when it is not a git checkout, as for an installed wheel)."""
+    import platform  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("mmzoo", "torch", "lightning", "transformers", "timm", "open_clip_torch"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    source = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=False)
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=False)
+        out["git_commit"] = done.stdout.strip() if done.returncode == 0 else None
+        out["git_dirty"] = bool(dirty.stdout.strip()) if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = out["git_dirty"] = None
+    return out
+
+
+def _progress_bar_class():
+    from lightning.pytorch.callbacks import TQDMProgressBar  # noqa: PLC0415
+
+    class ProgressBar(TQDMProgressBar):
+        """Lightning's bar without the logger version (``v_num``), which says nothing about the run."""
+
+        def get_metrics(self, trainer: Any, pl_module: Any) -> dict:
+            items = super().get_metrics(trainer, pl_module)
+            items.pop("v_num", None)
+            return items
+
+    return ProgressBar
+
+
+def _ProgressBar():  # noqa: N802 - a class made on first use (Lightning is imported lazily)
+    return _progress_bar_class()()
 
 
 def _monitor(tcfg: Mapping[str, Any], dm: Any, task: str) -> str | None:
