@@ -127,29 +127,41 @@ def test_the_newest_checkpoint_is_the_one_with_most_steps(shapes, tmp_path, monk
     assert newest_checkpoint(tmp_path / "run") == ckpts / "epoch001.ckpt"
 
 
-def test_a_new_run_never_overwrites_one_that_has_only_epoch_files(shapes, tmp_path, monkeypatch):
+def test_a_folder_that_holds_a_run_is_an_error_unless_resume_or_overwrite(shapes, tmp_path, monkeypatch):
+    """A run folder with only epoch files still holds a run: a new run there is a ConfigError naming train.name
+    (nothing touched); ``overwrite=True`` replaces it, the old folder kept aside until the new run has finished
+    and then removed."""
+    from zoo.spec import ConfigError
+
     ckpts, cfg = _killed(shapes, tmp_path, monkeypatch)
     (ckpts / "last.ckpt").unlink()
     before = (ckpts / "epoch000.ckpt").read_bytes()
-    result = train(_config(shapes, tmp_path, 1))
-    assert result["run_dir"].endswith("run-2")
+    with pytest.raises(ConfigError, match=r"already holds a run: pass --resume to continue it, --overwrite to "
+                                          r"replace it") as info:
+        train(_config(shapes, tmp_path, 1))
+    assert info.value.path == "train.name"
     assert (ckpts / "epoch000.ckpt").read_bytes() == before
+    result = train(_config(shapes, tmp_path, 1), overwrite=True)
+    assert result["run_dir"] == str(tmp_path / "run")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch000.ckpt", "last.ckpt"]
+    assert (ckpts / "epoch000.ckpt").read_bytes() != before  # the new run's, one epoch from the start
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.replaced")] == []
 
 
-def test_a_new_run_takes_the_next_free_number(tmp_path, capsys):
-    """NAME holds a run and NAME-2 exists: the new run goes to NAME-3 (decided before anything is built; the missing
-    data folder stops the run right after the model build)."""
+def test_an_overwrite_that_fails_before_its_first_checkpoint_puts_the_old_run_back(tmp_path, capsys):
+    """``overwrite=True`` and a config that fails at the data check (no data folder): the old run is back in place,
+    byte for byte."""
     from zoo.spec import ConfigError
 
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
-    (tmp_path / "run-2").mkdir()
     cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml", [f"train.output_dir={tmp_path}", "train.name=run",
                                                                   f"data.root={tmp_path / 'no-data'}"])
     with pytest.raises(ConfigError, match="data.root"):
-        train(cfg)
-    assert (f"{tmp_path / 'run'} already holds a run (pass --resume to continue it); this run goes to "
-            f"{tmp_path / 'run-3'}\n") in capsys.readouterr().out
+        train(cfg, overwrite=True)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == b"a checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert "the old run is back in" in capsys.readouterr().out
 
 
 def test_no_readable_checkpoint_is_a_named_error(shapes, tmp_path):

@@ -10,7 +10,8 @@ The four runs of one config (every other setting equal):
 - ``one_frame``: ``data.frame_ablation=one_frame`` (one sampled frame repeated: what a single image gives);
 - ``shuffled``: ``data.frame_ablation=shuffled`` (the sampled frames in a random order: what the order of time gives).
 
-Each run is ``mmzoo train CONFIG train.output_dir=DIR train.name=VARIANT ...`` (its folder ``DIR/VARIANT``); with
+Each run is ``mmzoo train CONFIG train.output_dir=DIR train.name=VARIANT ... --overwrite`` (its folder
+``DIR/VARIANT``, replaced when the tool runs again); with
 ``--parallel N`` N runs at a time, each with one math thread (OMP_NUM_THREADS=1). ``--table-only`` reads the
 ``results.json`` files already there. Columns by task: VQA the overall accuracy, the temporal and the static question
 families of the shapes-video data (weighted by the number of test questions of each type) and every type; retrieval
@@ -36,7 +37,7 @@ COLUMNS = {"retrieval": ["img_r1", "img_r5", "img_r10", "img_mdr", "img_mnr", "t
 
 def _run(config: str, out: Path, variant: str, extra: list[str], threads: int | None) -> int:
     cmd = [sys.executable, "-m", "zoo.cli", "train", config, f"train.output_dir={out}", f"train.name={variant}",
-           "trainer.enable_progress_bar=false", *VARIANTS[variant], *extra]
+           "trainer.enable_progress_bar=false", *VARIANTS[variant], *extra, "--overwrite"]
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{variant}.log", "w") as log:

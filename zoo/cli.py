@@ -151,7 +151,9 @@ def _cmd_bench(args) -> int:
 def _cmd_train(args) -> int:
     from zoo.train.run import train  # noqa: PLC0415
 
-    results = train(args.config, args.overrides, resume=args.resume)
+    if args.resume and args.overwrite:
+        raise SystemExit("mmzoo train: --resume continues the run, --overwrite replaces it: give one")
+    results = train(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
     rows = []
     for split in ("val", "test"):
         for key, value in (results.get(split) or {}).items():
@@ -464,7 +466,10 @@ def _parser() -> argparse.ArgumentParser:
     # default=[]: argparse counts a "*" positional without a default among the required ones
     s.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. trainer.max_epochs=1 (a value replaces what it names; ~KEY removes it)")
-    s.add_argument("--resume", action="store_true", help="continue from the run's checkpoints/last.ckpt")
+    s.add_argument("--resume", action="store_true", help="continue the run from its newest readable checkpoint")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the run the folder holds (train.output_dir/train.name); without it, or --resume, a "
+                        "folder that holds a run is an error")
     s.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("config", help="print a task config as a run would use it: overrides applied, values checked, "

@@ -465,8 +465,44 @@ def model_and_data(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[
     return model, dm
 
 
-def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), resume: bool = False) -> dict[str, Any]:
-    """Fine-tune, evaluate and export as the config says; returns the results (also written to results.json)."""
+def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), resume: bool = False,
+          overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune, evaluate and export as the config says; returns the results (also written to results.json).
+
+    A run folder that already holds a run (checkpoints) is an error naming ``train.name`` unless ``resume``
+    (continue it) or ``overwrite`` (replace it: the old folder is moved aside, removed once the new run has finished,
+    and put back if the new run fails before its first checkpoint)."""
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
+    cfg = load_task_config(config, overrides) if not isinstance(config, Mapping) else dict(config)
+    tcfg = dict(cfg.get("train") or {})
+    run_dir = Path(tcfg.get("output_dir", "runs")) / str(tcfg.get("name", f"{cfg['model']['name']}-{cfg['task']}"))
+    aside = None
+    if not resume and run_checkpoints(run_dir):
+        if not overwrite:
+            raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace "
+                              "it, or give this run another train.name", "train.name", cfg.get("_file"))
+        aside = run_dir.with_name(f".{run_dir.name}.replaced-{os.getpid()}")
+        run_dir.rename(aside)
+        print(f"--overwrite: the run in {run_dir} is replaced (kept in {aside} until this run has finished)")
+    try:
+        results = _train(cfg, run_dir, resume)
+    except BaseException:
+        if aside is not None and not run_checkpoints(run_dir):
+            import shutil  # noqa: PLC0415
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+            aside.rename(run_dir)
+            print(f"--overwrite: this run stopped before its first checkpoint; the old run is back in {run_dir}")
+        raise
+    if aside is not None:
+        import shutil  # noqa: PLC0415
+
+        shutil.rmtree(aside, ignore_errors=True)
+    return results
+
+
+def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
     import lightning as L  # noqa: PLC0415
     from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: PLC0415
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: PLC0415
@@ -478,17 +514,10 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
 
     t0 = time.monotonic()
     quiet_lightning()
-    cfg = load_task_config(config, overrides) if not isinstance(config, Mapping) else dict(config)
     task = cfg["task"]
     _check_strategy({"accelerator": "cpu", **dict(cfg.get("trainer") or {})}, cfg.get("_file"))
     tcfg = dict(cfg.get("train") or {})
-    run_dir = Path(tcfg.get("output_dir", "runs")) / str(tcfg.get("name", f"{cfg['model']['name']}-{task}"))
     start = resume_checkpoint(run_dir) if resume else None
-    if not resume and run_checkpoints(run_dir):  # never overwrite a run: a new one goes to NAME-2, NAME-3, ...
-        base, n = run_dir, 2
-        while (run_dir := base.with_name(f"{base.name}-{n}")).exists():
-            n += 1
-        print(f"{base} already holds a run (pass --resume to continue it); this run goes to {run_dir}")
     _check_writable(run_dir)
     L.seed_everything(int(tcfg.get("seed", 0)), workers=True, verbose=False)
 
