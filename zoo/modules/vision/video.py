@@ -46,6 +46,7 @@ import warnings
 from typing import Literal
 
 import torch
+from einops import rearrange
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
@@ -235,15 +236,15 @@ class VideoEncoder(nn.Module):
         x = torch.cat((pooled, tokens), dim=2)  # pooled travels as token position 0
         if self.absolute_frame_pos_embed is not None:
             x = x + self.absolute_frame_pos_embed
-        if self.temporal is not None:
-            p, d = x.shape[2], x.shape[3]
-            x = self.temporal(x.transpose(1, 2).reshape(b * p, t, d)).reshape(b, p, t, d).transpose(1, 2)
+        if self.temporal is not None:  # attention over the frames of each token position
+            x = rearrange(self.temporal(rearrange(x, "b t p d -> (b p) t d")), "(b p) t d -> b t p d", b=b)
         # the per-frame tokens the temporal objectives read: after the frame position and the temporal layer (the
         # official heads read tokens that carry the time embedding and have attended across frames), before the mean
         frame_tokens = self._patch_tokens(x[:, :, 1:], frames) if self.temporal_heads is not None else None
         if self.combine == "concat":  # pooled, then every frame's tokens frame after frame: (B, 1 + T * N, D)
             pooled_mean = x[:, :, 0].mean(dim=1)
-            return EncoderOutput(tokens=torch.cat((pooled_mean.unsqueeze(1), x[:, :, 1:].flatten(1, 2)), dim=1),
+            frames_tokens = rearrange(x[:, :, 1:], "b t n d -> b (t n) d")  # frame after frame
+            return EncoderOutput(tokens=torch.cat((pooled_mean.unsqueeze(1), frames_tokens), dim=1),
                                  pooled=pooled_mean, hidden_states=out.hidden_states, frame_tokens=frame_tokens)
         x = x.mean(dim=1)  # (B, 1 + P, D)
         return EncoderOutput(
