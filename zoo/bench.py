@@ -5,6 +5,8 @@ Times are medians over repeated runs after warm-up, measured in one process so t
 
 from __future__ import annotations
 
+from typing import Any
+
 import statistics
 import time
 from typing import Callable
@@ -90,11 +92,19 @@ def format_attention_table(rows: list[dict], header: str) -> str:
     return "\n".join(lines)
 
 
-def matmul_peak(dtype: str = "float32", n: int = 2048, repeat: int = 10) -> float:
-    """Achieved FLOP/s of an n×n matmul in ``dtype`` on this machine (the reference "peak" for model efficiency)."""
+def matmul_peak(dtype: str = "float32", n: int | None = None, repeat: int = 10, target_s: float = 0.2) -> float:
+    """Achieved FLOP/s of an n×n matmul in ``dtype`` on this machine (the reference "peak" for model efficiency).
+
+    ``n`` None: sized from a 256×256 trial so that one product takes about ``target_s`` (between 256 and 2048): a
+    CPU without bfloat16 units runs a 2048×2048 bfloat16 product a hundred times slower than float32, and ten of them
+    took minutes."""
     import torch  # noqa: PLC0415
 
     dt = getattr(torch, dtype)
+    if n is None:
+        a = torch.randn(256, 256, dtype=dt)
+        trial = time_fn(lambda: a @ a, repeat=3)
+        n = int(min(2048, max(256, 256 * (target_s / max(trial, 1e-9)) ** (1 / 3))))
     a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
     t = time_fn(lambda: a @ b, repeat=repeat)
     return 2 * n**3 / t
@@ -110,19 +120,30 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 def bench_model(name: str, batch: int = 8, image_size: int | None = None, tokens: int = 40, repeat: int = 3,
-                dtypes=("float32", "bfloat16"), backward: bool = True, baseline_backend: str | None = "math") -> dict:
+                dtypes=("float32", "bfloat16"), backward: bool = True, baseline_backend: str | None = "math",
+                log: Any = None) -> dict:
     """Time a registered model's forward (and forward+backward) on random inputs; FLOP/s against the matmul peak.
 
     The model's own ``forward(images, input_ids, attention_mask)`` is timed. bfloat16 runs under CPU autocast.
     ``baseline_backend`` times the same model with that attention backend forced (the official implementations
-    run the written-out math attention).
+    run the written-out math attention). ``log`` (a print-like callable) hears each stage as it starts and how long
+    it took: an official-size model takes minutes.
     """
+    import time  # noqa: PLC0415
+
     import torch  # noqa: PLC0415
 
     import zoo  # noqa: PLC0415
     from zoo.modules.attention import force_backend  # noqa: PLC0415
 
+    began = time.perf_counter()
+
+    def say(text: str) -> None:
+        if log is not None:
+            log(f"[{time.perf_counter() - began:6.1f} s] {text}")
+
     torch.manual_seed(0)
+    say(f"building {name}")
     model = zoo.create_model(name)
     res = image_size or model.zoo_config.get("default_resolution") or 224
     images = torch.randn(batch, 3, res, res)
@@ -147,10 +168,12 @@ def bench_model(name: str, batch: int = 8, image_size: int | None = None, tokens
     results: dict = {"model": name, "batch": batch, "image_size": res, "tokens": tokens,
                      "threads": torch.get_num_threads(), "rows": []}
     model.eval()
+    say("counting the FLOPs of a forward and a training step")
     with torch.no_grad():
         results["forward_flops"] = count_flops(forward)
     model.train()
     results["train_flops"] = count_flops(train_step)
+    say(f"measuring the matmul peak ({', '.join(dtypes)})")
     peaks = {dt: matmul_peak(dt) for dt in dtypes}
     results["peaks"] = peaks
 
@@ -171,10 +194,11 @@ def bench_model(name: str, batch: int = 8, image_size: int | None = None, tokens
                 "tflops": flops / t / 1e12, "of_peak": flops / t / peaks[dtype]}
 
     for kind in ("forward", "forward+backward") if backward else ("forward",):
-        for dtype in dtypes:
-            results["rows"].append(timed(kind, dtype, None))
-        if baseline_backend:
-            results["rows"].append(timed(kind, dtypes[0], baseline_backend))
+        for dtype, backend in [(d, None) for d in dtypes] + ([(dtypes[0], baseline_backend)] if baseline_backend
+                                                             else []):
+            say(f"timing {kind}, {dtype}, attention {backend or 'auto'}: {repeat} runs after one warm-up")
+            results["rows"].append(timed(kind, dtype, backend))
+            say(f"  median {results['rows'][-1]['seconds']:.3f} s")
     return results
 
 

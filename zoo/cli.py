@@ -125,7 +125,8 @@ def _cmd_bench(args) -> int:
         if not args.name:
             raise SystemExit("mmzoo bench model: give a model name (mmzoo list shows them)")
         result = bench_model(args.name, batch=args.batch, image_size=args.image_size, tokens=args.tokens,
-                             repeat=args.repeat or 3, backward=not args.forward_only)
+                             repeat=args.repeat or 3, backward=not args.forward_only,
+                             log=lambda text: print(text, file=sys.stderr, flush=True))
         print(format_model_table(result))
         return 0
     if args.what == "video":

@@ -1,0 +1,25 @@
+"""``mmzoo bench model``: what it times and that it says so while it runs (an official-size model takes minutes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from zoo.bench import bench_model
+
+
+def test_bench_model_times_each_row_and_logs_every_stage():
+    lines: list[str] = []
+    r = bench_model("x2vlm-tiny", batch=2, tokens=8, repeat=1, dtypes=("float32",), log=lines.append)
+    assert [(row["kind"], row["dtype"], row["attention"]) for row in r["rows"]] == [
+        ("forward", "float32", "auto"), ("forward", "float32", "math"),
+        ("forward+backward", "float32", "auto"), ("forward+backward", "float32", "math")]
+    for row in r["rows"]:
+        flops = r["forward_flops"] if row["kind"] == "forward" else r["train_flops"]
+        assert row["tflops"] == pytest.approx(flops / row["seconds"] / 1e12)
+        assert row["of_peak"] == pytest.approx(flops / row["seconds"] / r["peaks"]["float32"])
+    assert r["train_flops"] > 2 * r["forward_flops"]  # the backward costs about twice the forward
+    stages = [line.split("] ", 1)[1] for line in lines]
+    assert stages[:3] == ["building x2vlm-tiny", "counting the FLOPs of a forward and a training step",
+                          "measuring the matmul peak (float32)"]
+    assert stages[3] == "timing forward, float32, attention auto: 1 runs after one warm-up"
+    assert sum(s.startswith("  median ") for s in stages) == 4
