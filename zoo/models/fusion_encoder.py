@@ -18,13 +18,14 @@ from torch import Tensor
 
 from zoo.heads.matching import sample_hard_negatives
 from zoo.models.base import ZooModel
-from zoo.modules.outputs import EncoderOutput
+from zoo.modules.outputs import EncoderOutput, register_output
 from zoo.registry import MODELS
 from zoo.spec import Part, check_width
 
 __all__ = ["FusionEncoderModel", "FusionEncoderOutput"]
 
 
+@register_output
 @dataclass
 class FusionEncoderOutput:
     vision: EncoderOutput

@@ -7,7 +7,7 @@ from typing import Iterator
 
 from torch import Tensor
 
-__all__ = ["EncoderOutput"]
+__all__ = ["EncoderOutput", "register_output"]
 
 
 @dataclass
@@ -32,3 +32,15 @@ class EncoderOutput:
 
     def __iter__(self) -> Iterator[Tensor | None]:
         return (getattr(self, f.name) for f in fields(self))
+
+
+def register_output(cls: type) -> type:
+    """Make an output dataclass a pytree node, so that ``torch.export`` (and the exporters built on it: ONNX's
+    dynamo path, AOTInductor) take a part or model that returns it: its fields are the node's children."""
+    import torch  # noqa: PLC0415
+
+    torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+    return cls
+
+
+register_output(EncoderOutput)
