@@ -68,3 +68,11 @@ def test_a_run_to_a_file_prints_lines_and_records_what_it_did(tmp_path, capsys):
     assert saved["versions"]["torch"] == torch.__version__.split("+")[0] or \
         saved["versions"]["torch"] == torch.__version__
     assert results["best"]["monitor"] == "val/vqa_acc"
+    # the learning rate of the base group as the schedule gives it: 22 steps, warmup ceil(0.05 * 22) = 2 steps, then
+    # linear to 0 (optim.lr 1e-3): step s >= 2 runs at 1e-3 * (22 - s) / 20
+    import csv
+
+    rows = [r for r in csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv")) if r.get("lr")]
+    assert [int(r["step"]) for r in rows] == [4, 9, 14, 19]
+    for r in rows:
+        assert float(r["lr"]) == pytest.approx(1e-3 * (22 - int(r["step"])) / 20, rel=1e-6)

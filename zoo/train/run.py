@@ -301,7 +301,12 @@ def _plot_curves(metrics_csv: Path, out_png: Path) -> None:
             series.setdefault(key, []).append((step, float(value)))
     train = {k: v for k, v in series.items() if k.startswith("train/") and "skipped" not in k}
     val = {k: v for k, v in series.items() if k.startswith(("val/", "test/"))}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    lr = series.get("lr")
+    fig, axes = plt.subplots(1, 3 if lr else 2, figsize=(16 if lr else 11, 4))
+    if lr:
+        axes[2].plot(*zip(*lr))
+        axes[2].set_title("learning rate (base group)")
+        axes[2].set_xlabel("step")
     for key, points in sorted(train.items()):
         axes[0].plot(*zip(*points), label=key.split("/", 1)[1])
     axes[0].set_title("training losses")
