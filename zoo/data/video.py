@@ -98,6 +98,18 @@ def _av_open(path: str):
         raise VideoReadError(f"{path}: PyAV cannot open this video ({exc})") from None
 
 
+def _av_frames(path: str) -> list:
+    """Every frame of the video at ``path`` decoded by PyAV, as RGB arrays (at least one)."""
+    with _av_open(path) as container:
+        try:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        except Exception as exc:  # noqa: BLE001
+            raise VideoReadError(f"{path}: PyAV failed while decoding ({exc})") from None
+    if not frames:
+        raise VideoReadError(f"{path}: the video has no frames")
+    return frames
+
+
 def read_video_frames(path: str | os.PathLike, num_frames: int, training: bool = False,
                       backend: Literal["decord", "av"] = "decord", rng: random.Random | None = None,
                       clip: Tensor | None = None) -> Tensor:
@@ -121,13 +133,7 @@ def read_video_frames(path: str | os.PathLike, num_frames: int, training: bool =
             return torch.from_numpy(reader.get_batch(ids).asnumpy())
         except Exception as exc:  # noqa: BLE001
             raise VideoReadError(f"{path}: decoding frames {ids} failed ({exc})") from None
-    with _av_open(path) as container:
-        try:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        except Exception as exc:  # noqa: BLE001
-            raise VideoReadError(f"{path}: PyAV failed while decoding ({exc})") from None
-    if not frames:
-        raise VideoReadError(f"{path}: the video has no frames")
+    frames = _av_frames(path)
     ids = sample_frame_indices(len(frames), num_frames, training, rng)
     return torch.stack([torch.from_numpy(frames[i]) for i in ids])
 
@@ -146,14 +152,7 @@ def read_video_clip(path: str | os.PathLike, backend: Literal["decord", "av"] = 
             return torch.from_numpy(reader.get_batch(list(range(len(reader)))).asnumpy())
         except Exception as exc:  # noqa: BLE001
             raise VideoReadError(f"{path}: decoding its {len(reader)} frames failed ({exc})") from None
-    with _av_open(path) as container:
-        try:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        except Exception as exc:  # noqa: BLE001
-            raise VideoReadError(f"{path}: PyAV failed while decoding ({exc})") from None
-    if not frames:
-        raise VideoReadError(f"{path}: the video has no frames")
-    return torch.stack([torch.from_numpy(f) for f in frames])
+    return torch.stack([torch.from_numpy(f) for f in _av_frames(path)])
 
 
 def second_frame_indices(num_frames: int, native_fps: float, fps: float = 1.0) -> list[int]:
