@@ -52,6 +52,9 @@ _LAZY = {
     "add_config_dir": "zoo.catalog",
     "get_task": "zoo.tasks",
     "list_tasks": "zoo.tasks",
+    "pipeline": "zoo.pipelines",
+    "create_model_and_transforms": "zoo.pipelines",
+    "load_processor": "zoo.pipelines",
 }
 
 __all__ = [

@@ -96,9 +96,8 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
     to or contradicted by the image) or ``{"label": true | false, "prob"}`` (NLVR: is the statement about the left
     and right image true; ``prob`` of true), plus ``"media"``. ``model`` skips loading ``source`` (an already built
     model). ``trust_imports``: import the modules the saved config names (see :func:`zoo.hub.from_pretrained`).
+    The model calls are :func:`zoo.pipeline`'s; this adds the checks and messages of the command line.
     """
-    import torch  # noqa: PLC0415
-
     wanted = [name for name, on in (("question", question is not None), ("caption", caption),
                                     ("texts", texts is not None), ("hypothesis", hypothesis is not None),
                                     ("statement", statement is not None)) if on]
@@ -113,75 +112,46 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
 
         model = model_from_checkpoint(source, trust_imports=trust_imports)
     model.eval()
-    pixels = _pixels(model, str(media), num_frames)
-    tokenizer = model.text.get_tokenizer()
+    from zoo.pipelines import pipeline  # noqa: PLC0415
     from zoo.tasks import supported_tasks  # noqa: PLC0415
 
+    _pixels(model, str(media), num_frames)  # the file read and checked first: its error names the file
     can = supported_tasks(model)  # what the model declares and has the heads for
     out: dict[str, Any] = {"media": str(media)}
-    with torch.inference_mode():
-        if question is not None:
-            open_ended = getattr(model, "open_ended_vqa", False)
-            if "vqa" not in can:
-                raise ValueError(f"{source}: the model has no VQA head (build or fine-tune it with task vqa)")
-            from zoo.data.collate import encode_answer_list, tokenize_texts  # noqa: PLC0415
-            from zoo.data.datasets import pre_question  # noqa: PLC0415
-
-            text = pre_question(question, 50)
-            q_ids, q_mask = tokenize_texts(tokenizer, [text])
-            if open_ended:  # a language model generates the answer: no list to rank
-                res = model.vqa_predict(pixels, q_ids, q_mask, questions=[text])
-            elif getattr(model, "generative_vqa", False):
-                if isinstance(answers, (str, os.PathLike)):
-                    answers = read_lines_or_json(answers, "answers")
-                answer_list = list(answers) if answers is not None else list(
-                    (getattr(model, "zoo_config", None) or {}).get("answers") or [])
-                if not answer_list:
-                    raise ValueError(f"{source}: the generative VQA head ranks an answer list, and the model config "
-                                     "carries none: pass --answers FILE (a JSON list or one answer per line)")
-                a_ids, a_mask = encode_answer_list(tokenizer, answer_list)
-                res = model.vqa_predict(pixels, q_ids, q_mask, a_ids, a_mask, k=min(len(answer_list), 128),
-                                        answers=answer_list)
-            else:
-                res = model.vqa_predict(pixels, q_ids, q_mask)
-            out.update(question=question, answer=res["answer"][0], prob=float(res["prob"][0]))
-        elif caption:
-            if "captioning" not in can:
-                raise ValueError(f"{source}: the model has no captioning head (task captioning)")
-            out["caption"] = model.generate_captions(pixels)[0]
-        elif hypothesis is not None or statement is not None:
-            from zoo.data.collate import tokenize_texts  # noqa: PLC0415
-            from zoo.data.datasets import pre_caption  # noqa: PLC0415
-
-            sentence = hypothesis if hypothesis is not None else statement
-            ids, mask = tokenize_texts(tokenizer, [pre_caption(sentence, 80)])
-            if hypothesis is not None:
-                if "ve" not in can:
-                    raise ValueError(f"{source}: the model, as built, has no visual-entailment head (it does: "
-                                     f"{', '.join(can) or 'nothing'}); fine-tune it with task ve")
-                probs = model.ve_logits(pixels, ids, mask).float().softmax(-1)[0]
-                names = list(model.ve_labels)
-                out.update(hypothesis=hypothesis, label=names[int(probs.argmax())],
-                           probs={name: float(p) for name, p in zip(names, probs)})
-            else:
-                if "nlvr" not in can:
-                    raise ValueError(f"{source}: the model has no NLVR head (task nlvr)")
-                right = _pixels(model, str(media2), num_frames)
-                p_true = float(model.nlvr_logits(pixels, right, ids, mask).float().softmax(-1)[0, 1])
-                out.update(statement=statement, media2=str(media2), label=p_true > 0.5, prob=p_true)
-        else:
-            if isinstance(texts, (str, os.PathLike)):
-                texts = read_lines_or_json(texts, "texts")
-            texts = list(texts)
-            if "retrieval" not in can:
-                raise ValueError(f"{source}: ranking texts needs the ITC and ITM heads (task retrieval)")
-            from zoo.data.collate import tokenize_texts  # noqa: PLC0415
-            from zoo.data.datasets import pre_caption  # noqa: PLC0415
-
-            t_ids, t_mask = tokenize_texts(tokenizer, [pre_caption(t, 30) for t in texts])
-            i2t, _ = model.retrieval_scores(pixels, t_ids, t_mask, k=len(texts))
-            order = i2t[0].argsort(descending=True)[:top].tolist()
-            out["ranking"] = [(texts[i], float(i2t[0, i])) for i in order]
+    if question is not None:
+        if "vqa" not in can:
+            raise ValueError(f"{source}: the model has no VQA head (build or fine-tune it with task vqa)")
+        generative = getattr(model, "generative_vqa", False) and not getattr(model, "open_ended_vqa", False)
+        if isinstance(answers, (str, os.PathLike)):
+            answers = read_lines_or_json(answers, "answers")
+        if generative and answers is None and not (getattr(model, "zoo_config", None) or {}).get("answers"):
+            raise ValueError(f"{source}: the generative VQA head ranks an answer list, and the model config "
+                             "carries none: pass --answers FILE (a JSON list or one answer per line)")
+        res = pipeline("vqa", model, num_frames=num_frames)(str(media), question, answers=answers)
+        out.update(question=question, answer=res["answer"], prob=res["prob"])
+    elif caption:
+        if "captioning" not in can:
+            raise ValueError(f"{source}: the model has no captioning head (task captioning)")
+        out["caption"] = pipeline("captioning", model, num_frames=num_frames)(str(media))["caption"]
+    elif hypothesis is not None:
+        if "ve" not in can:
+            raise ValueError(f"{source}: the model, as built, has no visual-entailment head (it does: "
+                             f"{', '.join(can) or 'nothing'}); fine-tune it with task ve")
+        res = pipeline("ve", model, num_frames=num_frames)(str(media), hypothesis)
+        out.update(hypothesis=hypothesis, label=res["label"], probs=res["probs"])
+    elif statement is not None:
+        if "nlvr" not in can:
+            raise ValueError(f"{source}: the model has no NLVR head (task nlvr)")
+        _pixels(model, str(media2), num_frames)
+        res = pipeline("nlvr", model, num_frames=num_frames)(str(media), str(media2), statement)
+        out.update(statement=statement, media2=str(media2), label=res["label"], prob=res["prob"])
+    else:
+        if isinstance(texts, (str, os.PathLike)):
+            texts = read_lines_or_json(texts, "texts")
+        texts = list(texts)
+        if "retrieval" not in can:
+            raise ValueError(f"{source}: ranking texts needs the ITC and ITM heads (task retrieval)")
+        out["ranking"] = pipeline("retrieval", model, num_frames=num_frames)(str(media), texts, top=top)["ranking"]
     return out
 
 
