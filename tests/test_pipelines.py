@@ -91,3 +91,16 @@ def test_transforms_and_processor_of_an_export_equal_the_models(vqa_model, tmp_p
     assert eval_named(img).shape == (3, 64, 64) and built.zoo_config["task"] == "vqa"
     with pytest.raises(FileNotFoundError, match="no preprocessor.json"):
         zoo.load_processor(tmp_path)
+
+
+def test_chat_pipeline_is_the_models_chat_on_the_transformed_image():
+    torch.manual_seed(0)
+    model = zoo.create_model("mmgpt-tiny").eval()
+    img = Image.new("RGB", (32, 32), (200, 0, 0))
+    got = zoo.pipeline("chat", model)(img, "what is this?", history=[("hi", "hello")], max_new_tokens=4)
+    with torch.no_grad():
+        want = model.chat(model.processor().image_transform(train=False)(img), [("hi", "hello")], "what is this?",
+                          max_new_tokens=4)
+    assert got == {"answer": want}
+    with pytest.raises(ValueError, match="has no chat"):
+        zoo.pipeline("chat", zoo.create_model("demo-tiny"))
