@@ -204,7 +204,6 @@ def test_each_undeclared_task_is_a_config_error_before_anything_is_built(name, v
     ("cclm-tiny", None, "captioning", "task", "does not declare task 'captioning'"),
     ("x2vlm-tiny", None, "vqa", "model.task", "has no vqa head (vqa not built)"),
     ("x2vlm-tiny", "vqa", "captioning", "model.task", "has no captioning head (caption not built)"),
-    ("demo-tiny", "retrieval", "retrieval", "task", "has no retrieval_losses(), retrieval_scores()"),
 ])
 def test_what_a_model_cannot_do_is_named_with_the_key_to_change(name, variant, task, key, message):
     got_key, why = config_problem(resolve_config(name, variant)["model"], get_task(task))

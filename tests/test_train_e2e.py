@@ -116,6 +116,7 @@ def test_a_checkpoint_every_epoch_when_validation_is_sparser(shapes, tmp_path):
     cfg = _config(shapes, tmp_path, max_epochs=2, check_val_every_n_epoch=2, limit_train_batches=1, limit_val_batches=1,
                   limit_test_batches=1)
     cfg["train"]["export"] = False
+    cfg["train"]["keep_last"] = -1  # every epoch's file (the default keeps the newest)
     train(cfg)
     ckpts = tmp_path / "run" / "checkpoints"
     assert (ckpts / "epoch000.ckpt").is_file() and (ckpts / "epoch001.ckpt").is_file()
@@ -158,10 +159,15 @@ def test_video_qa_config_trains_on_frames(shapes, tmp_path, monkeypatch):
 
 
 def test_resume_continues_step_and_schedule(shapes, tmp_path):
+    from zoo.spec import ConfigError
+
     first = _config(shapes, tmp_path)
     train(first)
-    again = train(first)  # without --resume an existing run is kept and the new one goes beside it
-    assert again["run_dir"].endswith("run-2")
+    before = (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run") as info:
+        train(first)  # without --resume (or --overwrite) an existing run is an error, and it is untouched
+    assert info.value.path == "train.name"
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == before
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     steps_one_epoch = ckpt["global_step"]
     second = _config(shapes, tmp_path, max_epochs=2)

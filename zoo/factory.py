@@ -40,8 +40,10 @@ def resolve_config(
         elif tasks:
             known = ", ".join(sorted(tasks))
             raise ConfigError(f"model {cfg.get('name')!r} has no task {task!r}; tasks: {known}", "tasks", file)
-        # a file without task variants builds one model for every task it serves (eP-ALM, MultiModal-GPT): the
-        # task is checked against what the built model supports (create_model)
+        else:
+            # a file without task variants builds one model for every task it serves (eP-ALM, MultiModal-GPT): the
+            # task is checked against what the built model supports (create_model)
+            cfg["_serves_task"] = task
         cfg["task"] = task
     cfg = apply_overrides(cfg, overrides, file=file)
     if model_overrides:
@@ -189,9 +191,8 @@ def create_model(
         if parts is not None:
             cfg["pretrained_parts"] = parts
     _finish(model, cfg)
-    task_name = cfg.get("task")
-    if task_name is not None and not (cfg.get("tasks") or {}) and hasattr(model, "supported_tasks") \
-            and task_name not in model.supported_tasks():
+    task_name = cfg.pop("_serves_task", None)
+    if task_name is not None and hasattr(model, "supported_tasks") and task_name not in model.supported_tasks():
         raise ConfigError(f"model {cfg.get('name')!r} has no task variants and does not train on {task_name!r}; it "
                           f"trains on {', '.join(model.supported_tasks()) or 'nothing'} as built", "task",
                           cfg.get("_file"))

@@ -285,7 +285,8 @@ class NLVRPipeline(Pipeline):
         rights, _ = self._listed(right)
         if len(lefts) != len(rights):
             raise ValueError(f"{len(lefts)} left and {len(rights)} right images: NLVR reads them in pairs")
-        _, sts, many_s = _paired(lefts, statements, "statement")
+        _, sts, _ = _paired(lefts, statements, "statement")
+        many_s = isinstance(statements, (list, tuple))
         out = []
         for bl, br, bs in self._batches(lefts, rights, sts):
             ids, mask = self.processor.texts(bs, 80)

@@ -148,7 +148,7 @@ class TaskModule(L.LightningModule):
         for key, value in losses.items():
             if torch.is_tensor(value) and value.dim() == 0:
                 self.log(f"train/{key}", value.detach(), prog_bar=key == "loss", batch_size=bs)
-        if self._trainer is not None and self.trainer.optimizers:
+        if getattr(getattr(self, "_trainer", None), "optimizers", None):
             # the learning rate of the first parameter group (the base rate; the others are fixed multiples of it)
             self.log("lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), batch_size=bs)
         return loss

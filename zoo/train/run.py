@@ -556,10 +556,11 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
                                  save_on_train_epoch_end=True, enable_version_counter=False)]
     monitor = _monitor(tcfg, dm, task)
     if monitor is not None:  # best.ckpt: the weights of the best validation score so far
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename=BEST_CHECKPOINT[:-5],
-                                         auto_insert_metric_name=False, save_last=False, save_top_k=1,
-                                         monitor=monitor, mode="min" if "loss" in monitor else "max",
-                                         save_on_train_epoch_end=False, enable_version_counter=False))
+        callbacks.append(_best_checkpoint_class()(
+            required=tcfg.get("monitor") is not None, dirpath=run_dir / "checkpoints",
+            filename=BEST_CHECKPOINT[:-5], auto_insert_metric_name=False, save_last=False, save_top_k=1,
+            monitor=monitor, mode="min" if "loss" in monitor else "max", save_on_train_epoch_end=False,
+            enable_version_counter=False))
     if tcfg.get("save_every_n_steps"):
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}",
                                          auto_insert_metric_name=False, save_last=False, save_top_k=1,
@@ -640,6 +641,26 @@ def _versions() -> dict[str, str | None]:
     except (OSError, subprocess.SubprocessError):
         out["git_commit"] = out["git_dirty"] = None
     return out
+
+
+def _best_checkpoint_class():
+    from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: PLC0415
+
+    class BestCheckpoint(ModelCheckpoint):
+        """Lightning's checkpoint of the best monitored score; when the metric is the task's default and a run's
+        validation does not log it (a cross-lingual run logs ``val/en/acc``, ``val/de/acc``, ... instead of
+        ``val/acc``), no best file is kept instead of an error; a ``train.monitor`` the run never logs stays one."""
+
+        def __init__(self, *args: Any, required: bool = True, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.required = required
+
+        def _save_topk_checkpoint(self, trainer: Any, monitor_candidates: dict) -> None:
+            if not self.required and self.monitor not in monitor_candidates:
+                return
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    return BestCheckpoint
 
 
 def _progress_bar_class():
