@@ -88,6 +88,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from zoo.catalog import add_config_dir
     from zoo.factory import build_part, create_model, list_models, model_info
     from zoo.hub import from_pretrained
+    from zoo.pipelines import create_model_and_transforms, load_processor, pipeline
     from zoo.spec import ConfigError, load_config
     from zoo.tasks import get_task, list_tasks
 
