@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from zoo.heads.common import mlp_head
 from zoo.registry import HEADS
 
-__all__ = ["MatchingHead", "sample_hard_negatives"]
+__all__ = ["MatchingHead", "hard_negative_matching_loss", "sample_hard_negatives"]
 
 
 @HEADS.register("itm")
@@ -59,3 +59,24 @@ def sample_hard_negatives(
     image_neg = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
     text_neg = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
     return image_neg, text_neg
+
+
+def hard_negative_matching_loss(itm: MatchingHead, fuse, context, text_tokens: Tensor, attention_mask: Tensor,
+                                context_feat: Tensor, text_feat: Tensor, temp: Tensor | float,
+                                ids: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """The official ITM loss with in-batch hard negatives (X²-VLM / CCLM ``get_matching_loss``): one hard negative
+    context per text and one text per context (:func:`sample_hard_negatives` on ``context_feat`` / ``text_feat``),
+    then ``fuse(texts, text_mask, contexts, context_mask)`` of the positives, (negative context, text) and (context,
+    negative text), labels 1, 0, 0. ``context`` is an encoder output (image tokens and their mask, or a first
+    sentence's text states); ``fuse`` the model's fusion call, returning an output whose token 0 ``itm`` reads."""
+    ctx_neg, text_neg = sample_hard_negatives(context_feat, text_feat, temp, ids, generator)
+    bs = context.tokens.shape[0]
+    ctx_mask = context.mask if context.mask is not None else torch.ones(
+        context.tokens.shape[:2], dtype=torch.long, device=context.tokens.device)
+    texts = torch.cat([text_tokens, text_tokens, text_tokens[text_neg]])
+    masks = torch.cat([attention_mask, attention_mask, attention_mask[text_neg]])
+    ctx = torch.cat([context.tokens, context.tokens[ctx_neg], context.tokens])
+    ctx_masks = torch.cat([ctx_mask, ctx_mask[ctx_neg], ctx_mask])
+    cls = fuse(texts, masks, ctx, ctx_masks).tokens[:, 0]
+    labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(cls.device)
+    return itm(cls, labels)["loss"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zoo.heads.matching import sample_hard_negatives
+from zoo.heads.matching import hard_negative_matching_loss
 from zoo.models.base import ZooModel
 from zoo.modules.outputs import EncoderOutput, register_output
 from zoo.registry import MODELS
@@ -92,18 +92,8 @@ class FusionEncoderModel(ZooModel):
         text = self.text(batch["input_ids"], mask)
         image_ids = batch.get("image_ids")
         itc = self.itc(image.pooled, text.pooled, image_ids)
-        image_neg, text_neg = sample_hard_negatives(itc["image_feat"], itc["text_feat"], self.itc.temperature(),
-                                                    image_ids, generator)
-        bs = image.tokens.shape[0]
-        image_mask = image.mask if image.mask is not None else torch.ones(image.tokens.shape[:2], dtype=torch.long,
-                                                                          device=image.tokens.device)
-        # positives, then (negative image, text) and (image, negative text)
-        cls = self.fusion(torch.cat([text.tokens, text.tokens, text.tokens[text_neg]]),
-                          torch.cat([mask, mask, mask[text_neg]]),
-                          torch.cat([image.tokens, image.tokens[image_neg], image.tokens]),
-                          torch.cat([image_mask, image_mask[image_neg], image_mask])).tokens[:, 0]
-        labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(cls.device)
-        itm = self.itm(cls, labels)["loss"]
+        itm = hard_negative_matching_loss(self.itm, self.fusion, image, text.tokens, mask, itc["image_feat"],
+                                          itc["text_feat"], self.itc.temperature(), image_ids, generator)
         return {"itc": itc["loss"], "itm": itm, "loss": itc["loss"] + itm}
 
     @torch.no_grad()

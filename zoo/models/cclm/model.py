@@ -44,7 +44,8 @@ from torch import Tensor
 
 from zoo.heads.contrastive import gather_with_grad, itc_loss
 from zoo.models.base import CLIP_PREPROCESS, ZooModel
-from zoo.models.x2vlm import X2VLM, sample_hard_negatives
+from zoo.heads.matching import hard_negative_matching_loss
+from zoo.models.x2vlm import X2VLM
 from zoo.modules.outputs import EncoderOutput
 from zoo.registry import MODELS
 from zoo.spec import ConfigError, Part, check_width
@@ -190,17 +191,8 @@ class CCLM(X2VLM):
         context is an image (ITM) or, for TTM, the first sentence's text states. Hard negatives from
         softmax(feature similarity / temp) with the positives excluded (:func:`sample_hard_negatives`)."""
         self._require(itc=self.itc, itm=self.itm)
-        ctx_neg, text_neg = sample_hard_negatives(context_feat, text_feat, self.itc.temperature(), ids, generator)
-        bs = context.tokens.shape[0]
-        ctx_mask = context.mask if context.mask is not None else torch.ones(
-            context.tokens.shape[:2], dtype=torch.long, device=context.tokens.device)
-        texts = torch.cat([text.tokens, text.tokens, text.tokens[text_neg]])
-        masks = torch.cat([attention_mask, attention_mask, attention_mask[text_neg]])
-        ctx = torch.cat([context.tokens, context.tokens[ctx_neg], context.tokens])
-        ctx_masks = torch.cat([ctx_mask, ctx_mask[ctx_neg], ctx_mask])
-        cls = self.fuse(texts, masks, ctx, ctx_masks).tokens[:, 0]
-        labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(cls.device)
-        return self.itm(cls, labels)["loss"]
+        return hard_negative_matching_loss(self.itm, self.fuse, context, text.tokens, attention_mask, context_feat,
+                                           text_feat, self.itc.temperature(), ids, generator)
 
     def text_contrastive_loss(self, text_feat: Tensor, text_feat_2: Tensor) -> Tensor:
         """TTC: symmetric InfoNCE between the two languages' ``text_proj`` features, the ITC temperature, features

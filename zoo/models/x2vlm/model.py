@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.heads.matching import sample_hard_negatives
+from zoo.heads.matching import hard_negative_matching_loss, sample_hard_negatives
 from zoo.models.base import CLIP_PREPROCESS, ZooModel
 from zoo.modules.outputs import EncoderOutput
 from zoo.modules.temporal import LOSS_NAMES, temporal_ssl_loss
@@ -180,20 +180,9 @@ class X2VLM(ZooModel):
         """ITC and ITM (with in-batch hard negatives) from already encoded images and texts."""
         self._require(itc=self.itc, itm=self.itm)
         itc = self.itc(image.tokens[:, 0], text.tokens[:, 0], image_ids)
-        image_feat, text_feat = itc["image_feat"], itc["text_feat"]
-        image_neg, text_neg = sample_hard_negatives(image_feat, text_feat, self.itc.temperature(), image_ids, generator)
-        bs = image_feat.shape[0]
-        image_mask = image.mask if image.mask is not None else torch.ones(image.tokens.shape[:2], dtype=torch.long,
-                                                                          device=image.tokens.device)
-        # positives, then (negative image, text) and (image, negative text)
-        texts = torch.cat([text.tokens, text.tokens, text.tokens[text_neg]])
-        masks = torch.cat([attention_mask, attention_mask, attention_mask[text_neg]])
-        images = torch.cat([image.tokens, image.tokens[image_neg], image.tokens])
-        image_masks = torch.cat([image_mask, image_mask[image_neg], image_mask])
-        cls = self.fuse(texts, masks, images, image_masks).tokens[:, 0]
-        labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(cls.device)
-        itm = self.itm(cls, labels)
-        return {"itc": itc["loss"], "itm": itm["loss"]}
+        itm = hard_negative_matching_loss(self.itm, self.fuse, image, text.tokens, attention_mask, itc["image_feat"],
+                                          itc["text_feat"], self.itc.temperature(), image_ids, generator)
+        return {"itc": itc["loss"], "itm": itm}
 
     def mlm_loss(self, image: EncoderOutput, input_ids_masked: Tensor, attention_mask: Tensor, masked_pos: Tensor,
                  masked_ids: Tensor) -> Tensor:
