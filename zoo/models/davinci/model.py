@@ -474,12 +474,6 @@ class DaVinci(ZooModel):
             self._tokenizer = self.text.get_tokenizer()
         return self._tokenizer
 
-    def _require(self, **parts: Any) -> None:
-        missing = [name for name, part in parts.items() if part is None]
-        if missing:
-            raise RuntimeError(f"this DaVinci was built without {', '.join(missing)}; add it in the config "
-                               "(or use the task that has it)")
-
     # -- encoding ----------------------------------------------------------------------------------------------------
     def encode_image(self, images: Tensor) -> Tensor:
         """Images → projected tokens ``(B, 1 + N, width)`` (token 0 the image CLS)."""

@@ -167,12 +167,6 @@ class X2VLM(ZooModel):
         return out
 
     # -- pre-training / retrieval objectives ---------------------------------------------------------------------
-    def _require(self, **heads: Any) -> None:
-        missing = [name for name, head in heads.items() if head is None]
-        if missing:
-            raise RuntimeError(f"this X2VLM was built without the {', '.join(missing)} head(s) needed here; "
-                               "add them in the config (or use the task that has them)")
-
     def contrastive_and_matching(
         self, image: EncoderOutput, text: EncoderOutput, attention_mask: Tensor, image_ids: Tensor | None = None,
         generator: torch.Generator | None = None,
