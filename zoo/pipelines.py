@@ -67,9 +67,10 @@ class Processor:
 
         if isinstance(item, (str, os.PathLike)):
             path = str(item)
+            video = path.lower().endswith(_VIDEO_SUFFIXES)
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path}: file not found")
-            if path.lower().endswith(_VIDEO_SUFFIXES):
+                raise FileNotFoundError(f"{'video' if video else 'image'} {path}: file not found")
+            if video:
                 from zoo.data.video import VideoReadError, read_video_frames  # noqa: PLC0415
 
                 try:

@@ -27,8 +27,6 @@ from typing import Any, Sequence
 
 __all__ = ["generate_images", "image_paths", "predict", "read_lines_or_json", "to_uint8"]
 
-_VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-
 
 def read_lines_or_json(path: str | os.PathLike, what: str) -> list[str]:
     """A list of strings from a JSON list file or a text file (one per non-empty line)."""
@@ -51,36 +49,11 @@ def read_lines_or_json(path: str | os.PathLike, what: str) -> list[str]:
 
 
 def _pixels(model: Any, media: str, num_frames: int):
-    """``(1, 3, S, S)`` image or ``(1, T, 3, S, S)`` video tensor for ``model``, by the evaluation transform."""
-    from zoo.data.transforms import transform_frames  # noqa: PLC0415
-    from zoo.spec import ConfigError  # noqa: PLC0415
+    """``(1, 3, S, S)`` image or ``(1, T, 3, S, S)`` video tensor for ``model``, by its evaluation transform (the
+    pipelines' reader, :class:`zoo.pipelines.Processor`)."""
+    from zoo.pipelines import _processor_of  # noqa: PLC0415
 
-    try:
-        transform = model.processor().image_transform(train=False)  # the model's own preprocessing
-    except ConfigError as exc:
-        raise ValueError(exc.message) from None
-    if str(media).lower().endswith(_VIDEO_SUFFIXES):
-        from zoo.data.video import VideoReadError, read_video_frames  # noqa: PLC0415
-
-        if not os.path.isfile(media):
-            raise FileNotFoundError(f"video {media}: file not found")
-        try:
-            frames = read_video_frames(media, num_frames, training=False)
-        except VideoReadError as exc:
-            raise ValueError(f"video {media}: cannot be read ({exc})") from None
-        return transform_frames(transform, frames).unsqueeze(0)
-    from PIL import Image  # noqa: PLC0415
-
-    if not os.path.isfile(media):
-        raise FileNotFoundError(f"image {media}: file not found")
-    from zoo.data.transforms import to_rgb  # noqa: PLC0415
-
-    try:
-        with Image.open(media) as img:
-            pil = to_rgb(img)  # as training and evaluation read it (16-bit, float and transparent images included)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"image {media}: cannot be read as an image ({exc})") from None
-    return transform(pil).unsqueeze(0)
+    return _processor_of(model, num_frames).image(media).unsqueeze(0)
 
 
 def predict(source: str | os.PathLike, media: str, *, question: str | None = None, caption: bool = False,
@@ -115,7 +88,6 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
     from zoo.pipelines import pipeline  # noqa: PLC0415
     from zoo.tasks import supported_tasks  # noqa: PLC0415
 
-    _pixels(model, str(media), num_frames)  # the file read and checked first: its error names the file
     can = supported_tasks(model)  # what the model declares and has the heads for
     out: dict[str, Any] = {"media": str(media)}
     if question is not None:
@@ -142,7 +114,6 @@ def predict(source: str | os.PathLike, media: str, *, question: str | None = Non
     elif statement is not None:
         if "nlvr" not in can:
             raise ValueError(f"{source}: the model has no NLVR head (task nlvr)")
-        _pixels(model, str(media2), num_frames)
         res = pipeline("nlvr", model, num_frames=num_frames)(str(media), str(media2), statement)
         out.update(statement=statement, media2=str(media2), label=res["label"], prob=res["prob"])
     else:
