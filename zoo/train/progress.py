@@ -18,9 +18,9 @@ import time
 import warnings
 from typing import Any, TextIO
 
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
-__all__ = ["ProgressLines", "format_duration", "quiet_lightning"]
+__all__ = ["ProgressBar", "ProgressLines", "format_duration", "quiet_lightning"]
 
 
 def format_duration(seconds: float) -> str:
@@ -87,6 +87,15 @@ class ProgressLines(Callback):
             shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             if shown:
                 self._print("validation  " + "  ".join(f"{k[4:]} {v:.2f}" for k, v in sorted(shown.items())))
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar (for a terminal) without the logger version (``v_num``), which says nothing about the run."""
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
 
 
 class _DropLines(logging.Filter):

@@ -242,11 +242,11 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
-def _resumed_csv_logger(run_dir: Path, checkpoint: Path):
+def _resumed_csv_logger(run_dir: Path, upto: int):
     """Lightning's CSV logger for a resumed run, keeping ``logs/metrics.csv``: Lightning's own deletes the file when
     its folder is not empty, losing the curves of the epochs before the interruption. The rows the interrupted run
-    logged after the checkpoint's step are dropped (the resumed run logs those steps again); the rest stay, and the
-    resumed run appends to them."""
+    logged after the checkpoint's step ``upto`` are dropped (the resumed run logs those steps again); the rest stay,
+    and the resumed run appends to them."""
     import csv  # noqa: PLC0415
 
     from lightning.pytorch.loggers import CSVLogger  # noqa: PLC0415
@@ -254,8 +254,6 @@ def _resumed_csv_logger(run_dir: Path, checkpoint: Path):
     from lightning.pytorch.loggers.logger import rank_zero_experiment  # noqa: PLC0415
 
     from zoo.hub import atomic_write  # noqa: PLC0415
-
-    upto = int(read_checkpoint(checkpoint, mmap=True).get("global_step") or 0)
 
     class _KeptWriter(ExperimentWriter):
         def _check_log_dir_exists(self) -> None:
@@ -515,7 +513,7 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
     from zoo.models.base import count_parameters  # noqa: PLC0415
     from zoo.train.module import TaskModule  # noqa: PLC0415
     from zoo.train.optim import apply_freeze  # noqa: PLC0415
-    from zoo.train.progress import ProgressLines, quiet_lightning  # noqa: PLC0415
+    from zoo.train.progress import ProgressBar, ProgressLines, quiet_lightning  # noqa: PLC0415
 
     t0 = time.monotonic()
     quiet_lightning()
@@ -523,6 +521,7 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
     _check_strategy({"accelerator": "cpu", **dict(cfg.get("trainer") or {})}, cfg.get("_file"))
     tcfg = dict(cfg.get("train") or {})
     start = resume_checkpoint(run_dir) if resume else None
+    start_step = int(read_checkpoint(start, mmap=True).get("global_step") or 0) if start is not None else 0
     _check_writable(run_dir)
     L.seed_everything(int(tcfg.get("seed", 0)), workers=True, verbose=False)
 
@@ -554,23 +553,25 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
                                  auto_insert_metric_name=False, save_last=True, save_top_k=keep,
                                  monitor="epoch" if keep > 0 else None, mode="max", every_n_epochs=1,
                                  save_on_train_epoch_end=True, enable_version_counter=False)]
-    monitor = _monitor(tcfg, dm, task)
+    monitor = _monitor(tcfg, dm)
+    best = None
     if monitor is not None:  # best.ckpt: the weights of the best validation score so far
-        callbacks.append(_best_checkpoint_class()(
+        best = _best_checkpoint_class()(
             required=tcfg.get("monitor") is not None, dirpath=run_dir / "checkpoints",
             filename=BEST_CHECKPOINT[:-5], auto_insert_metric_name=False, save_last=False, save_top_k=1,
             monitor=monitor, mode="min" if "loss" in monitor else "max", save_on_train_epoch_end=False,
-            enable_version_counter=False))
+            enable_version_counter=False)
+        callbacks.append(best)
     if tcfg.get("save_every_n_steps"):
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}",
                                          auto_insert_metric_name=False, save_last=False, save_top_k=1,
                                          monitor="step", mode="max", enable_version_counter=False,
                                          every_n_train_steps=int(tcfg["save_every_n_steps"])))
-    callbacks.append(_ProgressBar() if trainer_cfg["enable_progress_bar"] else ProgressLines())
+    callbacks.append(ProgressBar() if trainer_cfg["enable_progress_bar"] else ProgressLines())
     print(f"model: {type(model).__name__}, {count_parameters(model):,} parameters "
           f"({count_parameters(model, trainable_only=True):,} trainable)")
-    csv_logger = _resumed_csv_logger(run_dir, start) if start is not None else CSVLogger(run_dir, name="logs",
-                                                                                            version="")
+    csv_logger = _resumed_csv_logger(run_dir, start_step) if start is not None else CSVLogger(run_dir, name="logs",
+                                                                                                 version="")
     loggers = [csv_logger, TensorBoardLogger(run_dir, name="logs", version="tb")]
     trainer = L.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], **trainer_cfg)
@@ -594,12 +595,10 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
         if csv_file.is_file():
             _plot_curves(csv_file, run_dir / "curves.png")
             results["curves"] = str(run_dir / "curves.png")
-        best = next((c for c in callbacks[1:] if getattr(c, "monitor", None) == monitor and monitor), None)
         if best is not None and best.best_model_path:
             results["best"] = {"checkpoint": best.best_model_path, "monitor": monitor,
                                "score": float(best.best_model_score)}
-        steps = trainer.global_step - (int(read_checkpoint(start, mmap=True).get("global_step") or 0)
-                                       if start is not None else 0)
+        steps = trainer.global_step - start_step
         batch = int(dm.cfg.get("batch_size") or 0) * int(trainer_cfg.get("accumulate_grad_batches") or 1)
         results["time"] = {"fit_s": round(fit_s, 1), "total_s": round(time.monotonic() - t0, 1),
                            "optimizer_steps": steps,
@@ -663,25 +662,7 @@ def _best_checkpoint_class():
     return BestCheckpoint
 
 
-def _progress_bar_class():
-    from lightning.pytorch.callbacks import TQDMProgressBar  # noqa: PLC0415
-
-    class ProgressBar(TQDMProgressBar):
-        """Lightning's bar without the logger version (``v_num``), which says nothing about the run."""
-
-        def get_metrics(self, trainer: Any, pl_module: Any) -> dict:
-            items = super().get_metrics(trainer, pl_module)
-            items.pop("v_num", None)
-            return items
-
-    return ProgressBar
-
-
-def _ProgressBar():  # noqa: N802 - a class made on first use (Lightning is imported lazily)
-    return _progress_bar_class()()
-
-
-def _monitor(tcfg: Mapping[str, Any], dm: Any, task: str) -> str | None:
+def _monitor(tcfg: Mapping[str, Any], dm: Any) -> str | None:
     """The metric of the best checkpoint: ``train.monitor`` (``val/NAME``; a bare name gets the ``val/`` prefix;
     null: no best checkpoint), by default the task's first progress metric on validation (``val/vqa_acc``,
     ``val/r_mean``, ``val/CIDEr``, ...); None without a validation split."""
