@@ -197,16 +197,12 @@ def create_model(
                           f"trains on {', '.join(model.supported_tasks()) or 'nothing'} as built", "task",
                           cfg.get("_file"))
     if pretrained is not None:
-        from zoo.hub import load_state_dict, load_weights, load_weights_by_part  # noqa: PLC0415
+        from zoo.hub import load_state_dict, load_weights  # noqa: PLC0415
 
         if strict:
             load_weights(model, pretrained)
         elif parts is None:
-            state = load_state_dict(pretrained)
-            vocabulary = _by_token(model, state, str(pretrained))
-            model.load_report = load_weights_by_part(model, state, what=str(pretrained))
-            if vocabulary is not None:
-                model.load_report["vocabulary"] = vocabulary
+            model.load_report = _load_by_part(model, load_state_dict(pretrained), str(pretrained))
         else:
             model.load_report = _load_parts(model, load_state_dict(pretrained), parts, str(pretrained),
                                             cfg.get("_file"))
@@ -214,10 +210,8 @@ def create_model(
 
 
 def _load_parts(model, state: Mapping, parts: list[str], where: str, file: Any) -> dict[str, list]:
-    """:func:`zoo.hub.load_weights_by_part` of the tensors of ``parts`` only; a part the file or the model lacks is a
+    """:func:`_load_by_part` of the tensors of ``parts`` only; a part the file or the model lacks is a
     ConfigError naming ``pretrained_parts``."""
-    from zoo.hub import load_weights_by_part  # noqa: PLC0415
-
     in_file = {k.split(".", 1)[0] for k in state}
     in_model = {k.split(".", 1)[0] for k in model.state_dict()}
     for part in parts:
@@ -226,24 +220,25 @@ def _load_parts(model, state: Mapping, parts: list[str], where: str, file: Any) 
             have = sorted(in_model if part in in_file else in_file)
             raise ConfigError(f"{part!r} is not a part of {holder} (its parts: {', '.join(have)})", "pretrained_parts",
                               file)
-    kept = {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}
-    vocabulary = _by_token(model, kept, where)
-    report = load_weights_by_part(model, kept, what=where)
+    report = _load_by_part(model, {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}, where)
     report["left_out"] = sorted(in_file - set(parts))
-    if vocabulary is not None:
-        report["vocabulary"] = vocabulary
     return report
 
 
-def _by_token(model, state: dict, where: str) -> dict | None:
-    """:func:`zoo.hub.transfer_vocabulary` of ``state`` (changed in place) when ``where`` is an export folder with its
-    tokenizer: the tokenizer tells which row is which token, so weights of another vocabulary load by token."""
-    from zoo.hub import TOKENIZER_DIR, transfer_vocabulary  # noqa: PLC0415
+def _load_by_part(model, state: dict, where: str) -> dict[str, Any]:
+    """:func:`zoo.hub.load_weights_by_part` of ``state``; when ``where`` is an export folder with its tokenizer, the
+    token-indexed tensors first move to the model's vocabulary (:func:`zoo.hub.transfer_vocabulary`: the tokenizer
+    tells which row is which token, so weights of another vocabulary load by token; ``report["vocabulary"]``)."""
+    from zoo.hub import TOKENIZER_DIR, load_weights_by_part, transfer_vocabulary  # noqa: PLC0415
 
     folder = Path(where) / TOKENIZER_DIR
-    if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()):
-        return None
-    return transfer_vocabulary(model, state, folder, what=where)
+    vocabulary = None
+    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+        vocabulary = transfer_vocabulary(model, state, folder, what=where)
+    report = load_weights_by_part(model, state, what=where)
+    if vocabulary is not None:
+        report["vocabulary"] = vocabulary
+    return report
 
 
 def build_part(config: Mapping, kind: str):
