@@ -156,9 +156,9 @@ def create_model(
             ``pretrained_strict``, else True (every tensor loaded, nothing left over).
         pretrained_parts: only these top-level parts of ``pretrained`` are loaded (``["vision"]``: an image model's
             vision encoder into a video model), each whole, the others keep their initialisation; implies part-by-part
-            loading. When ``pretrained`` is an export whose tokenizer differs from the model's (and the load is part by part:
-            ``pretrained_parts`` or ``pretrained_strict=False``), the token-indexed
-            tensors (word embeddings, LM heads) load by token (:func:`zoo.hub.transfer_vocabulary`: the rows of the
+            loading. When ``pretrained`` is an export whose tokenizer differs from the model's (and the load is part
+            by part: ``pretrained_parts`` or ``pretrained_strict=False``), the token-indexed tensors (word
+            embeddings, LM heads) load by token (:func:`zoo.hub.transfer_vocabulary`: the rows of the
             tokens both hold are copied, the model's other tokens keep their initialisation; ``load_report
             ["vocabulary"]`` counts them). Default: the config's ``pretrained_parts``, else all.
         overrides: ``key.sub=value`` strings relative to the model file (as on the command line).

@@ -440,9 +440,9 @@ class _AnnotationDataset(Dataset):
         With a deterministic transform (evaluation; training without crop, flip or augmentation — see
         :func:`zoo.data.transforms.build_image_transform`) the transformed tensor is kept, otherwise the decoded image
         and the random transform runs on each read. A video is kept as every one of its decoded frames
-        (:func:`zoo.data.video.read_video_clip`; about ``frames × H × W × 3`` bytes per clip: for short, small clips),
-        from which each read samples its frames as from the file (the same frames for the same random state). Each
-        loader worker process holds its own cache.
+        (:func:`zoo.data.video.read_video_clip`; about ``frames × H × W × 3`` bytes per clip: for short, small
+        clips), from which each read samples its frames as from the file (the same frames for the same random
+        state). Each loader worker process holds its own cache.
         """
         self._image_cache = {} if enable else None
 

@@ -25,9 +25,9 @@ alike — the question-only (or text-only) ablation that shows what a model gets
 evaluation alike — the ablations that show what a video model gets from time;
 :meth:`zoo.data.datasets._AnnotationDataset.set_frame_ablation`]; ``min_frames`` [1: the data check refuses videos with
 fewer frames — by default only empty ones; a clip shorter than ``num_frames`` is otherwise sampled with repeated frames,
-the official rule]; ``cache_images``
-[false: true keeps each image in memory after its first read, transformed when the transform has no randomness, and
-each video as its decoded frames — for small data sets read for many epochs; see :meth:`zoo.data.datasets._AnnotationDataset.cache_images`].
+the official rule]; ``cache_images`` [false: true keeps each image in memory after its first read, transformed when
+the transform has no randomness, and each video as its decoded frames — for small data sets read for many epochs; see
+:meth:`zoo.data.datasets._AnnotationDataset.cache_images`].
 
 Pre-extracted video features (UniVL's input, :mod:`zoo.data.features`): ``video_features`` [none: frames are decoded]
 is the official features pickle ``{video_id: array (T, D)}`` (read with a restricted unpickler that runs no code), a

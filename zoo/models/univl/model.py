@@ -38,7 +38,8 @@ every text, so that frames keep their cross-encoder positions whatever the batch
 The task methods follow the official fine-tuning: :meth:`UniVL.retrieval_losses` / :meth:`UniVL.retrieval_scores`
 (``main_task_retrieval.py``: the max-margin loss; every pair scored at evaluation), :meth:`UniVL.caption_loss` /
 :meth:`UniVL.generate_captions` (``main_task_caption.py``: the text encoder reads each clip's ``transcript`` when the
-records have one, the YouCookII setting, else ``[CLS] [SEP]``; the decoder loss alone; the official beam search, :func:`beam_search`), :meth:`UniVL.vqa_loss` /
+records have one, the YouCookII setting, else ``[CLS] [SEP]``; the decoder loss alone; the official beam search,
+:func:`beam_search`), :meth:`UniVL.vqa_loss` /
 :meth:`UniVL.vqa_predict`.
 
 Optimiser groups: the official ``prep_optimizer`` (``main_pretrain.py:173-195``, the same in the fine-tuning scripts)

@@ -10,11 +10,11 @@ different frame count fills the first ``min(F, F')`` frames (the official loader
 Hand-written (nothing in timm / transformers does this): the frame loop, the position embedding, the pooling and the
 optional ``temporal_attention`` combine: one pre-norm transformer layer (self-attention over the ``F`` frames of each
 token position on :func:`zoo.modules.attention.attention`, with its own time embedding at the attention's input, then
-an MLP) before the mean over frames. Its output projections start at zero, so at initialisation it equals ``avgpool``. ``concat`` keeps every frame: the tokens are
-``(B, 1 + T · N, D)``, the pooled vector (the mean over frames, as ``avgpool``'s, so token 0 stays the video's summary
-as X²-VLM's image CLS is) and then each frame's ``N`` tokens frame after frame, each carrying its frame's position
-embedding: the cross-attention of a fusion sees every frame's patches and can compare them (``T`` times the tokens to
-attend to).
+an MLP) before the mean over frames. Its output projections start at zero, so at initialisation it equals
+``avgpool``. ``concat`` keeps every frame: the tokens are ``(B, 1 + T · N, D)``, the pooled vector (the mean over
+frames, as ``avgpool``'s, so token 0 stays the video's summary as X²-VLM's image CLS is) and then each frame's ``N``
+tokens frame after frame, each carrying its frame's position embedding: the cross-attention of a fusion sees every
+frame's patches and can compare them (``T`` times the tokens to attend to).
 
 ``pooled`` is combined exactly like the tokens (the image encoder's pooled vector of each frame plus that frame's
 position embedding, averaged over frames, or passed through the temporal layer as one more token position); for
@@ -93,7 +93,8 @@ class TemporalAttentionLayer(nn.Module):
         n, t, d = x.shape
         if t != self.time_embed.shape[1]:
             raise ValueError(f"the temporal layer was built for {self.time_embed.shape[1]} frames, got {t}")
-        q, k, v = self.qkv(self.norm1(x) + self.time_embed).reshape(n, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = self.qkv(self.norm1(x) + self.time_embed)
+        q, k, v = qkv.reshape(n, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         a = attention(q, k, v, backend=self.attn_backend)
         x = x + self.proj(a.transpose(1, 2).reshape(n, t, d))
         return x + self.mlp(self.norm2(x))
