@@ -10,6 +10,7 @@ import datetime
 import errno
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from torch import nn
 
 import zoo
 from zoo import hub
-from zoo.hub import WeightsError
+from zoo.hub import WeightsError, resolve_path
 
 
 def _same_outputs(a, b) -> bool:
@@ -74,33 +75,43 @@ def test_trainable_only_export_without_base_weights(demo, tmp_path):
         f"131 trainable tensor(s): {', '.join(lacking[:12])}, ... (119 more)")
 
 
-def test_hf_hub_ids_go_through_the_local_cache_when_offline(demo, tmp_path, monkeypatch):
-    huggingface_hub = pytest.importorskip("huggingface_hub")
-    demo.save_pretrained(tmp_path / "snapshot")
-    calls = []
+def _hub_cache(root, repo: str, files: dict) -> str:
+    """A Hugging Face cache holding ``repo`` at one commit (huggingface_hub's layout: ``models--ORG--NAME/refs/main``
+    names the commit, ``snapshots/COMMIT/`` holds the files); returns the snapshot folder."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, source in files.items():
+        shutil.copy2(source, snapshot / name)
+    return str(snapshot)
 
-    def snapshot_download(repo_id, **kwargs):
-        calls.append((repo_id, kwargs))
-        return str(tmp_path / "snapshot")
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+def test_hf_hub_ids_are_read_through_huggingface_hubs_cache(demo, tmp_path, monkeypatch):
+    """``hf-hub:ORG/REPO`` (an export on the Hub) and ``hf-hub:ORG/REPO/FILE`` resolve through huggingface_hub's own
+    cache lookup (offline: no request), for ``from_pretrained`` and for any ``pretrained:`` path; a repo the cache
+    lacks names the command that fetches it."""
+    from huggingface_hub import constants
+
+    demo.save_pretrained(tmp_path / "export")
+    cache = tmp_path / "hf"
+    snapshot = _hub_cache(cache, "org/demo", {p.name: p for p in (tmp_path / "export").iterdir() if p.is_file()})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_path("hf-hub:org/demo") == Path(snapshot)
+    assert resolve_path("hf-hub:org/demo/model.safetensors") == Path(snapshot) / "model.safetensors"
     assert _same_outputs(zoo.from_pretrained("hf-hub:org/demo").eval(), demo)
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    zoo.from_pretrained("hf-hub:org/demo")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    zoo.from_pretrained("hf-hub:org/demo")
-    assert calls == [("org/demo", {"local_files_only": True}), ("org/demo", {"local_files_only": False}),
-                     ("org/demo", {"local_files_only": False})]
-
-    def unreachable(repo_id, **kwargs):
-        raise ConnectionError("no network")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    # a weights file on the Hub as any model's pretrained path
+    again = zoo.create_model("demo-tiny", pretrained="hf-hub:org/demo/model.safetensors").eval()
+    assert _same_outputs(again, demo)
     with pytest.raises(WeightsError) as info:
-        zoo.from_pretrained("hf-hub:org/demo")
-    assert str(info.value) == ("hf-hub:org/demo: cannot be fetched (ConnectionError); download it where the hub is "
-                               "reachable and pass the local folder instead")
+        zoo.from_pretrained("hf-hub:org/other")
+    assert str(info.value).startswith("hf-hub:org/other: is not in the local Hugging Face cache (offline) (")
+    assert "run `huggingface-cli download org/other` where the hub is reachable" in str(info.value)
+    with pytest.raises(WeightsError, match="expected hf-hub:ORG/REPO"):
+        resolve_path("hf-hub:org")
 
 
 # ---- weights files -------------------------------------------------------------------------------------------------

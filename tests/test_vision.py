@@ -31,7 +31,7 @@ from zoo.modules.vision.open_clip import OpenCLIPVisionEncoder
 from zoo.modules.vision.swin import SwinEncoder, convert_official_swin
 from zoo.hub import WeightsError
 from zoo.modules.vision.timm_encoder import TimmEncoder
-from zoo.modules.vision.video import VideoEncoder
+from zoo.modules.vision.video import TemporalAttentionLayer, VideoEncoder
 from conftest import load_reference, reference_shapes
 from zoo.registry import VISION_ENCODERS
 from zoo.spec import ConfigError, build
@@ -450,6 +450,44 @@ def test_video_concat_keeps_every_frame_in_order():
         assert _max_diff(video(frames).tokens[:, 1:1 + n], video(other).tokens[:, 1:1 + n]) == 0
 
 
+@pytest.mark.parametrize("span", ["position", "clip"])
+def test_temporal_layer_span_against_torch_multihead_attention(span):
+    """The temporal layer's attention equals torch's ``nn.MultiheadAttention`` (its own weights copied in, float64) over
+    the sequences its span names: each token position's T frames (``position``) or all T·P tokens of a clip
+    (``clip``). Catches the heads split from the wrong axis, the span's sequences built across clips of the batch, or
+    the tokens put back in another order."""
+    torch.manual_seed(0)
+    b, t, p, d, heads = 2, 3, 5, 16, 4
+    layer = TemporalAttentionLayer(d, heads, num_frames=t, span=span).double().eval()
+    for param in layer.parameters():
+        torch.nn.init.normal_(param, std=0.3)
+    mha = torch.nn.MultiheadAttention(d, heads, batch_first=True).double().eval()
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(layer.qkv.weight)
+        mha.in_proj_bias.copy_(layer.qkv.bias)
+        mha.out_proj.weight.copy_(layer.proj.weight)
+        mha.out_proj.bias.copy_(layer.proj.bias)
+        x = torch.randn(b, t, p, d, dtype=torch.float64)
+        h = layer.norm1(x) + layer.time_embed.unsqueeze(2)
+        if span == "position":
+            seq = h.permute(0, 2, 1, 3).reshape(b * p, t, d)
+            a = mha(seq, seq, seq, need_weights=False)[0].reshape(b, p, t, d).permute(0, 2, 1, 3)
+        else:
+            seq = h.reshape(b, t * p, d)
+            a = mha(seq, seq, seq, need_weights=False)[0].reshape(b, t, p, d)
+        y = x + a
+        ref = y + layer.mlp(layer.norm2(y))
+        assert _max_diff(layer(x), ref) < 1e-10
+        # the spans differ: with a clip span, a token sees the other positions
+        moved = x.clone()
+        moved[:, 1, 2] = torch.randn(b, d, dtype=torch.float64)  # another token at frame 1, position 2
+        changed = (layer(moved) - layer(x)).abs().amax(dim=-1)  # (B, T, P)
+        other_positions = changed[:, :, [0, 1, 3, 4]]
+        assert (other_positions.max() > 1e-3) == (span == "clip")
+    with pytest.raises(ConfigError, match="'position' or 'clip'"):
+        TemporalAttentionLayer(d, heads, num_frames=t, span="frames")
+
+
 def test_video_of_one_repeated_image_with_zero_frame_pos_is_the_image_encoding():
     image = _randomize(BEiTv2Encoder(**TINY_BEIT)).eval()
     video = VideoEncoder(image, num_frames=3).eval()
@@ -496,7 +534,7 @@ def test_video_frame_count_and_temporal_attention(monkeypatch):
         temporal.temporal.time_embed.zero_()
         assert _max_diff(temporal(frames).tokens, temporal(frames.flip(1)).tokens) < 1e-5
     with pytest.raises(ValueError, match="built for 3 frames, got 4"):
-        temporal.temporal(torch.zeros(2, 4, 32))
+        temporal.temporal(torch.zeros(2, 4, 5, 32))
     with pytest.raises(ConfigError, match="num_heads 5 must divide"):
         VideoEncoder(image, combine="temporal_attention", num_heads=5)
 

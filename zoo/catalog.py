@@ -46,7 +46,7 @@ MODEL_FILE_KEYS = {
     "tags": (list,),
     "tokenizer": (str, dict, type(None)),
     "preprocess": (dict,),
-    "pretrained": (str, type(None)),
+    "pretrained": (str, dict, type(None)),  # a weights path, or the table of official checkpoints (zoo.weights)
     "pretrained_strict": (bool,),
     "pretrained_parts": (list, type(None)),
     "task": (str, type(None)),
@@ -196,5 +196,18 @@ def load_model_config(name_or_path: str | os.PathLike | dict) -> dict[str, Any]:
             raise ConfigError(f"expected {want}, got {type(value).__name__}", key, file)
     if "model" not in cfg:
         raise ConfigError("missing 'model' (the model config tree {type: NAME, ...})", None, file)
+    if isinstance(cfg.get("pretrained"), dict):  # the official checkpoints of this model, not of one built from it
+        table = cfg.pop("pretrained")
+        cfg["_pretrained_table"] = table if file is None else _own_value(Path(file), "pretrained") or {}
     cfg["_file"] = str(file) if file is not None else None
     return cfg
+
+
+def _own_value(file: Path, key: str) -> Any:
+    """The top-level ``key`` as ``file`` itself sets it, without what a ``_base_`` it inherits from adds: a model
+    file derived from another (``x2vlm-tiny`` from ``x2vlm-base``) does not inherit its official checkpoints."""
+    import yaml  # noqa: PLC0415
+
+    with open(file, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    return data.get(key) if isinstance(data, dict) else None

@@ -1,5 +1,5 @@
-"""The ``mmzoo`` command: list | info | demo | data | features | train | eval | predict | export | convert | chat |
-bench.
+"""The ``mmzoo`` command: list | pull | info | demo | data | features | train | eval | predict | export | convert |
+chat | bench.
 
 Errors the user can fix print one line naming the file, key or argument and exit with status 2, without a
 traceback: bad configs and unknown names (``ConfigError``, ``UnknownNameError``), weights and checkpoints that cannot
@@ -63,6 +63,8 @@ def _cmd_list(args) -> int:
     if not names:
         print(f"no model matches {args.pattern!r}; registered: {', '.join(zoo.list_models())}", file=sys.stderr)
         return 1
+    if args.pretrained:
+        return _list_pretrained(names)
     rows = []
     for name in names:
         cfg = load_model_config(name)
@@ -72,6 +74,34 @@ def _cmd_list(args) -> int:
         rows.append(row[:2] + ([params] if args.params else []) + row[2:])
     header = ["name", "type"] + (["params"] if args.params else []) + ["tasks", "resolution", "description"]
     print(_table(rows, header))
+    return 0
+
+
+def _list_pretrained(names: list[str]) -> int:
+    from zoo.weights import cached_export, pretrained_table  # noqa: PLC0415
+
+    rows = []
+    for name in names:
+        for tag, entry in pretrained_table(name).items():
+            scores = ", ".join(f"{k} {v}" for k, v in (entry.scores or {}).items()) or "-"
+            size = f"{entry.size / 2**20:,.0f} MiB" if entry.size else "-"
+            rows.append([name, tag + (" *" if entry.default else ""), entry.task or "-", entry.resolution or "-", size,
+                         "yes" if cached_export(entry) else "no", scores])
+    if not rows:
+        print("no model of these lists official weights (a 'pretrained:' table in its model file)", file=sys.stderr)
+        return 1
+    print(_table(rows, ["model", "tag", "task", "resolution", "size", "cached", "scores (published)"]))
+    print("* the tag pretrained='official' picks for its task; mmzoo pull MODEL --tag TAG fetches one")
+    return 0
+
+
+def _cmd_pull(args) -> int:
+    from zoo.weights import download_path, pretrained_export  # noqa: PLC0415
+
+    folder, entry = pretrained_export(args.name, args.tag, args.task, progress=None if not args.quiet else False)
+    print(f"{args.name} {entry.tag} (task {entry.task or '-'}, {entry.resolution or '-'} px): {folder}")
+    if entry.url is not None:
+        print(f"official file: {download_path(entry)}")
     return 0
 
 
@@ -447,7 +477,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--parts", action="store_true", help="list registered parts per registry instead")
     s.add_argument("--tasks", action="store_true",
                    help="list the task configs instead (names that mmzoo train and mmzoo eval accept)")
+    s.add_argument("--pretrained", action="store_true",
+                   help="list the official checkpoints of the models (tag, task, resolution, scores, cached or not)")
     s.set_defaults(fn=_cmd_list)
+
+    s = sub.add_parser("pull", help="download, verify and convert a model's official checkpoint into $MMZOO_HOME")
+    s.add_argument("name", help="registered model name (mmzoo list --pretrained)")
+    s.add_argument("--tag", default="official", help="checkpoint tag (default: 'official', the default for --task)")
+    s.add_argument("--task", default=None, help="task variant the checkpoint is for (with --tag official)")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(fn=_cmd_pull)
 
     s = sub.add_parser("info", help="parameter count, parts, tasks and resolution of a model")
     s.add_argument("name")

@@ -148,7 +148,11 @@ def create_model(
         name_or_config: a registered name (``zoo.list_models()``), a YAML file, or a config dict.
         task: a task variant declared in the model file (``"vqa"``, ``"retrieval"``, ...); None = the base model.
         pretrained: a local weights file or an export folder loaded strictly after building (default: the model
-            file's ``pretrained:``); recorded in the model's config.
+            file's ``pretrained:``); recorded in the model's config. Or a tag of the model file's ``pretrained:`` table
+            of official checkpoints (``"official"``: the default one for ``task``): downloaded, verified and
+            converted once into ``$MMZOO_HOME`` (:func:`zoo.weights.pretrained_export`); the tag fixes the task (left
+            out, the tag's) and the resolution: the model is the converted export, with ``model_overrides`` applied.
+            Loaded part by part (``pretrained_parts`` or ``pretrained_strict=False``) a tag may start another task.
         pretrained_strict: False loads ``pretrained`` part by part, for weights of the same model built for another
             task (fine-tuning a VQA or pre-training model on NLVR, say): each top-level part the file holds must load
             whole, parts the file lacks keep their initialisation (the new task head), and the file's parts the
@@ -166,6 +170,18 @@ def create_model(
         **model_overrides: changes to the model tree, ``create_model(name, **{"vision.depth": 2})`` or
             ``create_model(name, vision={"depth": 2})``; ``attention="math"`` picks the attention backend.
     """
+    if isinstance(pretrained, str) and _names_tag(name_or_config, pretrained):
+        from zoo.hub import from_pretrained  # noqa: PLC0415
+        from zoo.weights import pretrained_export  # noqa: PLC0415
+
+        whole = pretrained_parts is None and pretrained_strict is not False
+        # a part-by-part load may start another task from a tag's weights (the pre-training model's, say)
+        folder, entry = pretrained_export(str(name_or_config), pretrained, task if whole or pretrained == "official"
+                                          else None)
+        if whole and not overrides and device is None:
+            return from_pretrained(folder, **model_overrides)
+        task = entry.task if whole else task
+        pretrained = str(folder)  # a part-by-part start (or a build with string overrides) from the converted export
     cfg = resolve_config(name_or_config, task, overrides, model_overrides)
     if device is not None:
         import torch  # noqa: PLC0415
@@ -207,6 +223,19 @@ def create_model(
             model.load_report = _load_parts(model, load_state_dict(pretrained), parts, str(pretrained),
                                             cfg.get("_file"))
     return model
+
+
+def _names_tag(name_or_config: Any, pretrained: str) -> bool:
+    """Whether ``pretrained`` names a checkpoint of the model's ``pretrained:`` table rather than a local path."""
+    from zoo.weights import OFFICIAL  # noqa: PLC0415
+
+    if isinstance(name_or_config, Mapping) or os.path.exists(os.path.expanduser(pretrained)):
+        return False
+    if pretrained == OFFICIAL:
+        return True
+    if "/" in pretrained or os.sep in pretrained:
+        return False
+    return pretrained in (load_model_config(name_or_config).get("_pretrained_table") or {})
 
 
 def _load_parts(model, state: Mapping, parts: list[str], where: str, file: Any) -> dict[str, list]:

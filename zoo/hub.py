@@ -5,8 +5,10 @@ Exports are a folder with ``config.json`` (the full, resolved model config: rebu
 interrupted save never leaves a truncated file under the final name. Loading never unpickles arbitrary objects:
 safetensors, or ``torch.load(weights_only=True)`` for ``.pth``/``.bin``/``.pt`` files.
 
-There is no model-hub download here: ``pretrained=`` takes a local file or folder. ``hf-hub:ORG/NAME`` ids are resolved
-through huggingface_hub's local cache only when it is installed, and fail at once with a clear message otherwise.
+Paths given anywhere a weights file or folder is read (``pretrained:`` of a model or a part, tokenizers) may be
+``hf-hub:ORG/REPO`` (a snapshot folder of a Hugging Face Hub repository) or ``hf-hub:ORG/REPO/PATH/IN/REPO`` (one
+file of it), fetched by huggingface_hub into its own cache (``HF_HUB_OFFLINE=1`` or ``MMZOO_OFFLINE=1``: from that
+cache only). The official checkpoints of the model files are fetched by :mod:`zoo.weights`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "load_state_dict",
     "load_weights",
     "resolve_path",
+    "mmzoo_home",
     "atomic_write",
     "atomic_path",
     "atomic_dir",
@@ -91,8 +94,12 @@ def convert_keys(state_dict: Mapping[str, Any], rename: Callable[[str, Any], tup
 
 
 def resolve_path(spec: str | os.PathLike) -> Path:
-    """A local path from ``~``/``$VARS`` paths or ``pkg:MODULE[/SUB/PATH]`` (a folder inside an installed package)."""
+    """A local path from ``~``/``$VARS`` paths, ``pkg:MODULE[/SUB/PATH]`` (a folder inside an installed package) or
+    ``hf-hub:ORG/REPO[/PATH]`` (a Hugging Face Hub repository's snapshot folder or one file of it, through
+    huggingface_hub's cache)."""
     text = os.path.expandvars(os.path.expanduser(str(spec)))
+    if text.startswith("hf-hub:"):
+        return _hub_path(text[len("hf-hub:"):])
     if text.startswith("pkg:"):
         module, _, sub = text[4:].partition("/")
         import importlib.util  # noqa: PLC0415
@@ -107,6 +114,15 @@ def resolve_path(spec: str | os.PathLike) -> Path:
         base = Path(list(found.submodule_search_locations)[0]).joinpath(*rest)
         return base / sub if sub else base
     return Path(text)
+
+
+def mmzoo_home() -> Path:
+    """``$MMZOO_HOME``, else ``$XDG_CACHE_HOME/mmzoo``, else ``~/.cache/mmzoo``: datasets, downloads, converted
+    weights."""
+    if os.environ.get("MMZOO_HOME"):
+        return Path(os.path.expanduser(os.environ["MMZOO_HOME"]))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.path.expanduser(cache)) / "mmzoo"
 
 
 def _umask() -> int:
@@ -691,8 +707,6 @@ def from_pretrained(path: str | os.PathLike, *, map_location: str = "cpu", trust
     from zoo.factory import create_model  # noqa: PLC0415
 
     directory = resolve_path(path)
-    if str(path).startswith("hf-hub:"):
-        directory = _hub_snapshot(str(path)[len("hf-hub:"):])
     cfg_file = directory / CONFIG_NAME
     if not cfg_file.is_file():
         raise WeightsError(f"{directory}: not an mmzoo export (no {CONFIG_NAME}); expected a save_pretrained folder")
@@ -751,15 +765,30 @@ def _with_tokenizer(config: dict, folder: str) -> dict:
     return config
 
 
-def _hub_snapshot(repo_id: str) -> Path:
+def is_offline() -> bool:
+    """``MMZOO_OFFLINE`` or ``HF_HUB_OFFLINE`` set to 1 / true / yes: nothing is downloaded, caches only."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("MMZOO_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _hub_path(spec: str) -> Path:
+    """``ORG/REPO`` → the snapshot folder, ``ORG/REPO/PATH`` → that file, from huggingface_hub (its cache when offline:
+    ``HF_HUB_OFFLINE`` or ``MMZOO_OFFLINE``)."""
+    parts = spec.strip("/").split("/", 2)
+    if len(parts) < 2 or not all(parts[:2]):
+        raise WeightsError(f"hf-hub:{spec}: expected hf-hub:ORG/REPO or hf-hub:ORG/REPO/PATH/IN/REPO")
+    repo = "/".join(parts[:2])
     try:
-        from huggingface_hub import snapshot_download  # noqa: PLC0415
+        from huggingface_hub import hf_hub_download, snapshot_download  # noqa: PLC0415
     except ImportError:
-        raise WeightsError(f"hf-hub:{repo_id}: huggingface_hub is not installed") from None
+        raise WeightsError(f"hf-hub:{spec}: huggingface_hub is not installed") from None
+    offline = is_offline()
     try:
-        return Path(snapshot_download(repo_id, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"))
+        if len(parts) == 3:
+            return Path(hf_hub_download(repo, parts[2], local_files_only=offline))
+        return Path(snapshot_download(repo, local_files_only=offline))
     except Exception as exc:  # noqa: BLE001
+        where = "is not in the local Hugging Face cache (offline)" if offline else "cannot be fetched"
         raise WeightsError(
-            f"hf-hub:{repo_id}: cannot be fetched ({type(exc).__name__}); download it where the hub is reachable and "
-            "pass the local folder instead"
+            f"hf-hub:{spec}: {where} ({type(exc).__name__}); run `huggingface-cli download {repo}` where the hub is "
+            "reachable and copy the Hugging Face cache (HF_HUB_CACHE), or give the local path instead"
         ) from None

@@ -58,6 +58,7 @@ import json
 import os
 import random
 import re
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -506,7 +507,8 @@ class _AnnotationDataset(Dataset):
         left out (also from retrieval evaluation: the text index is rebuilt before anything used it), recorded in
         ``skipped`` and counted in ``num_bad_media``.
 
-        ``progress``: a tqdm bar on stderr (None: when more than 2,000 distinct files are opened); ``seen``: results
+        ``progress``: a tqdm bar on stderr (None: when more than 2,000 distinct files are opened and stderr is a
+        terminal); ``seen``: results
         by path shared between data sets (a file named by several records or splits is opened once). Returns the
         number of distinct media files this call opened. With :meth:`set_video_features` each record's features are
         looked up instead (:meth:`zoo.data.features.VideoFeatures.problem`: the id is there, a 2-D array of the
@@ -526,7 +528,8 @@ class _AnnotationDataset(Dataset):
 
             from tqdm.auto import tqdm  # noqa: PLC0415
 
-            show = len(todo) > 2000 if progress is None else bool(progress)
+            # a bar on a terminal only: in a log file its redraws are one long line (the data check line follows)
+            show = (len(todo) > 2000 and sys.stderr.isatty()) if progress is None else bool(progress)
             with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
                     tqdm(total=len(todo), desc=desc or "checking media", unit="file", disable=not show,
                          leave=False) as bar:

@@ -79,7 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.hub import atomic_write
+from zoo.hub import atomic_write, mmzoo_home
 
 __all__ = [
     "BACKGROUND",
@@ -167,14 +167,6 @@ _TRANSLATED_NAME = re.compile(r"^(retrieval|vqa|ve|nlvr)_(train|val|test)\.[a-z]
 
 
 # ----------------------------------------------------------------------------------------------------------- paths
-
-
-def mmzoo_home() -> Path:
-    """``$MMZOO_HOME``, else ``$XDG_CACHE_HOME/mmzoo``, else ``~/.cache/mmzoo``."""
-    if os.environ.get("MMZOO_HOME"):
-        return Path(os.path.expanduser(os.environ["MMZOO_HOME"]))
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(os.path.expanduser(cache)) / "mmzoo"
 
 
 def default_shapes_root() -> Path:

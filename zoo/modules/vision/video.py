@@ -64,7 +64,13 @@ __all__ = ["TemporalAttentionLayer", "VideoEncoder"]
 # ---------------------------------------------------------------------------------------------------------------------
 class TemporalAttentionLayer(nn.Module):
     """Pre-norm transformer layer over time: ``x + proj(attn(norm1(x) + time_embed))``, then ``x + mlp(norm2(x))``; x
-    is (N, T, D).
+    is (B, T, P, D) (P token positions of T frames).
+
+    ``span`` says what a token attends to: ``position`` (the same token position in every frame: ``(B·P, T)``
+    sequences, TimeSformer's temporal attention) or ``clip`` (every token of every frame: one ``(B, T·P)`` sequence,
+    ViViT's joint space-time attention). A moving object is at another position in the next frame: attending over its
+    own position only, a token sees that something arrived or left there, not where from; over the clip it can find
+    the object in the other frames (the tokens carry the image encoder's spatial position).
 
     ``time_embed`` ``(1, T, D)`` (normal, std 1: the scale of the normalised tokens it is added to) tells the attention
     which frame each token comes from. Without it the layer is equivariant to a permutation of the frames and the mean
@@ -74,9 +80,13 @@ class TemporalAttentionLayer(nn.Module):
     stream, and ``proj`` and the MLP's output layer start at zero: the layer is the identity at initialisation.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, num_frames: int = 1):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, num_frames: int = 1,
+                 span: Literal["position", "clip"] = "position"):
         super().__init__()
+        if span not in ("position", "clip"):
+            raise ConfigError(f"the temporal layer's span must be 'position' or 'clip', got {span!r}", "temporal_span")
         self.num_heads = num_heads
+        self.span = span
         self.attn_backend: str | None = None
         self.time_embed = nn.Parameter(torch.randn(1, num_frames, dim))
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -90,13 +100,14 @@ class TemporalAttentionLayer(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        n, t, d = x.shape
+        b, t, p, _ = x.shape
         if t != self.time_embed.shape[1]:
             raise ValueError(f"the temporal layer was built for {self.time_embed.shape[1]} frames, got {t}")
-        qkv = self.qkv(self.norm1(x) + self.time_embed)
-        q, k, v = qkv.reshape(n, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        a = attention(q, k, v, backend=self.attn_backend)
-        x = x + self.proj(a.transpose(1, 2).reshape(n, t, d))
+        h = self.norm1(x) + self.time_embed.unsqueeze(2)  # every token of frame t gets time_embed[t]
+        seqs = "(b p) h t e" if self.span == "position" else "b h (t p) e"  # (sequences, heads, length, head dim)
+        q, k, v = rearrange(self.qkv(h), f"b t p (three h e) -> three {seqs}", three=3, h=self.num_heads)
+        a = rearrange(attention(q, k, v, backend=self.attn_backend), f"{seqs} -> b t p (h e)", b=b, p=p)
+        x = x + self.proj(a)
         return x + self.mlp(self.norm2(x))
 
 
@@ -164,6 +175,8 @@ class VideoEncoder(nn.Module):
         temporal_layer: the temporal layer before any ``combine`` (``temporal_attention`` always has it): with
             ``concat``, every frame's tokens have attended to the same position in the other frames (what changed
             there) before the fusion sees them.
+        temporal_span: what the temporal layer attends over: ``position`` (each token position over its frames) or
+            ``clip`` (every token of every frame, joint space-time attention: ``T·(1+P)`` tokens per clip).
         temporal_ssl: ``{enabled, weights, label_smoothing, patch_size}``
             (:class:`zoo.modules.temporal.TemporalSSLConfig`; None: off). Enabled: ``temporal_heads`` and
             ``frame_tokens`` (see the module docstring).
@@ -180,6 +193,7 @@ class VideoEncoder(nn.Module):
         frame_pos_std: float = 0.02,
         num_heads: int = 8,
         temporal_layer: bool = False,
+        temporal_span: Literal["position", "clip"] = "position",
         temporal_ssl: dict | None = None,
     ):
         super().__init__()
@@ -205,7 +219,7 @@ class VideoEncoder(nn.Module):
             trunc_normal_(self.absolute_frame_pos_embed, std=frame_pos_std)  # timm's cut at ±2, as the official
         else:
             self.register_parameter("absolute_frame_pos_embed", None)
-        self.temporal = (TemporalAttentionLayer(width, num_heads, num_frames=num_frames)
+        self.temporal = (TemporalAttentionLayer(width, num_heads, num_frames=num_frames, span=temporal_span)
                          if temporal_layer else None)
         self.temporal_ssl = _temporal_config(temporal_ssl, image_encoder)
         if self.temporal_ssl.enabled:
@@ -237,8 +251,8 @@ class VideoEncoder(nn.Module):
         x = torch.cat((pooled, tokens), dim=2)  # pooled travels as token position 0
         if self.absolute_frame_pos_embed is not None:
             x = x + self.absolute_frame_pos_embed
-        if self.temporal is not None:  # attention over the frames of each token position
-            x = rearrange(self.temporal(rearrange(x, "b t p d -> (b p) t d")), "(b p) t d -> b t p d", b=b)
+        if self.temporal is not None:  # attention over the frames of each token position, or over the whole clip
+            x = self.temporal(x)
         # the per-frame tokens the temporal objectives read: after the frame position and the temporal layer (the
         # official heads read tokens that carry the time embedding and have attended across frames), before the mean
         frame_tokens = self._patch_tokens(x[:, :, 1:], frames) if self.temporal_heads is not None else None
