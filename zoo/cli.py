@@ -422,9 +422,30 @@ def _cmd_export(args) -> int:
             return 2
         print(f"exported part {args.part!r} of {args.source} -> {out} (set model.{args.part}.pretrained: {out})")
         return 0
-    out = export_checkpoint(args.source, args.out_dir, trainable_only=args.trainable_only,
-                            trust_imports=args.trust_imports)
+    from zoo.deploy import FORMATS, GRAPHS, DeployError  # noqa: PLC0415
+
+    formats = [f for f in (args.format or "").split(",") if f and f != "safetensors"]
+    graphs = [g for g in (args.graphs or "").split(",") if g] or list(GRAPHS)
+    bad = [f for f in formats if f not in FORMATS] + [g for g in graphs if g not in GRAPHS]
+    if bad:
+        print(f"mmzoo export: error: unknown {', '.join(bad)}; --format takes {', '.join(('safetensors',) + FORMATS)}"
+              f" (comma-separated), --graphs {', '.join(GRAPHS)}", file=sys.stderr)
+        return 2
+    try:
+        out = export_checkpoint(args.source, args.out_dir, trainable_only=args.trainable_only,
+                                trust_imports=args.trust_imports, formats=formats, graphs=graphs)
+    except DeployError as exc:
+        print(f"mmzoo export: error: {_error_line(exc)}", file=sys.stderr)
+        return 2
     print(f"exported {args.source} -> {out} (load with zoo.from_pretrained)")
+    if formats:
+        from zoo.hub import read_json  # noqa: PLC0415
+
+        manifest = read_json(os.path.join(out, "graphs", "graphs.json"))
+        rows = [[name, fmt, f.get("file", "-"), "yes" if f.get("dynamic_batch") else ("no" if "file" in f else "-"),
+                 f"{f['max_abs_diff']:.2g}" if "max_abs_diff" in f else f.get("error", "")]
+                for name, entry in manifest["graphs"].items() for fmt, f in entry["files"].items()]
+        print(_table(rows, ["graph", "format", "file", "dynamic batch", "max |diff| to eager (or why not)"]))
     return 0
 
 
@@ -607,6 +628,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--part", default=None, metavar="NAME",
                    help="write only this part (lm, vision) in the format its `pretrained` option loads: a "
                         "transformers folder for a language model, a timm checkpoint for a timm encoder")
+    s.add_argument("--format", default=None, metavar="F[,F...]",
+                   help="also write deployable graphs into OUT_DIR/graphs/, each checked against the eager model: "
+                        "onnx (run with onnxruntime), torchscript, exported (torch.export .pt2)")
+    s.add_argument("--graphs", default=None, metavar="G[,G...]",
+                   help="which graphs with --format: vision, text, model (the whole forward pass); default all")
     s.set_defaults(fn=_cmd_export)
 
     s = sub.add_parser("convert", help="convert an official checkpoint into a loadable export (--list: the families)")

@@ -397,11 +397,11 @@ def _unique_state_dict(model) -> dict:
     return out
 
 
-_EXPORT_ENTRIES = (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR, PREPROCESSOR_NAME)
+_EXPORT_ENTRIES = (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR, PREPROCESSOR_NAME, "README.md")
 
 
 def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | None = None,
-                    trainable_only: bool = False, tokenizer: Any = None) -> Path:
+                    trainable_only: bool = False, tokenizer: Any = None, run: Mapping | None = None) -> Path:
     """Write an export folder for a model built by :func:`zoo.create_model`.
 
     - ``config.json``: the full resolved model config (rebuilding needs nothing else);
@@ -410,7 +410,9 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
       ``pretrained`` paths when the export is rebuilt;
     - ``tokenizer/``: the text encoder's tokenizer (or ``tokenizer``), so the export is usable without it;
     - ``preprocessor.json``: the model's preprocessing (:meth:`zoo.models.base.ZooModel.preprocess_config`: image
-      size, mean, std, interpolation, resize mode), left out for a model that declares none.
+      size, mean, std, interpolation, resize mode), left out for a model that declares none;
+    - ``README.md``: the model card (:func:`zoo.card.model_card`; ``run``: the training run's results, whose task,
+      data and scores it lists).
 
     The folder is written whole into a temporary folder beside ``directory`` and swapped in at the end
     (:func:`atomic_dir`): an export written over an older one leaves the old export or the new one, never a mix,
@@ -455,6 +457,9 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
         if preprocess is not None:
             (tmp / PREPROCESSOR_NAME).write_text(json.dumps(preprocess, indent=2), encoding="utf-8")
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        from zoo.card import CARD_NAME, model_card  # noqa: PLC0415
+
+        (tmp / CARD_NAME).write_text(model_card(model, config, run, preprocess), encoding="utf-8")
     return directory
 
 
@@ -765,9 +770,11 @@ def _with_tokenizer(config: dict, folder: str) -> dict:
     return config
 
 
-def is_offline() -> bool:
-    """``MMZOO_OFFLINE`` or ``HF_HUB_OFFLINE`` set to 1 / true / yes: nothing is downloaded, caches only."""
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("MMZOO_OFFLINE", "HF_HUB_OFFLINE"))
+def is_offline(hub: bool = False) -> bool:
+    """``MMZOO_OFFLINE`` set to 1 / true / yes: nothing is downloaded, caches only. ``hub``: for a Hugging Face Hub
+    download, where ``HF_HUB_OFFLINE`` counts too (it says nothing about the official links the model files name)."""
+    names = ("MMZOO_OFFLINE", "HF_HUB_OFFLINE") if hub else ("MMZOO_OFFLINE",)
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in names)
 
 
 def _hub_path(spec: str) -> Path:
@@ -781,7 +788,7 @@ def _hub_path(spec: str) -> Path:
         from huggingface_hub import hf_hub_download, snapshot_download  # noqa: PLC0415
     except ImportError:
         raise WeightsError(f"hf-hub:{spec}: huggingface_hub is not installed") from None
-    offline = is_offline()
+    offline = is_offline(hub=True)
     try:
         if len(parts) == 3:
             return Path(hf_hub_download(repo, parts[2], local_files_only=offline))

@@ -25,7 +25,7 @@ converter (:attr:`zoo.models.base.ZooModel.official_converter`) into ``$MMZOO_HO
 last: a folder without it is converted again. The tag fixes the task and the resolution: the converter is told the
 task, and an export whose task or input size differs from the table's is refused.
 
-Offline (``MMZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, or no network) the cache is used; without it the error names the
+Offline (``MMZOO_OFFLINE=1``, or no network) the cache is used; without it the error names the
 file to fetch elsewhere and the exact path to put it at. Loading never runs code: official checkpoints are read with
 ``torch.load(weights_only=True)``.
 """

@@ -166,11 +166,30 @@ class ZooModel(nn.Module):
 
         return supported_tasks(self)
 
-    def save_pretrained(self, directory: str | os.PathLike, *, trainable_only: bool = False, tokenizer=None) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, *, trainable_only: bool = False, tokenizer=None,
+                        run: Mapping[str, Any] | None = None) -> Path:
         """Export for :func:`zoo.from_pretrained` (see :func:`zoo.hub.save_pretrained`)."""
         from zoo.hub import save_pretrained  # noqa: PLC0415
 
-        return save_pretrained(self, directory, trainable_only=trainable_only, tokenizer=tokenizer)
+        return save_pretrained(self, directory, trainable_only=trainable_only, tokenizer=tokenizer, run=run)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload mmzoo export", trainable_only: bool = False) -> str:
+        """Upload the export (config, weights, tokenizer, preprocessing, model card) to a Hugging Face Hub model
+        repository, created if needed — what ``huggingface_hub``'s ``ModelHubMixin.push_to_hub`` does (``create_repo``
+        then ``upload_folder``), with the export of :meth:`save_pretrained`; load it back with
+        ``zoo.from_pretrained("hf-hub:ORG/REPO")``. Returns the commit URL."""
+        import tempfile  # noqa: PLC0415
+
+        from huggingface_hub import HfApi  # noqa: PLC0415
+
+        api = HfApi(token=token)
+        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(Path(tmp) / "export", trainable_only=trainable_only)
+            info = api.upload_folder(repo_id=repo.repo_id, folder_path=str(Path(tmp) / "export"),
+                                     commit_message=commit_message, repo_type="model")
+        return str(info)
 
     def export_part(self, name: str, directory: str | os.PathLike) -> Path:
         """Write the part ``name`` (``lm``, ``vision``, ...) on its own, in the format its own ``pretrained`` option

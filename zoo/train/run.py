@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
@@ -587,10 +587,6 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
         trainer.test(module, datamodule=dm)
         results["test"] = getattr(module, "last_metrics", {})
     if trainer.is_global_zero:
-        if tcfg.get("export", True):
-            export_dir = run_dir / "export"
-            model.save_pretrained(export_dir, tokenizer=tokenizer)  # one folder, swapped in whole
-            results["export"] = str(export_dir)
         csv_file = run_dir / "logs" / "metrics.csv"
         if csv_file.is_file():
             _plot_curves(csv_file, run_dir / "curves.png")
@@ -607,6 +603,10 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
         results["config_file"] = cfg.get("_file")
         results["versions"] = _versions()
         results["skipped"] = dm.skipped_counts()  # {split: {reason: count}} (data.on_bad_sample: skip)
+        if tcfg.get("export", True):  # its model card lists the run's data and scores
+            export_dir = run_dir / "export"
+            model.save_pretrained(export_dir, tokenizer=tokenizer, run=results)  # one folder, swapped in whole
+            results["export"] = str(export_dir)
         if dm.cfg["on_bad_sample"] == "skip":
             print(f"skipped samples (data.on_bad_sample: skip):\n{dm.skipped_report()}")
         from zoo.hub import atomic_write  # noqa: PLC0415
@@ -734,10 +734,23 @@ def model_from_checkpoint(source: str | os.PathLike, trust_imports: bool = False
 
 
 def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, trainable_only: bool = False,
-                      trust_imports: bool = False) -> Path:
-    """``mmzoo export``: a run folder or checkpoint → a ``save_pretrained`` export (written whole, then swapped in)."""
+                      trust_imports: bool = False, formats: Sequence[str] = (), graphs: Sequence[str] | None = None
+                      ) -> Path:
+    """``mmzoo export``: a run folder or checkpoint → a ``save_pretrained`` export (written whole, then swapped in;
+    its model card lists the run's scores when ``source`` is a run folder with ``results.json``), and with
+    ``formats`` (``onnx``, ``torchscript``, ``exported``) the deployable graphs in ``out_dir/graphs/``, each checked
+    against the eager model (:func:`zoo.deploy.export_graphs`)."""
+    from zoo.hub import read_json  # noqa: PLC0415
+
     model = model_from_checkpoint(source, trust_imports=trust_imports)
-    return model.save_pretrained(out_dir, trainable_only=trainable_only)
+    results = Path(source) / "results.json"
+    run = read_json(results) if results.is_file() else None
+    out = model.save_pretrained(out_dir, trainable_only=trainable_only, run=run if isinstance(run, dict) else None)
+    if formats:
+        from zoo.deploy import GRAPHS, export_graphs  # noqa: PLC0415
+
+        export_graphs(model, Path(out) / "graphs", formats, graphs or GRAPHS)
+    return out
 
 
 def evaluate(source: str | os.PathLike, config: str | os.PathLike, overrides: Iterable[str] = (),
