@@ -296,3 +296,19 @@ def test_shipped_tables_name_real_tasks_at_the_resolution_the_task_builds(name):
         model = zoo.create_model(name, task=entry.task, device="meta")  # the task must exist
         if entry.resolution is not None:
             assert input_resolution(model) == entry.resolution, entry.tag
+
+
+def test_a_task_config_names_official_weights(home, server, model_file, official, monkeypatch, capsys):
+    """``model.pretrained: official`` in a task config goes through the same fetch (here offline: the one-line error
+    names the task config's key and where to put the file), before any data is read or a run folder made."""
+    from zoo.cli import main
+
+    monkeypatch.setenv("MMZOO_OFFLINE", "1")
+    entry = find_entry("x2vlm-tiny-pub", "official", "captioning")
+    out = home / "runs"
+    assert main(["train", "caption-shapes", "model.name=x2vlm-tiny-pub", "model.pretrained=official",
+                 "~model.overrides", f"train.output_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmzoo train: error: ") and "model.pretrained" in err
+    assert f"place it at {download_path(entry)}" in err
+    assert not out.exists()

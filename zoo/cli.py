@@ -1,5 +1,5 @@
 """The ``mmzoo`` command: list | pull | info | demo | data | features | train | eval | predict | export | convert |
-chat | bench.
+serve | chat | bench.
 
 Errors the user can fix print one line naming the file, key or argument and exit with status 2, without a
 traceback: bad configs and unknown names (``ConfigError``, ``UnknownNameError``), weights and checkpoints that cannot
@@ -449,6 +449,18 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from zoo.serve import serve  # noqa: PLC0415
+
+    source = args.source
+    if os.path.exists(source):  # an export, run folder or checkpoint: loaded as every command loads it
+        from zoo.train.run import model_from_checkpoint  # noqa: PLC0415
+
+        source = model_from_checkpoint(source, trust_imports=args.trust_imports)
+    serve(source, task=args.task, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
 def _cmd_chat(args) -> int:
     """Multi-turn chat with a model that has ``chat`` (an instruction-tuned language model): one question per stdin line, one answer line per question; the whole
     conversation stays in the prompt (official chat template)."""
@@ -644,6 +656,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="registered model name (default: detected from the checkpoint)")
     s.add_argument("--task", default=None, help="task variant (default: detected from the checkpoint)")
     s.set_defaults(fn=_cmd_convert)
+
+    s = sub.add_parser("serve", parents=[trust],
+                       help="a web demo (gradio) of an export: VQA, captioning, retrieval or chat, by its task")
+    s.add_argument("source", help="export folder, run folder, checkpoint or registered model name")
+    s.add_argument("--task", default=None, help="the page to show (default: the model's task)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--share", action="store_true", help="also ask gradio for a public link")
+    s.set_defaults(fn=_cmd_serve)
 
     s = sub.add_parser("chat", parents=[trust],
                        help="multi-turn chat with an instruction-tuned model (one with chat()): one question per "

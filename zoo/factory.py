@@ -170,7 +170,10 @@ def create_model(
         **model_overrides: changes to the model tree, ``create_model(name, **{"vision.depth": 2})`` or
             ``create_model(name, vision={"depth": 2})``; ``attention="math"`` picks the attention backend.
     """
-    if isinstance(pretrained, str) and _names_tag(name_or_config, pretrained):
+    from zoo.weights import names_tag  # noqa: PLC0415
+
+    if isinstance(pretrained, str) and not isinstance(name_or_config, Mapping) and \
+            names_tag(str(name_or_config), pretrained):
         from zoo.hub import from_pretrained  # noqa: PLC0415
         from zoo.weights import pretrained_export  # noqa: PLC0415
 
@@ -223,19 +226,6 @@ def create_model(
             model.load_report = _load_parts(model, load_state_dict(pretrained), parts, str(pretrained),
                                             cfg.get("_file"))
     return model
-
-
-def _names_tag(name_or_config: Any, pretrained: str) -> bool:
-    """Whether ``pretrained`` names a checkpoint of the model's ``pretrained:`` table rather than a local path."""
-    from zoo.weights import OFFICIAL  # noqa: PLC0415
-
-    if isinstance(name_or_config, Mapping) or os.path.exists(os.path.expanduser(pretrained)):
-        return False
-    if pretrained == OFFICIAL:
-        return True
-    if "/" in pretrained or os.sep in pretrained:
-        return False
-    return pretrained in (load_model_config(name_or_config).get("_pretrained_table") or {})
 
 
 def _load_parts(model, state: Mapping, parts: list[str], where: str, file: Any) -> dict[str, list]:

@@ -44,8 +44,8 @@ from typing import Any, Mapping
 from zoo.hub import WeightsError, atomic_write, is_offline, mmzoo_home
 from zoo.spec import ConfigError
 
-__all__ = ["OFFICIAL", "PretrainedEntry", "pretrained_table", "find_entry", "pretrained_export", "download",
-           "cached_export", "download_path", "export_path", "is_offline"]
+__all__ = ["OFFICIAL", "PretrainedEntry", "pretrained_table", "find_entry", "names_tag", "pretrained_export",
+           "download", "cached_export", "download_path", "export_path"]
 
 #: the tag that picks, for the task asked for, the model file's default checkpoint
 OFFICIAL = "official"
@@ -147,6 +147,18 @@ def find_entry(name: str, tag: str = OFFICIAL, task: str | None = None,
         raise ConfigError(f"{name} checkpoint {tag!r} holds the {entry.task or 'task-less'} model, not task {task!r}; "
                           f"leave the task out or pick a tag for it", "pretrained")
     return entry
+
+
+def names_tag(name: str, pretrained: str) -> bool:
+    """Whether ``pretrained`` names a checkpoint of the model's ``pretrained:`` table (``official`` or a tag) rather
+    than a local path (an existing file or folder of that name wins)."""
+    if os.path.exists(os.path.expanduser(pretrained)):
+        return False
+    if pretrained == OFFICIAL:
+        return True
+    if "/" in pretrained or os.sep in pretrained or ":" in pretrained:
+        return False
+    return pretrained in pretrained_table(name)
 
 
 def download_path(entry: PretrainedEntry) -> Path:

@@ -421,9 +421,22 @@ def model_and_data(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[
     # what the model can do, told from the very config built below, before building it
     _check_model_for_task(resolved["model"], task, mcfg, cfg.get("_file"))
 
+    pretrained = mcfg.get("pretrained")
+    if isinstance(pretrained, str):
+        from zoo.weights import OFFICIAL, names_tag, pretrained_export  # noqa: PLC0415
+
+        if names_tag(mcfg["name"], pretrained):  # an official checkpoint by tag: its converted export, fetched once
+            whole = mcfg.get("pretrained_parts") is None and mcfg.get("pretrained_strict") is not False
+            try:
+                folder, _ = pretrained_export(mcfg["name"], pretrained,
+                                              mcfg.get("task") if whole or pretrained == OFFICIAL else None)
+            except ConfigError as exc:
+                raise ConfigError(exc.message, "model.pretrained", cfg.get("_file")) from None
+            pretrained = str(folder)
+
     def build(model_cfg: dict, load: bool = True):
         try:
-            built = zoo.create_model(model_cfg, pretrained=mcfg.get("pretrained") if load else None,
+            built = zoo.create_model(model_cfg, pretrained=pretrained if load else None,
                                      pretrained_strict=mcfg.get("pretrained_strict"),
                                      pretrained_parts=mcfg.get("pretrained_parts"))
         except ConfigError as exc:
