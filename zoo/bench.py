@@ -237,6 +237,103 @@ def format_model_table(r: dict) -> str:
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []))
 
 
+# ------------------------------------------------------------------------------------------------------------ train
+
+#: the training objective a task's step runs, per task (the family method the task unit calls)
+TRAIN_LOSSES = {"retrieval": "retrieval_losses"}
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory so far (``getrusage`` ``ru_maxrss``: KiB on Linux)."""
+    import resource  # noqa: PLC0415
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: int | None = None, tokens: int = 40,
+                steps: int = 3, dtype: str = "float32", grad_checkpointing: bool = False, log: Any = None) -> dict:
+    """Time full training steps of a registered model on random inputs — the task's objective (retrieval: ITC + ITM
+    with in-batch hard negatives, the official ``XVLMForRetrieval.forward``), backward and an AdamW step — and split
+    each step into making the batch, forward, backward and the optimiser; the peak resident memory of the process.
+
+    Medians over ``steps`` steps after one warm-up step. bfloat16 runs the forward under CPU autocast (weights and the
+    optimiser stay fp32). The batch is random tensors (its share is the cost of drawing them, not of reading a
+    data set: ``mmzoo bench video`` measures data loading)."""
+    import statistics  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    import zoo  # noqa: PLC0415
+    from zoo.models.base import input_resolution  # noqa: PLC0415
+
+    if task not in TRAIN_LOSSES:
+        raise ValueError(f"bench train times {', '.join(TRAIN_LOSSES)}; got task {task!r}")
+    began = time.perf_counter()
+
+    def say(text: str) -> None:
+        if log is not None:
+            log(f"[{time.perf_counter() - began:6.1f} s] {text}")
+
+    torch.manual_seed(0)
+    say(f"building {name} for {task}")
+    model = zoo.create_model(name, task=task).train()
+    if grad_checkpointing:
+        for part in (getattr(model, "vision", None), getattr(model, "text", None), getattr(model, "fusion", None)):
+            if part is not None and hasattr(part, "set_grad_checkpointing"):
+                part.set_grad_checkpointing(True)
+    res = image_size or input_resolution(model) or 224
+    objective = getattr(model, TRAIN_LOSSES[task])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(1)
+
+    def make_batch() -> dict:
+        ids = torch.randint(1000, 2000, (batch, tokens), generator=gen)
+        return {"images": torch.randn(batch, 3, res, res, generator=gen), "input_ids": ids,
+                "attention_mask": torch.ones_like(ids), "image_ids": torch.arange(batch)}
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else _null()
+    phases: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
+    for step in range(steps + 1):
+        say(f"step {step + 1} of {steps + 1}" + (" (warm-up)" if step == 0 else ""))
+        t0 = time.perf_counter()
+        data = make_batch()
+        t1 = time.perf_counter()
+        with autocast:
+            loss = objective(data, generator=torch.Generator().manual_seed(step))["loss"]
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        if step:
+            for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                phases[key].append(value)
+    medians = {k: statistics.median(v) for k, v in phases.items()}
+    step_s = sum(medians.values())
+    return {"model": name, "task": task, "batch": batch, "image_size": res, "tokens": tokens, "dtype": dtype,
+            "grad_checkpointing": grad_checkpointing, "threads": torch.get_num_threads(), "steps": steps,
+            "phases": medians, "step_s": step_s, "steps_per_s": 1 / step_s, "samples_per_s": batch / step_s,
+            "peak_rss": peak_rss_bytes()}
+
+
+def format_train_table(rows: list[dict]) -> str:
+    first = rows[0]
+    lines = [f"`{first['model']}` {first['task']} training step (objective, backward, AdamW), {first['tokens']} text "
+             f"tokens, image {first['image_size']}, CPU ({first['threads']} threads); medians of {first['steps']} "
+             "steps after a warm-up; peak resident memory of the process.", "",
+             "| batch | dtype | grad ckpt | step s | steps/s | samples/s | data | forward | backward | optimiser |"
+             " peak RSS GiB |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        share = {k: f"{100 * v / r['step_s']:.0f}%" for k, v in r["phases"].items()}
+        lines.append(f"| {r['batch']} | {r['dtype']} | {'yes' if r['grad_checkpointing'] else 'no'} | "
+                     f"{r['step_s']:.2f} | {r['steps_per_s']:.3f} | {r['samples_per_s']:.2f} | {share['data']} | "
+                     f"{share['forward']} | {share['backward']} | {share['optimizer']} | "
+                     f"{r['peak_rss'] / 2**30:.2f} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------------------ video
 
 

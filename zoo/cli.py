@@ -134,6 +134,50 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _bench_train(args) -> int:
+    """``mmzoo bench train NAME``: the step and its phases; ``--memory``: each configuration in its own process (its
+    own peak resident memory): batch 8 and 32, with and without gradient checkpointing, fp32 and bf16."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from zoo.bench import bench_train, format_train_table  # noqa: PLC0415
+
+    if not args.name:
+        raise SystemExit("mmzoo bench train: give a model name (mmzoo list shows them)")
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    if args.child:
+        print(json.dumps(bench_train(args.name, args.task, args.batch, args.image_size, args.tokens, args.repeat or 3,
+                                     args.dtype, args.grad_checkpointing)))
+        return 0
+    if not args.memory:
+        rows = [bench_train(args.name, args.task, args.batch, args.image_size, args.tokens, args.repeat or 3,
+                            args.dtype, args.grad_checkpointing, log=say)]
+    else:
+        rows = []
+        for batch, ckpt, dtype in [(8, False, "float32"), (8, True, "float32"), (8, False, "bfloat16"),
+                                   (32, False, "float32"), (32, True, "float32"), (32, False, "bfloat16")]:
+            say(f"batch {batch}, grad checkpointing {'on' if ckpt else 'off'}, {dtype}: own process")
+            cmd = [sys.executable, "-m", "zoo.cli", "bench", "train", args.name, "--task", args.task, "--batch",
+                   str(batch), "--tokens", str(args.tokens), "--repeat", str(args.repeat or 2), "--dtype", dtype,
+                   "--child"] + (["--grad-checkpointing"] if ckpt else []) + \
+                  (["--image-size", str(args.image_size)] if args.image_size else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if out.returncode:
+                say(f"  failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+                continue
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(format_train_table(rows))
+    if args.memory and len(rows) >= 2:
+        fp32 = {r["batch"]: r["peak_rss"] for r in rows if r["dtype"] == "float32" and not r["grad_checkpointing"]}
+        if 8 in fp32 and 32 in fp32 and fp32[32] > fp32[8]:
+            per = (fp32[32] - fp32[8]) / 24
+            fits = int((24 * 2**30 - (fp32[8] - 8 * per)) // per)
+            print(f"\n- fp32 without checkpointing: {per / 2**20:.0f} MiB per sample above a fixed "
+                  f"{(fp32[8] - 8 * per) / 2**30:.2f} GiB: about {fits} samples fit 24 GiB (a linear extrapolation "
+                  "of the two measured batches)")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     if args.what == "attention":
         from zoo.bench import bench_attention, format_attention_table  # noqa: PLC0415
@@ -159,6 +203,8 @@ def _cmd_bench(args) -> int:
                              log=lambda text: print(text, file=sys.stderr, flush=True))
         print(format_model_table(result))
         return 0
+    if args.what == "train":
+        return _bench_train(args)
     if args.what == "video":
         import torch  # noqa: PLC0415
 
@@ -677,8 +723,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed for a registered model built with random weights")
     s.set_defaults(fn=_cmd_chat)
 
-    s = sub.add_parser("bench", help="benchmarks: attention | model NAME | video [TASK_CONFIG]")
-    s.add_argument("what", choices=["attention", "model", "video"])
+    s = sub.add_parser("bench", help="benchmarks: attention | model NAME | train NAME | video [TASK_CONFIG]")
+    s.add_argument("what", choices=["attention", "model", "train", "video"])
     s.add_argument("name", nargs="?", default=None,
                    help="model name (bench model); task config whose training step is timed (bench video)")
     s.add_argument("--frames", type=int, default=8, help="frames sampled per clip (bench video)")
@@ -694,6 +740,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--dtype", default="float32")
     s.add_argument("--backward", action="store_true")
+    s.add_argument("--task", default="retrieval", help="bench train: the task whose objective a step runs")
+    s.add_argument("--grad-checkpointing", action="store_true", help="bench train: recompute the encoders' layers")
+    s.add_argument("--memory", action="store_true",
+                   help="bench train: batch 8 and 32, with and without gradient checkpointing, fp32 and bf16, each in "
+                        "its own process (peak resident memory), and the batch that fits 24 GiB")
+    s.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(fn=_cmd_bench)
     return p
 
