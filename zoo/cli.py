@@ -503,7 +503,11 @@ def _cmd_serve(args) -> int:
         from zoo.train.run import model_from_checkpoint  # noqa: PLC0415
 
         source = model_from_checkpoint(source, trust_imports=args.trust_imports)
-    serve(source, task=args.task, host=args.host, port=args.port, share=args.share)
+    try:
+        serve(source, task=args.task, host=args.host, port=args.port, share=args.share)
+    except (ImportError, ValueError) as exc:  # no gradio (the demo extra), or a page the model cannot serve
+        print(f"mmzoo serve: error: {_error_line(exc)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -704,7 +708,7 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_convert)
 
     s = sub.add_parser("serve", parents=[trust],
-                       help="a web demo (gradio) of an export: VQA, captioning, retrieval or chat, by its task")
+                       help="a web demo (gradio) of an export: VQA, captioning, retrieval, VE, NLVR or chat, by its task")
     s.add_argument("source", help="export folder, run folder, checkpoint or registered model name")
     s.add_argument("--task", default=None, help="the page to show (default: the model's task)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

@@ -145,7 +145,8 @@ def lightning_names(kind: str) -> list[str]:
         if kind == "strategy":
             from lightning.pytorch.strategies import StrategyRegistry  # noqa: PLC0415
 
-            return ["auto", *StrategyRegistry.available_strategies()]
+            # model_parallel: Lightning's ModelParallelStrategy (torch's fully_shard), built by the training run
+            return ["auto", *StrategyRegistry.available_strategies(), "model_parallel"]
         from lightning.pytorch.accelerators import AcceleratorRegistry  # noqa: PLC0415
 
         return ["auto", "gpu", *AcceleratorRegistry.available_accelerators()]

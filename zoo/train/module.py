@@ -111,6 +111,37 @@ class TaskModule(L.LightningModule):
         self._outputs: dict[int, list[dict]] = {}
         self.skipped = 0
 
+    #: the model's blocks and encoder parts are sharded across the processes (trainer.strategy: model_parallel)
+    sharded = False
+
+    def configure_model(self) -> None:
+        """Under Lightning's ``ModelParallelStrategy`` (``trainer.strategy: model_parallel``): shard the model over
+        the data-parallel mesh (:func:`zoo.train.sharding.shard_model`, torch's ``fully_shard``) before the optimiser
+        is built; the replicated heads' gradients are averaged after each backward."""
+        strategy = getattr(getattr(self, "_trainer", None), "strategy", None)
+        if type(strategy).__name__ != "ModelParallelStrategy" or self.sharded:
+            return
+        from zoo.train.sharding import shard_model  # noqa: PLC0415
+
+        shard_model(self.model, self.device_mesh["data_parallel"])
+        self.sharded = True
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if not self.sharded or not gradient_clip_val:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        from zoo.train.sharding import clip_grad_norm  # noqa: PLC0415
+
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError("trainer.strategy model_parallel clips by norm only (trainer.gradient_clip_algorithm)")
+        clip_grad_norm(self.model, gradient_clip_val)
+        return None
+
+    def on_after_backward(self) -> None:
+        if self.sharded:
+            from zoo.train.sharding import average_replicated_gradients  # noqa: PLC0415
+
+            average_replicated_gradients(self.model)
+
     def setup(self, stage: str) -> None:
         dm = getattr(getattr(self, "_trainer", None), "datamodule", None)
         if dm is not None and hasattr(dm, "configure_for_model"):

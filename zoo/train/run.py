@@ -586,6 +586,18 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
     csv_logger = _resumed_csv_logger(run_dir, start_step) if start is not None else CSVLogger(run_dir, name="logs",
                                                                                                  version="")
     loggers = [csv_logger, TensorBoardLogger(run_dir, name="logs", version="tb")]
+    if trainer_cfg.get("strategy") == "model_parallel":  # torch's fully_shard through Lightning, CPU (gloo) or CUDA
+        from lightning.pytorch.strategies import ModelParallelStrategy  # noqa: PLC0415
+
+        devices = trainer_cfg.get("devices", 1)
+        if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
+            raise ConfigError(f"trainer.strategy model_parallel shards over trainer.devices processes per node: give "
+                              f"their number, got {devices!r}", "trainer.devices", cfg.get("_file"))
+        # every process one data-parallel shard (no tensor parallelism); one checkpoint file (the full state dict,
+        # written by rank 0) as with every other strategy
+        world = devices * int(trainer_cfg.get("num_nodes", 1) or 1)
+        trainer_cfg["strategy"] = ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1,
+                                                        save_distributed_checkpoint=False)
     trainer = L.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], **trainer_cfg)
     began = time.monotonic()
@@ -599,6 +611,8 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
     if dm.has_split("test"):
         trainer.test(module, datamodule=dm)
         results["test"] = getattr(module, "last_metrics", {})
+    if module.sharded:  # the export needs whole tensors: gathered from every process (a collective call), kept by rank 0
+        model = _unsharded(model, trainer.is_global_zero)
     if trainer.is_global_zero:
         csv_file = run_dir / "logs" / "metrics.csv"
         if csv_file.is_file():
@@ -688,6 +702,23 @@ def _monitor(tcfg: Mapping[str, Any], dm: Any) -> str | None:
     if name is None or not dm.has_split("val"):
         return None
     return name if "/" in name else f"val/{name}"
+
+
+def _unsharded(model, keep: bool):
+    """A plain copy of a model sharded with ``fully_shard`` (every process must call it: the tensors are gathered);
+    None on the processes that do not ``keep`` it."""
+    import zoo  # noqa: PLC0415
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # noqa: PLC0415
+
+    from zoo.hub import load_weights  # noqa: PLC0415
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not keep:
+        return None
+    config = {k: v for k, v in model.zoo_config.items() if k not in ("pretrained", "pretrained_parts")}
+    plain = zoo.create_model(config)
+    load_weights(plain, state, what="the gathered sharded model")
+    return plain
 
 
 def _check_strategy(trainer_cfg: Mapping[str, Any], file: str | None) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["SHARDED_PARTS", "average_replicated_gradients", "shard_model", "sharded_modules"]
+__all__ = ["SHARDED_PARTS", "average_replicated_gradients", "clip_grad_norm", "shard_model", "sharded_modules"]
 
 #: the top-level parts sharded as a whole (each is called through its forward by every family)
 SHARDED_PARTS = ("vision", "text", "fusion", "lm", "decoder")
@@ -83,3 +83,23 @@ def average_replicated_gradients(model: nn.Module, group=None) -> int:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
     return len(grads)
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` over a model with sharded and replicated gradients (the former DTensors,
+    the latter plain and already averaged): the 2-norm of all of them together, as one process's whole gradients
+    would give; every gradient scaled by ``max_norm / norm`` when the norm is larger. Returns the norm."""
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    total = torch.zeros((), dtype=torch.float32)
+    for g in grads:
+        norm = torch.linalg.vector_norm(g, dtype=torch.float32)
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm  # a shard's norm: reduced over the mesh
+        total = total + norm.to(total.device) ** 2
+    total = total.sqrt()
+    coef = float(max_norm) / (float(total) + 1e-6)
+    if coef < 1:
+        for g in grads:
+            g.mul_(coef)
+    return total
