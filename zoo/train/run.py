@@ -731,7 +731,8 @@ def _check_strategy(trainer_cfg: Mapping[str, Any], file: str | None) -> None:
     accelerator = str(trainer_cfg.get("accelerator", "cpu"))
     if accelerator not in ("gpu", "cuda", "auto"):
         raise ConfigError(f"strategy {strategy!r} runs on CUDA devices only (Lightning's {family} has no CPU path); "
-                          f"set trainer.accelerator=gpu on a GPU machine, or use trainer.strategy=ddp on CPU",
+                          f"set trainer.accelerator=gpu on a GPU machine, or on CPU use trainer.strategy=model_parallel "
+                          f"(torch's fully_shard, sharded on gloo) or ddp",
                           "trainer.strategy", file)
     if family == "deepspeed":
         import importlib.util  # noqa: PLC0415
