@@ -26,9 +26,18 @@ length, an upstream slip that only matters for captions that never stop; ``num_b
 (the extra beams start at ``-inf`` and never win; the official code would fail in ``topk``). Prompts are not padded:
 all prompts of a batch have the same length (X²-VLM uses one prompt).
 
-No key/value cache: each step reruns the whole prefix. For X²-VLM this is exact, not an approximation: the official
-generation caches every layer's states of the earlier tokens (``history_states``), which were computed under a causal
-mask and so equal what a causal rerun of the prefix computes.
+Key/value cache. A step function may carry a cache of the earlier positions (:class:`CachedStep`, with a
+:class:`zoo.modules.kv_cache.KVCache`): then it runs only the new positions each step, and the search tells it which
+rows survive — after choosing the beams of a step, :func:`beam_search` calls ``step_fn.reorder(origin)`` (when the
+step has that method), ``origin[i]`` being the row that next step's row ``i`` continues (the first step expands one
+row per example to ``num_beams`` rows, later steps gather the chosen beams within each example). A step without
+``reorder`` gets the whole prefix every step (the rerun). Both give the same search up to float rounding: the earlier
+positions' states were computed under a causal mask, so they equal what a causal rerun of the prefix computes. For
+X²-VLM this is also what the official generation does: it keeps every layer's states of the earlier tokens
+(``history_states``, s2s-ft) and feeds only the new token and the next ``[MASK]``. :func:`mlm_step_fn` is the rerun,
+:func:`cached_mlm_step_fn` the cached step (per layer the keys/values of the fixed tokens; the image tokens' cross-
+attention keys/values projected once per example and shared by its beams); :func:`generate_mlm_captions` uses the
+cached one unless ``use_cache=False``.
 """
 
 from __future__ import annotations
@@ -40,7 +49,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PENALTY", "BeamSearchOutput", "StepFn", "beam_search", "generate_mlm_captions", "mlm_step_fn"]
+from zoo.modules.kv_cache import KVCache
+
+__all__ = [
+    "PENALTY",
+    "BeamSearchOutput",
+    "CachedStep",
+    "StepFn",
+    "beam_search",
+    "cached_mlm_step_fn",
+    "generate_mlm_captions",
+    "mlm_step_fn",
+]
 
 #: the additive penalty of the s2s-ft search (forbidden n-grams, early EOS, continuations of finished beams)
 PENALTY = -10000.0
@@ -48,6 +68,22 @@ PENALTY = -10000.0
 #: ``step_fn(input_ids (N, T), example_index (N,)) -> logits (N, vocab)``; ``example_index[i]`` is the example (row of
 #: the prompt batch) that row ``i`` extends, so the step can pick that example's image tokens.
 StepFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class CachedStep:
+    """A step function that keeps a key/value cache: ``fn(input_ids, example_index)`` reads the rows' earlier
+    positions from ``cache`` (``cache.length`` of them) and runs only the rest; :meth:`reorder` is what the searches
+    call when beams are chosen (:func:`beam_search`; UniVL's search also passes the examples still decoded)."""
+
+    def __init__(self, fn: StepFn, cache: KVCache):
+        self.fn, self.cache = fn, cache
+
+    def __call__(self, input_ids: Tensor, example_index: Tensor) -> Tensor:
+        return self.fn(input_ids, example_index)
+
+    def reorder(self, origin: Tensor, examples: Tensor | None = None) -> None:
+        """Next call's row ``i`` continues row ``origin[i]`` (see :meth:`zoo.modules.kv_cache.KVCache.reorder`)."""
+        self.cache.reorder(origin, examples)
 
 
 @dataclass
@@ -90,7 +126,8 @@ def beam_search(
     """s2s-ft beam search (see the module docstring); ``num_beams=1`` is greedy decoding.
 
     Args:
-        step_fn: next-token logits for each row (:data:`StepFn`).
+        step_fn: next-token logits for each row (:data:`StepFn`); with a ``reorder(origin)`` method (a
+            :class:`CachedStep`) it is told, after each step, which row each next row continues.
         prompt_ids: ``(B, P)`` the prompt of each example (X²-VLM: ``[CLS] a picture of``); not part of the output.
         eos_token_id: the token that ends a sequence (X²-VLM: ``[SEP]``).
         num_beams: beams per example (official captioning: 3).
@@ -117,6 +154,8 @@ def beam_search(
     finished = torch.zeros(b, k, dtype=torch.bool, device=device)
     forbid: Tensor | None = None
     frames_ids, frames_ptrs, frames_scores = [], [], []
+    reorder = getattr(step_fn, "reorder", None)
+    beam_base = (rows * k)[:, None]  # row of beam 0 of each example, from the second step on
 
     for step in range(1, max_length + 1):
         first = step == 1
@@ -150,6 +189,8 @@ def beam_search(
         beam_scores, finished = new_scores, ids == eos_token_id
         if bool((finished | torch.isneginf(new_scores)).all()):
             break  # every beam of every example has ended: later steps cannot change the result
+        if reorder is not None and step < max_length:
+            reorder(beam_rows if first else (beam_base + ptrs).reshape(-1))
         forbid = _dup_ngram_mask(tokens[:, prompt_len:], ngram_size, vocab) if forbid_duplicate_ngrams else None
 
     return _select(frames_ids, frames_ptrs, frames_scores, eos_token_id, length_penalty)
@@ -228,6 +269,39 @@ def mlm_step_fn(
     return step
 
 
+def cached_mlm_step_fn(
+    text: nn.Module,
+    head: nn.Module,
+    vision_tokens: Tensor,
+    vision_mask: Tensor | None = None,
+    *,
+    mask_token_id: int = 103,
+) -> CachedStep:
+    """:func:`mlm_step_fn` with a key/value cache, for :func:`beam_search` (rows in the search's order: one per
+    example on the first step, then ``num_beams`` per example, example-major). Same arguments; ``text`` is a
+    ``split_bert`` stack (``new_cache``, ``default_position_ids``, ``forward(..., cache=)``).
+
+    Each step runs only the positions after the cached ones — the prompt and ``[MASK]`` on the first step, then the
+    token chosen at the last ``[MASK]``'s position and a new ``[MASK]`` after it — with the same position ids and the
+    same causal mask as the rerun, and keeps the keys/values of every position but the trailing ``[MASK]``. The image
+    tokens' cross-attention keys/values are projected on the first step, once per example.
+    """
+    cache = text.new_cache()
+
+    def step(input_ids: Tensor, example_index: Tensor) -> Tensor:
+        start = cache.length
+        full = torch.cat([input_ids, torch.full_like(input_ids[:, :1], mask_token_id)], dim=1)
+        new = full[:, start:]
+        cache.keep = new.shape[1] - 1  # the [MASK]'s position gets the chosen token next step
+        out = text(
+            new, None, mode="full", vision_tokens=vision_tokens, vision_mask=vision_mask, causal=True,
+            position_ids=text.default_position_ids(full)[:, start:], cache=cache,
+        )
+        return head.logits(out.tokens[:, -1])
+
+    return CachedStep(step, cache)
+
+
 def generate_mlm_captions(
     text: nn.Module,
     head: nn.Module,
@@ -243,8 +317,10 @@ def generate_mlm_captions(
     length_penalty: float = 0.0,
     forbid_duplicate_ngrams: bool = True,
     ngram_size: int = 3,
+    use_cache: bool = True,
 ) -> BeamSearchOutput:
-    """Captions for a batch of images: beam search over :func:`mlm_step_fn`.
+    """Captions for a batch of images: beam search over :func:`cached_mlm_step_fn` (``use_cache=False``: over
+    :func:`mlm_step_fn`, which reruns the prefix every step; same captions, slower).
 
     ``prompt_ids``: ``[CLS] + tokens of 'a picture of '`` (one list for the batch, or ``(B, P)``). The returned
     sequences exclude the prompt and stop before EOS; decode them with the tokenizer.
@@ -257,8 +333,9 @@ def generate_mlm_captions(
     text.eval()
     head.eval()
     try:
+        make_step = cached_mlm_step_fn if use_cache else mlm_step_fn
         out = beam_search(
-            mlm_step_fn(text, head, vision_tokens, vision_mask, mask_token_id=mask_token_id), prompt,
+            make_step(text, head, vision_tokens, vision_mask, mask_token_id=mask_token_id), prompt,
             eos_token_id=eos_token_id, num_beams=num_beams, max_length=max_length, min_length=min_length,
             length_penalty=length_penalty, forbid_duplicate_ngrams=forbid_duplicate_ngrams, ngram_size=ngram_size,
         )

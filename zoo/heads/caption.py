@@ -20,8 +20,9 @@ s2s-ft "pseudo masking":
 
 Reused: :class:`zoo.heads.mlm.MLMHead` (the ``caption`` head *is* an MLM head, same keys ``cls.predictions.*``, so the
 official ``text_encoder.cls.*`` loads into either), ``split_bert``'s ``mask=`` / ``position_ids=`` arguments, and
-:mod:`zoo.generation` for decoding. Hand-written: the rest (written from the facts above; the loss in closed form
-rather than by materialising ``q``, which is equal and needs no ``(N, V)`` target tensor).
+:mod:`zoo.generation` for decoding (with a key/value cache by default). Hand-written: the rest (written from the
+facts above; the loss in closed form rather than by materialising ``q``, which is equal and needs no ``(N, V)`` target
+tensor).
 """
 
 from __future__ import annotations
@@ -350,9 +351,10 @@ class CaptionHead(MLMHead):
 
     @torch.no_grad()
     def generate(self, text: nn.Module, vision_tokens: Tensor, vision_mask: Tensor | None,
-                 prompt_ids: Sequence[int] | Tensor, **overrides: Any) -> BeamSearchOutput:
+                 prompt_ids: Sequence[int] | Tensor, *, use_cache: bool = True, **overrides: Any) -> BeamSearchOutput:
         """Captions (token ids, prompt and EOS excluded) by beam search; ``overrides`` replace the decoding defaults
-        (``num_beams``, ``min_length``, ``max_length``, ``length_penalty``, ``ngram_size``)."""
+        (``num_beams``, ``min_length``, ``max_length``, ``length_penalty``, ``ngram_size``). ``use_cache=False``
+        reruns the whole prefix every step instead of keeping the earlier positions' keys/values (same captions)."""
         unknown = set(overrides) - set(self.generation)
         if unknown:
             raise TypeError(f"unknown decoding options {sorted(unknown)}; expected {sorted(self.generation)}")
@@ -360,5 +362,6 @@ class CaptionHead(MLMHead):
         ngram = opts.pop("ngram_size")
         return generate_mlm_captions(
             text, self, vision_tokens, vision_mask, prompt_ids, mask_token_id=self.mask_token_id,
-            eos_token_id=self.eos_token_id, forbid_duplicate_ngrams=ngram > 0, ngram_size=max(ngram, 2), **opts,
+            eos_token_id=self.eos_token_id, forbid_duplicate_ngrams=ngram > 0, ngram_size=max(ngram, 2),
+            use_cache=use_cache, **opts,
         )

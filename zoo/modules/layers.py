@@ -14,8 +14,9 @@ state-dict keys equal ``BertLayer``'s (``attention.self.{query,key,value}``, ``a
 load without renaming; tests/test_fusion.py checks numerical agreement with ``BertLayer`` on the same weights.
 
 :class:`LayerStack` runs a slice of such layers (``layer.N`` keys) with gradient checkpointing, hidden states and
-attention maps. :func:`load_bert_layers` copies embeddings and layers by key name from a local checkpoint (read with
-:func:`zoo.hub.load_state_dict`), optionally from other source layers (X²-VLM initialises its fusion layers 12–17 from BERT layers 6–11; CCLM keeps XLM-R's odd layers).
+attention maps, or, for decoding step by step, only the new positions with a key/value cache of the earlier ones
+(:mod:`zoo.modules.kv_cache`). :func:`load_bert_layers` copies embeddings and layers by key name from a local
+checkpoint (read with :func:`zoo.hub.load_state_dict`), optionally from other source layers (X²-VLM initialises its fusion layers 12–17 from BERT layers 6–11; CCLM keeps XLM-R's odd layers).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.modules.attention import attention
+from zoo.modules.kv_cache import KVCache, LayerCache
 
 __all__ = [
     "MultiHeadAttention",
@@ -84,9 +86,28 @@ class MultiHeadAttention(nn.Module):
         bias: Tensor | None = None,
         causal: bool = False,
         return_probs: bool = False,
+        cache: LayerCache | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        context = x if context is None else context
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(context)), self._heads(self.value(context))
+        """``cache`` (decoding, :mod:`zoo.modules.kv_cache`): without ``context`` the keys/values of the earlier
+        positions are prepended to those of ``x`` and the new ones stored (``key_padding_mask`` / ``mask`` then
+        cover every key); with ``context`` its keys/values are projected on the first call only, one row per
+        context example, and the rows of ``x`` (example-major) attend to their example's."""
+        q = self._heads(self.query(x))
+        folded = False
+        if cache is None:
+            context = x if context is None else context
+            k, v = self._heads(self.key(context)), self._heads(self.value(context))
+        else:
+            if return_probs:
+                raise ValueError("attention probabilities are not returned while decoding with a key/value cache")
+            if context is None:
+                k, v = cache.extend(self._heads(self.key(x)), self._heads(self.value(x)))
+            else:
+                ctx = context
+                k, v, key_padding_mask = cache.context(
+                    lambda: (self._heads(self.key(ctx)), self._heads(self.value(ctx))), key_padding_mask
+                )
+                q, folded = cache.fold(q, k.shape[0]), True
         out = attention(
             q, k, v,
             key_padding_mask=key_padding_mask, mask=mask, bias=bias, causal=causal,
@@ -98,6 +119,8 @@ class MultiHeadAttention(nn.Module):
         probs = None
         if return_probs:
             out, probs = out
+        if folded:
+            out = cache.unfold(out)
         b, _, n, _ = out.shape
         return out.transpose(1, 2).reshape(b, n, -1), probs
 
@@ -194,6 +217,7 @@ class TransformerLayer(nn.Module):
         bias: Tensor | None = None,
         causal: bool | None = None,
         output_attentions: bool = False,
+        cache: LayerCache | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Returns ``(hidden_states, self-attention probabilities, cross-attention probabilities)``.
 
@@ -207,18 +231,21 @@ class TransformerLayer(nn.Module):
             bias: additive self-attention bias broadcastable to ``(B, H, L, L)`` (relative position bias).
             causal: overrides the layer's ``causal`` default for this call.
             output_attentions: return the probabilities (math backend).
+            cache: this layer's key/value cache while decoding (:mod:`zoo.modules.kv_cache`): ``hidden_states`` are
+                the new positions only.
         """
         causal = self.causal if causal is None else causal
         x, self_probs = self.attention(
             hidden_states, key_padding_mask=attention_mask, mask=mask, bias=bias, causal=causal,
-            return_probs=output_attentions,
+            return_probs=output_attentions, cache=cache,
         )
         cross_probs = None
         if self.has_cross_attention:
             if encoder_hidden_states is None:
                 raise ValueError("this layer has cross-attention: pass encoder_hidden_states (the vision tokens)")
             x, cross_probs = self.crossattention(
-                x, encoder_hidden_states, key_padding_mask=encoder_attention_mask, return_probs=output_attentions
+                x, encoder_hidden_states, key_padding_mask=encoder_attention_mask, return_probs=output_attentions,
+                cache=cache,
             )
         elif encoder_hidden_states is not None:
             raise ValueError("encoder_hidden_states was given to a layer built without cross-attention")
@@ -254,8 +281,12 @@ class LayerStack(nn.Module):
         causal: bool | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        cache: KVCache | None = None,
     ) -> tuple[Tensor, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
         """Run layers ``start`` to ``end`` (exclusive); context is passed only to layers with cross-attention.
+
+        ``cache`` (decoding, :mod:`zoo.modules.kv_cache`): ``hidden_states`` are the new positions only; layer ``i``
+        reads and extends ``cache.at(i)``.
 
         Returns ``(hidden_states, all hidden states, self-attention maps, cross-attention maps)``; the tuples are None
         unless requested (the hidden states hold the input and every layer's output).
@@ -263,14 +294,18 @@ class LayerStack(nn.Module):
         states = (hidden_states,) if output_hidden_states else None
         self_maps = () if output_attentions else None
         cross_maps = () if output_attentions else None
+        if cache is not None and len(cache.self_kv) != len(self.layer):
+            raise ValueError(f"the cache has {len(cache.self_kv)} layers but the stack {len(self.layer)}")
         x = hidden_states
-        for layer in self.layer[start:end]:
+        for index in range(len(self.layer))[start:end]:
+            layer = self.layer[index]
             ctx = encoder_hidden_states if layer.has_cross_attention else None
             ctx_mask = encoder_attention_mask if layer.has_cross_attention else None
             run = functools.partial(
-                layer, mask=mask, bias=bias, causal=causal, output_attentions=output_attentions
+                layer, mask=mask, bias=bias, causal=causal, output_attentions=output_attentions,
+                cache=None if cache is None else cache.at(index),
             )
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            if cache is None and self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x, sp, cp = checkpoint(run, x, attention_mask, ctx, ctx_mask, use_reentrant=False)
             else:
                 x, sp, cp = run(x, attention_mask, ctx, ctx_mask)

@@ -53,6 +53,13 @@ commented out). Caption beam search is :func:`zoo.generation.beam_search` (s2s-f
 no length penalty) rather than transformers' ``generate``; ``max_length`` / ``min_length`` still count the prompt,
 as the official ``generate`` call does.
 
+Decoding (captions, open-ended answers, and image codes through ``generate_image``) keeps a key/value cache by
+default (:mod:`zoo.modules.kv_cache`): per decoder layer the self-attention keys/values of the tokens already written,
+and the encoder states' cross-attention keys/values projected once per example (shared by its beams); each step runs
+the newest token only, and the LM head only at the last position. ``use_cache=False`` reruns the whole prefix every
+step (same outputs up to float rounding; ``generate_codes`` called directly reruns unless given ``use_cache=True``).
+Answer ranking (``vqa_predict``) scores whole answers in one teacher-forced pass and has no steps to cache.
+
 Keys: ``vision.trunk.*`` / ``vision.{cls_token,pos_embed}``, ``vision_proj.*``, ``text.{embeddings,encoder.layer.N}.*``,
 ``text_decoder.decoder.bert.*``, ``text_decoder.cls.*``, optional ``image_tokenizer.vq.*`` (diffusers names),
 ``ve_head.*``, ``nlvr_head.*``; :func:`zoo.models.davinci.convert.convert_official_state_dict` maps the official names.
@@ -70,6 +77,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.models.base import CLIP_PREPROCESS, ZooModel
+from zoo.modules.kv_cache import KVCache
 from zoo.modules.layers import LayerStack, TransformerLayer, init_bert_weights
 from zoo.modules.outputs import EncoderOutput
 from zoo.registry import MODELS, TEXT_ENCODERS
@@ -647,14 +655,15 @@ class DaVinci(ZooModel):
 
     @torch.no_grad()
     def vqa_generate(self, images: Tensor, question_ids: Tensor, question_mask: Tensor, max_length: int = 10,
-                     num_beams: int = 1) -> list[str]:
-        """Open-ended answers: decode from ``[CLS]`` until ``[SEP]`` (the end token answers are trained with)."""
+                     num_beams: int = 1, use_cache: bool = True) -> list[str]:
+        """Open-ended answers: decode from ``[CLS]`` until ``[SEP]`` (the end token answers are trained with);
+        ``use_cache=False`` reruns the prefix every step."""
         from zoo.generation import beam_search  # noqa: PLC0415
 
         states, smask = self.encode(images, question_ids, question_mask)
         start = torch.full((states.shape[0], 1), self.text_decoder.bos_token_id, dtype=torch.long,
                            device=states.device)
-        out = beam_search(self._step_fn(states, smask, text_only=True), start,
+        out = beam_search(self._step_fn(states, smask, text_only=True, use_cache=use_cache), start,
                           eos_token_id=self.text_decoder.eos_token_id, num_beams=num_beams, max_length=max_length,
                           min_length=0, forbid_duplicate_ngrams=False)
         tok = self.tokenizer()
@@ -708,21 +717,63 @@ class DaVinci(ZooModel):
                             label_smoothing=self.caption_label_smoothing)
         return {"loss": loss}
 
-    def _step_fn(self, states: Tensor, smask: Tensor | None, text_only: bool = False):
+    def new_decoder_cache(self) -> KVCache:
+        """An empty key/value cache of the decoder (:meth:`last_logits`)."""
+        return self.text_decoder.decoder.bert.new_cache()
+
+    def last_logits(self, tokens: Tensor, states: Tensor, states_mask: Tensor | None,
+                    cache: KVCache | None = None) -> Tensor:
+        """``(N, vocab)`` next-token logits after the last token of each row of ``tokens``.
+
+        Without ``cache``: the decoder over the whole of ``tokens`` (row ``i`` reads ``states[i]``). With ``cache``:
+        only the tokens after the ``cache.length`` cached ones run; ``states`` / ``states_mask`` are read on the first
+        call, one row per example (the rows of ``tokens`` example-major, see :mod:`zoo.modules.kv_cache`)."""
+        bert = self.text_decoder.decoder.bert
+        hidden = bert(tokens if cache is None else tokens[:, cache.length:], None, mode="full", vision_tokens=states,
+                      vision_mask=states_mask, causal=True, cache=cache).tokens[:, -1]
+        return self.text_decoder.cls(hidden)
+
+    def _step_fn(self, states: Tensor, smask: Tensor | None, text_only: bool = False, use_cache: bool = False):
+        """The beam-search step over the decoder; ``use_cache``: a :class:`~zoo.generation.CachedStep` that runs the
+        newest token only (rows as :func:`~zoo.generation.beam_search` orders them)."""
+        from zoo.generation import CachedStep
+
         text_vocab = self.text_vocab_size
 
-        def step(tokens: Tensor, rows: Tensor) -> Tensor:
-            logits = self.decoder_logits(tokens, None, states[rows], None if smask is None else smask[rows])[:, -1]
+        if not use_cache:
+            def step(tokens: Tensor, rows: Tensor) -> Tensor:
+                logits = self.decoder_logits(tokens, None, states[rows],
+                                             None if smask is None else smask[rows])[:, -1]
+                return logits[:, :text_vocab] if text_only else logits
+
+            return step
+
+        cache = self.new_decoder_cache()
+
+        def cached(tokens: Tensor, rows: Tensor) -> Tensor:
+            logits = self.last_logits(tokens, states, smask, cache)
             return logits[:, :text_vocab] if text_only else logits
 
-        return step
+        return CachedStep(cached, cache)
 
     @torch.no_grad()
     def generate_captions(self, images: Tensor, tokenizer: Any = None, prompt: str | None = None,
                           num_beams: int | None = None, max_length: int | None = None,
-                          min_length: int | None = None) -> list[str]:
+                          min_length: int | None = None, use_cache: bool = True) -> list[str]:
         """Captions by beam search from ``[CLS] + prompt`` (official 2 beams; ``max_length`` 20 and ``min_length`` 5
-        count the prompt, as the official ``generate``). Returns the caption text after the prompt."""
+        count the prompt, as the official ``generate``). Returns the caption text after the prompt.
+        ``use_cache=False`` reruns the prefix every step (same captions, slower)."""
+        tok = tokenizer if tokenizer is not None else self.tokenizer()
+        out = self.caption_beam_search(images, tok, prompt, num_beams=num_beams, max_length=max_length,
+                                       min_length=min_length, use_cache=use_cache)
+        return [tok.decode(seq, skip_special_tokens=True).strip() for seq in out.sequences]
+
+    @torch.no_grad()
+    def caption_beam_search(self, images: Tensor, tokenizer: Any = None, prompt: str | None = None, *,
+                            num_beams: int | None = None, max_length: int | None = None,
+                            min_length: int | None = None, use_cache: bool = True) -> Any:
+        """The beam search of :meth:`generate_captions`: its :class:`~zoo.generation.BeamSearchOutput` (the token
+        ids after the prompt, with their scores)."""
         from zoo.generation import beam_search  # noqa: PLC0415
 
         tok = tokenizer if tokenizer is not None else self.tokenizer()
@@ -732,11 +783,11 @@ class DaVinci(ZooModel):
         start = torch.tensor(prompt_ids, dtype=torch.long, device=images.device).expand(images.shape[0], -1)
         max_len = (self.caption_max_length if max_length is None else max_length) - len(prompt_ids)
         min_len = max((self.caption_min_length if min_length is None else min_length) - len(prompt_ids), 0)
-        out = beam_search(self._step_fn(states, smask, text_only=True), start,
+        out = beam_search(self._step_fn(states, smask, text_only=True, use_cache=use_cache), start,
                           eos_token_id=self.text_decoder.eos_token_id,
                           num_beams=self.caption_num_beams if num_beams is None else num_beams,
                           max_length=max(max_len, 1), min_length=min_len, forbid_duplicate_ngrams=False)
-        return [tok.decode(seq, skip_special_tokens=True).strip() for seq in out.sequences]
+        return out
 
     # -- SNLI-VE / NLVR2 ---------------------------------------------------------------------------------------------
     def _last_token_state(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -772,8 +823,12 @@ class DaVinci(ZooModel):
     @torch.no_grad()
     def generate_codes(self, input_ids: Tensor, attention_mask: Tensor, grid: tuple[int, int], *,
                        top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
-                       generator: torch.Generator | None = None) -> Tensor:
-        """Sample a ``grid`` of codes ``(B, rows, cols)`` for a tokenised caption (text-only encoder input)."""
+                       generator: torch.Generator | None = None, use_cache: bool = True) -> Tensor:
+        """Sample a ``grid`` of codes ``(B, rows, cols)`` for a tokenised caption (text-only encoder input).
+
+        ``use_cache=True`` (the default) runs the newest token only each step with the decoder's key/value cache
+        (:meth:`last_logits`); ``False`` reruns the whole prefix through :meth:`decoder_logits` for each code. The
+        same codes for the same ``generator`` (up to float rounding)."""
         from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper  # noqa: PLC0415
 
         top_k = self.image_top_k if top_k is None else top_k
@@ -791,8 +846,13 @@ class DaVinci(ZooModel):
             warpers.append(TopPLogitsWarper(top_p=top_p))
         b = input_ids.shape[0]
         tokens = torch.full((b, 1), self.image_bos_token_id, dtype=torch.long, device=input_ids.device)
+        cache = self.new_decoder_cache() if use_cache else None
         for _ in range(grid[0] * grid[1]):
-            logits = self.decoder_logits(tokens, None, states, smask)[:, -1, code_ids].float() / temperature
+            if cache is None:
+                logits = self.decoder_logits(tokens, None, states, smask)[:, -1, code_ids]
+            else:
+                logits = self.last_logits(tokens, states, smask, cache)[:, code_ids]
+            logits = logits.float() / temperature
             for warp in warpers:
                 logits = warp(tokens, logits)
             code = torch.multinomial(logits.softmax(-1), 1, generator=generator)  # column k of code_ids is code k
@@ -802,14 +862,14 @@ class DaVinci(ZooModel):
     @torch.no_grad()
     def generate_image(self, text: str | Sequence[str], tokenizer: Any = None, *, top_k: int | None = None,
                        top_p: float | None = None, temperature: float | None = None,
-                       generator: torch.Generator | None = None) -> Tensor:
+                       generator: torch.Generator | None = None, use_cache: bool = True) -> Tensor:
         """Text → images ``(B, 3, H, W)`` with pixels in [0, 1]: codes sampled by :meth:`generate_codes` over the
-        tokenizer's grid (16×16 at 256 px), decoded by the VQGAN."""
+        tokenizer's grid (16×16 at 256 px), decoded by the VQGAN; ``use_cache=False`` reruns the prefix per code."""
         self._require(image_tokenizer=self.image_tokenizer)
         tok = tokenizer if tokenizer is not None else self.tokenizer()
         texts = [text] if isinstance(text, str) else list(text)
         ids, mask = official_tokenize(tok, texts, self.max_tokens)
         device = self.vision_proj.weight.device
         codes = self.generate_codes(ids.to(device), mask.to(device), self.image_tokenizer.grid, top_k=top_k,
-                                    top_p=top_p, temperature=temperature, generator=generator)
+                                    top_p=top_p, temperature=temperature, generator=generator, use_cache=use_cache)
         return self.image_tokenizer.decode_codes(codes)

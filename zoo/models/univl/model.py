@@ -136,12 +136,16 @@ def beam_search(step: Any, batch_size: int, num_beams: int, max_length: int, bos
     ``step(prefix, rows)``: the next-token log probabilities ``(len(rows), vocab)`` of the hypotheses ``prefix``
     ``(len(rows), t)`` (``bos`` first) of the instances ``rows``, both on ``device`` (where the search runs).
     ``min_length`` (not official; 0 = off): ``eos`` is refused until a hypothesis has that many tokens.
+    A step with a key/value cache (:class:`zoo.generation.CachedStep`) has a ``reorder(origin, examples)`` method:
+    before each call but the first it is told the row of the previous call that each row continues (``origin``) and
+    which of the previous call's instances are still decoded (``examples``, positions among them).
     """
     if num_beams < 1 or max_length < 1:
         raise ValueError(f"num_beams={num_beams}, max_length={max_length}: both must be >= 1")
     scores: Tensor | None = None  # (B, n)
     seqs: Tensor | None = None  # (B, n, t)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    reorder = getattr(step, "reorder", None)
     for t in range(max_length):
         active = (~done).nonzero().flatten()
         if active.numel() == 0:
@@ -160,6 +164,7 @@ def beam_search(step: Any, batch_size: int, num_beams: int, max_length: int, bos
         if first:
             best, index = logp.topk(num_beams, dim=-1)  # (B, n): the first token of each beam
             scores, seqs = best, index[:, :, None]
+            prev = torch.zeros_like(index)  # every beam continues the instance's single row
         else:
             total = (logp.view(active.numel(), num_beams, vocab) + scores[active][:, :, None]).flatten(1)
             best, index = total.topk(num_beams, dim=-1)
@@ -173,6 +178,10 @@ def beam_search(step: Any, batch_size: int, num_beams: int, max_length: int, bos
             scores[active] = best
         # an instance whose best hypothesis just ended with eos stops (official Beam.advance: next_ys[-1][0] == EOS)
         done[active] = seqs[active, 0, -1] == eos
+        if reorder is not None and t + 1 < max_length:
+            kept = (~done[active]).nonzero().flatten()  # positions, among this call's instances, of the next ones
+            if kept.numel():
+                reorder((kept[:, None] * beams + prev[kept]).flatten(), kept)
     out = []
     for b in range(batch_size):
         hyp = seqs[b, int(scores[b].argmax())].tolist()
@@ -669,36 +678,65 @@ class UniVL(ZooModel):
 
     @torch.no_grad()
     def generate_caption_ids(self, images: Tensor, num_beams: int = 5, max_length: int = 20,
-                             min_length: int = 0, transcripts: Sequence[str] | None = None) -> list[list[int]]:
+                             min_length: int = 0, transcripts: Sequence[str] | None = None,
+                             use_cache: bool = True) -> list[list[int]]:
         """Token ids of one caption per video by :func:`beam_search` (the official: 5 beams, summed log
         probabilities, stop when the best beam ends with ``[SEP]``, at most ``--max_words`` (20) tokens), the
         decoder reading the cross encoder over the text input — each video's transcript (one string per video) or
         the empty text — and the video, computed once per video. Each caption is cut before its ``[SEP]`` and
-        before a ``[PAD]`` (the official decoding cuts at both)."""
+        before a ``[PAD]`` (the official decoding cuts at both).
+
+        ``use_cache`` (default): the decoder keeps a key/value cache (:mod:`zoo.modules.kv_cache`) — per layer the
+        self-attention keys/values of the tokens already written, the cross encoder states' keys/values projected
+        once per video — and runs only the newest token each step; ``False`` reruns the whole prefix (the official
+        decoding; same captions up to float rounding)."""
         self._require(fusion=self.fusion, decoder=self.decoder)
         special = self.special_ids()
+        fused = self.caption_context(images, transcripts)
+        out = beam_search(self.caption_step(fused, use_cache=use_cache), images.shape[0], num_beams, max_length,
+                          special["cls"], special["sep"], min_length, device=fused.tokens.device)
+        return [ids[:ids.index(special["pad"])] if special["pad"] in ids else ids for ids in out]
+
+    def caption_context(self, images: Tensor, transcripts: Sequence[str] | None = None) -> EncoderOutput:
+        """What the caption decoder cross-attends to: the cross encoder over each video's transcript (or the empty
+        text) and the video, one row per video."""
+        self._require(fusion=self.fusion, decoder=self.decoder)
         frames = self._encode_videos(images)
         text_ids, text_mask = self._caption_text(transcripts, images.shape[0], frames.tokens.device)
-        fused = self.cross(self.encode_text(text_ids, text_mask).tokens, text_mask, frames.tokens, frames.mask)
-        device = fused.tokens.device
+        return self.cross(self.encode_text(text_ids, text_mask).tokens, text_mask, frames.tokens, frames.mask)
 
-        def step(prefix: Tensor, rows: Tensor) -> Tensor:
-            logits = self.decoder(prefix, torch.ones_like(prefix), fused.tokens[rows], fused.mask[rows])
+    def caption_step(self, context: EncoderOutput, use_cache: bool = True) -> Any:
+        """The step of :func:`beam_search`: next-token log probabilities of each prefix row given ``rows`` (the
+        video of each row) — the decoder rerun over the whole prefix, or (``use_cache``) a
+        :class:`~zoo.generation.CachedStep` over the newest tokens that follows the search's ``reorder`` calls."""
+        self._require(decoder=self.decoder)
+
+        def rerun(prefix: Tensor, rows: Tensor) -> Tensor:
+            logits = self.decoder(prefix, torch.ones_like(prefix), context.tokens[rows], context.mask[rows])
             return F.log_softmax(logits[:, -1].float(), dim=-1)
 
-        out = beam_search(step, images.shape[0], num_beams, max_length, special["cls"], special["sep"], min_length,
-                          device=device)
-        return [ids[:ids.index(special["pad"])] if special["pad"] in ids else ids for ids in out]
+        if not use_cache:
+            return rerun
+        from zoo.generation import CachedStep
+
+        cache = self.decoder.new_cache()
+
+        def cached(prefix: Tensor, rows: Tensor) -> Tensor:
+            logits = self.decoder(prefix[:, cache.length:], None, context.tokens, context.mask, cache=cache)
+            return F.log_softmax(logits[:, -1].float(), dim=-1)
+
+        return CachedStep(cached, cache)
 
     @torch.no_grad()
     def generate_captions(self, images: Tensor, num_beams: int = 5, max_length: int = 20, min_length: int = 0,
-                          tokenizer: Any = None, transcripts: Sequence[str] | None = None) -> list[str]:
+                          tokenizer: Any = None, transcripts: Sequence[str] | None = None,
+                          use_cache: bool = True) -> list[str]:
         """Captions of ``images`` (frames or clip features), with each video's transcript when given:
         :meth:`generate_caption_ids` decoded with ``tokenizer`` (default: the text part's), special tokens
         dropped."""
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer()
         ids = self.generate_caption_ids(images, num_beams=num_beams, max_length=max_length, min_length=min_length,
-                                        transcripts=transcripts)
+                                        transcripts=transcripts, use_cache=use_cache)
         return [tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
 
     # -- task: video QA ------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from zoo.modules.kv_cache import KVCache
 from zoo.modules.layers import LayerStack, TransformerLayer, init_bert_weights
 from zoo.modules.outputs import EncoderOutput
 from zoo.registry import FUSIONS, HEADS, VISION_ENCODERS
@@ -77,11 +78,12 @@ class _Embeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(width, eps=eps)
         self.dropout = nn.Dropout(drop)
 
-    def forward(self, x: Tensor) -> Tensor:
-        n, limit = x.shape[1], self.position_embeddings.num_embeddings
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """``offset``: the position of the first element (decoding with a cache: the cached positions)."""
+        n, limit = x.shape[1] + offset, self.position_embeddings.num_embeddings
         if n > limit:
             raise ValueError(f"{n} {self._what[0]} but the {self._what[1]} has {limit} positions")
-        positions = self.position_embeddings(torch.arange(n, device=x.device))
+        positions = self.position_embeddings(torch.arange(offset, n, device=x.device))
         return self.dropout(self.LayerNorm(getattr(self, self._input_name)(x) + positions))
 
 
@@ -322,12 +324,27 @@ class UniVLDecoder(nn.Module):
             mine.weight = theirs.weight
         self.classifier.tie_to(word_embeddings)
 
-    def forward(self, input_ids: Tensor, input_mask: Tensor, encoder_states: Tensor, encoder_mask: Tensor) -> Tensor:
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for decoding step by step (``forward(..., cache=)``)."""
+        return KVCache(len(self.stack.layer))
+
+    def forward(self, input_ids: Tensor, input_mask: Tensor | None, encoder_states: Tensor, encoder_mask: Tensor,
+                cache: KVCache | None = None) -> Tensor:
         """Teacher-forced logits ``(B, L, vocab)`` of the next token at each caption position (official
         ``module_decoder.py:DecoderModel.forward``: causal self-attention limited to the caption's real tokens,
-        cross-attention to the real text tokens and frames)."""
-        _check_mask(input_mask, tuple(input_ids.shape), "the caption mask")
-        x, _, _, _ = self.stack(self.embeddings(input_ids), input_mask, encoder_states, encoder_mask, causal=True)
+        cross-attention to the real text tokens and frames).
+
+        ``cache`` (decoding, :mod:`zoo.modules.kv_cache`): ``input_ids`` are the tokens after the cached ones (their
+        positions continue from ``cache.length``), unpadded (``input_mask`` None); ``encoder_states`` /
+        ``encoder_mask`` are read on the first call, one row per example, the caption rows example-major."""
+        if cache is not None:
+            if input_mask is not None:
+                raise ValueError("decoding with a cache reads unpadded prefixes: pass input_mask=None")
+            x = self.embeddings(input_ids, offset=cache.length)
+        else:
+            _check_mask(input_mask, tuple(input_ids.shape), "the caption mask")
+            x = self.embeddings(input_ids)
+        x, _, _, _ = self.stack(x, input_mask, encoder_states, encoder_mask, causal=True, cache=cache)
         return self.classifier.logits(x)
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.hub import load_state_dict
+from zoo.modules.kv_cache import KVCache
 from zoo.modules.layers import (
     LayerStack,
     TransformerLayer,
@@ -210,6 +211,20 @@ class SplitBert(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.encoder.set_grad_checkpointing(enable)
 
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for decoding with this stack (``forward(..., cache=)``)."""
+        return KVCache(self.num_layers)
+
+    def default_position_ids(self, input_ids: Tensor, past_length: int = 0) -> Tensor:
+        """The position ids the embeddings give ``input_ids`` when none are passed, after ``past_length`` earlier
+        positions: ``past_length ..`` (bert, ``(1, L)``); for xlm-roberta counted from ``pad_token_id + 1`` over
+        the non-padding tokens, padding keeping the pad position (``(B, L)``; exact with a cache when the earlier
+        positions held no padding)."""
+        emb = self.embeddings
+        if self.embeddings_kind == "xlm-roberta":
+            return emb.create_position_ids_from_input_ids(input_ids, emb.padding_idx, past_length)
+        return emb.position_ids[:, past_length: past_length + input_ids.shape[1]]
+
     def forward(
         self,
         input_ids: Tensor | None = None,
@@ -225,6 +240,7 @@ class SplitBert(nn.Module):
         position_ids: Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        cache: KVCache | None = None,
     ) -> EncoderOutput:
         """Run the text layers (``"text"``), the fusion layers (``"fusion"``) or both (``"full"``).
 
@@ -239,6 +255,11 @@ class SplitBert(nn.Module):
                 combined with ``attention_mask`` and ``causal``; the official xbert's 3-D ``attention_mask`` (the
                 s2s-ft captioning masks, :mod:`zoo.heads.caption`).
             position_ids: ``(B, L)`` explicit position ids (default ``0 .. L-1``; captioning repeats positions).
+            cache: decoding step by step (:mod:`zoo.modules.kv_cache`, :meth:`new_cache`): ``input_ids`` are the new
+                positions only, the layers attend to the cached keys/values of the earlier ones and append theirs;
+                default position ids continue after them; ``attention_mask`` / ``mask`` then cover every key
+                (``(B, T)`` / ``(B, L, T)``, ``T`` = cached + new); ``vision_tokens`` are read on the first call,
+                one row per example (see :class:`~zoo.modules.kv_cache.KVCache` for the row layout).
         Returns:
             EncoderOutput(tokens, pooled = first token's state, mask = attention_mask, hidden_states, attentions);
             in mode ``full`` the hidden states and attention maps cover all layers run.
@@ -252,6 +273,8 @@ class SplitBert(nn.Module):
         else:
             if input_ids is None:
                 raise ValueError(f"mode={mode!r} needs input_ids")
+            if position_ids is None and cache is not None and cache.length:
+                position_ids = self.default_position_ids(input_ids, cache.length)
             x, start = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
                                        position_ids=position_ids), 0
         end = self.fusion_start if mode == "text" else self.num_layers
@@ -265,12 +288,13 @@ class SplitBert(nn.Module):
                     f"vision_tokens have width {vision_tokens.shape[-1]} but encoder_width={self.encoder_width}"
                 )
         if mask is not None:
-            if mask.dim() != 3 or mask.shape[0] != x.shape[0] or mask.shape[1:] != (x.shape[1], x.shape[1]):
-                raise ValueError(f"mask must have shape (batch, {x.shape[1]}, {x.shape[1]}); got {tuple(mask.shape)}")
+            keys = x.shape[1] + (0 if cache is None else cache.length)
+            if mask.dim() != 3 or mask.shape[0] != x.shape[0] or mask.shape[1:] != (x.shape[1], keys):
+                raise ValueError(f"mask must have shape (batch, {x.shape[1]}, {keys}); got {tuple(mask.shape)}")
             mask = (mask if mask.dtype == torch.bool else mask != 0)[:, None]
         x, states, self_maps, _ = self.encoder(
             x, attention_mask, vision_tokens, vision_mask, start=start, end=end, causal=causal, mask=mask,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions, cache=cache,
         )
         return EncoderOutput(tokens=x, pooled=x[:, 0], mask=attention_mask, hidden_states=states, attentions=self_maps)
 
