@@ -325,6 +325,21 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_data(args) -> int:
+    if args.name == "shard":
+        from zoo.data.shards import shard_task_config  # noqa: PLC0415
+        from zoo.spec import ConfigError  # noqa: PLC0415
+
+        if args.shard_size < 1:
+            raise ConfigError(f"expected a positive number of samples per shard, got {args.shard_size}",
+                              "--shard-size")
+        if args.max_bytes is not None and args.max_bytes < 1:
+            raise ConfigError(f"expected a positive number of bytes per shard, got {args.max_bytes}", "--max-bytes")
+        written = shard_task_config(args.config, args.split, args.out, shard_size=args.shard_size,
+                                    max_bytes=args.max_bytes, overrides=args.overrides, prefix=args.prefix)
+        print(_table([[str(path), len(m["shards"]), m["total"]] for path, m in written],
+                     ["manifest", "shards", "samples"]))
+        print(f"read them with data.shards: {{{args.split}: MANIFEST}} in a task config (docs/shards.md)")
+        return 0
     if args.name == "convert":
         from zoo.data.video_annotations import convert_msrvtt, convert_youcook  # noqa: PLC0415
         from zoo.spec import ConfigError  # noqa: PLC0415
@@ -603,7 +618,8 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_config)
 
     s = sub.add_parser("data", help="shapes: generate the embedded dataset (done automatically on first use); "
-                                    "convert: official video annotations (MSRVTT, YouCookII) to records")
+                                    "convert: official video annotations (MSRVTT, YouCookII) to records; "
+                                    "shard: a split as WebDataset tar shards")
     data_sub = s.add_subparsers(dest="name", required=True)
     d = data_sub.add_parser("shapes", help="generate the embedded 'shapes' dataset")
     d.add_argument("--root", default=None, help="folder (default: $MMZOO_HOME/datasets/shapes-v3)")
@@ -621,6 +637,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--test-csv", default=None, help="msrvtt: MSRVTT_JSFUSION_test.csv (retrieval)")
     d.add_argument("--out", required=True, help="folder for the JSON files (msrvtt without a csv: the official "
                                                 "captioning split 6513 / 497 / 2990)")
+    d.set_defaults(fn=_cmd_data)
+    d = data_sub.add_parser("shard", help="write a split of a task config's data as WebDataset tar shards and a "
+                                          "manifest (read with data.shards)")
+    d.add_argument("config", help="a task config: a YAML file or the name of a packaged one")
+    d.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, as mmzoo train takes them")
+    d.add_argument("--split", default="train", choices=["train", "val", "test"], help="the split to write")
+    d.add_argument("--out", default=None, help="folder for the shards and the manifest (default: {data.root}/shards)")
+    d.add_argument("--shard-size", type=int, default=1000, help="samples per shard at most (default 1000)")
+    d.add_argument("--max-bytes", type=int, default=None,
+                   help="bytes per shard at most (a larger sample gets a shard of its own)")
+    d.add_argument("--prefix", default=None, help="the shard file names' prefix (default: the split)")
     d.set_defaults(fn=_cmd_data)
 
     s = sub.add_parser("features", help="pre-extracted video features (one vector per second, as the benchmark feature "

@@ -46,6 +46,10 @@ met it: a ``DataLoader`` worker's skips are reported by the batches' ``num_skipp
 image once the index is built (the text↔image ground truth would shift), so its media errors raise after the check
 (the check leaves such records out before the index is used, and rebuilds it).
 
+Records and media may also come from memory instead of files: :class:`Records` in place of the annotation files, and
+:meth:`_AnnotationDataset.item_from_media` building an item from a record and its media bytes (the WebDataset shard
+reader's path, :mod:`zoo.data.shards`): the same item, transform and text clean-up as reading the files.
+
 Images of every PIL mode are read as the RGB image they show (:func:`zoo.data.transforms.to_rgb`: 16-bit grey scaled
 to 8 bits, transparency over white).
 
@@ -54,6 +58,7 @@ Everything is hand-written; :func:`pre_question` and :func:`pre_caption` reprodu
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -80,6 +85,7 @@ __all__ = [
     "DataError",
     "FRAME_ABLATIONS",
     "NLVRDataset",
+    "Records",
     "SKIP_REASONS",
     "RetrievalEvalDataset",
     "RetrievalTrainDataset",
@@ -282,6 +288,15 @@ def _load_json(path: str) -> Any:
         raise DataError(path, None, f"not UTF-8 text ({exc})") from None
 
 
+class Records(list):
+    """Records ``(file, index in file, record)`` given to a reader in place of annotation files: a reader built from
+    them checks and indexes them as if read from ``files`` (e.g. records read from WebDataset shards)."""
+
+    def __init__(self, records: Iterable[tuple[str, int | None, Any]] = (), files: Sequence[str] = ()):
+        super().__init__(records)
+        self.files = [os.fspath(f) for f in files]
+
+
 def read_annotations(ann_files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[tuple[str, int, Any]]:
     """``(file, index in file, record)`` for every record of the files, in order."""
     files = [ann_files] if isinstance(ann_files, (str, os.PathLike)) else list(ann_files)
@@ -406,13 +421,16 @@ class _AnnotationDataset(Dataset):
             raise ConfigError(f"video_backend={video_backend!r}: expected 'decord' or 'av'")
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ConfigError(f"num_frames must be a positive int, got {num_frames!r}")
-        self.ann_files = [os.fspath(f) for f in ([ann_files] if isinstance(ann_files, (str, os.PathLike))
-                                                 else ann_files)]
+        if isinstance(ann_files, Records):  # records already read (from shards): checked and indexed as from files
+            self.ann_files, raw = list(ann_files.files), list(ann_files)
+        else:
+            self.ann_files = [os.fspath(f) for f in ([ann_files] if isinstance(ann_files, (str, os.PathLike))
+                                                     else ann_files)]
+            raw = read_annotations(self.ann_files)
         self.media_root = os.fspath(media_root) if media_root is not None else None
         self.image_size, self.train = image_size, bool(train)
         self.num_frames, self.video_backend, self.on_bad_sample = num_frames, video_backend, on_bad_sample
         self.hflip = bool(hflip)
-        raw = read_annotations(self.ann_files)
         if video is None:
             first = next((r for _, _, r in raw if isinstance(r, Mapping)), {})
             video = "video" in first and "image" not in first
@@ -625,6 +643,39 @@ class _AnnotationDataset(Dataset):
     def num_skipped(self) -> int:
         return len(self.skipped)
 
+    # -- items from memory (WebDataset shards, zoo.data.shards) --------------------------------------------------------
+    #: while :meth:`item_from_media` builds an item: media name → its bytes, read instead of files
+    _media: Mapping[str, bytes] | None = None
+    #: while :meth:`item_from_media` builds an item: the values that depend on the whole data set (:meth:`item_context`)
+    _context: Mapping[str, Any] | None = None
+
+    def item_context(self, i: int) -> dict[str, Any]:
+        """The values of record ``i``'s item that depend on the other records (none here; a retrieval or captioning
+        pair's dense image index, a captioning evaluation record's ``image_id``): stored beside the record in a shard,
+        so that a reader without the other records builds the same item (:meth:`item_from_media`)."""
+        return {}
+
+    def with_media_names(self, rec: Mapping, names: Sequence[str]) -> dict:
+        """A copy of ``rec`` whose media field(s) name ``names`` instead (one per :meth:`media_files` entry, in its
+        order); every other field kept."""
+        out = dict(rec)
+        out[self._media_field(rec)] = names[0]
+        return out
+
+    def item_from_media(self, i: int, rec: Mapping, media: Mapping[str, bytes],
+                        context: Mapping[str, Any] | None = None, file: str = "<memory>",
+                        idx: int | None = None) -> dict[str, Any]:
+        """The item of record ``rec`` at position ``i`` with its media read from ``media`` (the names the record's media
+        fields give, as :meth:`media_files` returns them → the files' bytes) instead of files: the same item
+        ``__getitem__`` builds for the record read from disk. ``context``: :meth:`item_context` of the record in the
+        data set it came from (None: computed from this data set's records). A missing or unreadable medium raises
+        :class:`DataError` for ``file`` / ``idx``. Not for concurrent use from several threads."""
+        self._media, self._context = media, context
+        try:
+            return self._item(i, file, idx, rec)
+        finally:
+            self._media = self._context = None
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -651,14 +702,15 @@ class _AnnotationDataset(Dataset):
 
             rng = random.Random(int(torch.randint(2**62, ())))
             cache = self._image_cache
+            data = self._media_bytes(file, idx, path, "video")
             try:
                 clip = None
                 if cache is not None:
                     clip = cache.get(path)
                     if clip is None:
-                        clip = cache[path] = read_video_clip(path, backend=self.video_backend)
+                        clip = cache[path] = read_video_clip(path, backend=self.video_backend, data=data)
                 frames = read_video_frames(path, self.num_frames, training=self.train, backend=self.video_backend,
-                                           rng=rng, clip=clip)
+                                           rng=rng, clip=clip, data=data)
             except VideoReadError as exc:
                 raise DataError(file, idx, f"cannot read video: {exc}") from None
             images = [Image.fromarray(f.numpy()) for f in self._ablate_frames(i, frames)]
@@ -670,7 +722,8 @@ class _AnnotationDataset(Dataset):
         if isinstance(image, Tensor):
             return image.clone()
         if image is None:
-            image = self._read_image(file, idx, path)
+            data = self._media_bytes(file, idx, path, "image")
+            image = self._read_image(file, idx, path) if data is None else self._decode_image(file, idx, path, data)
         keep_tensor = getattr(self.transform, "deterministic", False) and not (self.train and self.hflip)
         if cache is not None and not keep_tensor:
             cache[path] = image
@@ -680,6 +733,25 @@ class _AnnotationDataset(Dataset):
         if cache is not None and keep_tensor:
             cache[path] = out.clone()
         return out
+
+    def _media_bytes(self, file: str, idx: int | None, name: str, kind: str) -> bytes | None:
+        """The bytes of medium ``name`` while :meth:`item_from_media` runs (None otherwise: read the file)."""
+        if self._media is None:
+            return None
+        data = self._media.get(name)
+        if data is None:
+            raise DataError(file, idx, _Problem(f"{kind} {name!r} is missing (the sample holds "
+                                                f"{', '.join(sorted(self._media)) or 'no media'})", "missing media"))
+        return data
+
+    @staticmethod
+    def _decode_image(file: str, idx: int | None, name: str, data: bytes) -> Image.Image:
+        """An image file's bytes as 8-bit RGB, as :meth:`_read_image` reads the file."""
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return to_rgb(im)
+        except Exception as exc:  # noqa: BLE001 - PIL raises several error types for corrupt files
+            raise DataError(file, idx, _Problem(f"cannot read image {name}: {exc}", "unreadable media")) from None
 
     @staticmethod
     def _read_image(file: str, idx: int, path: str) -> Image.Image:
@@ -829,6 +901,11 @@ class VEDataset(_AnnotationDataset):
             problem = _Problem(f"{label!r} is {rec[label]!r}; expected one of {', '.join(VE_LABELS)}", "bad value")
         return problem or _clean_problem(rec[sentence], self.max_words)
 
+    def with_media_names(self, rec: Mapping, names: Sequence[str]) -> dict:
+        out = dict(rec)
+        out[self._keys(rec)[0]] = names[0]
+        return out
+
     def media_path(self, rec: Mapping) -> str:
         rel = rec[self._keys(rec)[0]]
         rel = rel if os.path.splitext(rel)[1] else f"{rel}.jpg"  # official SNLI-VE / XVNLI: a Flickr30k id
@@ -882,6 +959,9 @@ class NLVRDataset(_AnnotationDataset):
     def media_files(self, rec: Mapping) -> list[str]:
         return [self.media_path({"image": path}) for path in rec["images"]]
 
+    def with_media_names(self, rec: Mapping, names: Sequence[str]) -> dict:
+        return {**rec, "images": list(names)}
+
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
         a, b = (self._visual(file, idx, {"image": path}, [rec["sentence"]]) for path in rec["images"])
         return {"image_a": a, "image_b": b, "sentence": pre_caption(rec["sentence"], self.max_words),
@@ -917,10 +997,17 @@ class _PairDataset(_AnnotationDataset):
     def num_images(self) -> int:
         return len(self.img_ids)
 
+    def item_context(self, i: int) -> dict[str, Any]:
+        rec = self.records[i][2]
+        return {"image_index": self.img_ids[rec[self._id_key(rec)]]}
+
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
         image = self._visual(file, idx, rec, [rec["caption"]], i=i)
         caption = pre_caption(rec["caption"], self.max_words) if self.clean else rec["caption"]
-        item = {"image": image, "caption": caption, "image_id": self.img_ids[rec[self._id_key(rec)]]}
+        context = self._context
+        image_id = context["image_index"] if context is not None and "image_index" in context else \
+            self.img_ids[rec[self._id_key(rec)]]
+        item = {"image": image, "caption": caption, "image_id": image_id}
         if "transcript" in rec:
             item["transcript"] = rec["transcript"]
         if "bbox" in rec:  # a region phrase: its box, normalised (cx, cy, w, h) as the box head predicts
@@ -1089,10 +1176,15 @@ class CaptionEvalDataset(_AnnotationDataset):
                 ids = list(range(len(recs)))
         self.image_ids: list[Any] = ids
 
+    def item_context(self, i: int) -> dict[str, Any]:
+        return {"image_id": self.image_ids[i]}
+
     def _item(self, i: int, file: str, idx: int, rec: Mapping) -> dict[str, Any]:
         caps = rec.get("caption", [])
         caps = [caps] if isinstance(caps, str) else list(caps)
-        item = {"image": self._visual(file, idx, rec, caps, i=i), "image_id": self.image_ids[i], "captions": caps}
+        context = self._context
+        image_id = context["image_id"] if context is not None and "image_id" in context else self.image_ids[i]
+        item = {"image": self._visual(file, idx, rec, caps, i=i), "image_id": image_id, "captions": caps}
         if "transcript" in rec:
             item["transcript"] = rec["transcript"]
         return item

@@ -6,7 +6,9 @@ each segment's first frame, training a uniformly random frame of each segment. A
 frames: cyclically in evaluation, all frames plus random extra ones in training (sorted).
 
 Readers return ``(T, H, W, 3)`` uint8 tensors. decord seeks to the sampled frames; PyAV decodes the stream in order and
-keeps the sampled ones. A missing or unreadable file raises :class:`VideoReadError` naming the file.
+keeps the sampled ones. A missing or unreadable file raises :class:`VideoReadError` naming the file. Given ``data`` (the
+file's bytes, e.g. read from a WebDataset shard), :func:`read_video_frames` and :func:`read_video_clip` decode those
+and ``path`` only names the video in messages.
 
 Feature extraction (``mmzoo features``, :mod:`zoo.data.features`) reads frames by time instead: one per ``1 / fps``
 seconds (:func:`second_frame_indices`, :func:`read_frames_per_second`), as the official features hold one vector per
@@ -15,6 +17,7 @@ second.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import random
@@ -75,32 +78,32 @@ def count_frames(path: str | os.PathLike, backend: Literal["decord", "av"] = "de
         return stream.frames or sum(1 for _ in container.decode(stream))
 
 
-def _decord_reader(path: str):
+def _decord_reader(path: str, data: bytes | None = None):
     try:
         import decord  # noqa: PLC0415
     except ImportError:
         raise VideoReadError(f"{path}: decord is not installed (pip install 'mmzoo[video]') — or use backend='av'") \
             from None
     try:
-        return decord.VideoReader(path, num_threads=1)
+        return decord.VideoReader(path if data is None else io.BytesIO(data), num_threads=1)
     except Exception as exc:  # noqa: BLE001 - decord raises its own DECORDError for corrupt files
         raise VideoReadError(f"{path}: decord cannot read this video ({exc})") from None
 
 
-def _av_open(path: str):
+def _av_open(path: str, data: bytes | None = None):
     try:
         import av  # noqa: PLC0415
     except ImportError:
         raise VideoReadError(f"{path}: PyAV is not installed (pip install 'mmzoo[video]')") from None
     try:
-        return av.open(path)
+        return av.open(path if data is None else io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - PyAV raises several error types for bad input
         raise VideoReadError(f"{path}: PyAV cannot open this video ({exc})") from None
 
 
-def _av_frames(path: str) -> list:
-    """Every frame of the video at ``path`` decoded by PyAV, as RGB arrays (at least one)."""
-    with _av_open(path) as container:
+def _av_frames(path: str, data: bytes | None = None) -> list:
+    """Every frame of the video at ``path`` (or of its bytes ``data``) decoded by PyAV, as RGB arrays (at least one)."""
+    with _av_open(path, data) as container:
         try:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         except Exception as exc:  # noqa: BLE001
@@ -112,20 +115,21 @@ def _av_frames(path: str) -> list:
 
 def read_video_frames(path: str | os.PathLike, num_frames: int, training: bool = False,
                       backend: Literal["decord", "av"] = "decord", rng: random.Random | None = None,
-                      clip: Tensor | None = None) -> Tensor:
+                      clip: Tensor | None = None, data: bytes | None = None) -> Tensor:
     """``num_frames`` frames sampled with :func:`sample_frame_indices`, as a ``(T, H, W, 3)`` uint8 tensor.
 
     ``clip``: the video's every frame already decoded (:func:`read_video_clip`, e.g. kept in memory between epochs):
-    the same frames are taken from it for the same ``rng`` state, and the file is not opened."""
+    the same frames are taken from it for the same ``rng`` state, and the file is not opened. ``data``: the video
+    file's bytes, decoded instead of opening ``path`` (the same frames as from the file)."""
     if backend not in VIDEO_BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {', '.join(VIDEO_BACKENDS)}")
     if clip is not None:
         if len(clip) == 0:
             raise VideoReadError(f"{os.fspath(path)}: the video has no frames")
         return clip[sample_frame_indices(len(clip), num_frames, training, rng)]
-    path = _check_file(path)
+    path = _check_file(path) if data is None else os.fspath(path)
     if backend == "decord":
-        reader = _decord_reader(path)
+        reader = _decord_reader(path, data)
         if len(reader) == 0:
             raise VideoReadError(f"{path}: the video has no frames")
         ids = sample_frame_indices(len(reader), num_frames, training, rng)
@@ -133,26 +137,27 @@ def read_video_frames(path: str | os.PathLike, num_frames: int, training: bool =
             return torch.from_numpy(reader.get_batch(ids).asnumpy())
         except Exception as exc:  # noqa: BLE001
             raise VideoReadError(f"{path}: decoding frames {ids} failed ({exc})") from None
-    frames = _av_frames(path)
+    frames = _av_frames(path, data)
     ids = sample_frame_indices(len(frames), num_frames, training, rng)
     return torch.stack([torch.from_numpy(frames[i]) for i in ids])
 
 
-def read_video_clip(path: str | os.PathLike, backend: Literal["decord", "av"] = "decord") -> Tensor:
+def read_video_clip(path: str | os.PathLike, backend: Literal["decord", "av"] = "decord",
+                    data: bytes | None = None) -> Tensor:
     """Every frame of a video as a ``(N, H, W, 3)`` uint8 tensor (for short clips read many times: the frames
-    :func:`read_video_frames` samples are then indexed from it)."""
+    :func:`read_video_frames` samples are then indexed from it). ``data``: the file's bytes, decoded instead."""
     if backend not in VIDEO_BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {', '.join(VIDEO_BACKENDS)}")
-    path = _check_file(path)
+    path = _check_file(path) if data is None else os.fspath(path)
     if backend == "decord":
-        reader = _decord_reader(path)
+        reader = _decord_reader(path, data)
         if len(reader) == 0:
             raise VideoReadError(f"{path}: the video has no frames")
         try:
             return torch.from_numpy(reader.get_batch(list(range(len(reader)))).asnumpy())
         except Exception as exc:  # noqa: BLE001
             raise VideoReadError(f"{path}: decoding its {len(reader)} frames failed ({exc})") from None
-    return torch.stack([torch.from_numpy(f) for f in _av_frames(path)])
+    return torch.stack([torch.from_numpy(f) for f in _av_frames(path, data)])
 
 
 def second_frame_indices(num_frames: int, native_fps: float, fps: float = 1.0) -> list[int]:

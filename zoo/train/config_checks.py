@@ -223,6 +223,10 @@ FILES = Check(_is_files, "a file or a list of files")
 NAMED_FILES = Check(lambda v: isinstance(v, Mapping) and bool(v) and all(isinstance(n, str) and _is_files(f)
                                                                           for n, f in v.items()),
                     "a mapping {name: file or list of files}")
+SHARDS = Check(lambda v: isinstance(v, Mapping) and bool(v) and all(
+    (k in ("train", "val", "test") and _is_files(x)) or (k == "buffer" and _is_int(x) and x >= 1)
+    for k, x in v.items()),
+    "a mapping {train / val / test: a shard manifest, pattern or URL, or a list of them; buffer: samples}")
 LANGUAGE = Check(_is_lang, "a language code such as 'de'")
 LANGUAGES = Check(lambda v: isinstance(v, list) and bool(v) and all(_is_lang(x) for x in v) and len(set(v)) == len(v),
                   "a list of distinct language codes such as ['en', 'de']")
@@ -264,6 +268,7 @@ DATA_CHECKS: dict[str, Check] = {
     "data.min_frames": POSITIVE | NULL,
     "data.cache_images": BOOL | NULL,
     "data.video_features": TEXT | NULL,
+    "data.shards": SHARDS | NULL,  # WebDataset shards (zoo.data.shards) in place of a split's files
     "data.max_frames": POSITIVE | NULL,
     "data.frame_slice": exactly("head", "tail", "uniform") | NULL,
     "data.feature_rate": number(0.0, above=True, what=" (feature rows per second)") | NULL,

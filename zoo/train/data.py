@@ -51,6 +51,20 @@ file itself for a language without such a file, allowed only for the first langu
 ``caption_{lang}`` as ``caption_2`` → ``input_ids_2`` / ``attention_mask_2`` (CCLM's ITC over both languages + TTC;
 e.g. ``retrieval_train_multilingual.json`` of the shapes data).
 
+WebDataset shards (:mod:`zoo.data.shards`, written by ``mmzoo data shard``): ``shards`` [none] ``{train: ..., val:
+..., test: ...}`` reads those splits from shards instead of annotation files and media: each a manifest
+(``train.shards.json``), a shard path with brace patterns (``train-{000000..000009}.tar``), an http(s) URL, or a list
+of those; paths as the other paths (relative to ``root``, which is optional when every split comes from shards); a
+local shard or manifest that is missing is a config error naming the key. ``buffer`` [1000] is the training shuffle
+buffer in samples. A split comes from files or from shards, not both. The items are those of the same records read
+from files; the tokenizer, the answer list and the other splits are unchanged (records the tokenizer or the answer list
+need are read from the shards' JSON members). The training stream is shuffled per epoch from ``seed``, split over
+processes and loader workers without duplicates (every process gets the same number of samples, as the distributed
+sampler pads) and resumes mid-epoch from the trainer's progress, as the file reader does. Not with ``video_features``,
+``few_shot`` or ``translation`` (which read annotation files); ``cache_images`` applies to files only. The data check
+opens each local shard (every sample is checked when it is read: a bad one is a DataError naming the shard and the
+sample key).
+
 Models: :meth:`TaskDataModule.configure_for_model` reads ``causal_captioning`` (captioning training batches without
 masked-LM inputs, for causal LMs) and ``ve_labels`` (the model's order of the visual-entailment classes, which maps the
 records' label names to class indices); the training module calls it in ``setup``.
@@ -128,9 +142,22 @@ SPLITS = ("train", "val", "test")
 def data_keys() -> dict[str, str]:
     """Every key of the data section → what it expects (:func:`zoo.train.config_checks.data_checks`: the fixed keys
     and those of the registered side streams)."""
+    return {key.split(".", 1)[1]: check.expected for key, check in _data_checks().items()}
+
+
+#: the keys of ``data.shards``: a split's shard source, and the training shuffle buffer
+SHARD_KEYS = (*SPLITS, "buffer")
+
+
+def _data_checks() -> dict[str, Any]:
+    """:func:`zoo.train.config_checks.data_checks` (``data.shards`` among them)."""
     from zoo.train.config_checks import data_checks  # noqa: PLC0415
 
-    return {key.split(".", 1)[1]: check.expected for key, check in data_checks().items()}
+    return data_checks()
+
+
+class _ShardSplit(list):
+    """A split read from shards: its resolved shard sources (manifests, patterns, URLs), in place of its files."""
 
 
 _DEFAULTS: dict[str, Any] = {"max_tokens": 40, "batch_size": 32, "num_workers": 0, "video": None, "num_frames": 3,
@@ -170,33 +197,88 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
     spec = _task(task)
     if vqa_mode not in ("generative", "classifier"):
         raise ConfigError(f"vqa_mode={vqa_mode!r}: expected 'generative' or 'classifier'")
-    from zoo.train.config_checks import check_section, data_checks  # noqa: PLC0415
+    from zoo.train.config_checks import check_section, unknown_key  # noqa: PLC0415
 
-    check_section("data", data, data_checks())  # keys and values, as mmzoo train checks them when it loads the file
+    shards = data.get("shards") if isinstance(data, Mapping) else None
+    if isinstance(shards, Mapping):
+        for name in shards:
+            if name not in SHARD_KEYS:
+                raise unknown_key("data.shards", name, SHARD_KEYS)
+    check_section("data", data, _data_checks())  # keys and values, as mmzoo train checks them when it loads the file
     cfg = {**_DEFAULTS, **spec.data_defaults,
            **{k: v for k, v in data.items() if v is not None or k == "video"}}
     scale = cfg["crop_scale"]
     cfg["crop_scale"] = [float(v) for v in scale]
-    if "root" not in cfg:
+    shard_splits = {k: v for k, v in (cfg.get("shards") or {}).items() if k in SPLITS}
+    if "root" not in cfg and (not shard_splits or any(cfg.get(s) for s in SPLITS)):
         raise ConfigError("missing: the media folder the annotation paths are relative to", "data.root")
-    try:
-        root = resolve_path(cfg["root"])
-    except FileNotFoundError as exc:
-        raise ConfigError(str(exc), "data.root") from None
-    if not root.is_dir():
-        raise ConfigError(f"media root folder not found: {root}", "data.root")
-    cfg["root"] = str(root)
-    if not any(cfg.get(s) for s in SPLITS):
-        raise ConfigError("no data: give at least one of train, val, test", "data")
+    root = None
+    if "root" in cfg:
+        try:
+            root = resolve_path(cfg["root"])
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc), "data.root") from None
+        if not root.is_dir():
+            raise ConfigError(f"media root folder not found: {root}", "data.root")
+        cfg["root"] = str(root)
+    else:
+        cfg["root"] = None
+    base = root if root is not None else Path.cwd()  # every split from shards: paths relative to the current folder
+
+    def local(value: str) -> str:
+        path = resolve_path(value) if value.startswith(("pkg:", "~", "$")) else None
+        path = path if path is not None else (base / value if not os.path.isabs(value) else None)
+        return str(path) if path is not None else value
 
     def resolve(key: str, value: str, index: int | None = None, folder: bool = False) -> str:
         where = f"data.{key}" + (f"[{index}]" if index is not None else "")
-        path = resolve_path(value) if value.startswith(("pkg:", "~", "$")) else None
-        path = path if path is not None else (root / value if not os.path.isabs(value) else None)
-        full = str(path) if path is not None else value
+        full = local(value)
         if not (os.path.isfile(full) or folder and os.path.isdir(full)):
             raise ConfigError(f"{'file or folder' if folder else 'file'} not found: {full}", where)
         return full
+
+    def resolve_shard_source(split: str, value: str, index: int | None = None) -> str:
+        from zoo.data.datasets import DataError
+        from zoo.data.shards import expand_braces, resolve_shards
+
+        where = f"data.shards.{split}" + (f"[{index}]" if index is not None else "")
+        if value.startswith(("http://", "https://", "file://")):
+            return value
+        full = local(value)
+        try:
+            if full.endswith(".json"):
+                if not os.path.isfile(full):
+                    raise ConfigError(f"shard manifest not found: {full}", where)
+                found = resolve_shards(full)[0]
+            else:
+                found = expand_braces(full)
+        except (DataError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(str(exc), where) from None
+        missing = [u for u in found if not u.startswith(("http://", "https://", "file://")) and not os.path.isfile(u)]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise ConfigError(f"shard not found: {missing[0]}{more}", where)
+        if not found:
+            raise ConfigError(f"no shards in {full}", where)
+        return full
+
+    for split, value in shard_splits.items():
+        if cfg.get(split):
+            raise ConfigError(f"data.{split} and data.shards.{split} both give the {split} split: keep one",
+                              f"data.shards.{split}")
+        values = [value] if isinstance(value, str) else list(value)
+        cfg[split] = _ShardSplit(resolve_shard_source(split, v, None if isinstance(value, str) else i)
+                                 for i, v in enumerate(values))
+    if shard_splits:
+        for key, what in (("video_features", "pre-extracted video features are looked up by the records' files"),
+                          ("few_shot", "few-shot records are drawn from annotation files"),
+                          ("translation", "translations are added to the records of annotation files")):
+            if cfg.get(key) is not None and (key == "video_features" or "train" in shard_splits):
+                raise ConfigError(f"{what}: not with data.shards (read those splits from files)", f"data.{key}")
+    if not any(cfg.get(s) for s in SPLITS):
+        raise ConfigError("no data: give at least one of train, val, test", "data")
 
     def resolve_files(key: str, value: str | list[str]) -> list[str]:
         if isinstance(value, str):
@@ -205,7 +287,7 @@ def _validate(task: str, data: Any, vqa_mode: str, image_size: int | None) -> di
 
     for split in SPLITS:
         value = cfg.get(split)
-        if value is None:
+        if value is None or isinstance(value, _ShardSplit):
             continue
         if isinstance(value, Mapping):
             cfg[split] = {str(name): resolve_files(f"{split}.{name}", files) for name, files in value.items()}
@@ -301,6 +383,39 @@ class _TrainLoader(DataLoader):
                           f"{state['seed']}: the remaining batches differ from the interrupted run's", stacklevel=2)
 
 
+class _ShardLoader(DataLoader):
+    """A loader of a :class:`zoo.data.shards.ShardDataset`. ``progress`` (the training loader's): a callable giving
+    ``(epoch, batches the epoch has completed)`` from the trainer when an epoch's iteration starts (at its first
+    batch, after Lightning has restored or reset its progress), which sets the stream's epoch and resume point; None
+    (evaluation): the stream as it is. ``state_dict`` holds the seed, as the file loader's."""
+
+    progress: Callable[[], tuple[int, int] | None] | None = None
+
+    def __iter__(self):
+        point = self.progress() if self.progress is not None else None
+        if point is not None:
+            epoch, batches = point
+            self.dataset.load_state_dict({"epoch": epoch, "consumed": batches * int(self.batch_size or 1)})
+        yield from super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": int(self.dataset.seed)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "seed" in state and int(state["seed"]) != int(self.dataset.seed):
+            warnings.warn(f"resuming with data.seed={self.dataset.seed}, but the checkpoint was trained with seed "
+                          f"{state['seed']}: the remaining batches differ from the interrupted run's", stacklevel=2)
+
+
+class _RefuseBoxes:
+    """The training check of region boxes under crops and flips, for records streamed from shards (picklable)."""
+
+    def __call__(self, rec: Mapping[str, Any]) -> None:
+        if "bbox" in rec:
+            raise ConfigError("the training data has region boxes (bbox), which crops and flips would move: set "
+                              "data.crop_scale: [1.0, 1.0] and data.hflip: false", "data.crop_scale")
+
+
 class _CyclingLoader(DataLoader):
     """An endless loader: pass after pass over its data, its distributed sampler drawing a new order each pass. Paired
     with the task loader in a ``min_size`` ``CombinedLoader``, the task data sets the epoch's length."""
@@ -390,7 +505,8 @@ class TaskDataModule(L.LightningDataModule):
         self._batch_skips: dict[str, int] = {s: 0 for s in SPLITS}
         self._side: dict[str, list[dict[str, Any]]] = {}
         self._side_skipped: dict[str, list[tuple[str, int, str]]] = {}
-        self._checked: dict[str, int] = {}  # data set key -> distinct media files its check opened
+        self._checked: dict[str, int] = {}  # data set key -> distinct media files its check opened (shards: shards)
+        self._shard_keys: set[str] = set()  # data set keys read from shards
         self._checking: tuple[bool | None, dict[str, Any]] | None = None  # (progress, seen) while check() builds
         #: media file → its problem (None: it opened) for every file :meth:`check` opened
         self.media_results: dict[str, str | None] = {}
@@ -457,9 +573,42 @@ class TaskDataModule(L.LightningDataModule):
             self._datasets[key] = self._build(split, files, key)
         return self._datasets[key]
 
+    def _build_shards(self, split: str, sources: list[str], key: str) -> Any:
+        """The :class:`zoo.data.shards.ShardDataset` of a split read from shards: the task's reader with the options
+        ``_build`` gives it; training shuffled with ``data.seed``, evaluation in shard order with every record read
+        first (what evaluation sets index)."""
+        from zoo.data.shards import ShardDataset
+
+        c, train = self.cfg, split == "train"
+        options = {"image_size": self.image_size, "train": train, "video": c["video"], "num_frames": c["num_frames"],
+                   "video_backend": c["video_backend"], "hflip": c["hflip"], "randaugment": c["randaugment"],
+                   "transform": self.image_transform(train)}
+        if c.get("max_words") is not None:
+            options["max_words"] = c["max_words"]
+        buffer = int((c.get("shards") or {}).get("buffer") or 1000)
+        dataset = ShardDataset(list(sources), self.task_spec.readers[0 if train else 1], seed=int(c["seed"]),
+                               shuffle=train, buffer=buffer, full=not train, on_bad_sample=c["on_bad_sample"],
+                               **options)
+        dataset.template.min_frames = c["min_frames"]
+        if c["frame_ablation"]:
+            if not dataset.template.video:
+                raise ConfigError(f"data.frame_ablation={c['frame_ablation']!r} takes time away from videos, but the "
+                                  f"{key} records name images", "data.frame_ablation")
+            dataset.set_frame_ablation(c["frame_ablation"])
+        if train and (c["hflip"] or c["crop_scale"] != [1.0, 1.0]):
+            dataset.sample_check = _RefuseBoxes()
+        self._shard_keys.add(key)
+        # Lightning warns of any IterableDataset with a length under loader workers; this one splits itself over them
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+        if self._checking is not None:
+            self._checked[key] = dataset.check()
+        return dataset
+
     def _build(self, split: str, files: list[str], key: str | None = None) -> Any:
         from zoo.registry import DATASETS  # noqa: PLC0415
 
+        if isinstance(files, _ShardSplit):
+            return self._build_shards(split, files, key or split)
         c, train, key = self.cfg, split == "train", key or split
         common = {"media_root": c["root"], "image_size": self.image_size, "train": train, "video": c["video"],
                   "num_frames": c["num_frames"], "video_backend": c["video_backend"],
@@ -548,7 +697,9 @@ class TaskDataModule(L.LightningDataModule):
             if self.cfg.get("answer_list"):
                 self._answer_list = answer_vocabulary(self.cfg["answer_list"])
             elif self.cfg.get("train"):
-                self._answer_list = answer_vocabulary(train_records=self.dataset("train"))
+                ds = self.dataset("train")
+                self._answer_list = answer_vocabulary(
+                    train_records=[rec for _, _, rec in ds.records] if "train" in self._shard_keys else ds)
             else:
                 raise ConfigError("no answer list: give data.answer_list or training data", "data.answer_list")
         return self._answer_list
@@ -613,16 +764,40 @@ class TaskDataModule(L.LightningDataModule):
         except AttributeError:
             return 0
 
+    def _shard_progress(self) -> tuple[int, int] | None:
+        """``(epoch, batches it has completed)`` from the trainer's progress (None without a trainer): where the
+        training shard stream starts (see :class:`_ShardLoader`)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        try:
+            epoch = int(trainer.fit_loop.epoch_progress.current.processed)
+        except AttributeError:
+            epoch = int(getattr(trainer, "current_epoch", 0) or 0)
+        return epoch, self._completed_batches()
+
     def train_dataloader(self) -> DataLoader:
         ds, c = self.dataset("train"), self.cfg
         world, rank = self._world()
-        per_rank = -(-len(ds) // world)
+        shards = "train" in self._shard_keys
+        if shards:  # the stream's share of this process, in whole batches per loader worker
+            ds.world_size, ds.rank, ds.batch_size = world, rank, c["batch_size"]
+            total = sum(ds.counts)
+        else:
+            total = len(ds)
+        per_rank = -(-total // world)
         if c["drop_last"] and per_rank < c["batch_size"]:
-            raise ConfigError(f"the training set has {len(ds)} samples ({per_rank} per process), fewer than one "
+            raise ConfigError(f"the training set has {total} samples ({per_rank} per process), fewer than one "
                               f"batch of {c['batch_size']} with drop_last: lower data.batch_size or set "
                               "data.drop_last: false", "data.batch_size")
-        sampler = _EpochSampler(ds, world, rank, c["seed"], c["batch_size"], self._completed_batches)
-        loader = self._loader(ds, "train", c["batch_size"], sampler=sampler, drop_last=c["drop_last"], cls=_TrainLoader)
+        if shards:
+            loader = self._loader(ds, "train", c["batch_size"], sampler=None, drop_last=c["drop_last"],
+                                  cls=_ShardLoader)
+            loader.progress = self._shard_progress
+        else:
+            sampler = _EpochSampler(ds, world, rank, c["seed"], c["batch_size"], self._completed_batches)
+            loader = self._loader(ds, "train", c["batch_size"], sampler=sampler, drop_last=c["drop_last"],
+                                  cls=_TrainLoader)
         streams = self._side_keys()
         if not streams:
             return loader
@@ -662,8 +837,14 @@ class TaskDataModule(L.LightningDataModule):
         """One loader, or one per named evaluation set (languages) in :meth:`eval_names` order."""
         if not self.cfg.get(split):
             return []
-        loaders = [self._loader(self.dataset(split, name), split, self.cfg["eval_batch_size"], sampler=None,
-                                drop_last=False) for name in self.eval_names(split)]
+        loaders = []
+        for name in self.eval_names(split):
+            ds, cls = self.dataset(split, name), DataLoader
+            if split in self._shard_keys:  # this process's share of the shards, in shard order
+                ds.world_size, ds.rank = self._world()
+                ds.batch_size, cls = self.cfg["eval_batch_size"], _ShardLoader
+            loaders.append(self._loader(ds, split, self.cfg["eval_batch_size"], sampler=None, drop_last=False,
+                                        cls=cls))
         return loaders if isinstance(self.cfg[split], Mapping) else loaders[0]
 
     def _loader(self, ds: Any, split: str, batch_size: int, sampler: Any, drop_last: bool,
@@ -701,6 +882,8 @@ class TaskDataModule(L.LightningDataModule):
             sets = value.items() if isinstance(value, Mapping) else [(None, value)]
             for name, files in sets:
                 records = self.dataset(split, name).records
+                if isinstance(files, _ShardSplit):  # the annotation files the shards were written from, in order
+                    files = list(dict.fromkeys(file for file, _, _ in records))
                 for f in files:
                     sources.append((f, [rec for file, _, rec in records if file == f]))
         texts: list[str] = []
@@ -773,8 +956,12 @@ class TaskDataModule(L.LightningDataModule):
                         self.dataset(split, name)
                     finally:
                         self._checking = None
-                report.records[key] = len(self._datasets[key])
-                report.media[key] = self._checked[key]
+                if key in self._shard_keys:
+                    report.records[key] = sum(self._datasets[key].counts)
+                    report.shards[key] = self._checked[key]
+                else:
+                    report.records[key] = len(self._datasets[key])
+                    report.media[key] = self._checked[key]
             if split == "train":
                 for side in self._side_keys():
                     report.records[side] = len(self._side_records(side))
@@ -858,14 +1045,16 @@ _SPLIT_ORDER = {"train": 0, "val": 2, "test": 3}  # side streams (1) between tra
 
 class DataReport:
     """What :meth:`TaskDataModule.check` checked: ``records`` kept per split (``train``, ``val``, ``val/de``, side
-    streams), distinct ``media`` files opened per split (a file shared with an earlier split counts there),
-    ``answers`` in the answer list (None without one), and ``skipped`` ``{split: {reason: count}}``
+    streams), distinct ``media`` files opened per split (a file shared with an earlier split counts there), ``shards``
+    per split read from shards, ``answers`` in the answer list (None without one), and ``skipped`` ``{split: {reason:
+    count}}``
     (``on_bad_sample: skip``). ``str()`` is the summary ``mmzoo train`` prints before training."""
 
     def __init__(self, on_bad_sample: str = "error"):
         self.on_bad_sample = on_bad_sample
         self.records: dict[str, int] = {}
         self.media: dict[str, int] = {}
+        self.shards: dict[str, int] = {}
         self.answers: int | None = None
         self.skipped: dict[str, dict[str, int]] = {}
 
@@ -874,7 +1063,8 @@ class DataReport:
         return sum(n for reasons in self.skipped.values() for n in reasons.values())
 
     def __str__(self) -> str:
-        parts = [f"{key} {n:,} records" + (f" ({self.media[key]:,} media files)" if key in self.media else "")
+        parts = [f"{key} {n:,} records" + (f" ({self.media[key]:,} media files)" if key in self.media else
+                                           f" ({self.shards[key]:,} shards)" if key in self.shards else "")
                  for key, n in self.records.items()]
         if self.answers is not None:
             parts.append(f"answer list {self.answers:,} answers")
