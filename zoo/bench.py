@@ -119,6 +119,20 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def _stage_logger(log: Any) -> Callable[[str], None]:
+    """A ``say(text)`` that hands ``log`` (a print-like callable, or None: silent) each stage with the seconds since
+    the logger was made."""
+    import time  # noqa: PLC0415
+
+    began = time.perf_counter()
+
+    def say(text: str) -> None:
+        if log is not None:
+            log(f"[{time.perf_counter() - began:6.1f} s] {text}")
+
+    return say
+
+
 def bench_model(name: str, batch: int = 8, image_size: int | None = None, tokens: int = 40, repeat: int = 3,
                 dtypes=("float32", "bfloat16"), backward: bool = True, baseline_backend: str | None = "math",
                 log: Any = None) -> dict:
@@ -129,19 +143,12 @@ def bench_model(name: str, batch: int = 8, image_size: int | None = None, tokens
     run the written-out math attention). ``log`` (a print-like callable) hears each stage as it starts and how long
     it took: an official-size model takes minutes.
     """
-    import time  # noqa: PLC0415
-
     import torch  # noqa: PLC0415
 
     import zoo  # noqa: PLC0415
     from zoo.modules.attention import force_backend  # noqa: PLC0415
 
-    began = time.perf_counter()
-
-    def say(text: str) -> None:
-        if log is not None:
-            log(f"[{time.perf_counter() - began:6.1f} s] {text}")
-
+    say = _stage_logger(log)
     torch.manual_seed(0)
     say(f"building {name}")
     model = zoo.create_model(name)
@@ -265,23 +272,16 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
     import torch  # noqa: PLC0415
 
     import zoo  # noqa: PLC0415
-    from zoo.models.base import input_resolution  # noqa: PLC0415
+    from zoo.models.base import enable_grad_checkpointing, input_resolution  # noqa: PLC0415
 
     if task not in TRAIN_LOSSES:
         raise ValueError(f"bench train times {', '.join(TRAIN_LOSSES)}; got task {task!r}")
-    began = time.perf_counter()
-
-    def say(text: str) -> None:
-        if log is not None:
-            log(f"[{time.perf_counter() - began:6.1f} s] {text}")
-
+    say = _stage_logger(log)
     torch.manual_seed(0)
     say(f"building {name} for {task}")
     model = zoo.create_model(name, task=task).train()
     if grad_checkpointing:
-        for part in (getattr(model, "vision", None), getattr(model, "text", None), getattr(model, "fusion", None)):
-            if part is not None and hasattr(part, "set_grad_checkpointing"):
-                part.set_grad_checkpointing(True)
+        enable_grad_checkpointing(model)
     res = image_size or input_resolution(model) or 224
     objective = getattr(model, TRAIN_LOSSES[task])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.01)
@@ -320,11 +320,12 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
 
 def format_train_table(rows: list[dict]) -> str:
     first = rows[0]
-    lines = [f"`{first['model']}` {first['task']} training step (objective, backward, AdamW), {first['tokens']} text "
-             f"tokens, image {first['image_size']}, CPU ({first['threads']} threads); medians of {first['steps']} "
-             "steps after a warm-up; peak resident memory of the process.", "",
-             "| batch | dtype | grad ckpt | step s | steps/s | samples/s | data | forward | backward | optimiser |"
-             " peak RSS GiB |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    header = (f"`{first['model']}` {first['task']} training step (objective, backward, AdamW), {first['tokens']} text "
+              f"tokens, image {first['image_size']}, CPU ({first['threads']} threads); medians of {first['steps']} "
+              "steps after a warm-up; peak resident memory of the process.")
+    columns = ("| batch | dtype | grad ckpt | step s | steps/s | samples/s | data | forward | backward | optimiser |"
+               " peak RSS GiB |")
+    lines = [header, "", columns, "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         share = {k: f"{100 * v / r['step_s']:.0f}%" for k, v in r["phases"].items()}
         lines.append(f"| {r['batch']} | {r['dtype']} | {'yes' if r['grad_checkpointing'] else 'no'} | "

@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-__all__ = ["CLIP_PREPROCESS", "PARAM_PARTS", "ZooModel", "count_parameters", "generic_param_part",
-           "input_resolution"]
+__all__ = ["CLIP_PREPROCESS", "PARAM_PARTS", "ZooModel", "count_parameters", "enable_grad_checkpointing",
+           "generic_param_part", "input_resolution"]
 
 #: the parts a parameter belongs to for the optimiser (:func:`zoo.train.optim.param_groups`): each has its own learning
 #: rate (``optim.vision_lr``, ``text_lr``, ``fusion_lr``; ``other`` takes ``optim.lr``)
@@ -39,6 +39,18 @@ def input_resolution(model: nn.Module) -> int | None:
     """The image side a model takes: its vision part's ``image_size``, else its config's ``default_resolution``."""
     size = getattr(getattr(model, "vision", None), "image_size", None)
     return size or (getattr(model, "zoo_config", None) or {}).get("default_resolution")
+
+
+def enable_grad_checkpointing(model: nn.Module) -> list[str]:
+    """Recompute the layers of the model's encoders in backward (``train.grad_checkpointing``): every top-level part
+    among ``vision``, ``text``, ``fusion`` that has ``set_grad_checkpointing``. Returns the parts switched on."""
+    done = []
+    for name in ("vision", "text", "fusion"):
+        part = getattr(model, name, None)
+        if part is not None and hasattr(part, "set_grad_checkpointing"):
+            part.set_grad_checkpointing(True)
+            done.append(name)
+    return done
 
 
 def generic_param_part(name: str) -> str:

@@ -543,9 +543,9 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
     if tcfg.get("freeze"):
         apply_freeze(model, list(tcfg["freeze"]))
     if tcfg.get("grad_checkpointing"):
-        for part in (getattr(model, "vision", None), getattr(model, "text", None), getattr(model, "fusion", None)):
-            if part is not None and hasattr(part, "set_grad_checkpointing"):
-                part.set_grad_checkpointing(True)
+        from zoo.models.base import enable_grad_checkpointing  # noqa: PLC0415
+
+        enable_grad_checkpointing(model)
     mcfg = cfg["model"]
     module = TaskModule(model, task, cfg.get("optim"), cfg.get("evaluation"))
 
