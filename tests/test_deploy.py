@@ -113,3 +113,13 @@ def test_push_to_hub_uploads_the_export_through_huggingface_hub(tiny, monkeypatc
     assert calls["create"] == ("org/tiny", {"private": True, "exist_ok": True, "repo_type": "model"})
     assert {"README.md", "config.json", "model.safetensors"} <= set(calls["files"])
     assert all(torch.equal(calls["reloaded"][k], v) for k, v in tiny.state_dict().items())
+
+
+def test_a_users_own_readme_beside_an_export_is_kept_and_a_card_is_renewed(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "a")
+    card = (tmp_path / "a" / "README.md").read_text()
+    tiny.save_pretrained(tmp_path / "a", run={"test": {"r_mean": 50.0}})  # a card of ours is rewritten
+    assert (tmp_path / "a" / "README.md").read_text() != card and "r_mean 50" in (tmp_path / "a" / "README.md").read_text()
+    (tmp_path / "a" / "README.md").write_text("my notes")
+    tiny.save_pretrained(tmp_path / "a", run={"test": {"r_mean": 60.0}})
+    assert (tmp_path / "a" / "README.md").read_text() == "my notes"

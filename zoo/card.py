@@ -8,9 +8,21 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["CARD_NAME", "model_card"]
+__all__ = ["CARD_NAME", "is_model_card", "model_card"]
 
 CARD_NAME = "README.md"
+_MARK = "library_name: mmzoo"
+
+
+def is_model_card(path) -> bool:
+    """Whether the file at ``path`` is a card :func:`model_card` wrote (its metadata header names mmzoo), not a
+    user's own README."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = fh.read(200)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.startswith("---\n") and _MARK in head
 
 
 def _params(model) -> list[tuple[str, int, int]]:
@@ -43,7 +55,7 @@ def model_card(model, config: Mapping[str, Any], run: Mapping[str, Any] | None =
     run = run or {}
     data = ((run.get("config") or {}).get("data") or {}).get("root")
     tags = ["mmzoo", "multimodal", str((config.get("model") or {}).get("type", "model"))] + ([task] if task else [])
-    head = ["---", "library_name: mmzoo", "tags:"] + [f"- {t}" for t in dict.fromkeys(tags)] + ["---", ""]
+    head = ["---", _MARK, "tags:"] + [f"- {t}" for t in dict.fromkeys(tags)] + ["---", ""]
     body = [f"# {name}" + (f" ({task})" if task else ""), ""]
     if config.get("description"):
         body += [str(config["description"]), ""]

@@ -412,7 +412,7 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
     - ``preprocessor.json``: the model's preprocessing (:meth:`zoo.models.base.ZooModel.preprocess_config`: image
       size, mean, std, interpolation, resize mode), left out for a model that declares none;
     - ``README.md``: the model card (:func:`zoo.card.model_card`; ``run``: the training run's results, whose task,
-      data and scores it lists).
+      data and scores it lists) — unless the folder holds a README.md of the user's own, which is kept as it is.
 
     The folder is written whole into a temporary folder beside ``directory`` and swapped in at the end
     (:func:`atomic_dir`): an export written over an older one leaves the old export or the new one, never a mix,
@@ -447,7 +447,12 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
             preprocess = model.preprocess_config().to_json()
         except ConfigError:  # no resolution or no normalisation declared: nothing to record
             preprocess = None
-    with atomic_dir(directory, keep=lambda name: name not in _EXPORT_ENTRIES) as tmp:
+    from zoo.card import CARD_NAME, is_model_card, model_card  # noqa: PLC0415
+
+    # a README.md of the user's own (not a card this function wrote) is kept, and no card written over it
+    own_readme = (directory / CARD_NAME).is_file() and not is_model_card(directory / CARD_NAME)
+    writes = set(_EXPORT_ENTRIES) - ({CARD_NAME} if own_readme else set())
+    with atomic_dir(directory, keep=lambda name: name not in writes) as tmp:
         from safetensors.torch import save_file  # noqa: PLC0415
 
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "mmzoo": "1"})
@@ -457,9 +462,8 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
         if preprocess is not None:
             (tmp / PREPROCESSOR_NAME).write_text(json.dumps(preprocess, indent=2), encoding="utf-8")
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        from zoo.card import CARD_NAME, model_card  # noqa: PLC0415
-
-        (tmp / CARD_NAME).write_text(model_card(model, config, run, preprocess), encoding="utf-8")
+        if not own_readme:
+            (tmp / CARD_NAME).write_text(model_card(model, config, run, preprocess), encoding="utf-8")
     return directory
 
 
