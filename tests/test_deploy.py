@@ -73,8 +73,9 @@ def test_a_graph_that_disagrees_with_the_eager_model_is_an_error(tiny, tmp_path)
 def test_cli_export_with_formats_and_the_model_card(tiny, tmp_path, capsys):
     from zoo.cli import main
 
-    tiny.save_pretrained(tmp_path / "src", run={"task": "retrieval", "val": {"r_mean": 91.25}, "test": {"r_mean": 90.5},
-                                                "config": {"data": {"root": "shapes"}}, "config_file": "retrieval.yaml"})
+    run = {"task": "retrieval", "val": {"r_mean": 91.25}, "test": {"r_mean": 90.5},
+           "config": {"data": {"root": "shapes"}}, "config_file": "retrieval.yaml"}
+    tiny.save_pretrained(tmp_path / "src", run=run)
     card = (tmp_path / "src" / "README.md").read_text()
     assert f"{count_parameters(tiny):,} parameters" in card
     assert f"| vision | {count_parameters(tiny.vision):,} |" in card
@@ -119,7 +120,8 @@ def test_a_users_own_readme_beside_an_export_is_kept_and_a_card_is_renewed(tiny,
     tiny.save_pretrained(tmp_path / "a")
     card = (tmp_path / "a" / "README.md").read_text()
     tiny.save_pretrained(tmp_path / "a", run={"test": {"r_mean": 50.0}})  # a card of ours is rewritten
-    assert (tmp_path / "a" / "README.md").read_text() != card and "r_mean 50" in (tmp_path / "a" / "README.md").read_text()
+    renewed = (tmp_path / "a" / "README.md").read_text()
+    assert renewed != card and "r_mean 50" in renewed
     (tmp_path / "a" / "README.md").write_text("my notes")
     tiny.save_pretrained(tmp_path / "a", run={"test": {"r_mean": 60.0}})
     assert (tmp_path / "a" / "README.md").read_text() == "my notes"

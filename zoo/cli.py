@@ -736,7 +736,8 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_convert)
 
     s = sub.add_parser("serve", parents=[trust],
-                       help="a web demo (gradio) of an export: VQA, captioning, retrieval, VE, NLVR or chat, by its task")
+                       help="a web demo (gradio) of an export: VQA, captioning, retrieval, VE, NLVR or chat, by its "
+                            "task")
     s.add_argument("source", help="export folder, run folder, checkpoint or registered model name")
     s.add_argument("--task", default=None, help="the page to show (default: the model's task)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
