@@ -97,7 +97,7 @@ def test_save_and_from_pretrained_roundtrip(demo, tmp_path):
     images, ids = demo_inputs()
     demo.save_pretrained(tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == \
-        ["config.json", "model.safetensors", "preprocessor.json", "tokenizer"]
+        ["README.md", "config.json", "model.safetensors", "preprocessor.json", "tokenizer"]
     assert json.loads((tmp_path / "export" / "preprocessor.json").read_text())["image_size"] == 64
     cfg = json.loads((tmp_path / "export" / "config.json").read_text())
     assert cfg["model"]["type"] == "fusion_encoder"
