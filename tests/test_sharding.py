@@ -37,10 +37,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         from torch.distributed.tensor import DTensor
 
-        from zoo.train.sharding import average_replicated_gradients, shard_model, sharded_modules
+        from zoo.train.sharding import average_replicated_gradients, shard_model
 
         model = _model()
-        n_sharded = len(sharded_modules(model))
         shard_model(model)
         half = {k: v[rank * 2:(rank + 1) * 2] for k, v in _batch().items()}
         loss = model.vqa_loss(half)["loss"]
@@ -54,8 +53,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             kinds[name] = is_shard
             grads[name] = p.grad.full_tensor() if is_shard else p.grad.clone()
         if rank == 0:
-            torch.save({"losses": torch.stack(losses), "grads": grads, "sharded": kinds, "replicated": replicated,
-                        "units": n_sharded}, out)
+            torch.save({"losses": torch.stack(losses), "grads": grads, "sharded": kinds, "replicated": replicated},
+                       out)
     finally:
         dist.destroy_process_group()
 

@@ -170,17 +170,14 @@ def create_model(
         **model_overrides: changes to the model tree, ``create_model(name, **{"vision.depth": 2})`` or
             ``create_model(name, vision={"depth": 2})``; ``attention="math"`` picks the attention backend.
     """
-    from zoo.weights import names_tag  # noqa: PLC0415
+    from zoo.weights import tag_export  # noqa: PLC0415
 
-    if isinstance(pretrained, str) and not isinstance(name_or_config, Mapping) and \
-            names_tag(str(name_or_config), pretrained):
+    whole = pretrained_parts is None and pretrained_strict is not False
+    tagged = None if isinstance(name_or_config, Mapping) else tag_export(str(name_or_config), pretrained, task, whole)
+    if tagged is not None:
         from zoo.hub import from_pretrained  # noqa: PLC0415
-        from zoo.weights import pretrained_export  # noqa: PLC0415
 
-        whole = pretrained_parts is None and pretrained_strict is not False
-        # a part-by-part load may start another task from a tag's weights (the pre-training model's, say)
-        folder, entry = pretrained_export(str(name_or_config), pretrained, task if whole or pretrained == "official"
-                                          else None)
+        folder, entry = tagged
         if whole and not overrides and device is None:
             return from_pretrained(folder, **model_overrides)
         task = entry.task if whole else task

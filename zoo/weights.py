@@ -44,8 +44,8 @@ from typing import Any, Mapping
 from zoo.hub import WeightsError, atomic_write, is_offline, mmzoo_home
 from zoo.spec import ConfigError
 
-__all__ = ["OFFICIAL", "PretrainedEntry", "pretrained_table", "find_entry", "names_tag", "pretrained_export",
-           "download", "cached_export", "download_path", "export_path"]
+__all__ = ["OFFICIAL", "PretrainedEntry", "pretrained_table", "find_entry", "names_tag", "tag_export",
+           "pretrained_export", "download", "cached_export", "download_path", "export_path"]
 
 #: the tag that picks, for the task asked for, the model file's default checkpoint
 OFFICIAL = "official"
@@ -55,7 +55,7 @@ _KEYS = {"task": (str, type(None)), "resolution": (int, type(None)), "url": (str
          "file": (str,),
          "size": (int, type(None)), "sha256": (str, type(None)), "licence": (str, type(None)),
          "source": (str, type(None)), "scores": (dict, type(None)), "default": (bool,), "family": (str,),
-         "note": (str, type(None)), "num_frames": (int, type(None))}
+         "note": (str, type(None))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,6 @@ class PretrainedEntry:
     default: bool = False
     family: str | None = None
     note: str | None = None
-    num_frames: int | None = None
 
     @property
     def location(self) -> str:
@@ -159,6 +158,17 @@ def names_tag(name: str, pretrained: str) -> bool:
     if "/" in pretrained or os.sep in pretrained or ":" in pretrained:
         return False
     return pretrained in pretrained_table(name)
+
+
+def tag_export(name: str, pretrained: Any, task: str | None, whole: bool = True
+               ) -> tuple[Path, PretrainedEntry] | None:
+    """When ``pretrained`` names a checkpoint of model ``name`` (:func:`names_tag`): its converted export, fetched
+    once (:func:`pretrained_export`); else None. A ``whole`` (strict) load needs the tag's task to be ``task``; a
+    part-by-part load may start another task from a tag's weights (the pre-training model's, say), so only
+    ``official`` still picks by ``task``."""
+    if not isinstance(pretrained, str) or not names_tag(name, pretrained):
+        return None
+    return pretrained_export(name, pretrained, task if whole or pretrained == OFFICIAL else None)
 
 
 def download_path(entry: PretrainedEntry) -> Path:
@@ -332,6 +342,7 @@ def pretrained_export(name: str, tag: str = OFFICIAL, task: str | None = None, *
     folder = cached_export(entry)
     if folder is not None:
         return folder, entry
+    checked = None  # the sha256 a fresh download was checked against
     if entry.hub is not None and entry.url is None:
         from zoo.hub import resolve_path  # noqa: PLC0415
 
@@ -348,10 +359,11 @@ def pretrained_export(name: str, tag: str = OFFICIAL, task: str | None = None, *
                 download(str(entry.url), raw, size=entry.size, sha256=entry.sha256, progress=progress)
             except _DownloadFailed as exc:
                 raise WeightsError(_offline_message(entry, exc.message)) from None
+            checked = entry.sha256  # download checked it: the file is not read again
         elif entry.size is not None and raw.stat().st_size != entry.size:
             raise WeightsError(f"{raw}: {raw.stat().st_size:,} bytes, the table says {entry.size:,} ({entry.location}"
                                "); replace or remove it")
-    digest = _sha256(raw) if raw.is_file() else None
+    digest = checked.lower() if checked else _sha256(raw) if raw.is_file() else None
     if entry.sha256 is not None and digest != entry.sha256.lower():
         raise WeightsError(f"{raw}: sha256 {digest} differs from the table's {entry.sha256.lower()} "
                            f"({entry.location}); replace or remove it")

@@ -723,7 +723,7 @@ class _AnnotationDataset(Dataset):
             return image.clone()
         if image is None:
             data = self._media_bytes(file, idx, path, "image")
-            image = self._read_image(file, idx, path) if data is None else self._decode_image(file, idx, path, data)
+            image = self._read_image(file, idx, path, data)
         keep_tensor = getattr(self.transform, "deterministic", False) and not (self.train and self.hflip)
         if cache is not None and not keep_tensor:
             cache[path] = image
@@ -745,25 +745,17 @@ class _AnnotationDataset(Dataset):
         return data
 
     @staticmethod
-    def _decode_image(file: str, idx: int | None, name: str, data: bytes) -> Image.Image:
-        """An image file's bytes as 8-bit RGB, as :meth:`_read_image` reads the file."""
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return to_rgb(im)
-        except Exception as exc:  # noqa: BLE001 - PIL raises several error types for corrupt files
-            raise DataError(file, idx, _Problem(f"cannot read image {name}: {exc}", "unreadable media")) from None
-
-    @staticmethod
-    def _read_image(file: str, idx: int, path: str) -> Image.Image:
-        """The image at ``path`` as 8-bit RGB (:func:`zoo.data.transforms.to_rgb`: 16-bit and float images scaled,
-        transparency over white)."""
-        if not os.path.isfile(path):
+    def _read_image(file: str, idx: int | None, path: str, data: bytes | None = None) -> Image.Image:
+        """The image at ``path`` — or, given ``data``, those bytes of the medium named ``path`` (a shard's member) — as
+        8-bit RGB (:func:`zoo.data.transforms.to_rgb`: 16-bit and float images scaled, transparency over white)."""
+        if data is None and not os.path.isfile(path):
             raise DataError(file, idx, f"image file not found: {path}")
         try:
-            with Image.open(path) as im:
+            with Image.open(path if data is None else io.BytesIO(data)) as im:
                 return to_rgb(im)
         except Exception as exc:  # noqa: BLE001 - PIL raises several error types for corrupt files
-            raise DataError(file, idx, f"cannot read image {path}: {exc}") from None
+            problem = f"cannot read image {path}: {exc}"
+            raise DataError(file, idx, problem if data is None else _Problem(problem, "unreadable media")) from None
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({len(self)} records from {len(self.ann_files)} file(s), "

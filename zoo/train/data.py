@@ -370,20 +370,30 @@ class _EpochSampler(DistributedSampler):
         return iter(indices[skip:])
 
 
-class _TrainLoader(DataLoader):
-    """The training ``DataLoader``, stateful for Lightning: resuming needs no state beyond the seed (the sampler reads
-    the epoch's progress from the trainer), so ``state_dict`` holds the seed and ``load_state_dict`` checks it."""
+class _SeededLoader(DataLoader):
+    """A training ``DataLoader``, stateful for Lightning: resuming needs no state beyond the data seed (the epoch's
+    progress comes from the trainer), so ``state_dict`` holds the seed and ``load_state_dict`` checks it."""
+
+    def _seed(self) -> int:
+        raise NotImplementedError
 
     def state_dict(self) -> dict[str, int]:
-        return {"seed": int(self.sampler.seed)}
+        return {"seed": self._seed()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if "seed" in state and int(state["seed"]) != int(self.sampler.seed):
-            warnings.warn(f"resuming with data.seed={self.sampler.seed}, but the checkpoint was trained with seed "
+        if "seed" in state and int(state["seed"]) != self._seed():
+            warnings.warn(f"resuming with data.seed={self._seed()}, but the checkpoint was trained with seed "
                           f"{state['seed']}: the remaining batches differ from the interrupted run's", stacklevel=2)
 
 
-class _ShardLoader(DataLoader):
+class _TrainLoader(_SeededLoader):
+    """The training loader of files: its sampler reads the epoch's progress from the trainer."""
+
+    def _seed(self) -> int:
+        return int(self.sampler.seed)
+
+
+class _ShardLoader(_SeededLoader):
     """A loader of a :class:`zoo.data.shards.ShardDataset`. ``progress`` (the training loader's): a callable giving
     ``(epoch, batches the epoch has completed)`` from the trainer when an epoch's iteration starts (at its first
     batch, after Lightning has restored or reset its progress), which sets the stream's epoch and resume point; None
@@ -398,13 +408,8 @@ class _ShardLoader(DataLoader):
             self.dataset.load_state_dict({"epoch": epoch, "consumed": batches * int(self.batch_size or 1)})
         yield from super().__iter__()
 
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": int(self.dataset.seed)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if "seed" in state and int(state["seed"]) != int(self.dataset.seed):
-            warnings.warn(f"resuming with data.seed={self.dataset.seed}, but the checkpoint was trained with seed "
-                          f"{state['seed']}: the remaining batches differ from the interrupted run's", stacklevel=2)
+    def _seed(self) -> int:
+        return int(self.dataset.seed)
 
 
 class _RefuseBoxes:

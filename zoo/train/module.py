@@ -118,8 +118,10 @@ class TaskModule(L.LightningModule):
         """Under Lightning's ``ModelParallelStrategy`` (``trainer.strategy: model_parallel``): shard the model over
         the data-parallel mesh (:func:`zoo.train.sharding.shard_model`, torch's ``fully_shard``) before the optimiser
         is built; the replicated heads' gradients are averaged after each backward."""
-        strategy = getattr(getattr(self, "_trainer", None), "strategy", None)
-        if type(strategy).__name__ != "ModelParallelStrategy" or self.sharded:
+        from lightning.pytorch.strategies import ModelParallelStrategy  # noqa: PLC0415
+
+        if not isinstance(getattr(getattr(self, "_trainer", None), "strategy", None), ModelParallelStrategy) \
+                or self.sharded:
             return
         from zoo.train.sharding import shard_model  # noqa: PLC0415
 

@@ -421,18 +421,16 @@ def model_and_data(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[
     # what the model can do, told from the very config built below, before building it
     _check_model_for_task(resolved["model"], task, mcfg, cfg.get("_file"))
 
-    pretrained = mcfg.get("pretrained")
-    if isinstance(pretrained, str):
-        from zoo.weights import OFFICIAL, names_tag, pretrained_export  # noqa: PLC0415
+    from zoo.weights import tag_export  # noqa: PLC0415
 
-        if names_tag(mcfg["name"], pretrained):  # an official checkpoint by tag: its converted export, fetched once
-            whole = mcfg.get("pretrained_parts") is None and mcfg.get("pretrained_strict") is not False
-            try:
-                folder, _ = pretrained_export(mcfg["name"], pretrained,
-                                              mcfg.get("task") if whole or pretrained == OFFICIAL else None)
-            except ConfigError as exc:
-                raise ConfigError(exc.message, "model.pretrained", cfg.get("_file")) from None
-            pretrained = str(folder)
+    pretrained = mcfg.get("pretrained")
+    whole = mcfg.get("pretrained_parts") is None and mcfg.get("pretrained_strict") is not False
+    try:  # an official checkpoint by tag: its converted export, fetched once
+        tagged = tag_export(mcfg["name"], pretrained, mcfg.get("task"), whole)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, "model.pretrained", cfg.get("_file")) from None
+    if tagged is not None:
+        pretrained = str(tagged[0])
 
     def build(model_cfg: dict, load: bool = True):
         try:
