@@ -246,8 +246,8 @@ def format_model_table(r: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------------------ train
 
-#: the training objective a task's step runs, per task (the family method the task unit calls)
-TRAIN_LOSSES = {"retrieval": "retrieval_losses"}
+#: the tasks whose batches bench train draws (images, texts and image ids: the retrieval objective's inputs)
+TRAIN_TASKS = ("retrieval",)
 
 
 def peak_rss_bytes() -> int:
@@ -273,9 +273,10 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
 
     import zoo  # noqa: PLC0415
     from zoo.models.base import enable_grad_checkpointing, input_resolution  # noqa: PLC0415
+    from zoo.tasks import get_task  # noqa: PLC0415
 
-    if task not in TRAIN_LOSSES:
-        raise ValueError(f"bench train times {', '.join(TRAIN_LOSSES)}; got task {task!r}")
+    if task not in TRAIN_TASKS:
+        raise ValueError(f"bench train times {', '.join(TRAIN_TASKS)}; got task {task!r}")
     say = _stage_logger(log)
     torch.manual_seed(0)
     say(f"building {name} for {task}")
@@ -283,7 +284,7 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
     if grad_checkpointing:
         enable_grad_checkpointing(model)
     res = image_size or input_resolution(model) or 224
-    objective = getattr(model, TRAIN_LOSSES[task])
+    objective = getattr(model, get_task(task).loss_method)  # the family method the task unit trains with
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.01)
     gen = torch.Generator().manual_seed(1)
 
