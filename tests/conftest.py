@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from functools import lru_cache
@@ -13,6 +14,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+# The zoo under test: the checkout's (./run pytest) or an installed copy (tools/test_installed.sh runs a copy of this
+# folder with only the installed wheel importable). Found without importing it.
+PACKAGE_DIR = Path(importlib.util.find_spec("zoo").origin).resolve().parent
+CONFIGS_DIR = PACKAGE_DIR / "configs"
+CHECKOUT = Path(__file__).resolve().parents[1]
+IN_CHECKOUT = PACKAGE_DIR == CHECKOUT / "zoo"
+# A test that reads files of the repository checkout beyond the package and tests/ (docs/, tools/, the sources a
+# wheel is built from) cannot run against an installed copy, which has none of them.
+requires_checkout = pytest.mark.skipif(
+    not IN_CHECKOUT, reason="reads the repository checkout (docs/, tools/ or the sources), not the installed package")
+
+
+def task_config(name: str) -> str:
+    """The file of the packaged task config ``name`` (``zoo/configs/tasks/NAME.yaml`` of the zoo under test)."""
+    return str(CONFIGS_DIR / "tasks" / f"{name}.yaml")
 
 
 @lru_cache(maxsize=None)

@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import install_plugin
+from conftest import PACKAGE_DIR, install_plugin, requires_checkout
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding-a-family.md"
+pytestmark = requires_checkout  # the page is read from the checkout
 MODULE = "toy_dualtower"
 MODEL_FILE = "dualtower_models/dualtower-tiny.yaml"
 TASK_CONFIG = "retrieval-dualtower-shapes.yaml"
@@ -37,7 +38,7 @@ def _page_files() -> dict[str, str]:
 
 
 def _env(site, **extra) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(DOC.parents[1])]), HF_HUB_OFFLINE="1", **extra)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(PACKAGE_DIR.parent)]), HF_HUB_OFFLINE="1", **extra)
 
 
 @pytest.fixture(scope="module")

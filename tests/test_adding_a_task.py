@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import install_plugin
+from conftest import PACKAGE_DIR, install_plugin, requires_checkout
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding-a-task.md"
+pytestmark = requires_checkout  # the page is read from the checkout
 
 
 def _page_files() -> dict[str, str]:
@@ -62,7 +63,7 @@ def site(tmp_path_factory):
 
 
 def _mmzoo(site, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(DOC.parents[1])]), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(PACKAGE_DIR.parent)]), HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "zoo.cli", *args], cwd=site, env=env, capture_output=True,
                           text=True, timeout=600, check=False)
 

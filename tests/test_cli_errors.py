@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import task_config
 
 from zoo.cli import main
 from zoo.data.datasets import DataError
 from zoo.data.shapes import generate_shapes
 from zoo.spec import ConfigError
 
-CONFIG = "zoo/configs/tasks/vqa-shapes.yaml"
+CONFIG = task_config("vqa-shapes")
 
 
 @pytest.fixture(scope="module")

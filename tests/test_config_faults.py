@@ -7,20 +7,20 @@ tiny model of zoo/configs/tasks/vqa-shapes.yaml (x2vlm-tiny, VQA variant).
 
 from __future__ import annotations
 
-import glob
 import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CONFIGS_DIR, task_config
 
 import zoo
 from zoo.spec import ConfigError, load_yaml, parse_override
 from zoo.train.config_checks import CHECKS, check_against_model, lightning_precisions, run_name_problem
 from zoo.train.run import TASK_CONFIG_KEYS, load_task_config, train
 
-VQA = "zoo/configs/tasks/vqa-shapes.yaml"
+VQA = task_config("vqa-shapes")
 
 # (overrides, the dotted key of the error, a fragment of its message)
 LOAD_CASES = [
@@ -151,9 +151,9 @@ def test_good_values_still_load(overrides):
     load_task_config(VQA, overrides)
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob("zoo/configs/tasks/*.yaml")))
-def test_every_shipped_task_config_passes(path):
-    assert load_task_config(path)["_file"] == path
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIGS_DIR / "tasks").glob("*.yaml")))
+def test_every_shipped_task_config_passes(name):
+    assert load_task_config(task_config(name))["_file"] == task_config(name)
 
 
 def test_every_checked_key_has_an_entry_in_the_table():
@@ -197,7 +197,7 @@ def test_a_task_config_with_a_duplicate_key_names_file_line_and_key(tmp_path):
 
 def test_a_model_config_with_a_duplicate_key_is_refused(tmp_path):
     model_file = tmp_path / "tiny-dup.yaml"
-    base = Path("zoo/configs/models/x2vlm-tiny.yaml").resolve()
+    base = CONFIGS_DIR / "models" / "x2vlm-tiny.yaml"
     model_file.write_text(f"_base_: {base}\nname: tiny-dup\nmodel:\n  vision: {{depth: 1}}\n  text: {{num_layers: 4}}\n"
                           "  vision: {depth: 3}\n")
     with pytest.raises(ConfigError) as info:
@@ -223,7 +223,7 @@ def test_merge_keys_may_override_what_they_bring_in():
 
 
 def test_every_shipped_yaml_file_has_unique_keys():
-    files = glob.glob("zoo/configs/**/*.yaml", recursive=True)
+    files = sorted(CONFIGS_DIR.glob("**/*.yaml"))
     assert files
     for path in files:
         load_yaml(path)

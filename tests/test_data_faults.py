@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import task_config
 
 from zoo.data.datasets import SKIP_REASONS, DataError, VQADataset
 from zoo.data.transforms import to_rgb
@@ -312,7 +313,7 @@ def _model(text):
 def _config(root: Path, out: Path, **data) -> dict:
     from zoo.train.run import load_task_config
 
-    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml")
+    cfg = load_task_config(task_config("vqa-shapes"))
     cfg["data"] = {**cfg["data"], **_data(root, **data), "cache_images": False}
     cfg["trainer"].update(max_epochs=1, check_val_every_n_epoch=1, enable_progress_bar=False, limit_train_batches=2,
                           limit_val_batches=1, limit_test_batches=1)

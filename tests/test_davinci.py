@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import fit_steps, load_reference
+from conftest import fit_steps, load_reference, task_config
 from conftest import official_default as _official
 
 import zoo
@@ -411,7 +411,7 @@ def test_mmzoo_train_path(tmp_path, name, task, metric):
 
     root = generate_shapes(tmp_path / "shapes", num_train_images=8, num_val_images=4, num_test_images=4,
                            image_size=64, num_videos=0)
-    cfg = load_task_config(f"zoo/configs/tasks/{name}.yaml")
+    cfg = load_task_config(task_config(name))
     cfg["model"] = {"name": "davinci-tiny", "task": task}
     cfg["data"].update(root=str(root), batch_size=8, eval_batch_size=4)
     cfg["trainer"].update(max_epochs=1, enable_progress_bar=False, limit_train_batches=2, limit_val_batches=1,

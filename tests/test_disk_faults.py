@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import task_config
 
 import zoo
 from zoo.cli import main
@@ -103,7 +104,7 @@ def test_a_read_only_disk_is_one_line_naming_the_folder(exports, tmp_path):
     mount = f"mount --bind {ro} {ro} && mount -o remount,ro,bind {ro}"
     cli = f"{sys.executable} -m zoo.cli"
     script = (f"{mount} && {cli} export {root / 'new'} {ro / 'export'}; echo rc=$?; "
-              f"{cli} train {ROOT / 'zoo/configs/tasks/vqa-shapes.yaml'} train.output_dir={ro}/runs; echo rc=$?")
+              f"{cli} train {task_config('vqa-shapes')} train.output_dir={ro}/runs; echo rc=$?")
     res = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300,
                          cwd=ROOT)
     assert res.stdout.split().count("rc=2") == 2, res.stdout + res.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import task_config
 
 import zoo
 from zoo.data.shapes import generate_shapes
@@ -74,7 +75,7 @@ def test_a_demo_tiny_retrieval_run_trains_and_ranks(tmp_path):
     finds its image within the top 10 of 6)."""
     shapes = generate_shapes(tmp_path / "shapes", num_train_images=16, num_val_images=6, num_test_images=6,
                              image_size=64, num_videos=0)
-    cfg = load_task_config("zoo/configs/tasks/retrieval-shapes.yaml", [
+    cfg = load_task_config(task_config("retrieval-shapes"), [
         "model.name=demo-tiny", "model.overrides={}", f"data.root={shapes}", "data.batch_size=8",
         "data.eval_batch_size=4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
         f"train.output_dir={tmp_path}", "train.name=demo"])

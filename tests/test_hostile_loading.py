@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PACKAGE_DIR, task_config
 
 import zoo
 from zoo.cli import main
@@ -325,7 +326,7 @@ def test_hostile_sources_through_every_command(case, model, place, capsys):
                  ["export", src, str(root / "out")],
                  ["export", src, str(root / "out_lm"), "--part", "vision"],
                  ["chat", src],
-                 ["eval", src, str(Path(__file__).parents[1] / "zoo/configs/tasks/vqa-shapes.yaml")]):
+                 ["eval", src, task_config("vqa-shapes")]):
         _cli_fails(capsys, argv, names)
         _no_payload(marker)
     assert not (root / "out").exists() and not (root / "out_lm").exists()
@@ -344,7 +345,7 @@ def test_hostile_official_checkpoints_through_convert(case, model, place, capsys
 def test_hostile_last_checkpoint_through_resume(case, model, place, capsys):
     root, marker = place
     run, _ = case(model, root, marker)
-    line = _cli_fails(capsys, ["train", str(Path(__file__).parents[1] / "zoo/configs/tasks/vqa-shapes.yaml"),
+    line = _cli_fails(capsys, ["train", task_config("vqa-shapes"),
                                f"train.output_dir={root}", "train.name=run", "--resume"],
                       "no checkpoint to resume from")
     assert str(run / "checkpoints") in line
@@ -355,7 +356,7 @@ def test_hostile_last_checkpoint_through_resume(case, model, place, capsys):
 def test_hostile_pretrained_weights_through_train(case, model, place, capsys):
     root, marker = place
     path, names = case(model, root, marker)
-    _cli_fails(capsys, ["train", str(Path(__file__).parents[1] / "zoo/configs/tasks/vqa-shapes.yaml"),
+    _cli_fails(capsys, ["train", task_config("vqa-shapes"),
                         f"train.output_dir={root}", "train.name=run", f"model.pretrained={path}"], names)
     _no_payload(marker)
     assert not (root / "run").exists()
@@ -368,10 +369,28 @@ def test_the_payload_does_not_run_from_a_fresh_process(model, tmp_path):
     (tmp_path / f"{PAYLOAD_MODULE}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     folder, _ = export_imports(model, tmp_path, marker)
     image = _image(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)}
     res = subprocess.run([sys.executable, "-m", "zoo.cli", "predict", "export", "--image", str(image),
                           "--question", "what?"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 2 and not marker.exists()
     lines = res.stderr.strip().splitlines()
     assert lines[-1].startswith("mmzoo predict: error: ") and "--trust-imports" in lines[-1]
     assert "Traceback" not in res.stderr
+
+
+def test_inert_reading_of_an_official_file_with_pickled_objects_runs_nothing(tmp_path):
+    """``load_state_dict(inert_objects=True)`` (what the MultiModal-GPT converter uses for its config object): the
+    tensors come back; a pickled payload is an inert placeholder naming the global it would have called, and it did
+    not run. Without the switch the file is refused, as every other path refuses it."""
+    from zoo.hub import InertObject, load_inert
+
+    marker = tmp_path / "PAYLOAD_RAN"
+    path = tmp_path / "release.pt"
+    torch.save({"model_state_dict": {"module.w": torch.arange(3.0)}, "tuning_config": _Payload(marker)}, path)
+    with pytest.raises(WeightsError, match="holds a pickled 'builtins.exec'.*refused, never run"):
+        load_state_dict(path)
+    tensors = load_state_dict(path, inert_objects=True)
+    assert list(tensors) == ["w"] and torch.equal(tensors["w"], torch.arange(3.0))
+    placeholder = load_inert(path)["tuning_config"]
+    assert isinstance(placeholder, InertObject) and placeholder.pickled_as == "builtins.exec"
+    assert not marker.exists()

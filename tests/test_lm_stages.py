@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import task_config
 
 import zoo
 from zoo.modules.lm.processing import TextVQACollator
@@ -202,11 +203,11 @@ def test_two_stage_configs_train_then_freeze_the_lm(family, tmp_path):
     common = [f"data.root={root}", f"train.output_dir={tmp_path / 'runs'}", "data.batch_size=8",
               "data.cache_images=false", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
               "trainer.limit_test_batches=1", "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false"]
-    stage1 = train(load_task_config(f"zoo/configs/tasks/lm-{family}-shapes.yaml", common))
+    stage1 = train(load_task_config(task_config(f"lm-{family}-shapes"), common))
     lm_dir = tmp_path / "lm"
     assert main(["export", stage1["run_dir"], str(lm_dir), "--part", "lm"]) == 0
     stage1_lm = load_file(str(lm_dir / "model.safetensors"))
-    stage2 = train(load_task_config(f"zoo/configs/tasks/vqa-{family}-shapes.yaml", common + [
+    stage2 = train(load_task_config(task_config(f"vqa-{family}-shapes"), common + [
         f"model.overrides.lm.pretrained={lm_dir}", f"model.overrides.lm.tokenizer={lm_dir}"]))
     after = load_file(str(Path(stage2["export"]) / "model.safetensors"))
 

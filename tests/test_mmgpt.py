@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from conftest import task_config
 
 import zoo
 from zoo.models.mmgpt.instruction import (IMAGE_TOKEN, PREAMBLE, InstructionCollator, MixedInstructionDataset, chat_prompt,
@@ -400,7 +401,7 @@ def test_vqa_training_path_on_shapes(tmp_path):
     shapes = shapes_subset(tmp_path / "shapes", "vqa", "colour",
                            lambda r, counts: r["question"].startswith("what colour") and counts[r["image"]] == 1,
                            num_train_images=300, num_val_images=4, num_test_images=100, image_size=48, num_videos=0)
-    cfg = load_task_config("zoo/configs/tasks/vqa-mmgpt-shapes.yaml")
+    cfg = load_task_config(task_config("vqa-mmgpt-shapes"))
     cfg["model"]["overrides"] = {"lm.tokenizer": "data", "lm.config.vocab_size": 512, "vocab_size": 512,
                                  "lm.config.pad_token_id": 1, "lm.config.bos_token_id": 0, "lm.config.eos_token_id": 2,
                                  "unfrozen": ["lm.model", "perceiver", "lm.inserted"]}
@@ -471,7 +472,7 @@ def test_language_only_instruction_batches_join_training(tmp_path):
 
     shapes = generate_shapes(tmp_path / "shapes", num_train_images=8, num_val_images=4, num_test_images=4,
                              image_size=48, num_videos=0)
-    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml")
+    cfg = load_task_config(task_config("vqa-shapes"))
     cfg["model"] = {"name": "mmgpt-tiny", "task": None, "pretrained": None, "overrides": {}}
     cfg["data"].update(root=str(shapes), batch_size=8, eval_batch_size=8, language=[str(tmp_path / "dolly.json")],
                        language_batch_size=4, language_weight=0.25)

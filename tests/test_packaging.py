@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CONFIGS_DIR, requires_checkout
 
 from zoo import catalog
 from zoo.catalog import add_config_dir, config_dirs, task_config_names, task_config_path
@@ -27,7 +28,7 @@ from zoo.spec import ConfigError
 from zoo.train.run import load_task_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "zoo" / "configs"
+CONFIGS = CONFIGS_DIR  # the package under test's (the checkout's, or an installed copy's)
 
 
 @pytest.fixture
@@ -152,6 +153,7 @@ def _run_installed(installed, args, timeout=300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+@requires_checkout  # builds the wheel from the checkout's sources
 def test_the_installed_wheel_carries_the_model_and_task_configs(installed):
     code = (
         "import json, sys\n"
@@ -173,6 +175,7 @@ def test_the_installed_wheel_carries_the_model_and_task_configs(installed):
     assert vqa.read_bytes() == (CONFIGS / "tasks" / "vqa-shapes.yaml").read_bytes()
 
 
+@requires_checkout
 def test_the_installed_wheel_trains_a_task_config_given_by_name(installed):
     """``python -m zoo.cli train vqa-shapes`` from the installed copy: one step on a tiny shapes dataset, one
     validation and one test batch, no export (about 15 s, most of it importing torch, lightning and transformers)."""

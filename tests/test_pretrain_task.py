@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import task_config
 
 import zoo
 from zoo.data.collate import RetrievalCollator
@@ -80,14 +81,14 @@ def test_pretrain_step_sums_itc_itm_and_mlm(shapes):
 
 
 def test_pretrain_config_runs_and_its_export_starts_a_fine_tuning(shapes, tmp_path):
-    cfg = load_task_config("zoo/configs/tasks/pretrain-shapes.yaml", [
+    cfg = load_task_config(task_config("pretrain-shapes"), [
         f"data.root={shapes}", "data.batch_size=8", "data.eval_batch_size=8", "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", "train.name=pt", "evaluation.k_test=4"])
     results = train(cfg)
     assert {"r_mean", "txt_r1", "img_r1"} <= set(results["test"])
     losses = (tmp_path / "pt" / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert all(f"train/{k}" in losses for k in ("mlm", "itc", "itm", "bbox_l1", "bbox_giou"))
-    nlvr = load_task_config("zoo/configs/tasks/nlvr-shapes.yaml", [
+    nlvr = load_task_config(task_config("nlvr-shapes"), [
         f"data.root={shapes}", "data.batch_size=8", "data.eval_batch_size=8", "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", "train.name=nlvr",
         f"model.pretrained={tmp_path / 'pt' / 'export'}",
@@ -130,7 +131,7 @@ def test_davinci_pretrains_through_the_command_with_its_own_batches(shapes, tmp_
                  "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", "train.name=dv",
                  "model.name=davinci-tiny", "data.val=null",
                  "data.test=null"]
-    cfg = load_task_config("zoo/configs/tasks/pretrain-shapes.yaml", overrides)
+    cfg = load_task_config(task_config("pretrain-shapes"), overrides)
     cfg["model"]["overrides"] = {**DAVINCI, "image_tokenizer": image_tokenizer}
     train(cfg)
     header = (tmp_path / "dv" / "logs" / "metrics.csv").read_text().splitlines()[0]
@@ -154,7 +155,7 @@ def test_davinci_pretrains_through_the_command_with_its_own_batches(shapes, tmp_
     pixels = batch["images"] * torch.tensor(CLIP_STD).view(1, 3, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     assert torch.allclose(batch["code_images"], pixels.clamp(0, 1), atol=1e-6)
     assert float(batch["code_images"].min()) >= 0 and float(batch["code_images"].max()) <= 1
-    cfg = load_task_config("zoo/configs/tasks/pretrain-shapes.yaml", overrides[:-2] + ["train.name=dv2"])
+    cfg = load_task_config(task_config("pretrain-shapes"), overrides[:-2] + ["train.name=dv2"])
     cfg["model"]["overrides"] = dict(DAVINCI)
     with pytest.raises(ConfigError, match=r"data\.val: pre-training is evaluated by zero-shot retrieval, and DaVinci"):
         train(cfg)

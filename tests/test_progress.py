@@ -8,6 +8,7 @@ import re
 from types import SimpleNamespace
 
 import pytest
+from conftest import task_config
 
 from zoo.data.shapes import generate_shapes
 from zoo.train.progress import ProgressLines, format_duration
@@ -50,7 +51,7 @@ def test_progress_lines_report_rate_eta_and_loss_every_interval():
 def test_a_run_to_a_file_prints_lines_and_records_what_it_did(tmp_path, capsys):
     shapes = generate_shapes(tmp_path / "shapes", num_train_images=16, num_val_images=6, num_test_images=6,
                              image_size=64, num_videos=0)
-    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml", [
+    cfg = load_task_config(task_config("vqa-shapes"), [
         f"data.root={shapes}", "data.batch_size=8", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
         f"train.output_dir={tmp_path}", "train.name=run"])
     results = train(cfg)

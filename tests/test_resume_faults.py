@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import dead_pid
+from conftest import dead_pid, task_config
 
 from zoo.data.shapes import generate_shapes
 from zoo.hub import WeightsError
@@ -24,7 +24,7 @@ def shapes(tmp_path_factory):
 
 
 def _config(shapes, out, epochs: int):
-    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml")
+    cfg = load_task_config(task_config("vqa-shapes"))
     cfg["data"].update(root=str(shapes), batch_size=8, hflip=True)  # augmentation drawn from the torch generator
     cfg["data"].pop("val")
     cfg["data"].pop("test")
@@ -156,7 +156,7 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_puts_the_old_run_ba
 
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
-    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml", [f"train.output_dir={tmp_path}", "train.name=run",
+    cfg = load_task_config(task_config("vqa-shapes"), [f"train.output_dir={tmp_path}", "train.name=run",
                                                                   f"data.root={tmp_path / 'no-data'}"])
     with pytest.raises(ConfigError, match="data.root"):
         train(cfg, overwrite=True)
@@ -214,7 +214,7 @@ def test_retention_keeps_the_newest_epoch_last_and_best(shapes, tmp_path):
     (the 5.9 MB per epoch of the main job), the best file written at the wrong epoch, or a resume that goes back."""
     import csv
 
-    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml")
+    cfg = load_task_config(task_config("vqa-shapes"))
     cfg["data"].update(root=str(shapes), batch_size=8)
     cfg["data"].pop("test")
     cfg["trainer"].update(max_epochs=3, limit_train_batches=2, enable_progress_bar=False, log_every_n_steps=1,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import check_record_keys, load_json
+from conftest import PACKAGE_DIR, check_record_keys, load_json
 from PIL import Image
 
 from zoo.data.shapes import default_shapes_root, describe_shapes, generate_shapes, mmzoo_home
@@ -458,7 +458,7 @@ def test_foreign_folder_is_not_replaced(tmp_path):
 def test_concurrent_first_uses_agree(tmp_path, tiny):
     code = ("import sys; from zoo.data.shapes import generate_shapes; "
             f"generate_shapes(sys.argv[1], **{TINY!r})")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_DIR.parent),
                                                         os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "e")], env=env, stderr=subprocess.PIPE)
              for _ in range(2)]

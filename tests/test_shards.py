@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from conftest import task_config
 
 from zoo.data.datasets import DataError, NLVRDataset, RetrievalTrainDataset, VQADataset
 from zoo.data.shapes import generate_shapes
@@ -328,7 +329,7 @@ def test_training_on_shards_sees_the_samples_of_the_folder_and_resumes(shapes, w
             raise _Killed
 
     monkeypatch.setattr(TaskModule, "training_step", spy)
-    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml")
+    cfg = load_task_config(task_config("vqa-shapes"))
     cfg["data"].update(root=str(shapes), batch_size=8, val=None, test=None, drop_last=False, cache_images=False)
     folder_data = dict(cfg["data"])
     cfg["data"].update(train=None, shards={"train": str(out / "train.shards.json"), "buffer": 16})
@@ -416,7 +417,7 @@ def test_config_keys_and_the_shard_command(shapes, written, tmp_path):
     with pytest.raises(ConfigError, match=r"data\.few_shot: few-shot records"):
         TaskDataModule("vqa", {**_data(shapes, out), "few_shot": {"de": 2}}, None)
     # mmzoo data shard: a split of a task config → shards and manifest, the records checked first
-    written_sets = shard_task_config("zoo/configs/tasks/nlvr-shapes.yaml", "val", tmp_path / "cli", shard_size=3,
+    written_sets = shard_task_config(task_config("nlvr-shapes"), "val", tmp_path / "cli", shard_size=3,
                                      overrides=[f"data.root={shapes}"])
     ((path, manifest),) = written_sets
     assert path == tmp_path / "cli" / "val.shards.json" and manifest["reader"] == "nlvr"
@@ -430,7 +431,7 @@ def test_evaluation_sets_from_shards_index_every_record(shapes, tmp_path):
     the folder's; each image once, in shard order."""
     from zoo.train.data import TaskDataModule
 
-    ((manifest, _),) = shard_task_config("zoo/configs/tasks/retrieval-shapes.yaml", "val", tmp_path, shard_size=1,
+    ((manifest, _),) = shard_task_config(task_config("retrieval-shapes"), "val", tmp_path, shard_size=1,
                                          overrides=[f"data.root={shapes}"])
     base = {"root": str(shapes), "image_size": SIZE, "eval_batch_size": 3, "randaugment": False,
             "crop_scale": [1.0, 1.0]}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shapes_subset
+from conftest import CHECKOUT, requires_checkout, shapes_subset, task_config
 
 from zoo.data.shapes import generate_shapes
 from zoo.predict import predict
@@ -24,7 +24,7 @@ def shapes(tmp_path_factory):
 
 
 def _config(name, shapes, out, **data):
-    cfg = load_task_config(f"zoo/configs/tasks/{name}.yaml")
+    cfg = load_task_config(task_config(name))
     cfg["data"].update(root=str(shapes), batch_size=8, eval_batch_size=4, **data)
     cfg["trainer"].update(max_epochs=1, enable_progress_bar=False)
     cfg["train"].update(output_dir=str(out), name=name)
@@ -63,7 +63,7 @@ def test_retrieval_train_evaluate_and_rank_texts(shapes, retrieval_run):
 
 def test_partial_retrieval_evaluation_uses_the_images_seen(shapes, retrieval_run):
     _, run = retrieval_run
-    metrics = evaluate(run / "export", "zoo/configs/tasks/retrieval-shapes.yaml",
+    metrics = evaluate(run / "export", task_config("retrieval-shapes"),
                        [f"data.root={shapes}", "data.eval_batch_size=2", "trainer.limit_test_batches=1"],
                        split="test")
     # 2 images and their 10 captions (a full evaluation would rank 30 captions over 6 images): each caption finds
@@ -87,7 +87,7 @@ def _caption_config(root, out, blank: bool):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(root / "tokenizer_xlmr"))
-    cfg = load_task_config("zoo/configs/tasks/caption-shapes.yaml")
+    cfg = load_task_config(task_config("caption-shapes"))
     cfg["model"]["overrides"].update({
         "text.tokenizer": "data", "text.vocab_size": 512, "text.pad_token_id": tok.pad_token_id,
         "caption.vocab_size": 512, "caption.ignore_index": tok.cls_token_id,
@@ -200,12 +200,12 @@ def test_blank_images_and_crop_scale(shapes):
             TaskDataModule("vqa", {**data, "crop_scale": bad}, tok, image_size=32)
 
 
+@requires_checkout
 def test_vqa_baselines_tool():
     """tools/vqa_baselines.py: majority answer, per question type (first three words) and per question string."""
     import importlib.util
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("vqa_baselines", Path("tools/vqa_baselines.py"))
+    spec = importlib.util.spec_from_file_location("vqa_baselines", CHECKOUT / "tools" / "vqa_baselines.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     train = [{"question": "is there a cat?", "answer": ["no"] * 10},

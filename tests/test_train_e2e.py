@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import predicted_answers, shapes_subset
+from conftest import predicted_answers, shapes_subset, task_config
 
 import zoo
 from zoo.data.shapes import generate_shapes
@@ -21,7 +21,7 @@ def shapes(tmp_path_factory):
 
 
 def _config(shapes, out, **trainer):
-    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml")
+    cfg = load_task_config(task_config("vqa-shapes"))
     cfg["data"].update(root=str(shapes), batch_size=8, eval_batch_size=8)
     cfg["trainer"].update({"max_epochs": 1, "enable_progress_bar": False, **trainer})
     cfg["train"].update(output_dir=str(out), name="run")
@@ -38,7 +38,7 @@ LEARN_MARGIN = 24.0
 
 
 def _colour_config(root, out, blank: bool):
-    cfg = load_task_config("zoo/configs/tasks/vqa-shapes.yaml")
+    cfg = load_task_config(task_config("vqa-shapes"))
     cfg["data"].update(root=str(root), train=["vqa_train_colour.json"], val="vqa_val_colour.json",
                        test="vqa_test_colour.json", batch_size=16, eval_batch_size=64, blank_images=blank)
     cfg["optim"]["lr"] = 2.0e-3
@@ -85,7 +85,7 @@ def test_train_evaluate_export_reload(colour_shapes, colour_runs, tmp_path):
     export_checkpoint(run / "checkpoints" / "last.ckpt", tmp_path / "again")
     assert (tmp_path / "again" / "model.safetensors").is_file()
     # mmzoo eval on the export reproduces the test score of the run
-    metrics = evaluate(run / "export", "zoo/configs/tasks/vqa-shapes.yaml",
+    metrics = evaluate(run / "export", task_config("vqa-shapes"),
                        [f"data.root={colour_shapes}", "data.test=vqa_test_colour.json", "data.eval_batch_size=64"],
                        split="test", output=tmp_path / "eval.json")
     assert metrics["vqa_acc"] == pytest.approx(results["test"]["vqa_acc"])
@@ -126,7 +126,7 @@ def test_a_checkpoint_every_epoch_when_validation_is_sparser(shapes, tmp_path):
 def test_video_qa_config_trains_on_frames(shapes, tmp_path, monkeypatch):
     """zoo/configs/tasks/videoqa-shapes.yaml end to end on the tiny data's videos: 3 frames per sample reach the video
     encoder, and the export rebuilds the video model with the data's answer classifier."""
-    cfg = load_task_config("zoo/configs/tasks/videoqa-shapes.yaml", [
+    cfg = load_task_config(task_config("videoqa-shapes"), [
         f"data.root={shapes}", f"train.output_dir={tmp_path}", "train.name=video", "data.batch_size=2",
         "data.eval_batch_size=2", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
         "trainer.enable_progress_bar=false", "trainer.limit_train_batches=2"])
@@ -187,7 +187,7 @@ def test_bad_config_and_missing_resume(shapes, tmp_path):
     from zoo.spec import ConfigError
 
     with pytest.raises(ConfigError, match="optim.learning_rate: unknown key"):
-        load_task_config("zoo/configs/tasks/vqa-shapes.yaml", ["optim.learning_rate=1.0"])
+        load_task_config(task_config("vqa-shapes"), ["optim.learning_rate=1.0"])
     cfg = _config(shapes, tmp_path)
     cfg["data"]["train"] = ["no_such_file.json"]
     with pytest.raises(ConfigError, match="no_such_file.json"):
@@ -209,7 +209,7 @@ def test_ddp_on_two_cpu_processes(shapes, tmp_path):
     # 15 test questions: the distributed sampler pads them to 16 (one repeated), which the metric must not count
     records = json.loads((shapes / "vqa_test.json").read_text())[:15]
     (shapes / "vqa_test_15.json").write_text(json.dumps(records))
-    cmd = [str(exe), "train", "zoo/configs/tasks/vqa-shapes.yaml", f"data.root={shapes}", "data.batch_size=4",
+    cmd = [str(exe), "train", task_config("vqa-shapes"), f"data.root={shapes}", "data.batch_size=4",
            "data.eval_batch_size=3", "data.test=vqa_test_15.json", "trainer.max_epochs=1", "trainer.strategy=ddp",
            "trainer.devices=2",
            "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", "train.name=ddp"]
@@ -222,7 +222,7 @@ def test_ddp_on_two_cpu_processes(shapes, tmp_path):
     records = len(json.loads((shapes / "vqa_train.json").read_text()))
     assert ckpt["global_step"] == -(-records // 2) // 4
     # the metric of the two processes is computed over their gathered predictions: it equals one process's score
-    single = evaluate(tmp_path / "ddp" / "export", "zoo/configs/tasks/vqa-shapes.yaml",
+    single = evaluate(tmp_path / "ddp" / "export", task_config("vqa-shapes"),
                       [f"data.root={shapes}", "data.test=vqa_test_15.json", "data.eval_batch_size=5"], split="test",
                       output=tmp_path / "single.json")
     assert results["test"]["vqa_acc"] == pytest.approx(single["vqa_acc"], abs=1e-4)
@@ -243,7 +243,7 @@ def test_model_parallel_shards_on_two_cpu_processes(shapes, tmp_path):
     exe = Path(sys.executable).with_name("mmzoo")
     if not exe.exists():
         pytest.skip("the mmzoo console script is not installed beside this interpreter")
-    cmd = [str(exe), "train", "zoo/configs/tasks/vqa-shapes.yaml", f"data.root={shapes}", "data.batch_size=4",
+    cmd = [str(exe), "train", task_config("vqa-shapes"), f"data.root={shapes}", "data.batch_size=4",
            "data.eval_batch_size=4", "trainer.max_epochs=1", "trainer.strategy=model_parallel", "trainer.devices=2",
            "trainer.gradient_clip_val=0.5", "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}",
            "train.name=mp"]
@@ -256,6 +256,6 @@ def test_model_parallel_shards_on_two_cpu_processes(shapes, tmp_path):
     exported = load_state_dict(tmp_path / "mp" / "export")
     assert all(not isinstance(v, torch.distributed.tensor.DTensor) for v in saved.values())
     assert exported.keys() <= saved.keys() and all(torch.equal(v, saved[k]) for k, v in exported.items())
-    single = evaluate(tmp_path / "mp" / "export", "zoo/configs/tasks/vqa-shapes.yaml",
+    single = evaluate(tmp_path / "mp" / "export", task_config("vqa-shapes"),
                       [f"data.root={shapes}", "data.eval_batch_size=5"], split="test", output=tmp_path / "single.json")
     assert results["test"]["vqa_acc"] == pytest.approx(single["vqa_acc"], abs=1e-4)
