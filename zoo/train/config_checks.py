@@ -25,9 +25,10 @@ from typing import Any, Callable, Mapping
 from zoo.spec import ConfigError
 
 __all__ = ["Check", "CHECKS", "DATA_CHECKS", "check_section", "check_task_config", "check_against_model",
-           "data_checks", "run_name_problem", "lightning_precisions", "lightning_names", "unknown_key"]
+           "check_value", "data_checks", "run_name_problem", "lightning_precisions", "lightning_names", "unknown_key"]
 
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything enforces
+LOGGER_NAMES = ("csv", "tensorboard", "wandb", "mlflow")  # train.loggers: Lightning's loggers (zoo.train.loggers)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,12 @@ def strings(example: str) -> Check:
     """A list of non-empty strings (a lone string is refused: it would be read letter by letter)."""
     return Check(lambda v: isinstance(v, (list, tuple)) and all(isinstance(s, str) and s for s in v),
                  f"a list of strings such as [{example!r}]")
+
+
+def names_from(names: typing.Sequence[str], example: str) -> Check:
+    """A list of names, each one of ``names`` (a misspelt one gets a "did you mean")."""
+    return Check(lambda v: isinstance(v, (list, tuple)) and all(isinstance(s, str) and s in names for s in v),
+                 f"a list of names from {', '.join(names)}, such as {example}", lambda: list(names))
 
 
 def _show(v: Any) -> str:
@@ -364,6 +371,10 @@ CHECKS: dict[str, Check] = {
     "train.save_every_n_steps": integer(1) | NULL,
     "train.keep_last": integer(1) | Check(lambda v: v == -1 and not isinstance(v, bool), "-1 (every epoch)"),
     "train.monitor": TEXT | NULL,
+    # Lightning's loggers (zoo.train.loggers): csv is always on; wandb / mlflow take their arguments from their section
+    "train.loggers": names_from(LOGGER_NAMES, "[csv, tensorboard, mlflow]") | NULL,
+    "train.wandb": MAPPING | NULL,
+    "train.mlflow": MAPPING | NULL,
     # evaluation (ranking and decoding)
     "evaluation.k_test": integer(1) | NULL,
     "evaluation.num_beams": integer(1) | NULL,
@@ -376,8 +387,19 @@ def _fail(key: str, check: Check, value: Any, file: Any) -> None:
     hint = ""
     if check.suggest is not None and isinstance(value, str):
         close = difflib.get_close_matches(value, check.suggest(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f"; did you mean {close[0]!r}?" if close and close[0] != value else ""
+    elif check.suggest is not None and isinstance(value, (list, tuple)):  # the first item that is not a name
+        known = check.suggest()
+        wrong = next((x for x in value if isinstance(x, str) and x not in known), None)
+        close = difflib.get_close_matches(wrong, known, n=1) if wrong is not None else []
+        hint = f"; {wrong!r}: did you mean {close[0]!r}?" if close else ""
     raise ConfigError(f"expected {check.expected}, got {_given(value)}{hint}", key, file)
+
+
+def check_value(key: str, value: Any, file: Any = None) -> None:
+    """``value`` against the table entry of the dotted ``key``; raise :class:`ConfigError` when it fails."""
+    if not CHECKS[key].test(value):
+        _fail(key, CHECKS[key], value, file)
 
 
 def check_task_config(cfg: Mapping[str, Any], file: Any = None) -> None:

@@ -9,11 +9,12 @@ sections::
     data:    {root: shapes | FOLDER, train: [...], val: ..., test: ..., answer_list: ..., batch_size: ..., ...}
     optim:   {lr, weight_decay, vision_lr, text_lr, fusion_lr, new_params, new_param_lr_mult, warmup, betas, eps}
     trainer: {max_epochs, precision, accumulate_grad_batches, gradient_clip_val, strategy, devices, accelerator, ...}
-    train:   {seed, output_dir, name, freeze, grad_checkpointing, export}
+    train:   {seed, output_dir, name, freeze, grad_checkpointing, export, loggers, wandb, mlflow}
     evaluation: {k_test, num_beams, max_length, min_length}
 
 Outputs go to ``{output_dir}/{name}/``: ``checkpoints/`` (``last.ckpt`` and per-epoch files, written atomically),
-``logs/`` (CSV and TensorBoard), ``curves.png``, ``results.json`` and ``export/`` (``save_pretrained`` + tokenizer).
+``logs/`` (CSV and TensorBoard; ``train.loggers`` picks them and adds W&B or MLflow: :mod:`zoo.train.loggers`),
+``curves.png``, ``results.json`` and ``export/`` (``save_pretrained`` + tokenizer).
 ``--resume`` continues from ``checkpoints/last.ckpt`` with the optimiser, scheduler, step counter and data order;
 without it an existing run is never overwritten: the new run goes to ``{name}-2``, ``{name}-3``, ...
 """
@@ -45,7 +46,7 @@ TASK_CONFIG_KEYS = {
                 "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "limit_test_batches",
                 "num_sanity_val_steps", "enable_progress_bar", "deterministic"},
     "train": {"seed", "output_dir", "name", "freeze", "grad_checkpointing", "export", "save_every_n_steps",
-              "keep_last", "monitor"},
+              "keep_last", "monitor", "loggers", "wandb", "mlflow"},
     "evaluation": {"k_test", "num_beams", "max_length", "min_length"},
 }
 
@@ -519,9 +520,10 @@ def train(config: str | os.PathLike | Mapping, overrides: Iterable[str] = (), re
 def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
     import lightning as L  # noqa: PLC0415
     from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: PLC0415
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: PLC0415
+    from lightning.pytorch.loggers import CSVLogger  # noqa: PLC0415
 
     from zoo.models.base import count_parameters  # noqa: PLC0415
+    from zoo.train.loggers import build_loggers, check_loggers, close_loggers
     from zoo.train.module import TaskModule  # noqa: PLC0415
     from zoo.train.optim import apply_freeze  # noqa: PLC0415
     from zoo.train.progress import ProgressBar, ProgressLines, quiet_lightning  # noqa: PLC0415
@@ -531,6 +533,7 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
     task = cfg["task"]
     _check_strategy({"accelerator": "cpu", **dict(cfg.get("trainer") or {})}, cfg.get("_file"))
     tcfg = dict(cfg.get("train") or {})
+    logger_names = check_loggers(cfg)  # train.loggers: before anything is built
     start = resume_checkpoint(run_dir) if resume else None
     start_step = int(read_checkpoint(start, mmap=True).get("global_step") or 0) if start is not None else 0
     _check_writable(run_dir)
@@ -583,7 +586,7 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
           f"({count_parameters(model, trainable_only=True):,} trainable)")
     csv_logger = _resumed_csv_logger(run_dir, start_step) if start is not None else CSVLogger(run_dir, name="logs",
                                                                                                  version="")
-    loggers = [csv_logger, TensorBoardLogger(run_dir, name="logs", version="tb")]
+    loggers = build_loggers(cfg, run_dir, logger_names, csv_logger)
     if trainer_cfg.get("strategy") == "model_parallel":  # torch's fully_shard through Lightning, CPU (gloo) or CUDA
         from lightning.pytorch.strategies import ModelParallelStrategy  # noqa: PLC0415
 
@@ -599,16 +602,21 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
     trainer = L.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], **trainer_cfg)
     began = time.monotonic()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(start) if start is not None else None)
-    fit_s = time.monotonic() - began
-    if dm.has_split("val") and trainer_cfg.get("limit_val_batches", 1) != 0 \
-            and getattr(module, "validated_step", None) != trainer.global_step:
-        trainer.validate(module, datamodule=dm)  # the last epoch was not a validation epoch (check_val_every_n_epoch)
-    results: dict[str, Any] = {"task": task, "model": mcfg["name"], "run_dir": str(run_dir),
-                               "val": getattr(module, "last_metrics", {})}
-    if dm.has_split("test"):
-        trainer.test(module, datamodule=dm)
-        results["test"] = getattr(module, "last_metrics", {})
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(start) if start is not None else None)
+        fit_s = time.monotonic() - began
+        if dm.has_split("val") and trainer_cfg.get("limit_val_batches", 1) != 0 \
+                and getattr(module, "validated_step", None) != trainer.global_step:
+            trainer.validate(module, datamodule=dm)  # the last epoch was no validation epoch (check_val_every_n_epoch)
+        results: dict[str, Any] = {"task": task, "model": mcfg["name"], "run_dir": str(run_dir),
+                                   "val": getattr(module, "last_metrics", {})}
+        if dm.has_split("test"):
+            trainer.test(module, datamodule=dm)
+            results["test"] = getattr(module, "last_metrics", {})
+    except BaseException:
+        close_loggers(loggers, failed=True)
+        raise
+    close_loggers(loggers)
     if module.sharded:  # the export needs whole tensors: gathered from every process (a collective call), kept by rank 0
         model = _unsharded(model, trainer.is_global_zero)
     if trainer.is_global_zero:
