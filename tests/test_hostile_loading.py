@@ -387,10 +387,10 @@ def test_inert_reading_of_an_official_file_with_pickled_objects_runs_nothing(tmp
     marker = tmp_path / "PAYLOAD_RAN"
     path = tmp_path / "release.pt"
     torch.save({"model_state_dict": {"module.w": torch.arange(3.0)}, "tuning_config": _Payload(marker)}, path)
-    with pytest.raises(WeightsError, match="holds a pickled 'builtins.exec'.*refused, never run"):
+    with pytest.raises(WeightsError, match="holds a pickled 'exec'.*refused, never run"):
         load_state_dict(path)
     tensors = load_state_dict(path, inert_objects=True)
     assert list(tensors) == ["w"] and torch.equal(tensors["w"], torch.arange(3.0))
     placeholder = load_inert(path)["tuning_config"]
-    assert isinstance(placeholder, InertObject) and placeholder.pickled_as == "builtins.exec"
+    assert isinstance(placeholder, InertObject) and placeholder.pickled_as in ("builtins.exec", "__builtin__.exec")
     assert not marker.exists()

@@ -5,6 +5,7 @@ a dropped connection, wrong size, wrong hash, conversion, the cache, offline use
 from __future__ import annotations
 
 import hashlib
+import inspect
 import http.server
 import io
 import json
@@ -296,6 +297,12 @@ def test_shipped_tables_name_real_tasks_at_the_resolution_the_task_builds(name):
         model = zoo.create_model(name, task=entry.task, device="meta")  # the task must exist
         if entry.resolution is not None:
             assert input_resolution(model) == entry.resolution, entry.tag
+        for dotted in entry.parts or {}:  # each frozen-part source names an argument of that part (or of the model)
+            *path, last = dotted.split(".")
+            part = model
+            for step in path:
+                part = getattr(part, step)
+            assert last in inspect.signature(type(part)).parameters, (entry.tag, dotted)
 
 
 def test_a_task_config_names_official_weights(home, server, model_file, official, monkeypatch, capsys):
@@ -312,3 +319,138 @@ def test_a_task_config_names_official_weights(home, server, model_file, official
     assert err.startswith("mmzoo train: error: ") and "model.pretrained" in err
     assert f"place it at {download_path(entry)}" in err
     assert not out.exists()
+
+
+# -- adapter-only checkpoints (eP-ALM, MultiModal-GPT): the trained tensors in the file, the frozen parts by `parts` --
+def _adapter_model_file(folder, name, base, entry):
+    doc = {"_base_": base, "name": name, "pretrained": {"official-tag": entry}}
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+
+
+@pytest.fixture()
+def adapter_models(tmp_path):
+    folder = tmp_path / "adapter-models"
+    folder.mkdir()
+    add_config_dir(folder)
+    yield folder
+    remove_config_dir(folder)
+
+
+def _frozen_parts(model, folder) -> dict:
+    """The tiny model's frozen LM as a transformers folder and its ViT as timm's file: what ``parts`` points at."""
+    return {"lm.pretrained": str(model.lm.export_pretrained(folder / "lm")),
+            "vision.pretrained": str(model.vision.export_pretrained(folder / "vit"))}
+
+
+def _trainable(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_an_epalm_checkpoint_holds_the_connectors_and_prompt_and_the_frozen_parts_come_from_parts(
+        home, server, adapter_models, tmp_path):
+    """An official-layout eP-ALM file (``{"model": connectors + prompt, "optimizer": ..., "config": ...}``) becomes a
+    trainable-only export whose frozen OPT and ViT load from the table's ``parts``: the model built from the tag has
+    every tensor of the model the file and the parts were written from."""
+    torch.manual_seed(11)
+    reference = zoo.create_model("epalm-tiny", task="vqa").eval()
+    trained = _trainable(reference)
+    official = {re.sub(r"^connector\.(\d+)\.proj\.", r"connector.\1.", k): v for k, v in trained.items()}
+    assert official.keys() != trained.keys() and len(official) == len(trained)
+    buf = io.BytesIO()
+    torch.save({"model": official, "optimizer": {"state": {}, "param_groups": [{"lr": 2e-5, "params": [0]}]},
+                "config": {"prompt_len": 1, "start_layer_idx": 1}, "epoch": 7}, buf)
+    server.files["/s/abc/download"] = buf.getvalue()
+    parts = _frozen_parts(reference, tmp_path / "frozen")
+    _adapter_model_file(adapter_models, "epalm-tiny-pub", "epalm-tiny.yaml",
+                        {"task": "vqa", "resolution": 32, "url": f"{server.url}/s/abc/download",
+                         "file": "epalm_vqa.pth", "parts": parts})
+    model = zoo.create_model("epalm-tiny-pub", task="vqa", pretrained="official")
+    assert _equal_state(model, reference)
+    folder = export_path(find_entry("epalm-tiny-pub", "official", "vqa"))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["weights"] == "trainable_only" and config["task"] == "vqa"
+    assert config["model"]["lm"]["pretrained"] == parts["lm.pretrained"]
+    assert config["model"]["vision"]["pretrained"] == parts["vision.pretrained"]
+    from safetensors.torch import load_file
+
+    assert load_file(str(folder / "model.safetensors")).keys() == trained.keys()  # the trained tensors only
+    assert json.loads((folder / SOURCE_NAME).read_text())["parts"] == parts
+
+
+def test_an_epalm_checkpoint_missing_a_connector_is_refused_naming_it(home, server, adapter_models, tmp_path):
+    torch.manual_seed(11)
+    reference = zoo.create_model("epalm-tiny", task="vqa")
+    official = {re.sub(r"^connector\.(\d+)\.proj\.", r"connector.\1.", k): v
+                for k, v in _trainable(reference).items() if k != "connector.1.proj.bias"}
+    buf = io.BytesIO()
+    torch.save({"model": official}, buf)
+    server.files["/e.pth"] = buf.getvalue()
+    _adapter_model_file(adapter_models, "epalm-tiny-pub", "epalm-tiny.yaml",
+                        {"task": "vqa", "url": f"{server.url}/e.pth"})
+    with pytest.raises(WeightsError, match=r"does not hold the trained tensors of epalm-tiny-pub; missing 1: "
+                                           r"connector\.1\.proj\.bias"):
+        pretrained_export("epalm-tiny-pub", task="vqa")
+    assert not (export_path(find_entry("epalm-tiny-pub", task="vqa")) / SOURCE_NAME).exists()
+
+
+def test_a_multimodal_gpt_checkpoint_with_a_pickled_config_object_loads_its_lora_without_importing_it(
+        home, server, adapter_models, tmp_path, monkeypatch):
+    """The official LoRA file pickles the training script's mmengine config object beside ``model_state_dict``
+    (``module.``-prefixed OpenFlamingo names): the object's module is never imported (it does not exist here), the
+    LoRA tensors convert, and the frozen parts — the OpenFlamingo checkpoint (perceiver, cross-attention blocks,
+    embeddings), the LLaMA folder and the ViT — come from ``parts``: every tensor equals the reference model's."""
+    import sys
+    import types
+
+    torch.manual_seed(12)
+    reference = zoo.create_model("mmgpt-tiny").eval()
+    for name, p in reference.named_parameters():  # LoRA B starts at zero: give it values a wrong load would miss
+        if "lora_B" in name:
+            p.data.normal_()
+    state = reference.state_dict()
+    lora, flamingo = {}, {}
+    for key, value in state.items():
+        m = re.match(r"lm\.model\.model\.layers\.(\d+)\.(.+)$", key)
+        i = re.match(r"lm\.inserted\.(\d+)\.(.+)$", key)
+        if "lora_" in key:
+            key = key.replace(".default.weight", ".weight")
+            if m:
+                lora[f"module.lang_encoder.base_model.model.model.layers.{m[1]}.decoder_layer.{m[2]}"] = value
+            else:
+                lora[f"module.lang_encoder.base_model.model.model.layers.{i[1]}.gated_cross_attn_layer."
+                     f"{i[2].replace('.default.weight', '.weight')}"] = value
+        elif key.startswith("perceiver."):
+            flamingo[key] = value
+        elif i:  # OpenFlamingo's names come from before LoRA wrapped the linears
+            flamingo[f"lang_encoder.gated_cross_attn_layers.{i[1]}.{i[2].replace('.base_layer.', '.')}"] = value
+        elif key.startswith(("lm.model.model.embed_tokens.", "lm.model.lm_head.")):
+            flamingo["lang_encoder." + key[len("lm.model."):]] = value
+    assert len(lora) == sum(p.requires_grad for p in reference.parameters())
+    torch.save(flamingo, tmp_path / "checkpoint.pt")
+    # the tuning config: an object of a class whose module exists only while the file is written
+    config_module = types.ModuleType("mmengine_stand_in.config")
+    config_class = type("Config", (dict,), {"__module__": "mmengine_stand_in.config"})
+    config_module.Config = config_class
+    monkeypatch.setitem(sys.modules, "mmengine_stand_in", types.ModuleType("mmengine_stand_in"))
+    monkeypatch.setitem(sys.modules, "mmengine_stand_in.config", config_module)
+    buf = io.BytesIO()
+    torch.save({"model_state_dict": lora, "tuning_config": config_class(lora_r=4, unfrozen=[])}, buf)
+    monkeypatch.delitem(sys.modules, "mmengine_stand_in.config")
+    monkeypatch.delitem(sys.modules, "mmengine_stand_in")
+    server.files["/mmgpt/v0/mmgpt-lora-v0-release.pt"] = buf.getvalue()
+    # the LLaMA folder has the language model's own vocabulary: the rows of the added tokens are OpenFlamingo's
+    import copy
+
+    plain_lm = copy.deepcopy(reference.lm)
+    for name, p in plain_lm.named_parameters():  # the base weights: the LoRA product is not merged into them
+        if "lora_B" in name:
+            p.data.zero_()
+    plain_lm.model.resize_token_embeddings(30522)
+    parts = {"lm.pretrained": str(plain_lm.export_pretrained(tmp_path / "frozen" / "lm")),
+             "vision.pretrained": str(reference.vision.export_pretrained(tmp_path / "frozen" / "vit")),
+             "flamingo_pretrained": str(tmp_path / "checkpoint.pt")}
+    _adapter_model_file(adapter_models, "mmgpt-tiny-pub", "mmgpt-tiny.yaml",
+                        {"task": None, "url": f"{server.url}/mmgpt/v0/mmgpt-lora-v0-release.pt", "parts": parts})
+    model = zoo.create_model("mmgpt-tiny-pub", pretrained="official")
+    assert "mmengine_stand_in.config" not in sys.modules
+    assert _equal_state(model, reference)

@@ -13,6 +13,7 @@ cache only). The official checkpoints of the model files are fetched by :mod:`zo
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -28,7 +29,9 @@ __all__ = [
     "from_pretrained",
     "load_weights_by_part",
     "load_state_dict",
+    "load_inert",
     "load_weights",
+    "save_adapter_export",
     "resolve_path",
     "mmzoo_home",
     "atomic_write",
@@ -467,12 +470,55 @@ def save_pretrained(model, directory: str | os.PathLike, *, config: Mapping | No
     return directory
 
 
-def load_state_dict(path: str | os.PathLike) -> dict:
+def save_adapter_export(name: str, task: str | None, tensors: Mapping[str, Any], directory: str | os.PathLike, *,
+                        parts: Mapping[str, Any] | None = None, what: str = "the checkpoint") -> Path:
+    """A trainable-only export from an official checkpoint that holds only the trained tensors (adapters, prompts,
+    LoRA) of registered model ``name`` built for ``task``: the model is built on the meta device (a 7B language model
+    costs no memory), ``tensors`` must be exactly its trainable parameters, shape for shape (a missing, extra or
+    misshapen tensor raises naming it), and ``parts`` (dotted keys of the model config → values, e.g.
+    ``{"lm.pretrained": "hf-hub:facebook/opt-2.7b"}``) say where the frozen parts load from when the export is
+    rebuilt (:func:`from_pretrained`)."""
+    from zoo.factory import create_model  # noqa: PLC0415
+
+    model = create_model(name, task=task, device="meta")
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(trainable) - set(tensors))
+    extra = sorted(set(tensors) - set(trainable))
+    if missing or extra:
+        raise WeightsError(f"{what}: does not hold the trained tensors of {name}"
+                           + (f"; missing {len(missing)}: {_list(missing)}" if missing else "")
+                           + (f"; not trainable in the model {len(extra)}: {_list(extra)}" if extra else ""))
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(trainable[key].shape):
+            raise WeightsError(f"{what}: {key} has shape {tuple(value.shape)}, {name} expects "
+                               f"{tuple(trainable[key].shape)}")
+    model.load_state_dict({k: v.to(trainable[k].dtype) for k, v in tensors.items()}, strict=False, assign=True)
+    for key, param in model.named_parameters():  # the assigned tensors train as the parameters they replace
+        if key in trainable:
+            param.requires_grad_(True)
+    config = copy.deepcopy(dict(model.zoo_config))
+    for dotted, value in (parts or {}).items():
+        node = config["model"]
+        *path, last = dotted.split(".")
+        for step in path:
+            node = node.setdefault(step, {})
+            if not isinstance(node, dict):
+                raise WeightsError(f"{what}: parts key {dotted!r}: model.{step} is not a mapping in {name}'s config")
+        node[last] = value
+    return save_pretrained(model, directory, config=config, trainable_only=True)
+
+
+def load_state_dict(path: str | os.PathLike, *, inert_objects: bool = False) -> dict:
     """The tensors of a local weights file, or of a folder holding one (``model.safetensors`` preferred).
 
     safetensors files are read with safetensors; ``.pth``/``.pt``/``.bin``/``.ckpt`` with
-    ``torch.load(weights_only=True)``; a state dict nested under ``model`` / ``state_dict`` / ``module`` is unwrapped,
-    and a ``module.`` prefix on every key (a DistributedDataParallel save) is removed.
+    ``torch.load(weights_only=True)``; a state dict nested under ``model`` / ``state_dict`` / ``model_state_dict`` /
+    ``module`` is unwrapped, and a ``module.`` prefix on every key (a DistributedDataParallel save) is removed.
+
+    A file that pickles an object other than tensors and containers is refused, unless ``inert_objects``: then such
+    objects (a training config object saved beside the weights, as some official checkpoints hold) come back as
+    inert placeholders — their classes are never imported and nothing the file names runs — and the tensors are read
+    (:func:`load_inert`). Only the family converters of such official files ask for it.
     """
     import torch  # noqa: PLC0415
 
@@ -499,8 +545,11 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"{path}: cannot be read with torch.load(weights_only=True) ({load_failure(exc)})") from None
-    for key in ("model", "state_dict", "module"):
+        if not (inert_objects and "Unsupported global" in str(exc)):
+            raise WeightsError(f"{path}: cannot be read with torch.load(weights_only=True) "
+                               f"({load_failure(exc)})") from None
+        obj = load_inert(path)
+    for key in ("model", "state_dict", "model_state_dict", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
@@ -512,6 +561,57 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     if all(k.startswith("module.") for k in tensors):  # saved from a DistributedDataParallel wrapper
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
     return tensors
+
+
+class InertObject(dict):
+    """What :func:`load_inert` puts where a file pickles an object of a class other than tensors and containers: the
+    class is not imported and none of its code runs; ``pickled_as`` names it (a dict subclass, so that a pickled dict
+    subclass's items land somewhere harmless; its state and constructor arguments are dropped)."""
+
+    pickled_as = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<inert {self.pickled_as}>"
+
+
+def load_inert(path: str | os.PathLike) -> Any:
+    """``torch.load`` of a pickled checkpoint in which every global outside torch's weights-only allow-list (the
+    tensor rebuilders, containers, dtypes) becomes an :class:`InertObject` subclass instead of being imported: an
+    object of another class, a function the file would call (``os.system``, ``exec``) come back as placeholders, so
+    loading runs nothing the file names. The tensors are rebuilt as by ``weights_only=True``."""
+    import pickle  # noqa: PLC0415
+    import types  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - a torch without the list: nothing but the strict reader
+        raise WeightsError(f"{path}: holds pickled objects and this torch offers no allow-list to read around them"
+                           ) from None
+    allowed = _get_allowed_globals()
+    inert: dict[str, type] = {}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            full = f"{module}.{name}"
+            if full in allowed:
+                return allowed[full]
+            if full not in inert:
+                inert[full] = type(name, (InertObject,), {"pickled_as": full, "__module__": __name__})
+            return inert[full]
+
+    pickle_module = types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="zoo.hub.inert_pickle")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=pickle_module)
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(f"{path}: cannot be read ({load_failure(exc)})") from None
 
 
 def load_failure(exc: BaseException) -> str:
@@ -781,6 +881,10 @@ def is_offline(hub: bool = False) -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in names)
 
 
+_OTHER_FRAMEWORKS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "*.mlmodel", "onnx/*",
+                     "coreml/*", "openvino/*", "rust_model*"]
+
+
 def _hub_path(spec: str) -> Path:
     """``ORG/REPO`` → the snapshot folder, ``ORG/REPO/PATH`` → that file, from huggingface_hub (its cache when offline:
     ``HF_HUB_OFFLINE`` or ``MMZOO_OFFLINE``)."""
@@ -796,7 +900,8 @@ def _hub_path(spec: str) -> Path:
     try:
         if len(parts) == 3:
             return Path(hf_hub_download(repo, parts[2], local_files_only=offline))
-        return Path(snapshot_download(repo, local_files_only=offline))
+        # a repository's weights for other frameworks (TensorFlow, Flax, ONNX, ...) are not fetched
+        return Path(snapshot_download(repo, local_files_only=offline, ignore_patterns=_OTHER_FRAMEWORKS))
     except Exception as exc:  # noqa: BLE001
         where = "is not in the local Hugging Face cache (offline)" if offline else "cannot be fetched"
         raise WeightsError(

@@ -16,6 +16,8 @@ A model file lists the checkpoints its authors published, one entry per tag::
         source: https://github.com/...   # where the link and the scores were read
         scores: {vqa_test_dev: 80.4}
         default: true           # the tag ``pretrained="official"`` picks for its task (else the first for it)
+        parts:                  # adapter-only checkpoints (eP-ALM, MultiModal-GPT): where the frozen parts load from
+          lm.pretrained: hf-hub:facebook/opt-2.7b        # (dotted keys of the model config, written into the export)
 
 :func:`pretrained_export` turns a tag into a local export folder: the download lands in
 ``$MMZOO_HOME/downloads/MODEL/TAG/FILE`` (``FILE.part`` while it runs: an interrupted download resumes with an HTTP
@@ -55,7 +57,7 @@ _KEYS = {"task": (str, type(None)), "resolution": (int, type(None)), "url": (str
          "file": (str,),
          "size": (int, type(None)), "sha256": (str, type(None)), "licence": (str, type(None)),
          "source": (str, type(None)), "scores": (dict, type(None)), "default": (bool,), "family": (str,),
-         "note": (str, type(None))}
+         "note": (str, type(None)), "parts": (dict, type(None))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,7 @@ class PretrainedEntry:
     default: bool = False
     family: str | None = None
     note: str | None = None
+    parts: dict | None = None
 
     @property
     def location(self) -> str:
@@ -99,6 +102,10 @@ def _entry(model: str, tag: str, node: Any, file: str | None) -> PretrainedEntry
                           "Hub) and 'page' (a page to download the file from by hand)", where, file)
     if "page" in node and "file" not in node:
         raise ConfigError("a 'page' entry needs 'file': the name the downloaded file is kept under", where, file)
+    for key, value in (node.get("parts") or {}).items():
+        if not isinstance(key, str) or not key or not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(f"expected a dotted model-config key and a value (a path or hf-hub: id), got "
+                              f"{key!r}: {value!r}", f"{where}.parts", file)
     sha = node.get("sha256")
     if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
         raise ConfigError(f"expected 64 hexadecimal digits, got {sha!r}", f"{where}.sha256", file)
@@ -183,13 +190,15 @@ def export_path(entry: PretrainedEntry) -> Path:
 
 def cached_export(entry: PretrainedEntry) -> Path | None:
     """The converted export when it is complete (its ``source.json`` written last) and made from the file the table
-    names now (same URL and, where the table has them, size and sha256); else None."""
+    names now (same URL, same frozen-part sources and, where the table has them, size and sha256); else None."""
     folder = export_path(entry)
     try:
         source = json.loads((folder / SOURCE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(source, dict) or source.get("location") != entry.location:
+        return None
+    if (source.get("parts") or None) != (entry.parts or None):  # the frozen parts' sources changed in the table
         return None
     if entry.sha256 is not None and source.get("sha256") != entry.sha256.lower():
         return None
@@ -369,11 +378,13 @@ def pretrained_export(name: str, tag: str = OFFICIAL, task: str | None = None, *
                            f"({entry.location}); replace or remove it")
     folder = export_path(entry)
     print(f"converting {raw.name} ({entry.model} {entry.tag}) -> {folder}", file=sys.stderr, flush=True)
-    _converter(entry)(str(raw), str(folder), model=entry.model, task=entry.task)
+    # an adapter-only checkpoint: the converter writes where the frozen parts load from into the export
+    _converter(entry)(str(raw), str(folder), model=entry.model, task=entry.task,
+                      **({"parts": dict(entry.parts)} if entry.parts else {}))
     _check_export(entry, folder)
     source = {"model": entry.model, "tag": entry.tag, "location": entry.location, "file": str(raw.name),
               "size": raw.stat().st_size if raw.is_file() else None, "sha256": digest, "task": entry.task,
-              "resolution": entry.resolution, "converted": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "resolution": entry.resolution, "parts": entry.parts, "converted": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with atomic_write(folder / SOURCE_NAME, "w") as fh:
         json.dump(source, fh, indent=2)
     return folder, entry

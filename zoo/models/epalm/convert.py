@@ -4,11 +4,11 @@ their own pretrained files) → this family's names."""
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 from torch import Tensor
 
-__all__ = ["convert_official_state_dict"]
+__all__ = ["convert_official_state_dict", "convert_official_checkpoint"]
 
 _CONNECTOR = re.compile(r"^connector\.(\d+)\.(weight|bias)$")
 
@@ -30,3 +30,17 @@ def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, T
 
             raise WeightsError(f"official eP-ALM checkpoint key {key!r} is not a connector or prompt tensor")
     return out
+
+
+def convert_official_checkpoint(checkpoint: str, out_dir: str, model: str | None = None, task: str | None = None,
+                                parts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An official eP-ALM checkpoint (``torch.save`` of ``{"model": ..., "optimizer": ..., "config": ...}``, read with
+    ``weights_only=True``) → a trainable-only export of ``model`` (default ``epalm-opt2.7b-vitb16``, the "ePALM"
+    checkpoints: OPT-2.7B + ViT-B/16) built for ``task``; its tensors must be exactly the model's connectors and
+    prompt. ``parts``: where the frozen parts load from (``lm.pretrained``, ``vision.pretrained``)."""
+    from zoo.hub import load_state_dict, save_adapter_export  # noqa: PLC0415
+
+    name = model or "epalm-opt2.7b-vitb16"
+    tensors = convert_official_state_dict(load_state_dict(checkpoint))
+    save_adapter_export(name, task, tensors, out_dir, parts=parts, what=str(checkpoint))
+    return {"model": name, "task": task, "tensors": len(tensors)}

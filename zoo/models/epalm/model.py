@@ -187,6 +187,15 @@ class EPALM(ZooModel):
         for block in list(blocks)[-num_vision_layers:]:
             block.register_forward_hook(self._collect_cls)
 
+    @staticmethod
+    def official_converter(checkpoint: str, out_dir: str, model: str | None = None, task: str | None = None,
+                           parts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """eP-ALM checkpoints (mshukor/eP-ALM: connectors and soft prompt only) → a trainable-only export; ``parts``
+        names where the frozen ViT and OPT load from. See :func:`zoo.models.epalm.convert.convert_official_checkpoint`."""
+        from zoo.models.epalm.convert import convert_official_checkpoint  # noqa: PLC0415
+
+        return convert_official_checkpoint(checkpoint, out_dir, model=model, task=task, parts=parts)
+
     # -- parts the framework looks for ---------------------------------------------------------------------------
     @property
     def text(self) -> nn.Module:

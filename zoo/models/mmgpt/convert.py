@@ -4,11 +4,11 @@ family's names (read by the model's ``load_flamingo``)."""
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 from torch import Tensor
 
-__all__ = ["convert_official_state_dict"]
+__all__ = ["convert_official_state_dict", "convert_official_checkpoint"]
 
 _RULES = [
     (re.compile(r"^lang_encoder\.(?:base_model\.model\.)?gated_cross_attn_layers\.(\d+)\.(.+)$"), r"lm.inserted.\1.\2"),
@@ -52,3 +52,18 @@ def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, T
         out[new] = value
     # one tensor reaches the blocks under two official names: keep one
     return out
+
+
+def convert_official_checkpoint(checkpoint: str, out_dir: str, model: str | None = None, task: str | None = None,
+                                parts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A MultiModal-GPT LoRA checkpoint (the training script's ``{"model_state_dict": ..., "tuning_config": ...}``:
+    the trainable tensors with a ``module.`` prefix beside an mmengine config object, which is read as an inert
+    placeholder — mmengine is never imported) → a trainable-only export of ``model`` (default
+    ``mmgpt-llama7b-vitl14``); its tensors must be exactly the model's LoRA tensors. ``parts``: where the frozen parts
+    load from (``flamingo_pretrained``: the OpenFlamingo checkpoint; ``lm.pretrained``; ``vision.pretrained``)."""
+    from zoo.hub import load_state_dict, save_adapter_export  # noqa: PLC0415
+
+    name = model or "mmgpt-llama7b-vitl14"
+    tensors = convert_official_state_dict(load_state_dict(checkpoint, inert_objects=True))
+    save_adapter_export(name, task, tensors, out_dir, parts=parts, what=str(checkpoint))
+    return {"model": name, "task": task, "tensors": len(tensors)}

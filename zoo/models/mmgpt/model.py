@@ -212,6 +212,16 @@ class MultiModalGPT(ZooModel):
         return int(self.tokenizer.convert_tokens_to_ids(END_OF_CHUNK))
 
     # -- official checkpoints ------------------------------------------------------------------------------------
+    @staticmethod
+    def official_converter(checkpoint: str, out_dir: str, model: str | None = None, task: str | None = None,
+                           parts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """MultiModal-GPT LoRA checkpoints (open-mmlab/Multimodal-GPT) → a trainable-only export; ``parts`` names the
+        OpenFlamingo checkpoint (``flamingo_pretrained``), the LLaMA folder and the CLIP tower. See
+        :func:`zoo.models.mmgpt.convert.convert_official_checkpoint`."""
+        from zoo.models.mmgpt.convert import convert_official_checkpoint  # noqa: PLC0415
+
+        return convert_official_checkpoint(checkpoint, out_dir, model=model, task=task, parts=parts)
+
     def load_flamingo(self, path: str | Path) -> dict[str, Tensor]:
         """Load the non-LoRA tensors of an OpenFlamingo / MultiModal-GPT checkpoint (strictly shaped, partial as the
         official ``strict=False``); returns its LoRA tensors (loaded once LoRA exists)."""
