@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import task_config
 from PIL import Image
 
 import zoo
@@ -140,7 +141,7 @@ SMALL_VOCAB = {"text.tokenizer": "data", "text.vocab_size": 512, "text.pad_token
 
 
 def _task_config(data, tmp_path, task, model, model_task, overrides):
-    cfg = load_task_config(f"zoo/configs/tasks/{'nlvr-shapes' if task == 'nlvr' else 've-davinci-shapes'}.yaml", [
+    cfg = load_task_config(task_config('nlvr-shapes' if task == 'nlvr' else 've-davinci-shapes'), [
         f"data.root={data}", f"data.train=[{task}_train.json]", f"data.val={task}_test.json",
         f"data.test={task}_test.json", "data.batch_size=8", "data.eval_batch_size=8", "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", f"train.name={model}",
@@ -230,7 +231,7 @@ def test_nlvr_trains_and_mmzoo_eval_reproduces_it(data, tmp_path, capsys, model,
     export = tmp_path / model / "export"
     assert set(results["test"]) == {"acc", "acc_false", "acc_true"}
     assert results["test"] == pytest.approx(_independent_accuracy(export, data, "nlvr", None))
-    metrics = evaluate(export, "zoo/configs/tasks/nlvr-shapes.yaml", [
+    metrics = evaluate(export, task_config("nlvr-shapes"), [
         f"data.root={data}", "data.test=nlvr_test.json", "data.val=nlvr_test.json", "data.eval_batch_size=8"],
         split="test", output=tmp_path / "eval.json")
     assert metrics["acc"] == pytest.approx(results["test"]["acc"])
@@ -310,7 +311,7 @@ def shapes(tmp_path_factory):
     ("nlvr", "nlvr-cclm-multilingual-shapes", None),
 ])
 def test_cross_lingual_configs_score_each_language(shapes, tmp_path, task, config, class_names):
-    cfg = load_task_config(f"zoo/configs/tasks/{config}.yaml", [
+    cfg = load_task_config(task_config(config), [
         f"data.root={shapes}", "data.batch_size=8", "data.eval_batch_size=8", "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false", f"train.output_dir={tmp_path}", "train.name=run"])
     for key in ("pretrained", "pretrained_strict"):  # random weights here: no retrieval run to start from
@@ -327,12 +328,12 @@ def test_cross_lingual_configs_score_each_language(shapes, tmp_path, task, confi
 def test_a_model_that_cannot_do_the_task_is_a_config_error(data, tmp_path, capsys):
     common = [f"data.root={data}", "data.val=ve_test.json", "data.test=ve_test.json", f"train.output_dir={tmp_path}"]
     # a run on one task with the model built for another (X²-VLM has no visual-entailment head at all)
-    assert main(["train", "zoo/configs/tasks/nlvr-shapes.yaml", "task=ve", "data.train=[ve_train.json]",
+    assert main(["train", task_config("nlvr-shapes"), "task=ve", "data.train=[ve_train.json]",
                  "model.pretrained=null", *common]) == 2
     err = capsys.readouterr().err  # the config says nlvr for the model and ve for the run
     assert "nlvr-shapes.yaml: model.task: the config's task is 've' but model.task is 'nlvr'" in err
     # DaVinci has one, but not when built for VQA; both are named by the config check before anything is built
-    assert main(["train", "zoo/configs/tasks/ve-davinci-shapes.yaml", "model.task=vqa", "model.pretrained=null",
+    assert main(["train", task_config("ve-davinci-shapes"), "model.task=vqa", "model.pretrained=null",
                  "data.train=[ve_train.json]", *common]) == 2
     err = capsys.readouterr().err
     assert "ve-davinci-shapes.yaml: model.task: the config's task is 've' but model.task is 'vqa'" in err
