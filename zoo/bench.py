@@ -258,7 +258,8 @@ def peak_rss_bytes() -> int:
 
 
 def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: int | None = None, tokens: int = 40,
-                steps: int = 3, dtype: str = "float32", grad_checkpointing: bool = False, log: Any = None) -> dict:
+                steps: int = 3, dtype: str = "float32", grad_checkpointing: bool = False, compile: bool = False,
+                log: Any = None) -> dict:
     """Time full training steps of a registered model on random inputs — the task's objective (retrieval: ITC + ITM
     with in-batch hard negatives, the official ``XVLMForRetrieval.forward``), backward and an AdamW step — and split
     each step into making the batch, forward, backward and the optimiser; the peak resident memory of the process.
@@ -285,6 +286,10 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
         enable_grad_checkpointing(model)
     res = image_size or input_resolution(model) or 224
     objective = getattr(model, get_task(task).loss_method)  # the family method the task unit trains with
+    if compile:
+        from zoo.models.base import compile_parts  # noqa: PLC0415
+
+        say(f"torch.compile: {', '.join(compile_parts(model))} (compiled in the warm-up step)")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.01)
     gen = torch.Generator().manual_seed(1)
 
@@ -311,10 +316,13 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
         if step:
             for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 phases[key].append(value)
+        else:
+            first_s = t4 - t0
     medians = {k: statistics.median(v) for k, v in phases.items()}
     step_s = sum(medians.values())
     return {"model": name, "task": task, "batch": batch, "image_size": res, "tokens": tokens, "dtype": dtype,
-            "grad_checkpointing": grad_checkpointing, "threads": torch.get_num_threads(), "steps": steps,
+            "grad_checkpointing": grad_checkpointing, "compile": compile, "first_step_s": first_s,
+            "threads": torch.get_num_threads(), "steps": steps,
             "phases": medians, "step_s": step_s, "steps_per_s": 1 / step_s, "samples_per_s": batch / step_s,
             "peak_rss": peak_rss_bytes()}
 
@@ -324,15 +332,16 @@ def format_train_table(rows: list[dict]) -> str:
     header = (f"`{first['model']}` {first['task']} training step (objective, backward, AdamW), {first['tokens']} text "
               f"tokens, image {first['image_size']}, CPU ({first['threads']} threads); medians of {first['steps']} "
               "steps after a warm-up; peak resident memory of the process.")
-    columns = ("| batch | dtype | grad ckpt | step s | steps/s | samples/s | data | forward | backward | optimiser |"
-               " peak RSS GiB |")
-    lines = [header, "", columns, "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    columns = ("| batch | dtype | grad ckpt | compiled | step s | steps/s | samples/s | data | forward | backward |"
+               " optimiser | first step s | peak RSS GiB |")
+    lines = [header, "", columns, "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         share = {k: f"{100 * v / r['step_s']:.0f}%" for k, v in r["phases"].items()}
         lines.append(f"| {r['batch']} | {r['dtype']} | {'yes' if r['grad_checkpointing'] else 'no'} | "
+                     f"{'yes' if r.get('compile') else 'no'} | "
                      f"{r['step_s']:.2f} | {r['steps_per_s']:.3f} | {r['samples_per_s']:.2f} | {share['data']} | "
                      f"{share['forward']} | {share['backward']} | {share['optimizer']} | "
-                     f"{r['peak_rss'] / 2**30:.2f} |")
+                     f"{r.get('first_step_s', float('nan')):.1f} | {r['peak_rss'] / 2**30:.2f} |")
     return "\n".join(lines)
 
 

@@ -147,11 +147,11 @@ def _bench_train(args) -> int:
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     if args.child:
         print(json.dumps(bench_train(args.name, args.task, args.batch, args.image_size, args.tokens, args.repeat or 3,
-                                     args.dtype, args.grad_checkpointing)))
+                                     args.dtype, args.grad_checkpointing, args.compile)))
         return 0
     if not args.memory:
         rows = [bench_train(args.name, args.task, args.batch, args.image_size, args.tokens, args.repeat or 3,
-                            args.dtype, args.grad_checkpointing, log=say)]
+                            args.dtype, args.grad_checkpointing, args.compile, log=say)]
     else:
         rows = []
         for batch, ckpt, dtype in [(8, False, "float32"), (8, True, "float32"), (8, False, "bfloat16"),
@@ -775,6 +775,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--backward", action="store_true")
     s.add_argument("--task", default="retrieval", help="bench train: the task whose objective a step runs")
     s.add_argument("--grad-checkpointing", action="store_true", help="bench train: recompute the encoders' layers")
+    s.add_argument("--compile", action="store_true",
+                   help="bench train: torch.compile the vision, text and fusion parts (compiled in the warm-up step)")
     s.add_argument("--memory", action="store_true",
                    help="bench train: batch 8 and 32, with and without gradient checkpointing, fp32 and bf16, each in "
                         "its own process (peak resident memory), and the batch that fits 24 GiB")

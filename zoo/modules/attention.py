@@ -92,13 +92,17 @@ def _env_backend() -> str:
     return _check_name(value, f"environment variable {ENV_VAR}")
 
 
-@functools.lru_cache(maxsize=1)
+_XOPS: list = []  # the import's result, once (a plain global: torch.compile reads it as a constant)
+
+
 def _xformers_ops():
-    try:
-        import xformers.ops as xops  # noqa: PLC0415 - optional dependency
-    except Exception:  # noqa: BLE001 - any import failure (missing, built for another torch) means "not available"
-        return None
-    return xops
+    if not _XOPS:
+        try:
+            import xformers.ops as xops  # noqa: PLC0415 - optional dependency
+        except Exception:  # noqa: BLE001 - any import failure (missing, built for another torch): "not available"
+            xops = None
+        _XOPS.append(xops)
+    return _XOPS[0]
 
 
 def xformers_available() -> bool:

@@ -211,6 +211,12 @@ BETAS = Check(lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is
               "a list of two numbers in [0, 1) such as [0.9, 0.98]")
 BATCH_LIMIT = integer(0, what=" (batches)") | number(0.0, 1.0, what=" (a fraction of the batches)") | NULL
 LEARNING_RATE = number(0.0, above=True)
+_COMPILE_KEYS = {"parts", "mode", "dynamic"}
+COMPILE = Check(lambda v: isinstance(v, Mapping) and set(v) <= _COMPILE_KEYS and all(
+    isinstance(s, str) and s for s in (v.get("parts") or [])) and isinstance(v.get("parts") or [], list)
+    and v.get("mode") in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    and v.get("dynamic") in (None, True, False),
+    "a mapping {parts: [vision, text, fusion], mode: default | reduce-overhead | max-autotune, dynamic: true or false}")
 
 
 def _is_files(v: Any) -> bool:
@@ -367,6 +373,9 @@ CHECKS: dict[str, Check] = {
     "train.name": TEXT | integer(0),
     "train.freeze": strings("vision.*") | NULL,
     "train.grad_checkpointing": BOOL,
+    # torch.compile of the model's parts (zoo.models.base.compile_parts): true (vision, text, fusion), a list of parts,
+    # or {parts, mode, dynamic}
+    "train.compile": BOOL | strings("vision") | COMPILE | NULL,
     "train.export": BOOL,
     "train.save_every_n_steps": integer(1) | NULL,
     "train.keep_last": integer(1) | Check(lambda v: v == -1 and not isinstance(v, bool), "-1 (every epoch)"),

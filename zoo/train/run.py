@@ -9,7 +9,7 @@ sections::
     data:    {root: shapes | FOLDER, train: [...], val: ..., test: ..., answer_list: ..., batch_size: ..., ...}
     optim:   {lr, weight_decay, vision_lr, text_lr, fusion_lr, new_params, new_param_lr_mult, warmup, betas, eps}
     trainer: {max_epochs, precision, accumulate_grad_batches, gradient_clip_val, strategy, devices, accelerator, ...}
-    train:   {seed, output_dir, name, freeze, grad_checkpointing, export, loggers, wandb, mlflow}
+    train:   {seed, output_dir, name, freeze, grad_checkpointing, compile, export, loggers, wandb, mlflow}
     evaluation: {k_test, num_beams, max_length, min_length}
 
 Outputs go to ``{output_dir}/{name}/``: ``checkpoints/`` (``last.ckpt`` and per-epoch files, written atomically),
@@ -45,7 +45,7 @@ TASK_CONFIG_KEYS = {
                 "devices", "accelerator", "num_nodes", "log_every_n_steps", "val_check_interval",
                 "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "limit_test_batches",
                 "num_sanity_val_steps", "enable_progress_bar", "deterministic"},
-    "train": {"seed", "output_dir", "name", "freeze", "grad_checkpointing", "export", "save_every_n_steps",
+    "train": {"seed", "output_dir", "name", "freeze", "grad_checkpointing", "compile", "export", "save_every_n_steps",
               "keep_last", "monitor", "loggers", "wandb", "mlflow"},
     "evaluation": {"k_test", "num_beams", "max_length", "min_length"},
 }
@@ -547,6 +547,14 @@ def _train(cfg: dict, run_dir: Path, resume: bool) -> dict[str, Any]:
         from zoo.models.base import enable_grad_checkpointing  # noqa: PLC0415
 
         enable_grad_checkpointing(model)
+    if tcfg.get("compile"):
+        from zoo.models.base import compile_parts  # noqa: PLC0415
+
+        spec = tcfg["compile"]
+        spec = {} if spec is True else {"parts": spec} if isinstance(spec, list) else dict(spec)
+        compiled = compile_parts(model, spec.get("parts"), mode=spec.get("mode"), dynamic=spec.get("dynamic"))
+        print(f"torch.compile: {', '.join(compiled)} (the first steps compile them; cache "
+              f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR')})")
     mcfg = cfg["model"]
     module = TaskModule(model, task, cfg.get("optim"), cfg.get("evaluation"))
 
