@@ -836,3 +836,30 @@ def test_caption_records_carry_their_transcripts_to_the_batch(root, tok, tmp_pat
     assert CaptionEvalCollator()([ev[0], ev[1]])["transcripts"] == ["", ""]
     with pytest.raises(DataError, match=r"record 0: 'transcript' must be a string, got list"):
         CaptionEvalDataset(_write(tmp_path / "bad.json", [dict(CAP_VAL[0], transcript=["a"])]), str(root), SIZE)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("max_tokens", [6, None])
+def test_tokenized_texts_come_from_a_per_tokenizer_cache_and_equal_the_tokenizer_call(tok, side, max_tokens,
+                                                                                       monkeypatch):
+    """``tokenize_texts`` gives the tensors of ``tokenizer(texts, padding="longest", truncation, return_tensors="pt")``
+    on either padding side, cut or not, with repeated texts; a second batch of texts already seen does not call the
+    tokenizer; a token added to the tokenizer starts a new table (its texts tokenise differently)."""
+    import copy
+
+    from zoo.data.collate import tokenize_texts
+
+    tok = copy.deepcopy(tok)
+    tok.padding_side = side
+    texts = ["what colour is the big red circle on the left?", "yes", "how many", "yes", "zzzqx unknown words"]
+    want = tok(texts, padding="longest", truncation=max_tokens is not None, max_length=max_tokens, return_tensors="pt")
+    ids, mask = tokenize_texts(tok, texts, max_tokens)
+    assert torch.equal(ids, want["input_ids"]) and torch.equal(mask, want["attention_mask"])
+    calls = []
+    original = type(tok).__call__
+    monkeypatch.setattr(type(tok), "__call__", lambda self, *a, **k: calls.append(a) or original(self, *a, **k))
+    ids2, _ = tokenize_texts(tok, texts[::-1], max_tokens)
+    assert calls == [] and torch.equal(ids2, want["input_ids"].flip(0))  # the same rows, in the batch's order
+    tok.add_tokens(["zzzqx"])
+    ids3, _ = tokenize_texts(tok, ["zzzqx unknown words"], max_tokens)
+    assert len(calls) == 1 and ids3[0, 1].item() == tok.convert_tokens_to_ids("zzzqx")

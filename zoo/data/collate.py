@@ -42,6 +42,7 @@ Reused: the tokenizer, :mod:`zoo.heads.caption`'s input builder. Hand-written: t
 from __future__ import annotations
 
 import random
+import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -77,11 +78,58 @@ def _drop_none(items: Sequence[Any]) -> tuple[list[Mapping[str, Any]], int]:
     return kept, skipped
 
 
+#: per tokenizer (and its length: a token added later starts a new table), the ids of each text seen: the questions,
+#: captions and answers of a data set come back every epoch, and the tokenizer's call costs more than the step's
+#: data otherwise (about 100 µs a text through transformers' wrapper against a dictionary lookup)
+_TOKEN_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TOKEN_IDS_LIMIT = 1 << 21  # texts kept per tokenizer; beyond it new texts are tokenised every time
+
+
+def _cached_ids(tokenizer: Any, texts: Sequence[str], max_tokens: int | None) -> list[list[int]] | None:
+    """Each text's ids as ``tokenizer(text, truncation=..., max_length=max_tokens)`` gives them, from the cache (the
+    texts not in it tokenised in one call); None when the tokenizer cannot be cached (not weak-referenceable, no pad
+    id or padding side: the caller then calls it as it is)."""
+    if getattr(tokenizer, "pad_token_id", None) is None or getattr(tokenizer, "padding_side", None) not in (
+            "left", "right"):
+        return None
+    try:
+        tables = _TOKEN_IDS.setdefault(tokenizer, {})
+    except TypeError:
+        return None
+    table = tables.setdefault((len(tokenizer), max_tokens), {})
+    missing = [t for t in dict.fromkeys(texts) if t not in table]
+    if missing:
+        enc = tokenizer(missing, padding=False, truncation=max_tokens is not None, max_length=max_tokens)
+        fresh = dict(zip(missing, enc["input_ids"]))
+        if len(table) < _TOKEN_IDS_LIMIT:
+            table.update(fresh)
+        return [table[t] if t in table else fresh[t] for t in texts]
+    return [table[t] for t in texts]
+
+
+def _padded(tokenizer: Any, seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """Ids padded to the longest with the tokenizer's pad id on its padding side, and the attention mask."""
+    longest = max(len(s) for s in seqs)
+    pad = int(tokenizer.pad_token_id)
+    if tokenizer.padding_side == "left":
+        ids = [[pad] * (longest - len(s)) + list(s) for s in seqs]
+        mask = [[0] * (longest - len(s)) + [1] * len(s) for s in seqs]
+    else:
+        ids = [list(s) + [pad] * (longest - len(s)) for s in seqs]
+        mask = [[1] * len(s) + [0] * (longest - len(s)) for s in seqs]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
 def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None = 40) -> tuple[Tensor, Tensor]:
-    """``(input_ids, attention_mask)``: padded to the longest, cut to ``max_tokens`` (None: no cut)."""
-    enc = tokenizer(list(texts), padding="longest", truncation=max_tokens is not None, max_length=max_tokens,
-                    return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"]
+    """``(input_ids, attention_mask)``: padded to the longest, cut to ``max_tokens`` (None: no cut). The same tensors
+    as ``tokenizer(texts, padding="longest", truncation=..., max_length=max_tokens, return_tensors="pt")``, each
+    text tokenised once per tokenizer (a cache of ids; padding per batch)."""
+    seqs = _cached_ids(tokenizer, texts, max_tokens) if texts else None
+    if seqs is None:
+        enc = tokenizer(list(texts), padding="longest", truncation=max_tokens is not None, max_length=max_tokens,
+                        return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+    return _padded(tokenizer, seqs)
 
 
 def decode_texts(tokenizer: Any, ids: Tensor, mask: Tensor | None, pad_token_id: int) -> list[str]:
@@ -96,8 +144,7 @@ def encode_answer_list(tokenizer: Any, answers: Sequence[str]) -> tuple[Tensor, 
     training answers of a batch or the answer list ranked at evaluation."""
     if not answers:
         raise ValueError("no answers to encode")
-    enc = tokenizer(list(answers), padding="longest", return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"]
+    return tokenize_texts(tokenizer, answers, None)
 
 
 def vqa_soft_scores(all_answers: Sequence[str]) -> dict[str, float]:
