@@ -450,12 +450,13 @@ def test_video_concat_keeps_every_frame_in_order():
         assert _max_diff(video(frames).tokens[:, 1:1 + n], video(other).tokens[:, 1:1 + n]) == 0
 
 
-@pytest.mark.parametrize("span", ["position", "clip"])
+@pytest.mark.parametrize("span", ["position", "clip", "divided"])
 def test_temporal_layer_span_against_torch_multihead_attention(span):
     """The temporal layer's attention equals torch's ``nn.MultiheadAttention`` (its own weights copied in, float64) over
-    the sequences its span names: each token position's T frames (``position``) or all T·P tokens of a clip
-    (``clip``). Catches the heads split from the wrong axis, the span's sequences built across clips of the batch, or
-    the tokens put back in another order."""
+    the sequences its span names: each token position's T frames (``position``), all T·P tokens of a clip
+    (``clip``), or the position attention then a second one over each frame's P tokens (``divided``). Catches the heads
+    split from the wrong axis, the span's sequences built across clips of the batch, or the tokens put back in another
+    order."""
     torch.manual_seed(0)
     b, t, p, d, heads = 2, 3, 5, 16, 4
     layer = TemporalAttentionLayer(d, heads, num_frames=t, span=span).double().eval()
@@ -469,13 +470,21 @@ def test_temporal_layer_span_against_torch_multihead_attention(span):
         mha.out_proj.bias.copy_(layer.proj.bias)
         x = torch.randn(b, t, p, d, dtype=torch.float64)
         h = layer.norm1(x) + layer.time_embed.unsqueeze(2)
-        if span == "position":
+        if span in ("position", "divided"):
             seq = h.permute(0, 2, 1, 3).reshape(b * p, t, d)
             a = mha(seq, seq, seq, need_weights=False)[0].reshape(b, p, t, d).permute(0, 2, 1, 3)
         else:
             seq = h.reshape(b, t * p, d)
             a = mha(seq, seq, seq, need_weights=False)[0].reshape(b, t, p, d)
         y = x + a
+        if span == "divided":
+            spatial = torch.nn.MultiheadAttention(d, heads, batch_first=True).double().eval()
+            spatial.in_proj_weight.copy_(layer.qkv_s.weight)
+            spatial.in_proj_bias.copy_(layer.qkv_s.bias)
+            spatial.out_proj.weight.copy_(layer.proj_s.weight)
+            spatial.out_proj.bias.copy_(layer.proj_s.bias)
+            seq = layer.norm_s(y).reshape(b * t, p, d)
+            y = y + spatial(seq, seq, seq, need_weights=False)[0].reshape(b, t, p, d)
         ref = y + layer.mlp(layer.norm2(y))
         assert _max_diff(layer(x), ref) < 1e-10
         # the spans differ: with a clip span, a token sees the other positions
@@ -483,8 +492,8 @@ def test_temporal_layer_span_against_torch_multihead_attention(span):
         moved[:, 1, 2] = torch.randn(b, d, dtype=torch.float64)  # another token at frame 1, position 2
         changed = (layer(moved) - layer(x)).abs().amax(dim=-1)  # (B, T, P)
         other_positions = changed[:, :, [0, 1, 3, 4]]
-        assert (other_positions.max() > 1e-3) == (span == "clip")
-    with pytest.raises(ConfigError, match="'position' or 'clip'"):
+        assert (other_positions.max() > 1e-3) == (span != "position")
+    with pytest.raises(ConfigError, match="'position', 'clip' or 'divided'"):
         TemporalAttentionLayer(d, heads, num_frames=t, span="frames")
 
 

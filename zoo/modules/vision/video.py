@@ -67,10 +67,13 @@ class TemporalAttentionLayer(nn.Module):
     is (B, T, P, D) (P token positions of T frames).
 
     ``span`` says what a token attends to: ``position`` (the same token position in every frame: ``(B·P, T)``
-    sequences, TimeSformer's temporal attention) or ``clip`` (every token of every frame: one ``(B, T·P)`` sequence,
-    ViViT's joint space-time attention). A moving object is at another position in the next frame: attending over its
-    own position only, a token sees that something arrived or left there, not where from; over the clip it can find
-    the object in the other frames (the tokens carry the image encoder's spatial position).
+    sequences, TimeSformer's temporal attention), ``clip`` (every token of every frame: one ``(B, T·P)`` sequence,
+    ViViT's joint space-time attention) or ``divided`` (TimeSformer's divided block: the ``position`` attention, then
+    a second attention over the P tokens of each frame, ``(B·T, P)`` sequences, with its own ``norm_s``, ``qkv_s``
+    and zero-initialised ``proj_s``, then the MLP). A moving object is at another position in the next frame:
+    attending over its own position only, a token sees that something arrived or left there, not where from; over the
+    clip it can find the object in the other frames (the tokens carry the image encoder's spatial position); divided,
+    a token that saw something arrive then looks at its neighbours in the same frame (where the object is now).
 
     ``time_embed`` ``(1, T, D)`` (normal, std 1: the scale of the normalised tokens it is added to) tells the attention
     which frame each token comes from. Without it the layer is equivariant to a permutation of the frames and the mean
@@ -81,10 +84,11 @@ class TemporalAttentionLayer(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, num_frames: int = 1,
-                 span: Literal["position", "clip"] = "position"):
+                 span: Literal["position", "clip", "divided"] = "position"):
         super().__init__()
-        if span not in ("position", "clip"):
-            raise ConfigError(f"the temporal layer's span must be 'position' or 'clip', got {span!r}", "temporal_span")
+        if span not in ("position", "clip", "divided"):
+            raise ConfigError(f"the temporal layer's span must be 'position', 'clip' or 'divided', got {span!r}",
+                              "temporal_span")
         self.num_heads = num_heads
         self.span = span
         self.attn_backend: str | None = None
@@ -92,10 +96,16 @@ class TemporalAttentionLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        zeroed = [self.proj]
+        if span == "divided":  # the spatial attention within each frame, after the temporal one
+            self.norm_s = nn.LayerNorm(dim, eps=1e-6)
+            self.qkv_s = nn.Linear(dim, 3 * dim)
+            self.proj_s = nn.Linear(dim, dim)
+            zeroed.append(self.proj_s)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        for layer in (self.proj, self.mlp[2]):
+        for layer in (*zeroed, self.mlp[2]):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -104,11 +114,16 @@ class TemporalAttentionLayer(nn.Module):
         if t != self.time_embed.shape[1]:
             raise ValueError(f"the temporal layer was built for {self.time_embed.shape[1]} frames, got {t}")
         h = self.norm1(x) + self.time_embed.unsqueeze(2)  # every token of frame t gets time_embed[t]
-        seqs = "(b p) h t e" if self.span == "position" else "b h (t p) e"  # (sequences, heads, length, head dim)
-        q, k, v = rearrange(self.qkv(h), f"b t p (three h e) -> three {seqs}", three=3, h=self.num_heads)
-        a = rearrange(attention(q, k, v, backend=self.attn_backend), f"{seqs} -> b t p (h e)", b=b, p=p)
-        x = x + self.proj(a)
+        seqs = "b h (t p) e" if self.span == "clip" else "(b p) h t e"  # (sequences, heads, length, head dim)
+        x = x + self.proj(self._attend(self.qkv(h), seqs, b, p))
+        if self.span == "divided":  # then each frame's tokens among themselves
+            x = x + self.proj_s(self._attend(self.qkv_s(self.norm_s(x)), "(b t) h p e", b, p))
         return x + self.mlp(self.norm2(x))
+
+    def _attend(self, qkv: Tensor, seqs: str, b: int, p: int) -> Tensor:
+        """Attention over the sequences ``seqs`` names, back to (B, T, P, D)."""
+        q, k, v = rearrange(qkv, f"b t p (three h e) -> three {seqs}", three=3, h=self.num_heads)
+        return rearrange(attention(q, k, v, backend=self.attn_backend), f"{seqs} -> b t p (h e)", b=b, p=p)
 
 
 def _patch_size(image_encoder: nn.Module) -> int | None:
@@ -175,8 +190,9 @@ class VideoEncoder(nn.Module):
         temporal_layer: the temporal layer before any ``combine`` (``temporal_attention`` always has it): with
             ``concat``, every frame's tokens have attended to the same position in the other frames (what changed
             there) before the fusion sees them.
-        temporal_span: what the temporal layer attends over: ``position`` (each token position over its frames) or
-            ``clip`` (every token of every frame, joint space-time attention: ``T·(1+P)`` tokens per clip).
+        temporal_span: what the temporal layer attends over: ``position`` (each token position over its frames),
+            ``clip`` (every token of every frame, joint space-time attention: ``T·(1+P)`` tokens per clip) or
+            ``divided`` (``position``, then each frame's tokens among themselves: TimeSformer's divided block).
         temporal_ssl: ``{enabled, weights, label_smoothing, patch_size}``
             (:class:`zoo.modules.temporal.TemporalSSLConfig`; None: off). Enabled: ``temporal_heads`` and
             ``frame_tokens`` (see the module docstring).
@@ -193,7 +209,7 @@ class VideoEncoder(nn.Module):
         frame_pos_std: float = 0.02,
         num_heads: int = 8,
         temporal_layer: bool = False,
-        temporal_span: Literal["position", "clip"] = "position",
+        temporal_span: Literal["position", "clip", "divided"] = "position",
         temporal_ssl: dict | None = None,
     ):
         super().__init__()
