@@ -150,11 +150,17 @@ def test_a_family_override_sets_the_learning_rate_and_a_wrong_part_is_named():
 
 # -- converters -----------------------------------------------------------------------------------------------------
 def test_builtin_converters_are_the_families_own():
-    from zoo.models import cclm, davinci, univl, x2vlm
+    from zoo.models import cclm, davinci, epalm, mmgpt, univl, x2vlm
+    from zoo.models.epalm import convert as epalm_convert
+    from zoo.models.mmgpt import convert as mmgpt_convert
     from zoo.registry import MODELS
 
     with_converter = {n for n in MODELS.names() if getattr(MODELS.get(n), "official_converter", None) is not None}
-    assert with_converter == {"x2vlm", "cclm", "davinci", "univl"}
+    assert with_converter == {"x2vlm", "cclm", "davinci", "univl", "epalm", "mmgpt"}
+    for module in (epalm, mmgpt):  # adapter-only checkpoints: the converter lives in the family's convert module
+        family = MODELS.get(module.__name__.rsplit(".", 1)[1])
+        assert family.official_converter.__doc__.strip().splitlines()[0]
+    assert callable(epalm_convert.convert_official_checkpoint) and callable(mmgpt_convert.convert_official_checkpoint)
     for module in (x2vlm, cclm, davinci, univl):
         family = MODELS.get(module.__name__.rsplit(".", 1)[1])
         assert family.official_converter.__doc__.strip().splitlines()[0]
@@ -165,8 +171,9 @@ def test_convert_list_names_each_family_with_a_one_line_description(capsys):
     assert main(["convert", "--list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     families = {line.split()[0]: line.split(None, 1)[1] for line in lines}
-    assert set(families) == {"cclm", "davinci", "univl", "x2vlm"}
+    assert set(families) == {"cclm", "davinci", "epalm", "mmgpt", "univl", "x2vlm"}
     assert families["x2vlm"].startswith("X²-VLM") and families["cclm"].startswith("CCLM")
+    assert families["epalm"].startswith("eP-ALM") and families["mmgpt"].startswith("MultiModal-GPT")
     assert families["univl"].startswith("UniVL")
     assert families["davinci"].startswith("DaVinci")
 
@@ -191,11 +198,12 @@ def _convert_fails(capsys, argv) -> str:
 
 def test_convert_errors_are_one_line_naming_the_families_with_a_converter(tmp_path, capsys):
     out = str(tmp_path / "out")
-    line = _convert_fails(capsys, ["epalm", "ckpt.pth", out])
-    assert "'epalm' has no official-checkpoint converter" in line and line.endswith("cclm, davinci, univl, x2vlm")
+    line = _convert_fails(capsys, ["fusion_encoder", "ckpt.pth", out])
+    assert "'fusion_encoder' has no official-checkpoint converter" in line
+    assert line.endswith("cclm, davinci, epalm, mmgpt, univl, x2vlm")
     line = _convert_fails(capsys, ["x2vlm-base", "ckpt.pth", out])
     assert "'x2vlm-base' is not a registered model family (did you mean 'x2vlm'?)" in line
-    assert line.endswith("families with a converter: cclm, davinci, univl, x2vlm")
+    assert line.endswith("families with a converter: cclm, davinci, epalm, mmgpt, univl, x2vlm")
     assert "FAMILY CHECKPOINT OUT_DIR" in _convert_fails(capsys, ["x2vlm", "ckpt.pth"])
     assert "--list takes no other argument" in _convert_fails(capsys, ["--list", "x2vlm"])
     line = _convert_fails(capsys, ["davinci", str(tmp_path / "missing.pth"), out])
@@ -279,7 +287,7 @@ def test_a_plugin_family_with_a_converter_is_listed_and_converts(tmp_path):
     assert listed.returncode == 0, listed.stderr[-3000:]
     lines = dict(line.split(None, 1) for line in listed.stdout.strip().splitlines())
     assert lines.pop("toyfamily") == "Toy checkpoints: encoder.* becomes vision.*, classifier.* becomes head.*."
-    assert set(lines) == {"cclm", "davinci", "univl", "x2vlm"}
+    assert set(lines) == {"cclm", "davinci", "epalm", "mmgpt", "univl", "x2vlm"}
 
     converted = mmzoo("convert", "toyfamily", str(ckpt), str(tmp_path / "export"))
     assert converted.returncode == 0, converted.stderr[-3000:]
@@ -292,4 +300,4 @@ def test_a_plugin_family_with_a_converter_is_listed_and_converts(tmp_path):
     assert refused.returncode == 2
     assert refused.stderr.strip() == ("mmzoo convert: error: family 'toyfamliy' is not a registered model family "
                                       "(did you mean 'toyfamily'?); families with a converter: cclm, davinci, "
-                                      "toyfamily, univl, x2vlm")
+                                      "epalm, mmgpt, toyfamily, univl, x2vlm")
