@@ -16,7 +16,8 @@ Outputs go to ``{output_dir}/{name}/``: ``checkpoints/`` (``last.ckpt`` and per-
 ``logs/`` (CSV and TensorBoard; ``train.loggers`` picks them and adds W&B or MLflow: :mod:`zoo.train.loggers`),
 ``curves.png``, ``results.json`` and ``export/`` (``save_pretrained`` + tokenizer).
 ``--resume`` continues from ``checkpoints/last.ckpt`` with the optimiser, scheduler, step counter and data order;
-without it an existing run is never overwritten: the new run goes to ``{name}-2``, ``{name}-3``, ...
+``--overwrite`` replaces the run (the old one kept aside until the new one has finished); without either, a folder
+that already holds a run is an error naming it.
 """
 
 from __future__ import annotations
