@@ -394,3 +394,16 @@ def test_inert_reading_of_an_official_file_with_pickled_objects_runs_nothing(tmp
     placeholder = load_inert(path)["tuning_config"]
     assert isinstance(placeholder, InertObject) and placeholder.pickled_as in ("builtins.exec", "__builtin__.exec")
     assert not marker.exists()
+
+
+def test_inert_reading_of_a_legacy_format_file_runs_nothing(tmp_path):
+    """A file that is not a zip is torch's legacy format, whose header objects torch reads with the pickle module's
+    ``load``: the inert reader's ``load`` is restricted too, so a payload in the first pickle does not run."""
+    import pickle
+
+    marker = tmp_path / "PAYLOAD_RAN"
+    path = tmp_path / "legacy.pt"
+    path.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
+    with pytest.raises(WeightsError, match=r"legacy\.pt: cannot be read \(Invalid magic number"):
+        load_state_dict(path, inert_objects=True)
+    assert not marker.exists()

@@ -607,7 +607,9 @@ def load_inert(path: str | os.PathLike) -> Any:
                 inert[full] = type(name, (InertObject,), {"pickled_as": full, "__module__": __name__})
             return inert[full]
 
-    pickle_module = types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="zoo.hub.inert_pickle")
+    # torch reads a legacy (non-zip) file's header objects with ``pickle_module.load``: the same restricted unpickler
+    pickle_module = types.SimpleNamespace(Unpickler=Unpickler, load=lambda f, **kw: Unpickler(f, **kw).load(),
+                                          __name__="zoo.hub.inert_pickle")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=pickle_module)
     except Exception as exc:  # noqa: BLE001
