@@ -212,9 +212,17 @@ BETAS = Check(lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is
 BATCH_LIMIT = integer(0, what=" (batches)") | number(0.0, 1.0, what=" (a fraction of the batches)") | NULL
 LEARNING_RATE = number(0.0, above=True)
 _COMPILE_KEYS = {"parts", "mode", "dynamic"}
+
+
+def _compile_modes() -> tuple[str, ...]:
+    from zoo.models.base import COMPILE_MODES  # noqa: PLC0415 - the modes compile_parts takes (imports torch)
+
+    return COMPILE_MODES
+
+
 COMPILE = Check(lambda v: isinstance(v, Mapping) and set(v) <= _COMPILE_KEYS and all(
     isinstance(s, str) and s for s in (v.get("parts") or [])) and isinstance(v.get("parts") or [], list)
-    and v.get("mode") in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    and (v.get("mode") is None or v["mode"] in _compile_modes())
     and v.get("dynamic") in (None, True, False),
     "a mapping {parts: [vision, text, fusion], mode: default | reduce-overhead | max-autotune, dynamic: true or false}")
 
