@@ -31,7 +31,7 @@ from zoo.modules.vision.open_clip import OpenCLIPVisionEncoder
 from zoo.modules.vision.swin import SwinEncoder, convert_official_swin
 from zoo.hub import WeightsError
 from zoo.modules.vision.timm_encoder import TimmEncoder
-from zoo.modules.vision.video import TemporalAttentionLayer, VideoEncoder
+from zoo.modules.vision.video import TemporalAttentionLayer, VideoEncoder, temporal_shift
 from conftest import load_reference, reference_shapes
 from zoo.registry import VISION_ENCODERS
 from zoo.spec import ConfigError, build
@@ -495,6 +495,71 @@ def test_temporal_layer_span_against_torch_multihead_attention(span):
         assert (other_positions.max() > 1e-3) == (span != "position")
     with pytest.raises(ConfigError, match="'position', 'clip' or 'divided'"):
         TemporalAttentionLayer(d, heads, num_frames=t, span="frames")
+
+
+def _shift_reference(x, frames: int, fraction: float):
+    """TSM's shift written out index by index: channel k < c of frame t from frame t-1, c <= k < 2c from frame t+1,
+    zero past the clip's ends; ``x`` (B·T, N, D) with each clip's frames consecutive."""
+    out = x.clone()
+    c = int(x.shape[-1] * fraction / 2)
+    for row in range(x.shape[0]):
+        clip, t = divmod(row, frames)
+        for k in range(2 * c):
+            src = t - 1 if k < c else t + 1
+            out[row, :, k] = x[clip * frames + src, :, k] if 0 <= src < frames else 0.0
+    return out
+
+
+def test_temporal_shift_against_an_index_by_index_reference():
+    """Catches the two directions swapped, the shifted channel count off (c = D · fraction / 2, floored), frames
+    leaking from one clip into the next at the batch's clip boundary, and the padding at the wrong end."""
+    x = torch.randn(3 * 4, 5, 16, dtype=torch.float64)
+    for fraction in (0.25, 0.3, 1.0):
+        assert torch.equal(temporal_shift(x, 4, fraction), _shift_reference(x, 4, fraction))
+    assert temporal_shift(x, 4, 0.1) is x  # 16 · 0.05 < 1 channel: nothing shifts
+    with pytest.raises(ValueError, match="T=5 frames per clip"):
+        temporal_shift(x, 5, 0.25)
+
+
+def test_video_temporal_shift_equals_blocks_run_by_hand():
+    """``temporal_shift``: the image encoder's blocks with the attention branch reading the shifted input and the
+    residual stream its own (float64, blocks called part by part). Catches the shift applied to the residual stream
+    too (TSM's in-place variant), a hook left on the image encoder used alone, and state-dict keys changed."""
+    image = _randomize(BEiTv2Encoder(**TINY_BEIT)).double().eval()
+    plain = VideoEncoder(image, num_frames=3, combine="concat").double().eval()
+    shifted = VideoEncoder(image, num_frames=3, combine="concat", temporal_shift=0.25).double().eval()
+    assert list(shifted.state_dict()) == list(plain.state_dict())
+    shifted.absolute_frame_pos_embed.data.copy_(plain.absolute_frame_pos_embed.data)
+    frames = _frames().double()
+    with torch.no_grad():
+        flat = frames.flatten(0, 1)
+        x = torch.cat((image.cls_token.expand(flat.shape[0], -1, -1), image.patch_embed(flat)), dim=1)
+        x = x + image.pos_embed if image.pos_embed is not None else x
+        for block in image.blocks:
+            branch = block.attn(block.norm1(_shift_reference(x, 3, 0.25)))
+            x = x + (branch if block.gamma_1 is None else block.gamma_1 * branch)
+            mlp = block.mlp(block.norm2(x))
+            x = x + (mlp if block.gamma_2 is None else block.gamma_2 * mlp)
+        patches = image.fc_norm(image.norm(x[:, 1:])).unflatten(0, (2, 3))  # (B, T, N, D)
+        tokens = torch.cat((patches.mean(dim=2, keepdim=True), patches), dim=2)  # beit_v2: the mean token first
+        pos = shifted.absolute_frame_pos_embed
+        ref = torch.cat([tokens[:, f] + pos[:, f] for f in range(3)], dim=1)
+        out = shifted(frames)
+        assert _max_diff(out.tokens[:, 1:], ref) < 1e-10
+        assert _max_diff(out.tokens, plain(frames).tokens) > 1e-3  # the shift changes the encoding
+        assert torch.equal(image(flat).tokens, plain.image_encoder(flat).tokens)  # the image encoder alone: no shift
+    with pytest.raises(ConfigError, match="temporal_shift must lie in"):
+        VideoEncoder(image, num_frames=3, temporal_shift=1.5)
+    with pytest.raises(ConfigError, match="no transformer blocks"):
+        VideoEncoder(_PlainImageEncoder(), num_frames=3, temporal_shift=0.25)
+
+
+class _PlainImageEncoder(torch.nn.Module):
+    width, image_size = 8, 32
+
+    def forward(self, images):
+        tokens = images.flatten(2).transpose(1, 2)[..., :8]
+        return EncoderOutput(tokens=tokens, pooled=tokens.mean(1))
 
 
 def test_video_of_one_repeated_image_with_zero_frame_pos_is_the_image_encoding():

@@ -34,6 +34,15 @@ given; a different value is a ConfigError at ``vision.temporal_ssl.patch_size``)
 family's training loss (:func:`zoo.modules.temporal.temporal_ssl_loss`). Disabled (the default) nothing is added:
 parameters, state-dict keys and outputs are those of the encoder without it.
 
+Temporal shift (``temporal_shift``, TSM: Lin, Gan and Han, "TSM: Temporal Shift Module for Efficient Video
+Understanding", ICCV 2019): inside the image encoder, at the input of every block's attention branch (a forward
+pre-hook on the block's first norm, ``norm1`` in timm / BEiT blocks, ``ln_1`` in open_clip's), a fraction of the
+channels of each frame's tokens is replaced by the previous frame's and as many by the next frame's (zeros past the
+clip's ends); the residual stream keeps its own channels (the paper's "residual shift"). The block's spatial attention
+then sees, at every position, what was there a frame before and after beside what is there now — a moving object is
+an arrival at one place and a departure at its neighbour, which a per-position temporal layer alone cannot relate.
+No parameters, no FLOPs, state-dict keys unchanged; 0 (the default) registers nothing.
+
 Frame count: with ``frame_pos`` the input must have exactly ``num_frames`` frames (a ``ValueError`` says so; sample
 ``num_frames`` frames per video — the embedding is not interpolated). Without ``frame_pos`` any number of frames works.
 ``hidden_states`` (when asked) are the image encoder's, over the ``B*F`` frame batch.
@@ -56,7 +65,7 @@ from zoo.modules.temporal import TemporalHeads, TemporalSSLConfig
 from zoo.registry import VISION_ENCODERS
 from zoo.spec import ConfigError, Part
 
-__all__ = ["TemporalAttentionLayer", "VideoEncoder"]
+__all__ = ["TemporalAttentionLayer", "VideoEncoder", "temporal_shift"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -144,6 +153,39 @@ def _patch_size(image_encoder: nn.Module) -> int | None:
     return None
 
 
+def temporal_shift(x: Tensor, frames: int, fraction: float) -> Tensor:
+    """TSM's shift of ``x`` ``(B·T, N, D)`` (T frames of each clip, consecutive): in channels ``[0, c)`` frame t takes
+    frame t-1's values, in ``[c, 2c)`` frame t+1's (zeros past the ends), ``c = floor(D · fraction / 2)``; the other
+    channels stay."""
+    if x.dim() != 3 or x.shape[0] % frames:
+        raise ValueError(f"temporal shift expects tokens (B*T, N, D) with T={frames} frames per clip and the batch "
+                         f"first, got shape {tuple(x.shape)}")
+    c = int(x.shape[-1] * fraction / 2)
+    if c == 0:
+        return x
+    x = x.unflatten(0, (-1, frames))  # (B, T, N, D)
+    past = torch.nn.functional.pad(x[:, :-1, :, :c], (0, 0, 0, 0, 1, 0))  # frame t <- t-1
+    future = torch.nn.functional.pad(x[:, 1:, :, c : 2 * c], (0, 0, 0, 0, 0, 1))  # frame t <- t+1
+    return torch.cat((past, future, x[..., 2 * c :]), dim=-1).flatten(0, 1)
+
+
+def _branch_norms(image_encoder: nn.Module) -> list[nn.Module]:
+    """The first norm of every block's attention branch (``blocks[i].norm1``, timm / BEiT; ``resblocks[i].ln_1``,
+    open_clip), on the encoder or the timm / open_clip model it wraps; a ConfigError when there is none."""
+    for owner in (image_encoder, getattr(image_encoder, "model", None), getattr(image_encoder, "visual", None)):
+        if owner is None:
+            continue
+        blocks = getattr(owner, "blocks", None)
+        if blocks is None:
+            blocks = getattr(getattr(owner, "transformer", None), "resblocks", None)
+        norms = [getattr(b, "norm1", None) or getattr(b, "ln_1", None) for b in blocks or ()]
+        if norms and all(isinstance(n, nn.Module) for n in norms):
+            return norms
+    raise ConfigError(
+        f"the image encoder {type(image_encoder).__name__} has no transformer blocks with a first norm (norm1 / ln_1) "
+        "to shift channels at; temporal_shift needs a ViT-like encoder", "vision.temporal_shift")
+
+
 def _temporal_config(node: dict | None, image_encoder: nn.Module) -> TemporalSSLConfig:
     """``temporal_ssl`` parsed, its ``patch_size`` the image encoder's; errors at ``vision.temporal_ssl.KEY``."""
     try:
@@ -193,6 +235,8 @@ class VideoEncoder(nn.Module):
         temporal_span: what the temporal layer attends over: ``position`` (each token position over its frames),
             ``clip`` (every token of every frame, joint space-time attention: ``T·(1+P)`` tokens per clip) or
             ``divided`` (``position``, then each frame's tokens among themselves: TimeSformer's divided block).
+        temporal_shift: the fraction of each token's channels shifted in time inside the image encoder, half from
+            the previous frame, half from the next (TSM's 1/8 + 1/8: 0.25); 0 is off.
         temporal_ssl: ``{enabled, weights, label_smoothing, patch_size}``
             (:class:`zoo.modules.temporal.TemporalSSLConfig`; None: off). Enabled: ``temporal_heads`` and
             ``frame_tokens`` (see the module docstring).
@@ -210,6 +254,7 @@ class VideoEncoder(nn.Module):
         num_heads: int = 8,
         temporal_layer: bool = False,
         temporal_span: Literal["position", "clip", "divided"] = "position",
+        temporal_shift: float = 0.0,
         temporal_ssl: dict | None = None,
     ):
         super().__init__()
@@ -237,6 +282,14 @@ class VideoEncoder(nn.Module):
             self.register_parameter("absolute_frame_pos_embed", None)
         self.temporal = (TemporalAttentionLayer(width, num_heads, num_frames=num_frames, span=temporal_span)
                          if temporal_layer else None)
+        if not 0.0 <= temporal_shift <= 1.0:
+            raise ConfigError(f"temporal_shift must lie in [0, 1] (a fraction of the channels), got {temporal_shift!r}",
+                              "vision.temporal_shift")
+        self.temporal_shift = float(temporal_shift)
+        self._shift_frames: int | None = None  # the clip length while a forward is in flight
+        if self.temporal_shift > 0:
+            for norm in _branch_norms(image_encoder):
+                norm.register_forward_pre_hook(self._shift_hook)
         self.temporal_ssl = _temporal_config(temporal_ssl, image_encoder)
         if self.temporal_ssl.enabled:
             if num_frames < 2:
@@ -261,7 +314,11 @@ class VideoEncoder(nn.Module):
                 f"many entries) but got {t} frames; sample {self.num_frames} frames per video or set num_frames"
             )
         kwargs = {"output_hidden_states": True} if output_hidden_states else {}
-        out = self.image_encoder(frames.flatten(0, 1), **kwargs)
+        self._shift_frames = t
+        try:
+            out = self.image_encoder(frames.flatten(0, 1), **kwargs)
+        finally:
+            self._shift_frames = None
         tokens = out.tokens.unflatten(0, (b, t))  # (B, T, P, D)
         pooled = out.pooled.unflatten(0, (b, t)).unsqueeze(2)  # (B, T, 1, D)
         x = torch.cat((pooled, tokens), dim=2)  # pooled travels as token position 0
@@ -281,6 +338,13 @@ class VideoEncoder(nn.Module):
         return EncoderOutput(
             tokens=x[:, 1:], pooled=x[:, 0], hidden_states=out.hidden_states, frame_tokens=frame_tokens
         )
+
+    def _shift_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        """Forward pre-hook on a block's first norm: the block's input with the shifted channels."""
+        t = self._shift_frames
+        if t is None:  # the image encoder called on its own (images, not a clip)
+            return None
+        return (temporal_shift(args[0], t, self.temporal_shift), *args[1:])
 
     def _patch_tokens(self, tokens: Tensor, frames: Tensor) -> Tensor:
         """The last ``(H / p) · (W / p)`` tokens of each frame: its patch tokens, in row-major order."""
