@@ -71,6 +71,10 @@ def test_task_variant_and_overrides():
     assert len(m.vision.blocks) == 1
     m = zoo.create_model("demo-tiny", device="meta", overrides=["model.vision.depth=3"])
     assert len(m.vision.blocks) == 3
+    # spelt from the model tree instead of the file: refused (it used to add an unread top-level key)
+    with pytest.raises(ConfigError, match=r"vision: unknown top-level key 'vision' \(a key of the model tree: "
+                                          r"'model.vision'\)"):
+        zoo.create_model("demo-tiny", device="meta", overrides=["vision.depth=3"])
     with pytest.raises(ConfigError, match="model.vision.depth: expected int"):
         zoo.create_model("demo-tiny", device="meta", **{"vision.depth": "deep"})
     with pytest.raises(ConfigError, match="width mismatch: model.fusion expects encoder_width=64"):

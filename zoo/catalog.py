@@ -29,12 +29,14 @@ from __future__ import annotations
 import fnmatch
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from zoo.spec import ConfigError, load_yaml
 
 __all__ = ["add_config_dir", "remove_config_dir", "config_dirs", "model_names", "model_config_path", "load_model_config",
-           "task_config_names", "task_config_path", "MODEL_FILE_KEYS"]
+           "task_config_names", "task_config_path", "MODEL_FILE_KEYS",
+           "check_model_file_keys"]
 
 MODEL_FILE_KEYS = {
     "name": (str,),
@@ -54,6 +56,23 @@ MODEL_FILE_KEYS = {
     "weights": (str,),
     "answers": (list,),
 }
+
+
+def check_model_file_keys(cfg: Mapping, file=None) -> None:
+    """A ConfigError for a top-level key a model file does not take, or a value of the wrong type (keys starting with
+    ``_`` are the loader's own)."""
+    for key, value in cfg.items():
+        if key.startswith("_"):
+            continue
+        if key not in MODEL_FILE_KEYS:
+            model = cfg.get("model")
+            hint = f" (a key of the model tree: 'model.{key}')" if isinstance(model, Mapping) and key in model else ""
+            raise ConfigError(
+                f"unknown top-level key {key!r}{hint}; accepted: {', '.join(sorted(MODEL_FILE_KEYS))}", key, file
+            )
+        if not isinstance(value, MODEL_FILE_KEYS[key]):
+            want = " or ".join(t.__name__ for t in MODEL_FILE_KEYS[key])
+            raise ConfigError(f"expected {want}, got {type(value).__name__}", key, file)
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 _KINDS = {"models": "MMZOO_CONFIG_PATH", "tasks": "MMZOO_TASK_CONFIG_PATH"}  # kind -> environment variable
@@ -184,16 +203,7 @@ def load_model_config(name_or_path: str | os.PathLike | dict) -> dict[str, Any]:
             file = model_config_path(text)
         cfg = load_yaml(file)
         cfg.setdefault("name", Path(file).stem)
-    for key, value in cfg.items():
-        if key.startswith("_"):
-            continue
-        if key not in MODEL_FILE_KEYS:
-            raise ConfigError(
-                f"unknown top-level key {key!r}; accepted: {', '.join(sorted(MODEL_FILE_KEYS))}", key, file
-            )
-        if not isinstance(value, MODEL_FILE_KEYS[key]):
-            want = " or ".join(t.__name__ for t in MODEL_FILE_KEYS[key])
-            raise ConfigError(f"expected {want}, got {type(value).__name__}", key, file)
+    check_model_file_keys(cfg, file)
     if "model" not in cfg:
         raise ConfigError("missing 'model' (the model config tree {type: NAME, ...})", None, file)
     if isinstance(cfg.get("pretrained"), dict):  # the official checkpoints of this model, not of one built from it

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from zoo.catalog import MODEL_FILE_KEYS, load_model_config, model_names
+from zoo.catalog import MODEL_FILE_KEYS, check_model_file_keys, load_model_config, model_names
 from zoo.spec import ConfigError, apply_overrides, build, deep_merge, validate
 
 __all__ = ["create_model", "list_models", "model_info", "resolve_config", "build_part"]
@@ -46,6 +46,7 @@ def resolve_config(
             cfg["_serves_task"] = task
         cfg["task"] = task
     cfg = apply_overrides(cfg, overrides, file=file)
+    check_model_file_keys(cfg, file)  # an override spelt from the model tree ("vision.depth=2", not "model.vision...")
     if model_overrides:
         top = {k: v for k, v in model_overrides.items() if k in MODEL_FILE_KEYS and k != "model"}
         rest = {k: v for k, v in model_overrides.items() if k not in top}
