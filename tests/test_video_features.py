@@ -497,3 +497,23 @@ def test_mmzoo_features_writes_what_the_encoder_computes(clips, tmp_path):
         np.testing.assert_allclose(got[key], want.numpy(), rtol=1e-5, atol=1e-5)
         assert np.array_equal(np.load(npy / f"{key}.npy"), got[key])
     assert main(["features", "timm:vit_tiny_patch16_224", ann, "--out", str(out), "--fps", "0"]) == 2
+
+
+def test_features_from_an_export_folder_use_its_vision_part(tmp_path):
+    """An export folder as the encoder: the model it holds with its own weights (its vision part's per-frame image
+    encoder and preprocessing), not the registered model's random ones; --pretrained beside it is refused. Catches
+    the folder read as a model name (an unknown-model error) or the export's weights left out."""
+    import zoo
+    from zoo.data.features import frame_encoder
+
+    torch.manual_seed(3)
+    model = zoo.create_model("x2vlm-tiny-video")
+    model.save_pretrained(tmp_path / "export")
+    encoder, pre = frame_encoder(str(tmp_path / "export"))
+    want = model.vision.image_encoder.state_dict()
+    assert list(encoder.state_dict()) == list(want)
+    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in want.items())
+    assert pre.image_size == model.preprocess_config().image_size == 64
+    assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
+    with pytest.raises(ConfigError, match="--pretrained: .* is an export"):
+        frame_encoder(str(tmp_path / "export"), pretrained=str(tmp_path / "export"))

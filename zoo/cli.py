@@ -655,7 +655,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "pickles): a frozen image encoder over "
                                         "one frame per second → {video_id: (T, D)} pickle")
     s.add_argument("encoder", help="timm:NAME or open_clip:NAME (a vision encoder), or a registered model name or "
-                                   "model file (its vision part and preprocessing)")
+                                   "model file, or an export folder (its vision part and preprocessing)")
     s.add_argument("annotations", nargs="+", help="annotation files whose video records are read")
     s.add_argument("--root", default=None, help="the folder the records' video paths are relative to (data.root)")
     s.add_argument("--out", default=None, help="the features pickle {video_id: float32 (T, D)} (official layout)")

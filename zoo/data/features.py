@@ -468,7 +468,8 @@ def frame_encoder(spec: str, pretrained: str | None = None, image_size: int | No
     """``(image encoder, PreprocessConfig)`` of ``spec``: ``REGISTRY_NAME:MODEL`` for a vision encoder that takes a
     ``model_name`` (``timm:vit_base_patch16_224``, ``open_clip:ViT-B-16``; ``pretrained`` its local checkpoint, the
     normalisation its own), or a registered model name or model file, whose vision part (the per-frame image encoder
-    of a video part) and preprocessing are used (``pretrained``: its weights file or export folder). ``image_size``
+    of a video part) and preprocessing are used (``pretrained``: its weights file or export folder), or an export
+    folder (the model it holds, with its weights: the vision part of a fine-tuned run). ``image_size``
     overrides the resolution. The encoder is in evaluation mode with gradients off."""
     import dataclasses  # noqa: PLC0415
 
@@ -495,8 +496,15 @@ def frame_encoder(spec: str, pretrained: str | None = None, image_size: int | No
         pre = resolve_preprocess(int(size), [("vision", part)], model=spec)
     else:
         import zoo  # noqa: PLC0415
+        from zoo.hub import CONFIG_NAME  # noqa: PLC0415
 
-        model = zoo.create_model(spec, pretrained=pretrained)
+        if os.path.isfile(os.path.join(spec, CONFIG_NAME)):  # an export folder: the model it holds, its weights
+            if pretrained is not None:
+                raise ConfigError(f"{spec} is an export (its own weights): --pretrained is for a model name or file",
+                                  "--pretrained")
+            model = zoo.from_pretrained(spec)
+        else:
+            model = zoo.create_model(spec, pretrained=pretrained)
         encoder = getattr(model, "vision", None)
         if encoder is None:
             raise ConfigError(f"{spec} has no vision part to extract frame features with", "encoder")
