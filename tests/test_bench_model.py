@@ -26,16 +26,17 @@ def test_bench_model_times_each_row_and_logs_every_stage():
 
 
 def test_bench_train_runs_real_optimiser_steps_and_splits_their_time(monkeypatch):
-    """``mmzoo bench train``: each timed step runs the retrieval objective, backward and AdamW (the weights move);
-    the phases add up to the step and the rates follow from it."""
+    """``mmzoo bench train``: each timed step runs the retrieval objective, backward and AdamW (the weights move), the
+    fused kernel as training uses it; the phases add up to the step and the rates follow from it."""
     import torch
 
     from zoo.bench import bench_train
 
-    seen = []
+    seen, seen_fused = [], []
     original = torch.optim.AdamW.step
 
     def step(self, *args, **kwargs):
+        seen_fused.append(self.defaults["fused"])
         before = [p.detach().clone() for p in self.param_groups[0]["params"][:3]]
         out = original(self, *args, **kwargs)
         seen.append(any(not torch.equal(b, p) for b, p in zip(before, self.param_groups[0]["params"][:3])))
@@ -44,6 +45,7 @@ def test_bench_train_runs_real_optimiser_steps_and_splits_their_time(monkeypatch
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     r = bench_train("x2vlm-tiny", batch=2, steps=2)
     assert seen == [True, True, True]  # warm-up + 2 timed steps, each moving the weights
+    assert seen_fused == [True] * 3  # the optimiser training builds on the CPU (optim.fused's default)
     assert r["step_s"] == pytest.approx(sum(r["phases"].values()))
     assert r["samples_per_s"] == pytest.approx(2 / r["step_s"]) and r["image_size"] == 64
     assert r["peak_rss"] > 0

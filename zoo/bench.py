@@ -261,7 +261,8 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
                 steps: int = 3, dtype: str = "float32", grad_checkpointing: bool = False, compile: bool = False,
                 log: Any = None) -> dict:
     """Time full training steps of a registered model on random inputs — the task's objective (retrieval: ITC + ITM
-    with in-batch hard negatives, the official ``XVLMForRetrieval.forward``), backward and an AdamW step — and split
+    with in-batch hard negatives, the official ``XVLMForRetrieval.forward``), backward and an AdamW step (fused where
+    it applies, as training's ``optim.fused`` default) — and split
     each step into making the batch, forward, backward and the optimiser; the peak resident memory of the process.
 
     Medians over ``steps`` steps after one warm-up step. bfloat16 runs the forward under CPU autocast (weights and the
@@ -290,7 +291,11 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
         from zoo.models.base import compile_parts  # noqa: PLC0415
 
         say(f"torch.compile: {', '.join(compile_parts(model))} (compiled in the warm-up step)")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.01)
+    from zoo.train.module import _use_fused  # noqa: PLC0415
+
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    # the optimiser training builds: torch's fused AdamW kernel where it applies (optim.fused's default)
+    optimizer = torch.optim.AdamW(groups, lr=1e-5, weight_decay=0.01, fused=_use_fused(groups, None))
     gen = torch.Generator().manual_seed(1)
 
     def make_batch() -> dict:
