@@ -51,3 +51,53 @@ def test_bench_train_runs_real_optimiser_steps_and_splits_their_time(monkeypatch
     assert r["peak_rss"] > 0
     with pytest.raises(ValueError, match="bench train times retrieval; got task 'vqa'"):
         bench_train("x2vlm-tiny", task="vqa")
+
+
+def test_the_official_equality_check_loads_the_official_weights_and_forces_its_negatives():
+    """``mmzoo bench train --official``'s equality check on an official-layout x2vlm-tiny state dict (keys renamed
+    back by hand, zengyan-97/X2-VLM names): the losses it computes equal ITC (float64 formula: symmetric
+    cross-entropy of the normalised projections over temp) and ITM (the fused CLS of the three pair sets through the
+    ITM head) written out here with the official negatives; different negatives change only ITM. Catches the
+    official weights left unloaded (the model's own random ones), or the model's own negatives drawn instead."""
+    import torch
+    import torch.nn.functional as F
+
+    import zoo
+    from zoo.bench import official_x2vlm_equality
+
+    torch.manual_seed(7)
+    ref = zoo.create_model("x2vlm-tiny", task="retrieval").eval()
+    to_official = [("vision.", "vision_encoder."), ("text.", "text_encoder.bert."), ("itc.vision_proj.", "vision_proj."),
+                   ("itc.text_proj.", "text_proj."), ("itc.temp", "temp"), ("itm.mlp.", "itm_head.")]
+    state = {}
+    for key, value in ref.state_dict().items():
+        ours, theirs = next((o, t) for o, t in to_official if key.startswith(o))
+        state[theirs + key[len(ours):]] = value.clone()
+    g = torch.Generator().manual_seed(1)
+    b = 4
+    images, ids = torch.randn(b, 3, 64, 64, generator=g), torch.randint(5, 90, (b, 12), generator=g)
+    mask = torch.ones_like(ids)
+    image_neg, text_neg = torch.tensor([1, 0, 3, 2]), torch.tensor([2, 3, 0, 1])
+    with torch.no_grad():
+        img, txt = ref.encode_image(images), ref.encode_text(ids, mask)
+        vf = F.normalize(ref.itc.vision_proj(img.tokens[:, 0]).double(), dim=-1)
+        tf = F.normalize(ref.itc.text_proj(txt.tokens[:, 0]).double(), dim=-1)
+        logits = vf @ tf.t() / ref.itc.temp.double()
+        itc = (F.cross_entropy(logits, torch.arange(b)) + F.cross_entropy(logits.t(), torch.arange(b))) / 2
+
+        def cls(image_idx, text_idx):
+            return ref.fuse(txt.tokens[text_idx], mask[text_idx], img.tokens[image_idx], img.mask).tokens[:, 0]
+
+        every = torch.arange(b)
+        logits_itm = ref.itm.mlp(torch.cat([cls(every, every), cls(image_neg, every), cls(every, text_neg)]))
+        itm = F.cross_entropy(logits_itm, torch.cat([torch.ones(b), torch.zeros(2 * b)]).long())
+    saved = {"state_dict": state, "images": images, "input_ids": ids, "attention_mask": mask,
+             "image_neg": image_neg, "text_neg": text_neg, "itc": itc.float(), "itm": itm}
+    torch.manual_seed(99)  # the checked model starts from other random weights
+    eq = official_x2vlm_equality(saved, "x2vlm-tiny")
+    assert eq["missing"] == [] and eq["unexpected"] == []
+    assert eq["itc"] < 1e-6 and eq["itm"] < 1e-6
+    # other negatives (another set of pairs: swapping the two lists would give the same pairs)
+    other = official_x2vlm_equality(dict(saved, image_neg=torch.tensor([3, 3, 1, 1]), text_neg=torch.tensor([3, 2, 1, 0])),
+                                    "x2vlm-tiny")
+    assert other["itc"] < 1e-6 and other["itm"] > 1e-4

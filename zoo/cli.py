@@ -149,6 +149,16 @@ def _bench_train(args) -> int:
         print(json.dumps(bench_train(args.name, args.task, args.batch, args.image_size, args.tokens, args.repeat or 3,
                                      args.dtype, args.grad_checkpointing, args.compile)))
         return 0
+    if args.official:
+        from zoo.bench import bench_train_vs_official, format_official_comparison  # noqa: PLC0415
+
+        if not args.official_python:
+            raise SystemExit("mmzoo bench train: --official needs --official-python (a venv that imports the official "
+                             "code)")
+        result = bench_train_vs_official(args.name, args.official, args.official_python, args.batch,
+                                         args.image_size, args.tokens, args.repeat or 3, log=say)
+        print(format_official_comparison(result))
+        return 0
     if not args.memory:
         rows = [bench_train(args.name, args.task, args.batch, args.image_size, args.tokens, args.repeat or 3,
                             args.dtype, args.grad_checkpointing, args.compile, log=say)]
@@ -780,6 +790,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--memory", action="store_true",
                    help="bench train: batch 8 and 32, with and without gradient checkpointing, fp32 and bf16, each in "
                         "its own process (peak resident memory), and the batch that fits 24 GiB")
+    s.add_argument("--official", default=None, metavar="CHECKOUT",
+                   help="bench train x2vlm-base: also time the official X2-VLM step from this checkout (interleaved, "
+                        "after checking equal losses on its initial weights)")
+    s.add_argument("--official-python", default=None, metavar="PY",
+                   help="the Python of a venv that imports the official code (its transformers / timm)")
     s.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(fn=_cmd_bench)
     return p
