@@ -35,6 +35,16 @@ def test_a_compiled_part_gives_the_eager_loss_and_gradients_under_the_same_names
     import os
 
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "home" / "compile-cache")
+    # inductor writes its default into the environment when first asked (an import can ask): still ours
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    compile_parts(copy.deepcopy(eager), ["text"])
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "home" / "compile-cache")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's own: kept
+    compile_parts(copy.deepcopy(eager), ["text"])
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "home" / "compile-cache"))
     objective = get_task("retrieval").loss_method
     losses = []
     for model in (eager, compiled):

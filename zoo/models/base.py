@@ -62,7 +62,8 @@ def compile_parts(model: nn.Module, parts: Sequence[str] | None = None, *, mode:
     ``parts`` (default: those of ``vision``, ``text``, ``fusion`` the model has) gets ``nn.Module.compile``, so
     parameter names, checkpoints and exports stay those of the eager model, and a part that falls back to eager for
     an operation compiles the rest. The inductor cache goes to ``$MMZOO_HOME/compile-cache`` unless
-    ``TORCHINDUCTOR_CACHE_DIR`` is set: a second run of the same model and shapes reuses the compiled kernels.
+    ``TORCHINDUCTOR_CACHE_DIR`` names another folder (inductor's own default, which it writes into the environment
+    when first asked, does not count): a second run of the same model and shapes reuses the compiled kernels.
     Returns the parts compiled; a name the model lacks raises a ConfigError."""
     from zoo.spec import ConfigError  # noqa: PLC0415
 
@@ -75,7 +76,7 @@ def compile_parts(model: nn.Module, parts: Sequence[str] | None = None, *, mode:
         if not isinstance(getattr(model, name, None), nn.Module):
             raise ConfigError(f"the model has no part {name!r} to compile; its parts: {', '.join(have)}",
                               "train.compile")
-    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+    if not _user_inductor_cache():
         from zoo.hub import mmzoo_home  # noqa: PLC0415
 
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(mmzoo_home() / "compile-cache")
@@ -83,6 +84,17 @@ def compile_parts(model: nn.Module, parts: Sequence[str] | None = None, *, mode:
     for name in names:
         getattr(model, name).compile(**options)
     return names
+
+
+def _user_inductor_cache() -> bool:
+    """Whether ``TORCHINDUCTOR_CACHE_DIR`` names a folder of the user's choosing: set, and not inductor's default,
+    which inductor writes into the environment the first time anything asks it for its cache folder."""
+    value = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not value:
+        return False
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # noqa: PLC0415
+
+    return os.path.abspath(value) != os.path.abspath(default_cache_dir())
 
 
 def generic_param_part(name: str) -> str:
