@@ -304,25 +304,19 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
                 "attention_mask": torch.ones_like(ids), "image_ids": torch.arange(batch)}
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else _null()
-    phases: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
-    for step in range(steps + 1):
-        say(f"step {step + 1} of {steps + 1}" + (" (warm-up)" if step == 0 else ""))
-        t0 = time.perf_counter()
-        data = make_batch()
-        t1 = time.perf_counter()
+    from zoo.official_x2vlm_step import timed_steps  # noqa: PLC0415
+
+    data: dict = {}
+    count = iter(range(10**9))
+
+    def next_batch() -> None:
+        data.update(make_batch())
+
+    def forward():
         with autocast:
-            loss = objective(data, generator=torch.Generator().manual_seed(step))["loss"]
-        t2 = time.perf_counter()
-        loss.backward()
-        t3 = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        t4 = time.perf_counter()
-        if step:
-            for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                phases[key].append(value)
-        else:
-            first_s = t4 - t0
+            return objective(data, generator=torch.Generator().manual_seed(next(count)))["loss"]
+
+    phases, first_s = timed_steps(next_batch, forward, optimizer, steps, log=say)
     medians = {k: statistics.median(v) for k, v in phases.items()}
     step_s = sum(medians.values())
     return {"model": name, "task": task, "batch": batch, "image_size": res, "tokens": tokens, "dtype": dtype,

@@ -64,6 +64,34 @@ def _stand_ins() -> None:
         module.add_code_sample_docstrings = no_docstrings
 
 
+def timed_steps(make_batch, forward, optimizer, steps: int, log=None) -> tuple[dict[str, list[float]], float]:
+    """``steps + 1`` training steps (the first a warm-up), each timed per phase: ``make_batch()``, ``forward()`` (the
+    loss), backward, ``optimizer.step()`` + ``zero_grad``. Returns ``({phase: [seconds per timed step]}, the warm-up
+    step's seconds)``. The one loop both sides of ``mmzoo bench train --official`` time with (plain Python: this file
+    runs under the official code's venv too)."""
+    phases: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
+    first = 0.0
+    for step in range(steps + 1):
+        if log is not None:
+            log(f"step {step + 1} of {steps + 1}" + (" (warm-up)" if step == 0 else ""))
+        t0 = time.perf_counter()
+        make_batch()
+        t1 = time.perf_counter()
+        loss = forward()
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        if step == 0:
+            first = t4 - t0
+            continue
+        for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            phases[key].append(value)
+    return phases, first
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--official", required=True, help="a checkout of the official X2-VLM repository")
@@ -128,25 +156,18 @@ def main(argv: list[str] | None = None) -> int:
                     "itc": itc, "itm": itm}, args.save)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
-    phases: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
-    first = None
-    for step in range(args.steps + 1):
-        t0 = time.perf_counter()
-        image, ids, atts = make_batch()
-        t1 = time.perf_counter()
+    def forward():
+        image, ids, atts = batch
         itc, itm = model(image, ids, atts, idx=torch.arange(args.batch))
-        loss = itc + itm
-        t2 = time.perf_counter()
-        loss.backward()
-        t3 = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        t4 = time.perf_counter()
-        if step == 0:
-            first = t4 - t0
-            continue
-        for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            phases[key].append(value)
+        return itc + itm
+
+    batch = None
+
+    def next_batch():
+        nonlocal batch
+        batch = make_batch()
+
+    phases, first = timed_steps(next_batch, forward, optimizer, args.steps)
     steps = [sum(p) for p in zip(*phases.values())]
     out = {"step_s": statistics.median(steps), "steps": steps, "first_step_s": first,
            "phases": {k: statistics.median(v) for k, v in phases.items()},
