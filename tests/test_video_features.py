@@ -517,3 +517,46 @@ def test_features_from_an_export_folder_use_its_vision_part(tmp_path):
     assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
     with pytest.raises(ConfigError, match="--pretrained: .* is an export"):
         frame_encoder(str(tmp_path / "export"), pretrained=str(tmp_path / "export"))
+
+
+def test_grid_features_keep_where_things_are(clips, tmp_path):
+    """``mmzoo features --grid G``: each frame's vector is the mean patch token of each cell of a G x G partition,
+    cells row-major with their D values together (float64 reference cell by cell from the encoder's patch tokens).
+    Catches the CLS / mean token counted as a patch, the cells transposed, the values interleaved across cells, and a
+    grid that does not divide the patch grid accepted."""
+    from zoo.cli import main
+    from zoo.data.features import extract_features, frame_encoder, grid_pool
+    from zoo.modules.vision.timm_encoder import TimmEncoder
+
+    torch.manual_seed(0)
+    encoder = TimmEncoder("vit_tiny_patch16_224", img_size=64)  # 4 x 4 patches of 16 px, width 192
+    tokens = torch.randn(2, 1 + 16, 5, dtype=torch.float64)
+    tokens[:, 0] = 1e6  # the class token: must not reach any cell
+    got = grid_pool(tokens, 4, 2).view(2, 2, 2, 5)
+    patches = tokens[:, 1:].view(2, 4, 4, 5)  # row-major patches
+    for gy in range(2):
+        for gx in range(2):
+            want = patches[:, 2 * gy:2 * gy + 2, 2 * gx:2 * gx + 2].mean(dim=(1, 2))
+            assert torch.allclose(got[:, gy, gx], want)
+    with pytest.raises(ValueError, match="does not split into 3 x 3"):
+        grid_pool(tokens, 4, 3)
+    from PIL import Image
+
+    from zoo.data.video import read_video_frames
+    from zoo.processing import Processor
+
+    weights = encoder.export_pretrained(tmp_path / "enc")
+    _, pre = frame_encoder("timm:vit_tiny_patch16_224", str(weights), 64)
+    video = next(iter(json.loads((clips / "video_retrieval_val.json").read_text())))["video"]
+    feats = extract_features(encoder, pre, {"a": str(clips / video)}, fps=4, backend="av", progress=False, grid=2)
+    transform = Processor(pre).image_transform(False)
+    frames = read_video_frames(clips / video, 8, backend="av")[[1, 3, 5, 7]]  # the middle of each 1/4 s
+    with torch.no_grad():
+        patches = encoder.eval()(torch.stack([transform(Image.fromarray(f.numpy())) for f in frames])).tokens[:, -16:]
+    want = patches.double().view(4, 2, 2, 2, 2, -1).mean(dim=(2, 4)).reshape(4, -1)  # (frame, gy, cy, gx, cx, D)
+    assert feats["a"].shape == (4, 4 * encoder.width)
+    np.testing.assert_allclose(feats["a"], want.numpy(), rtol=1e-5, atol=1e-5)
+    ann = str(clips / "video_retrieval_val.json")
+    assert main(["features", "timm:vit_tiny_patch16_224", ann, "--root", str(clips), "--out", str(tmp_path / "f.pkl"),
+                 "--image-size", "64", "--pretrained", str(weights), "--grid", "3", "--video-backend", "av",
+                 "--quiet"]) == 2

@@ -396,7 +396,7 @@ def _cmd_features(args) -> int:
     encoder, preprocess = frame_encoder(args.encoder, args.pretrained, args.image_size)
     features = extract_features(encoder, preprocess, videos, fps=args.fps, batch_size=args.batch_size,
                                 device=args.device, backend=args.video_backend,
-                                progress=None if not args.quiet else False)
+                                progress=None if not args.quiet else False, grid=args.grid)
     write_features(features, args.out, args.npy_dir)
     widths = sorted({v.shape[1] for v in features.values()})
     rows = sum(v.shape[0] for v in features.values())
@@ -670,6 +670,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=None, help="the folder the records' video paths are relative to (data.root)")
     s.add_argument("--out", default=None, help="the features pickle {video_id: float32 (T, D)} (official layout)")
     s.add_argument("--npy-dir", default=None, help="also (or instead) a folder of <video_id>.npy")
+    s.add_argument("--grid", type=int, default=None, metavar="G",
+                   help="a G x G grid of mean patch tokens per frame instead of the pooled vector (G*G*D values: "
+                        "where things are stays in the features)")
     s.add_argument("--fps", type=float, default=1.0, help="feature vectors per second of video (official: 1)")
     s.add_argument("--batch-size", type=int, default=64, help="frames per forward pass")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

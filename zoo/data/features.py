@@ -545,14 +545,32 @@ def check_extraction(fps: Any, batch_size: Any) -> None:
         raise ConfigError(f"expected a positive integer, got {batch_size!r}", "--batch-size")
 
 
+def grid_pool(tokens: Tensor, patch_grid: int, grid: int) -> Tensor:
+    """``(B, N, D)`` encoder tokens whose last ``patch_grid²`` are the patches in row-major order -> ``(B, grid² · D)``:
+    the mean patch token of each cell of a ``grid × grid`` partition (cells row-major, each cell's D values
+    together), so that a frame's vector keeps where things are. ``patch_grid`` must be a multiple of ``grid``."""
+    n = patch_grid * patch_grid
+    if tokens.dim() != 3 or tokens.shape[1] < n:
+        raise ValueError(f"expected (B, N, D) tokens ending in {n} patch tokens ({patch_grid} x {patch_grid}), got "
+                         f"shape {tuple(tokens.shape)}")
+    if grid < 1 or patch_grid % grid:
+        raise ValueError(f"the {patch_grid} x {patch_grid} patch grid does not split into {grid} x {grid} cells")
+    cell = patch_grid // grid
+    x = tokens[:, tokens.shape[1] - n:].unflatten(1, (grid, cell, grid, cell))  # (B, gy, cy, gx, cx, D)
+    return x.mean(dim=(2, 4)).flatten(1)  # (B, gy, gx, D) -> (B, gy·gx·D)
+
+
 def extract_features(encoder: Any, preprocess: Any, videos: Mapping[str, str | tuple[str, str, int]], *,
                      fps: float = 1.0, batch_size: int = 64, device: str | torch.device = "cpu",
-                     backend: str = "decord", progress: bool | None = None) -> dict[str, np.ndarray]:
+                     backend: str = "decord", progress: bool | None = None,
+                     grid: int | None = None) -> dict[str, np.ndarray]:
     """``{video id: float32 (T, D)}``: ``encoder``'s pooled output for one frame per ``1 / fps`` seconds of each
     video (:func:`zoo.data.video.read_frames_per_second`), each frame through the evaluation transform of
     ``preprocess`` (:class:`zoo.processing.PreprocessConfig`), ``batch_size`` frames per forward pass on ``device``.
     ``videos``: ``{id: path}`` or :func:`videos_of`'s ``{id: (path, annotation file, record index)}`` (then a video
-    that cannot be read raises :class:`zoo.data.datasets.DataError` naming the record)."""
+    that cannot be read raises :class:`zoo.data.datasets.DataError` naming the record). ``grid``: instead of the
+    pooled vector, :func:`grid_pool` of the patch tokens (``grid² · D`` values a frame; the encoder needs a square
+    patch size, read as the video encoder reads it)."""
     from PIL import Image  # noqa: PLC0415
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -560,6 +578,20 @@ def extract_features(encoder: Any, preprocess: Any, videos: Mapping[str, str | t
     from zoo.processing import Processor  # noqa: PLC0415
 
     check_extraction(fps, batch_size)
+    patch_grid = None
+    if grid is not None:
+        from zoo.modules.vision.video import _patch_size  # noqa: PLC0415
+
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+            raise ConfigError(f"expected a positive integer, got {grid!r}", "--grid")
+        patch = _patch_size(encoder)
+        if patch is None or preprocess.image_size % patch:
+            raise ConfigError(f"{type(encoder).__name__} has no square patch size dividing the {preprocess.image_size} "
+                              "px input: a cell grid needs a ViT-like encoder", "--grid")
+        patch_grid = preprocess.image_size // patch
+        if patch_grid % grid:
+            raise ConfigError(f"the {patch_grid} x {patch_grid} patch grid does not split into {grid} x {grid} cells "
+                              f"(give a divisor of {patch_grid})", "--grid")
     transform = Processor(preprocess).image_transform(False)
     encoder = encoder.to(device).eval()
     parts: dict[str, list[np.ndarray]] = {key: [] for key in videos}
@@ -571,8 +603,11 @@ def extract_features(encoder: Any, preprocess: Any, videos: Mapping[str, str | t
         batch = torch.stack([t for _, t in pending]).to(device)
         with torch.inference_mode():
             out = encoder(batch)
-        pooled = out if isinstance(out, Tensor) else out.pooled if getattr(out, "pooled", None) is not None \
-            else out.tokens.mean(dim=1)
+        if patch_grid is not None:
+            pooled = grid_pool(out if isinstance(out, Tensor) else out.tokens, patch_grid, grid)
+        else:
+            pooled = out if isinstance(out, Tensor) else out.pooled if getattr(out, "pooled", None) is not None \
+                else out.tokens.mean(dim=1)
         if pooled.dim() == 3:
             pooled = pooled.mean(dim=1)
         rows = pooled.float().cpu().numpy()
