@@ -63,7 +63,9 @@ def test_the_official_equality_check_loads_the_official_weights_and_forces_its_n
     import torch.nn.functional as F
 
     import zoo
-    from zoo.bench import official_x2vlm_equality
+    from zoo.registry import MODELS
+
+    official_x2vlm_equality = MODELS.get("x2vlm").official_train_step.check
 
     torch.manual_seed(7)
     ref = zoo.create_model("x2vlm-tiny", task="retrieval").eval()
@@ -101,3 +103,9 @@ def test_the_official_equality_check_loads_the_official_weights_and_forces_its_n
     other = official_x2vlm_equality(dict(saved, image_neg=torch.tensor([3, 3, 1, 1]), text_neg=torch.tensor([3, 2, 1, 0])),
                                     "x2vlm-tiny")
     assert other["itc"] < 1e-6 and other["itm"] > 1e-4
+    # a family without an official step (CCLM inherits X²-VLM's model class, not its official code)
+    from zoo.bench import bench_train_vs_official
+    from zoo.spec import ConfigError
+
+    with pytest.raises(ConfigError, match="family 'cclm' declares no official training step"):
+        bench_train_vs_official("cclm-tiny", "checkout", "python")

@@ -304,7 +304,7 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
                 "attention_mask": torch.ones_like(ids), "image_ids": torch.arange(batch)}
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else _null()
-    from zoo.official_x2vlm_step import timed_steps  # noqa: PLC0415
+    from zoo.steptimer import timed_steps  # noqa: PLC0415
 
     data: dict = {}
     count = iter(range(10**9))
@@ -326,60 +326,6 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
             "peak_rss": peak_rss_bytes()}
 
 
-def official_x2vlm_equality(saved: dict, name: str = "x2vlm-base") -> dict:
-    """The retrieval losses of ``name`` with the official model's initial weights (``saved``: what
-    ``zoo/official_x2vlm_step.py --save`` writes) on its inputs and hard negatives, against the official losses.
-    Returns ``{"itc": |Δ|, "itm": |Δ|, "missing": [...], "unexpected": [...]}`` (evaluation mode: no dropout)."""
-    import torch  # noqa: PLC0415
-
-    import zoo  # noqa: PLC0415
-    import zoo.heads.matching as matching  # noqa: PLC0415
-    from zoo.models.x2vlm.convert import convert_official_state_dict  # noqa: PLC0415
-
-    model = zoo.create_model(name, task="retrieval").eval()
-    state, _ = convert_official_state_dict(saved["state_dict"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    batch = {"images": saved["images"], "input_ids": saved["input_ids"], "attention_mask": saved["attention_mask"],
-             "image_ids": torch.arange(saved["images"].shape[0])}
-    drawn = (saved["image_neg"].long(), saved["text_neg"].long())
-    original = matching.sample_hard_negatives
-    matching.sample_hard_negatives = lambda *args, **kwargs: drawn  # the negatives the official sampler drew
-    try:
-        with torch.no_grad():
-            losses = model.retrieval_losses(batch)
-    finally:
-        matching.sample_hard_negatives = original
-    return {"itc": float((losses["itc"] - saved["itc"]).abs()), "itm": float((losses["itm"] - saved["itm"]).abs()),
-            "itc_value": float(saved["itc"]), "itm_value": float(saved["itm"]),
-            "missing": [k for k in missing if not k.endswith("relative_position_index")], "unexpected": unexpected}
-
-
-def official_x2vlm_step(checkout: str, python: str, batch: int = 8, image_size: int = 224, tokens: int = 40,
-                        steps: int = 3, save: str | None = None) -> dict:
-    """The official X²-VLM retrieval step timed by ``zoo/official_x2vlm_step.py`` under ``python`` (a venv that
-    imports the official code at ``checkout``), with this process's math thread count."""
-    import json  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
-    import torch  # noqa: PLC0415
-
-    script = Path(__file__).with_name("official_x2vlm_step.py")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "step.json"
-        cmd = [python, str(script), "--official", checkout, "--batch", str(batch), "--image-size", str(image_size),
-               "--tokens", str(tokens), "--steps", str(steps), "--threads", str(torch.get_num_threads()),
-               "--json", str(out)] + (["--save", save] if save else [])
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode or not out.is_file():
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            print(done.stderr[-3000:], file=sys.stderr)
-            raise RuntimeError(f"the official step under {python} failed: {last}")
-        return json.loads(out.read_text(encoding="utf-8"))
-
-
 def _bench_train_child(name: str, batch: int, image_size: int, tokens: int, steps: int) -> dict:
     """:func:`bench_train` (retrieval, fp32) in a fresh process, as the official step runs in one."""
     import json  # noqa: PLC0415
@@ -397,28 +343,37 @@ def _bench_train_child(name: str, batch: int, image_size: int, tokens: int, step
 def bench_train_vs_official(name: str, checkout: str, python: str, batch: int = 8, image_size: int | None = None,
                             tokens: int = 40, steps: int = 3, rounds: int = 3, log: Any = None) -> dict:
     """``rounds`` × (the official step, then this model's), each in a fresh process, after an equality check of the
-    two models' retrieval losses on the official initial weights. Returns the rows and the per-round ratios."""
+    two models' losses on the official initial weights. The model's family declares both
+    (:attr:`zoo.models.base.ZooModel.official_train_step`); returns the rows and the per-round ratios."""
     import tempfile  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     import torch  # noqa: PLC0415
 
+    from zoo.catalog import load_model_config  # noqa: PLC0415
+    from zoo.registry import MODELS  # noqa: PLC0415
+    from zoo.spec import ConfigError  # noqa: PLC0415
+
+    family = load_model_config(name)["model"].get("type")
+    official = getattr(MODELS.get(family), "official_train_step", None)
+    if official is None:
+        raise ConfigError(f"model family {family!r} declares no official training step to compare with", "--official")
     say = _stage_logger(log)
     res = image_size or 224
     with tempfile.TemporaryDirectory() as tmp:
         saved_path = str(Path(tmp) / "official.pt")
-        official, ours = [], []
+        theirs, ours = [], []
         for r in range(rounds):
             say(f"round {r + 1} of {rounds}: the official step")
-            official.append(official_x2vlm_step(checkout, python, batch, res, tokens, steps,
-                                                save=saved_path if r == 0 else None))
+            theirs.append(official.run(checkout, python, batch=batch, image_size=res, tokens=tokens, steps=steps,
+                                       threads=torch.get_num_threads(), save=saved_path if r == 0 else None))
             if r == 0:
                 say("equality: this model on the official initial weights, inputs and hard negatives")
-                equal = official_x2vlm_equality(torch.load(saved_path, weights_only=True), name)
+                equal = official.check(torch.load(saved_path, weights_only=True), name)
             say(f"round {r + 1} of {rounds}: {name} (its own process, as the official step)")
             ours.append(_bench_train_child(name, batch, res, tokens, steps))
-    ratios = [o["step_s"] / m["step_s"] for o, m in zip(official, ours)]
-    return {"official": official, "ours": ours, "ratios": ratios, "equality": equal}
+    ratios = [o["step_s"] / m["step_s"] for o, m in zip(theirs, ours)]
+    return {"official": theirs, "ours": ours, "ratios": ratios, "equality": equal}
 
 
 def format_official_comparison(result: dict) -> str:

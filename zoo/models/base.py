@@ -115,6 +115,8 @@ class ZooModel(nn.Module):
       says more (X²-VLM's one text stack whose last layers are fusion layers);
     - ``official_converter``: the function turning an official checkpoint of the family into an export, found by
       ``mmzoo convert FAMILY`` (and listed by ``mmzoo convert --list``) through the model registry;
+    - ``official_train_step``: the official code's training step, timed beside this model's by ``mmzoo bench train
+      --official`` after an equality check;
     - ``tokenizer_part``: the part whose tokenizer the model reads text with, and ``tokenizer_fields`` /
       :meth:`tokenizer_settings`: the config values that follow a data-built tokenizer (vocabulary rows, special ids);
     - ``preprocess_defaults`` / :meth:`processor`: its image preprocessing (the official recipe) and how its batches
@@ -132,6 +134,11 @@ class ZooModel(nn.Module):
     #: prints (field → value). The first line of its docstring describes it in ``mmzoo convert --list``. Declare it as
     #: a ``staticmethod``; None: the family has no converter (a subclass inherits its parent's unless it sets None).
     official_converter: ClassVar[Callable[..., dict[str, Any]] | None] = None
+    #: the official code's training step, for ``mmzoo bench train NAME --official CHECKOUT --official-python PY``: an
+    #: object (a module) with ``run(checkout, python, *, batch, image_size, tokens, steps, threads, save) -> dict``
+    #: (the step timed under the official code's own venv; ``save`` writes its initial weights, inputs and outputs)
+    #: and ``check(saved, name) -> dict`` (this model's outputs on them, against the official ones); None: none
+    official_train_step: ClassVar[Any] = None
     #: the family's official image preprocessing (``mean``, ``std``, ``interpolation``, ``resize_mode``), over the
     #: vision part's own and under the model file's ``preprocess:`` section (:meth:`preprocess_config`)
     preprocess_defaults: ClassVar[Mapping[str, Any]] = {}

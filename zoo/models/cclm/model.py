@@ -82,6 +82,8 @@ class CCLM(X2VLM):
 
     #: the official recipe: CLIP's mean / std, bicubic square resize (CCLM ``dataset/__init__.py``)
     preprocess_defaults = CLIP_PREPROCESS
+    #: X²-VLM's official step is not CCLM's (zengyan-97/CCLM has its own code; no harness for it)
+    official_train_step = None
     task_heads = {"vqa": ("vqa",), "retrieval": ("itc", "itm"), "ve": ("xvnli",), "nlvr": ("nlvr",),
                   "pretrain": ("itc", "itm")}  # no captioning in CCLM
 

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from zoo.heads.matching import hard_negative_matching_loss, sample_hard_negatives
 from zoo.models.base import CLIP_PREPROCESS, ZooModel
+from zoo.models.x2vlm import benchmark
 from zoo.modules.outputs import EncoderOutput
 from zoo.modules.temporal import LOSS_NAMES, temporal_ssl_loss
 from zoo.registry import MODELS
@@ -123,6 +124,9 @@ class X2VLM(ZooModel):
         if start is not None and name.startswith(prefix):
             return "fusion" if int(name[len(prefix):].split(".", 1)[0]) >= start else "text"
         return super().param_part(name)
+
+    #: the official ``XVLMForRetrieval`` step for ``mmzoo bench train --official`` (:mod:`zoo.models.x2vlm.benchmark`)
+    official_train_step = benchmark
 
     @staticmethod
     def official_converter(checkpoint: str, out_dir: str, model: str | None = None,

@@ -1,13 +1,14 @@
 """Time the official X²-VLM retrieval training step (``XVLMForRetrieval``: ITC + ITM with hard negatives, backward,
 AdamW) on random weights and inputs; run with the Python of a venv that can import the official code.
 
-    OFFICIAL_PY zoo/official_x2vlm_step.py --official CHECKOUT [--batch 8] [--image-size 224] [--tokens 40]
+    OFFICIAL_PY zoo/models/x2vlm/official_step.py --official CHECKOUT [--batch 8] [--image-size 224] [--tokens 40]
                                              [--steps 3] [--threads 2] [--save FILE] [--json FILE]
 
 ``mmzoo bench train x2vlm-base --official CHECKOUT --official-python OFFICIAL_PY`` runs this file by its path,
 interleaved with its own steps, and checks that the two models agree on the file ``--save`` writes. Nothing from mmzoo
-is imported here (the file only rides in the package): the official code runs as published, in its own environment
-(timm, transformers of its era). Two of its modules are stood in for because the step does not use them: ``dataset`` (its tokenizer builder, which needs a downloaded BERT
+is imported here (the file only rides in the package; the step loop, ``zoo/steptimer.py``, is loaded by its path):
+the official code runs as published, in its own environment (timm, transformers of its era). Two of its modules are
+stood in for because the step does not use them: ``dataset`` (its tokenizer builder, which needs a downloaded BERT
 vocabulary: only the pad id 0 of bert-base-uncased is read) and ``utils`` (its ``read_json``; the package also pulls in
 the caption metrics); transformers' docstring decorator is made a no-op (its later releases fail on the official
 docstrings at import). The text tower's ``config.json`` is bert-base-uncased's, written into a temporary folder; the
@@ -29,7 +30,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 import types
 
 BERT_BASE_UNCASED = {
@@ -64,32 +64,15 @@ def _stand_ins() -> None:
         module.add_code_sample_docstrings = no_docstrings
 
 
-def timed_steps(make_batch, forward, optimizer, steps: int, log=None) -> tuple[dict[str, list[float]], float]:
-    """``steps + 1`` training steps (the first a warm-up), each timed per phase: ``make_batch()``, ``forward()`` (the
-    loss), backward, ``optimizer.step()`` + ``zero_grad``. Returns ``({phase: [seconds per timed step]}, the warm-up
-    step's seconds)``. The one loop both sides of ``mmzoo bench train --official`` time with (plain Python: this file
-    runs under the official code's venv too)."""
-    phases: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
-    first = 0.0
-    for step in range(steps + 1):
-        if log is not None:
-            log(f"step {step + 1} of {steps + 1}" + (" (warm-up)" if step == 0 else ""))
-        t0 = time.perf_counter()
-        make_batch()
-        t1 = time.perf_counter()
-        loss = forward()
-        t2 = time.perf_counter()
-        loss.backward()
-        t3 = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        t4 = time.perf_counter()
-        if step == 0:
-            first = t4 - t0
-            continue
-        for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            phases[key].append(value)
-    return phases, first
+def _timed_steps():
+    """``zoo/steptimer.py``'s loop, loaded by its path (zoo itself is not importable in the official venv)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "steptimer.py")
+    spec = importlib.util.spec_from_file_location("_mmzoo_steptimer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.timed_steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal batch
         batch = make_batch()
 
-    phases, first = timed_steps(next_batch, forward, optimizer, args.steps)
+    phases, first = _timed_steps()(next_batch, forward, optimizer, args.steps)
     steps = [sum(p) for p in zip(*phases.values())]
     out = {"step_s": statistics.median(steps), "steps": steps, "first_step_s": first,
            "phases": {k: statistics.median(v) for k, v in phases.items()},
