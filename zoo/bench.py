@@ -269,7 +269,6 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
     optimiser stay fp32). The batch is random tensors (its share is the cost of drawing them, not of reading a
     data set: ``mmzoo bench video`` measures data loading)."""
     import statistics  # noqa: PLC0415
-    import time  # noqa: PLC0415
 
     import torch  # noqa: PLC0415
 
@@ -306,17 +305,11 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else _null()
     from zoo.steptimer import timed_steps  # noqa: PLC0415
 
-    data: dict = {}
-    count = iter(range(10**9))
-
-    def next_batch() -> None:
-        data.update(make_batch())
-
-    def forward():
+    def forward(data: dict, step: int):
         with autocast:
-            return objective(data, generator=torch.Generator().manual_seed(next(count)))["loss"]
+            return objective(data, generator=torch.Generator().manual_seed(step))["loss"]
 
-    phases, first_s = timed_steps(next_batch, forward, optimizer, steps, log=say)
+    phases, first_s = timed_steps(make_batch, forward, optimizer, steps, log=say)
     medians = {k: statistics.median(v) for k, v in phases.items()}
     step_s = sum(medians.values())
     return {"model": name, "task": task, "batch": batch, "image_size": res, "tokens": tokens, "dtype": dtype,
@@ -326,17 +319,22 @@ def bench_train(name: str, task: str = "retrieval", batch: int = 8, image_size: 
             "peak_rss": peak_rss_bytes()}
 
 
-def _bench_train_child(name: str, batch: int, image_size: int, tokens: int, steps: int) -> dict:
-    """:func:`bench_train` (retrieval, fp32) in a fresh process, as the official step runs in one."""
+def bench_train_child(name: str, task: str = "retrieval", batch: int = 8, image_size: int | None = None,
+                      tokens: int = 40, steps: int = 3, dtype: str = "float32",
+                      grad_checkpointing: bool = False) -> dict:
+    """:func:`bench_train` in a fresh process (its own peak memory; as the official step runs in one). A failure is
+    a RuntimeError with the child's last error line."""
     import json  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
-    cmd = [sys.executable, "-m", "zoo.cli", "bench", "train", name, "--task", "retrieval", "--batch", str(batch),
-           "--image-size", str(image_size), "--tokens", str(tokens), "--repeat", str(steps), "--child"]
+    cmd = [sys.executable, "-m", "zoo.cli", "bench", "train", name, "--task", task, "--batch", str(batch),
+           "--tokens", str(tokens), "--repeat", str(steps), "--dtype", dtype, "--child"]
+    cmd += (["--grad-checkpointing"] if grad_checkpointing else []) + \
+        (["--image-size", str(image_size)] if image_size else [])
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
-        raise RuntimeError(f"bench train {name} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise RuntimeError((done.stderr.strip().splitlines() or ["?"])[-1])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -371,12 +369,14 @@ def bench_train_vs_official(name: str, checkout: str, python: str, batch: int = 
                 say("equality: this model on the official initial weights, inputs and hard negatives")
                 equal = official.check(torch.load(saved_path, weights_only=True), name)
             say(f"round {r + 1} of {rounds}: {name} (its own process, as the official step)")
-            ours.append(_bench_train_child(name, batch, res, tokens, steps))
+            ours.append(bench_train_child(name, "retrieval", batch, res, tokens, steps))
     ratios = [o["step_s"] / m["step_s"] for o, m in zip(theirs, ours)]
     return {"official": theirs, "ours": ours, "ratios": ratios, "equality": equal}
 
 
 def format_official_comparison(result: dict) -> str:
+    import statistics  # noqa: PLC0415
+
     eq = result["equality"]
     lines = ["| round | official step s | mmzoo step s | speed-up | official fwd / bwd / opt s | mmzoo fwd / bwd / opt s |",
              "|---:|---:|---:|---:|---|---|"]
@@ -385,7 +385,6 @@ def format_official_comparison(result: dict) -> str:
         lines.append(f"| {i} | {o['step_s']:.2f} | {m['step_s']:.2f} | {r:.2f}× | "
                      f"{op['forward']:.2f} / {op['backward']:.2f} / {op['optimizer']:.2f} | "
                      f"{mp['forward']:.2f} / {mp['backward']:.2f} / {mp['optimizer']:.2f} |")
-    import statistics  # noqa: PLC0415
 
     def ratio(*keys: str) -> float:
         return statistics.median(sum(o["phases"][k] for k in keys) / sum(m["phases"][k] for k in keys)

@@ -138,9 +138,8 @@ def _bench_train(args) -> int:
     """``mmzoo bench train NAME``: the step and its phases; ``--memory``: each configuration in its own process (its
     own peak resident memory): batch 8 and 32, with and without gradient checkpointing, fp32 and bf16."""
     import json  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
 
-    from zoo.bench import bench_train, format_train_table  # noqa: PLC0415
+    from zoo.bench import bench_train, bench_train_child, format_train_table  # noqa: PLC0415
 
     if not args.name:
         raise SystemExit("mmzoo bench train: give a model name (mmzoo list shows them)")
@@ -167,15 +166,11 @@ def _bench_train(args) -> int:
         for batch, ckpt, dtype in [(8, False, "float32"), (8, True, "float32"), (8, False, "bfloat16"),
                                    (32, False, "float32"), (32, True, "float32"), (32, False, "bfloat16")]:
             say(f"batch {batch}, grad checkpointing {'on' if ckpt else 'off'}, {dtype}: own process")
-            cmd = [sys.executable, "-m", "zoo.cli", "bench", "train", args.name, "--task", args.task, "--batch",
-                   str(batch), "--tokens", str(args.tokens), "--repeat", str(args.repeat or 2), "--dtype", dtype,
-                   "--child"] + (["--grad-checkpointing"] if ckpt else []) + \
-                  (["--image-size", str(args.image_size)] if args.image_size else [])
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if out.returncode:
-                say(f"  failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
-                continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            try:
+                rows.append(bench_train_child(args.name, args.task, batch, args.image_size, args.tokens,
+                                              args.repeat or 2, dtype, ckpt))
+            except RuntimeError as exc:
+                say(f"  failed: {exc}")
     print(format_train_table(rows))
     if args.memory and len(rows) >= 2:
         fp32 = {r["batch"]: r["peak_rss"] for r in rows if r["dtype"] == "float32" and not r["grad_checkpointing"]}
@@ -794,8 +789,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="bench train: batch 8 and 32, with and without gradient checkpointing, fp32 and bf16, each in "
                         "its own process (peak resident memory), and the batch that fits 24 GiB")
     s.add_argument("--official", default=None, metavar="CHECKOUT",
-                   help="bench train x2vlm-base: also time the official X2-VLM step from this checkout (interleaved, "
-                        "after checking equal losses on its initial weights)")
+                   help="bench train: also time the official code's step from this checkout of it (the model "
+                        "family's; interleaved, after checking equal outputs on its initial weights)")
     s.add_argument("--official-python", default=None, metavar="PY",
                    help="the Python of a venv that imports the official code (its transformers / timm)")
     s.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 
-def timed_steps(make_batch: Callable[[], Any], forward: Callable[[], Any], optimizer: Any, steps: int,
+def timed_steps(make_batch: Callable[[], Any], forward: Callable[[Any, int], Any], optimizer: Any, steps: int,
                 log: Callable[[str], Any] | None = None) -> tuple[dict[str, list[float]], float]:
-    """``steps + 1`` training steps (the first a warm-up), each timed per phase: ``make_batch()``, ``forward()`` (the
-    loss), backward, ``optimizer.step()`` + ``zero_grad``. Returns ``({phase: [seconds per timed step]}, the warm-up
+    """``steps + 1`` training steps (the first a warm-up), each timed per phase: ``batch = make_batch()``,
+    ``forward(batch, step)`` (the loss; ``step`` counts from 0, the warm-up), backward, ``optimizer.step()`` +
+    ``zero_grad``. Returns ``({phase: [seconds per timed step]}, the warm-up
     step's seconds)``."""
     phases: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
     first = 0.0
@@ -20,9 +21,9 @@ def timed_steps(make_batch: Callable[[], Any], forward: Callable[[], Any], optim
         if log is not None:
             log(f"step {step + 1} of {steps + 1}" + (" (warm-up)" if step == 0 else ""))
         t0 = time.perf_counter()
-        make_batch()
+        batch = make_batch()
         t1 = time.perf_counter()
-        loss = forward()
+        loss = forward(batch, step)
         t2 = time.perf_counter()
         loss.backward()
         t3 = time.perf_counter()

@@ -139,18 +139,12 @@ def main(argv: list[str] | None = None) -> int:
                     "itc": itc, "itm": itm}, args.save)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
-    def forward():
+    def forward(batch, step):
         image, ids, atts = batch
         itc, itm = model(image, ids, atts, idx=torch.arange(args.batch))
         return itc + itm
 
-    batch = None
-
-    def next_batch():
-        nonlocal batch
-        batch = make_batch()
-
-    phases, first = _timed_steps()(next_batch, forward, optimizer, args.steps)
+    phases, first = _timed_steps()(make_batch, forward, optimizer, args.steps)
     steps = [sum(p) for p in zip(*phases.values())]
     out = {"step_s": statistics.median(steps), "steps": steps, "first_step_s": first,
            "phases": {k: statistics.median(v) for k, v in phases.items()},
