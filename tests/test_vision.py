@@ -550,6 +550,10 @@ def test_video_temporal_shift_equals_blocks_run_by_hand():
         assert torch.equal(image(flat).tokens, plain.image_encoder(flat).tokens)  # the image encoder alone: no shift
     with pytest.raises(ConfigError, match="temporal_shift must lie in"):
         VideoEncoder(image, num_frames=3, temporal_shift=1.5)
+    # blocks recomputed in backward would run unshifted (other gradients): refused, not silently wrong
+    with pytest.raises(ConfigError, match="train.grad_checkpointing: gradient checkpointing does not combine"):
+        shifted.set_grad_checkpointing(True)
+    plain.set_grad_checkpointing(True)  # without the shift it stays available
     with pytest.raises(ConfigError, match="no transformer blocks"):
         VideoEncoder(_PlainImageEncoder(), num_frames=3, temporal_shift=0.25)
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from zoo.spec import ConfigError, load_yaml
@@ -73,6 +73,7 @@ def check_model_file_keys(cfg: Mapping, file=None) -> None:
         if not isinstance(value, MODEL_FILE_KEYS[key]):
             want = " or ".join(t.__name__ for t in MODEL_FILE_KEYS[key])
             raise ConfigError(f"expected {want}, got {type(value).__name__}", key, file)
+
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 _KINDS = {"models": "MMZOO_CONFIG_PATH", "tasks": "MMZOO_TASK_CONFIG_PATH"}  # kind -> environment variable

@@ -135,12 +135,16 @@ class TemporalAttentionLayer(nn.Module):
         return rearrange(attention(q, k, v, backend=self.attn_backend), f"{seqs} -> b t p (h e)", b=b, p=p)
 
 
+def _owners(image_encoder: nn.Module) -> list[nn.Module]:
+    """The encoder, then the timm / open_clip model it wraps (``model`` / ``visual``) where it has one."""
+    return [m for m in (image_encoder, getattr(image_encoder, "model", None), getattr(image_encoder, "visual", None))
+            if m is not None]
+
+
 def _patch_size(image_encoder: nn.Module) -> int | None:
     """The square patch size of a ViT-like image encoder (its ``patch_embed.patch_size`` or ``patch_size``, on the
     encoder or the timm / open_clip model it wraps), None when it has none or a non-square one."""
-    for owner in (image_encoder, getattr(image_encoder, "model", None), getattr(image_encoder, "visual", None)):
-        if owner is None:
-            continue
+    for owner in _owners(image_encoder):
         size = getattr(getattr(owner, "patch_embed", None), "patch_size", None)
         if size is None:
             size = getattr(owner, "patch_size", None)
@@ -172,9 +176,7 @@ def temporal_shift(x: Tensor, frames: int, fraction: float) -> Tensor:
 def _branch_norms(image_encoder: nn.Module) -> list[nn.Module]:
     """The first norm of every block's attention branch (``blocks[i].norm1``, timm / BEiT; ``resblocks[i].ln_1``,
     open_clip), on the encoder or the timm / open_clip model it wraps; a ConfigError when there is none."""
-    for owner in (image_encoder, getattr(image_encoder, "model", None), getattr(image_encoder, "visual", None)):
-        if owner is None:
-            continue
+    for owner in _owners(image_encoder):
         blocks = getattr(owner, "blocks", None)
         if blocks is None:
             blocks = getattr(getattr(owner, "transformer", None), "resblocks", None)
@@ -360,6 +362,12 @@ class VideoEncoder(nn.Module):
         return tokens[:, :, tokens.shape[2] - n :]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if enable and self.temporal_shift > 0:
+            # the shift reads the clip length of the forward in flight; a block recomputed in backward would run
+            # unshifted and give other gradients
+            raise ConfigError("gradient checkpointing does not combine with vision.temporal_shift (the image "
+                              "encoder's blocks would be recomputed in backward without the shift)",
+                              "train.grad_checkpointing")
         self.image_encoder.set_grad_checkpointing(enable)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
